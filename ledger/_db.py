@@ -1,0 +1,176 @@
+"""The one place where SQL meets the driver.
+
+It decides which connection a call runs on (the caller's, or a short-lived
+one of ours), how transactions are scoped, and turns driver exceptions into
+:mod:`ledger.errors` types, keeping the original as ``__cause__``. Domain
+code above it never sees psycopg or a raw SQLAlchemy error.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Literal, TypeVar
+
+from sqlalchemy import URL, Connection, Engine, Row, TextClause, create_engine, make_url
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import Session
+
+from . import errors
+
+EngineLike = Engine | URL | str
+Connectable = Connection | Session
+Isolation = Literal["AUTOCOMMIT", "READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"]
+
+T = TypeVar("T")
+
+_RETRY_ATTEMPTS = 5
+
+
+def normalise_url(url: URL | str) -> URL:
+    """Point plain ``postgresql://`` URLs at psycopg 3, the only driver we support."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.drivername != "postgresql+psycopg":
+        raise errors.InputError(
+            f"sql-ledger needs PostgreSQL through psycopg 3; got driver {parsed.drivername!r}. "
+            "Use a postgresql:// or postgresql+psycopg:// URL."
+        )
+    return parsed
+
+
+def as_engine(engine_or_url: EngineLike) -> tuple[Engine, bool]:
+    """Return an engine and whether we created it (and so must dispose of it)."""
+    if isinstance(engine_or_url, Engine):
+        if engine_or_url.dialect.name != "postgresql":
+            raise errors.InputError(
+                f"sql-ledger needs PostgreSQL; this engine is {engine_or_url.dialect.name}"
+            )
+        return engine_or_url, False
+    if isinstance(engine_or_url, (str, URL)):
+        return create_engine(normalise_url(engine_or_url), pool_pre_ping=False), True
+    raise errors.InputError(
+        f"expected a SQLAlchemy Engine or a database URL, got {type(engine_or_url).__name__}"
+    )
+
+
+_SQLSTATE_ERRORS: dict[str, type[errors.DatabaseError]] = {
+    "40001": errors.SerializationConflict,
+    "40P01": errors.DeadlockDetected,
+    "55P03": errors.LockTimeout,
+    "57014": errors.StatementTimeout,
+    "42P01": errors.SchemaNotMigrated,
+    "3F000": errors.SchemaNotMigrated,
+    "42883": errors.SchemaNotMigrated,
+}
+
+
+def translate(exc: sa_exc.DBAPIError) -> errors.LedgerError:
+    """Map a driver error to a ledger error by SQLSTATE, with an actionable message."""
+    orig = exc.orig
+    sqlstate = getattr(orig, "sqlstate", None)
+    diag = getattr(orig, "diag", None)
+    primary = getattr(diag, "message_primary", None) or str(orig).splitlines()[0]
+    if sqlstate in ("23514", "23502", "23503", "23505", "23P01"):
+        constraint = getattr(diag, "constraint_name", None)
+        return errors.ConstraintViolation(
+            constraint,
+            f"PostgreSQL refused the write with constraint {constraint!r} ({primary}); "
+            "nothing was applied",
+        )
+    if sqlstate == "LG001":
+        return errors.DatabaseError(
+            f"{primary}; the statement was rolled back. This is a bug: please report it.",
+            sqlstate=sqlstate,
+        )
+    cls = _SQLSTATE_ERRORS.get(sqlstate or "")
+    if cls is errors.SchemaNotMigrated:
+        return cls(
+            f"the ledger schema is missing or out of date ({primary}); "
+            "run ledger.migrate(url) or `ledger migrate` first",
+            sqlstate=sqlstate,
+        )
+    if cls is not None:
+        return cls(f"{cls.__doc__ and cls.__doc__.splitlines()[0]} ({primary})", sqlstate=sqlstate)
+    if isinstance(exc, sa_exc.OperationalError) or exc.connection_invalidated:
+        return errors.ConnectionLost(
+            f"lost the connection to PostgreSQL ({primary}); if this happened after the "
+            "statement was sent, check the tenant's balances before retrying",
+            sqlstate=sqlstate,
+        )
+    return errors.DatabaseError(f"PostgreSQL error {sqlstate}: {primary}", sqlstate=sqlstate)
+
+
+class Database:
+    """Runs statements for one ledger, on the caller's connection or on our own."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        # One statement in autocommit is its own transaction: a ledger operation
+        # that owns its transaction costs a single round trip, with no BEGIN/COMMIT.
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    @contextmanager
+    def connection(
+        self, caller: Connectable | None, isolation: Isolation = "AUTOCOMMIT"
+    ) -> Iterator[Connection]:
+        """Yield a connection; ours are committed on success and rolled back on error."""
+        try:
+            if caller is not None:
+                yield _caller_connection(caller)
+            elif isolation == "AUTOCOMMIT":
+                with self._autocommit.connect() as conn:
+                    yield conn
+            else:
+                with self.engine.connect() as conn:
+                    conn = conn.execution_options(isolation_level=isolation)
+                    with conn.begin():
+                        yield conn
+        except sa_exc.DBAPIError as exc:
+            raise translate(exc) from exc
+
+    def run(
+        self,
+        caller: Connectable | None,
+        work: Callable[[Connection], T],
+        isolation: Isolation = "AUTOCOMMIT",
+    ) -> T:
+        """Run ``work``; when we own the transaction, retry transient conflicts.
+
+        Serialization failures and deadlocks roll the whole transaction back,
+        so retrying is safe. In the caller's transaction we never retry: the
+        caller's earlier work was rolled back too, and only they can redo it.
+        """
+        attempt = 0
+        while True:
+            try:
+                with self.connection(caller, isolation) as conn:
+                    return work(conn)
+            except (errors.SerializationConflict, errors.DeadlockDetected):
+                attempt += 1
+                if caller is not None or attempt >= _RETRY_ATTEMPTS:
+                    raise
+                time.sleep(random.uniform(0, 0.005 * 2**attempt))
+
+
+def _caller_connection(caller: Connectable) -> Connection:
+    if isinstance(caller, Connection):
+        return caller
+    if isinstance(caller, Session):
+        return caller.connection()
+    raise errors.InputError(
+        "connection= must be a SQLAlchemy Connection or Session, "
+        f"got {type(caller).__name__}"
+    )
+
+
+def execute(conn: Connection, statement: TextClause, params: Mapping[str, Any]) -> list[Row[Any]]:
+    """Execute and fetch everything; errors surface through ``Database.connection``."""
+    try:
+        result = conn.execute(statement, params)
+        return list(result) if result.returns_rows else []
+    except sa_exc.DBAPIError as exc:
+        raise translate(exc) from exc

@@ -1,0 +1,85 @@
+"""Input checks that run before any SQL is sent.
+
+Every public entry point validates here first so that bad input raises a
+typed error with a message the caller can act on, and so that nothing is ever
+half-applied: a value that reaches the database has already been proven to
+fit a ``bigint`` and the column constraints.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .errors import AmountTypeError, AmountValueError, InvalidSchemaName, InvalidTenantId
+
+I64_MIN = -(2**63)
+I64_MAX = 2**63 - 1
+U64_MAX = 2**64 - 1
+TENANT_ID_MAX_BYTES = 255
+
+_SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def amount(name: str, value: object) -> int:
+    """Accept only a plain ``int`` inside signed 64 bits.
+
+    ``bool`` is an ``int`` subclass and ``True`` as "1 microcent" is a bug
+    waiting to happen, so it is refused along with floats, Decimals and strings.
+    """
+    if type(value) is not int:
+        raise AmountTypeError(
+            f"{name} must be a plain int of microcents, got {type(value).__name__} {value!r}; "
+            "convert explicitly (for example int(Decimal(...) * 1_000_000)) before calling"
+        )
+    if not I64_MIN <= value <= I64_MAX:
+        raise AmountValueError(
+            f"{name}={value} does not fit in a signed 64-bit integer "
+            f"(allowed range {I64_MIN}..{I64_MAX} microcents)"
+        )
+    return value
+
+
+def reservation_id(value: object) -> int:
+    """Reservation ids are u64 in the seed; ours come from a bigint sequence."""
+    if type(value) is not int:
+        raise AmountTypeError(
+            f"reservation_id must be a plain int, got {type(value).__name__} {value!r}"
+        )
+    if not 0 <= value <= U64_MAX:
+        raise AmountValueError(
+            f"reservation_id={value} is not an unsigned 64-bit integer (0..{U64_MAX})"
+        )
+    return value
+
+
+def tenant_id(value: object) -> str:
+    """Tenant ids are opaque strings that must round-trip through UTF-8 and ``text``."""
+    if not isinstance(value, str):
+        raise InvalidTenantId(
+            f"tenant_id must be a str, got {type(value).__name__} {value!r}"
+        )
+    if not value:
+        raise InvalidTenantId("tenant_id must not be empty")
+    if "\x00" in value:
+        raise InvalidTenantId("tenant_id must not contain a NUL character (PostgreSQL text cannot)")
+    try:
+        encoded = value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidTenantId(
+            f"tenant_id {value!r} is not valid UTF-8 (lone surrogate at {exc.start})"
+        ) from exc
+    if len(encoded) > TENANT_ID_MAX_BYTES:
+        raise InvalidTenantId(
+            f"tenant_id is {len(encoded)} UTF-8 bytes; the limit is {TENANT_ID_MAX_BYTES}"
+        )
+    return value
+
+
+def schema_name(value: object) -> str:
+    """The schema name is spliced into SQL text, so only a plain identifier is allowed."""
+    if not isinstance(value, str) or not _SCHEMA_RE.match(value):
+        raise InvalidSchemaName(
+            f"schema must be a lowercase SQL identifier matching {_SCHEMA_RE.pattern}, "
+            f"got {value!r}"
+        )
+    return value

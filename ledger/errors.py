@@ -1,0 +1,220 @@
+"""Every exception the ledger raises.
+
+Each class's docstring is its default message, so ``raise TenantNotFound()``
+still says something useful. Input errors also subclass the matching builtin
+(``TypeError``/``ValueError``) so generic handlers keep working, and database
+errors keep the driver's exception as ``__cause__`` for debugging, while the
+message tells the caller what to do next.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .outcomes import ConservationStatus, Outcome
+
+
+class LedgerError(Exception):
+    """The ledger refused or failed an operation."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+# --------------------------------------------------------------------- input
+
+
+class InputError(LedgerError, ValueError):
+    """An argument is out of range or malformed; nothing was changed."""
+
+
+class AmountTypeError(LedgerError, TypeError):
+    """An amount or id must be a plain int (not bool, float, Decimal or str)."""
+
+
+class AmountValueError(InputError):
+    """An amount does not fit the ledger's signed 64-bit microcent range."""
+
+
+class InvalidTenantId(InputError):
+    """A tenant id must be a non-empty str of at most 255 UTF-8 bytes with no NUL."""
+
+
+class InvalidSchemaName(InputError):
+    """The schema name must be a plain lowercase SQL identifier."""
+
+
+class MalformedSnapshot(InputError):
+    """A snapshot document is not shaped like a ledger snapshot."""
+
+
+class TenantNotFound(LedgerError, LookupError):
+    """The tenant does not exist; create it with ensure_tenant() first."""
+
+    def __init__(self, tenant_id: str, message: str | None = None) -> None:
+        self.tenant_id = tenant_id
+        super().__init__(
+            message or f"tenant {tenant_id!r} does not exist; create it with ensure_tenant() first"
+        )
+
+
+# ------------------------------------------------------------------- restore
+
+
+class RestoreError(InputError):
+    """The snapshot cannot be restored; the ledger was left unchanged."""
+
+
+class ActiveReservations(RestoreError):
+    """Snapshots taken with open holds cannot be restored: settle or release them first."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        super().__init__(
+            f"cannot restore snapshot with {count} active reservations; "
+            "settle or release every hold, then take a new snapshot"
+        )
+
+
+class GhostReservation(RestoreError):
+    """A tenant shows a reserved amount although the snapshot has no open holds."""
+
+    def __init__(self, tenant_id: str, reserved_microcents: int) -> None:
+        self.tenant_id = tenant_id
+        self.reserved_microcents = reserved_microcents
+        super().__init__(
+            f"tenant {tenant_id} has reserved_microcents={reserved_microcents} "
+            "with no active reservations"
+        )
+
+
+class NegativeLedgerField(RestoreError):
+    """A ledger amount in the snapshot is negative."""
+
+    def __init__(self, tenant_id: str, field: str, value: int) -> None:
+        self.tenant_id = tenant_id
+        self.field = field
+        self.value = value
+        super().__init__(f"tenant {tenant_id} has negative {field}: {value}")
+
+
+class ConservationViolation(RestoreError):
+    """The snapshot does not balance: remaining + reserved + committed != initial."""
+
+    def __init__(self, status: ConservationStatus) -> None:
+        self.status = status
+        super().__init__(f"snapshot failed conservation: {status}")
+
+
+class DuplicateTenant(RestoreError):
+    """The same tenant id appears twice in the snapshot."""
+
+    def __init__(self, tenant_id: str) -> None:
+        self.tenant_id = tenant_id
+        super().__init__(f"duplicate tenant_id in snapshot: {tenant_id}")
+
+
+class ConservationError(LedgerError):
+    """The ledger does not balance, so no conservation proof can be issued."""
+
+    def __init__(self, status: ConservationStatus) -> None:
+        self.status = status
+        super().__init__(f"no conservation proof: {status}")
+
+
+# ------------------------------------------------------------------ outcomes
+
+
+class RefusedError(LedgerError):
+    """The ledger refused the operation; ``.outcome`` holds the details."""
+
+    def __init__(self, outcome: Outcome, message: str | None = None) -> None:
+        self.outcome = outcome
+        super().__init__(message or f"{type(self).__doc__}: {outcome!r}")
+
+
+class InsufficientFundsError(RefusedError):
+    """Not enough remaining budget"""
+
+
+class MissingTenantError(RefusedError):
+    """No such tenant"""
+
+
+class MissingReservationError(RefusedError):
+    """No such open reservation (already settled, released, or never made)"""
+
+
+class ExposureLimitExceededError(RefusedError):
+    """The tenant's cap on open holds would be exceeded"""
+
+
+class LedgerOverflowError(RefusedError):
+    """The result would not fit in a signed 64-bit amount"""
+
+
+class InvalidAmountError(RefusedError):
+    """The amount is not valid for this operation"""
+
+
+class OverrunError(RefusedError):
+    """The actual cost exceeds the hold and the difference is not affordable; the hold is kept"""
+
+
+# ------------------------------------------------------------------ database
+
+
+class DatabaseError(LedgerError):
+    """PostgreSQL reported an error; the operation was not applied."""
+
+    def __init__(self, message: str | None = None, *, sqlstate: str | None = None) -> None:
+        self.sqlstate = sqlstate
+        super().__init__(message)
+
+
+class RetryableError(DatabaseError):
+    """A transient conflict rolled the operation back; it is safe to retry the transaction."""
+
+
+class SerializationConflict(RetryableError):
+    """A concurrent transaction changed the same row; retry the whole transaction."""
+
+
+class DeadlockDetected(RetryableError):
+    """PostgreSQL broke a deadlock by aborting this transaction; retry it.
+
+    Touch tenants in a consistent order inside one transaction to avoid this.
+    """
+
+
+class LockTimeout(RetryableError):
+    """A row lock was not granted within lock_timeout; retry later or raise the timeout."""
+
+
+class StatementTimeout(RetryableError):
+    """The statement ran past statement_timeout and was cancelled; nothing was applied."""
+
+
+class ConstraintViolation(DatabaseError):
+    """A database constraint refused the write."""
+
+    def __init__(self, constraint: str | None, message: str | None = None) -> None:
+        self.constraint = constraint
+        super().__init__(
+            message or f"database constraint {constraint!r} refused the write; nothing was applied",
+            sqlstate="23514",
+        )
+
+
+class SchemaNotMigrated(DatabaseError):
+    """The ledger tables are missing: run ledger.migrate(url) (or `ledger migrate`) first."""
+
+
+class ConnectionLost(DatabaseError):
+    """The connection to PostgreSQL failed.
+
+    If it failed after the statement was sent, the outcome is unknown: read the
+    tenant's balances before retrying.
+    """
+

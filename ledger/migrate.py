@@ -1,0 +1,91 @@
+"""Apply the ledger's alembic migrations from the installed package.
+
+Applications call :func:`migrate` instead of shipping our ``alembic.ini``:
+the scripts travel inside the wheel (``ledger/_migrations``), and in a source
+checkout they are read from the top-level ``migrations/`` folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect
+
+from . import _validate
+from ._db import EngineLike, as_engine
+
+
+def script_location() -> Path:
+    """Where the migration scripts are: inside the wheel, or the source checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_migrations", here.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise FileNotFoundError(
+        "sql-ledger's migration scripts are missing from this installation; reinstall the package"
+    )
+
+
+def _config(schema: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(script_location()))
+    cfg.attributes["schema"] = schema
+    return cfg
+
+
+def _run(engine_or_url: EngineLike, schema: str, action: str, revision: str) -> None:
+    schema = _validate.schema_name(schema)
+    engine, owned = as_engine(engine_or_url)
+    try:
+        with engine.begin() as conn:
+            cfg = _config(schema)
+            cfg.attributes["connection"] = conn
+            getattr(command, action)(cfg, revision)
+    finally:
+        if owned:
+            engine.dispose()
+
+
+def migrate(engine_or_url: EngineLike, revision: str = "head", *, schema: str = "ledger") -> None:
+    """Upgrade the ledger schema to ``revision`` (default: the newest).
+
+    Safe to call at every application start: it is a no-op when already at
+    head, and concurrent callers are serialised by an advisory lock.
+    """
+    _run(engine_or_url, schema, "upgrade", revision)
+
+
+def downgrade(engine_or_url: EngineLike, revision: str, *, schema: str = "ledger") -> None:
+    """Downgrade the ledger schema; ``"base"`` drops every ledger table."""
+    _run(engine_or_url, schema, "downgrade", revision)
+
+
+def head_revision() -> str:
+    """The newest revision shipped with this version of the package."""
+    head = ScriptDirectory.from_config(_config("ledger")).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(engine_or_url: EngineLike, *, schema: str = "ledger") -> str | None:
+    """The revision the database is at, or None if the ledger was never migrated."""
+    schema = _validate.schema_name(schema)
+    engine, owned = as_engine(engine_or_url)
+    try:
+        with engine.connect() as conn:
+            if not inspect(conn).has_table("alembic_version", schema=schema):
+                return None
+            ctx = MigrationContext.configure(
+                conn, opts={"version_table": "alembic_version", "version_table_schema": schema}
+            )
+            return ctx.get_current_revision()
+    finally:
+        if owned:
+            engine.dispose()
+
+
+__all__ = ["current_revision", "downgrade", "head_revision", "migrate", "script_location"]

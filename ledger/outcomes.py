@@ -1,0 +1,155 @@
+"""Outcome values returned by ledger operations.
+
+A refused reserve is a normal business result, not an exception, exactly as in
+the calybris seed where outcomes are enum variants: callers branch on
+``outcome.status``. Callers who prefer exceptions call
+``outcome.raise_for_status()``, which returns the outcome unchanged on success
+and otherwise raises the matching :class:`~ledger.errors.RefusedError`.
+
+Fields carry the seed's names; a field the seed's variant does not have is
+``None``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from enum import StrEnum
+from typing import Any, Self
+
+from . import errors
+
+
+class Status(StrEnum):
+    """Every operation status. A ``StrEnum``, so ``outcome.status == "reserved"`` works."""
+
+    RESERVED = "reserved"
+    INSUFFICIENT = "insufficient"
+    MISSING_TENANT = "missing_tenant"
+    MISSING_RESERVATION = "missing_reservation"
+    EXPOSURE_LIMIT_EXCEEDED = "exposure_limit_exceeded"
+    OVERFLOW = "overflow"
+    TOPPED_UP = "topped_up"
+    INVALID_AMOUNT = "invalid_amount"
+    COMMITTED = "committed"
+    RELEASED = "released"
+    OVERRUN = "overrun"
+
+
+_SUCCESS = frozenset({Status.RESERVED, Status.TOPPED_UP, Status.COMMITTED, Status.RELEASED})
+
+_REFUSAL_ERRORS: dict[Status, type[errors.RefusedError]] = {
+    Status.INSUFFICIENT: errors.InsufficientFundsError,
+    Status.MISSING_TENANT: errors.MissingTenantError,
+    Status.MISSING_RESERVATION: errors.MissingReservationError,
+    Status.EXPOSURE_LIMIT_EXCEEDED: errors.ExposureLimitExceededError,
+    Status.OVERFLOW: errors.LedgerOverflowError,
+    Status.INVALID_AMOUNT: errors.InvalidAmountError,
+    Status.OVERRUN: errors.OverrunError,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """Common behaviour of every operation outcome."""
+
+    status: Status
+
+    @property
+    def ok(self) -> bool:
+        """True when the operation took effect."""
+        return self.status in _SUCCESS
+
+    def raise_for_status(self) -> Self:
+        """Return ``self`` if the operation took effect, else raise its typed error."""
+        if self.ok:
+            return self
+        raise _REFUSAL_ERRORS[self.status](self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict with ``status`` as a str and unset fields left out."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            out[f.name] = str(value) if f.name == "status" else value
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveOutcome(Outcome):
+    """Result of :meth:`Ledger.try_reserve`; ``reservation_id`` is set only when reserved."""
+
+    reservation_id: int | None = None
+    remaining_microcents: int | None = None
+    required_microcents: int | None = None
+    current_reserved_microcents: int | None = None
+    max_reserved_microcents: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = Outcome.to_dict(self)
+        out.setdefault("reservation_id", None)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class SettlementOutcome(Outcome):
+    """Result of :meth:`Ledger.commit` and :meth:`Ledger.release`."""
+
+    remaining_microcents: int | None = None
+    actual_microcents: int | None = None
+    returned_microcents: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TopUpOutcome(Outcome):
+    """Result of :meth:`Ledger.top_up_tenant`."""
+
+    added_microcents: int | None = None
+    new_initial_microcents: int | None = None
+    remaining_microcents: int | None = None
+
+
+class Balance(StrEnum):
+    """Conservation check results, as in the seed's ``ConservationStatus``."""
+
+    BALANCED = "balanced"
+    VIOLATION = "violation"
+    AGGREGATE_OVERFLOW = "aggregate_overflow"
+
+
+@dataclass(frozen=True, slots=True)
+class ConservationStatus:
+    """Whether ``remaining + reserved + committed == initial`` held for every tenant.
+
+    For a violation, ``tenant_id`` and ``delta_microcents`` name the first
+    offending tenant in UTF-8 byte order, as the seed reports it.
+    """
+
+    status: Balance
+    tenant_id: str | None = None
+    delta_microcents: int | None = None
+
+    @property
+    def is_balanced(self) -> bool:
+        return self.status is Balance.BALANCED
+
+    def __str__(self) -> str:
+        if self.status is Balance.BALANCED:
+            return "conservation balanced"
+        if self.status is Balance.VIOLATION:
+            return (
+                f"conservation violated for tenant {self.tenant_id}: "
+                f"delta={self.delta_microcents} microcents"
+            )
+        return "aggregate ledger totals exceed i64::MAX — certificate totals cannot be represented"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"status": str(self.status)}
+        if self.tenant_id is not None:
+            out["tenant_id"] = self.tenant_id
+            out["delta_microcents"] = self.delta_microcents
+        return out
+
+
+BALANCED = ConservationStatus(Balance.BALANCED)

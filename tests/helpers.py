@@ -1,0 +1,58 @@
+"""Shared test helpers: raw-SQL views of the database and a cheap reset."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+I64_MAX = 2**63 - 1
+I64_MIN = -(2**63)
+
+
+def state(conn: psycopg.Connection, schema: str = "ledger") -> dict[str, Any]:
+    """Everything a ledger operation could change, for "nothing changed" checks."""
+    s = f'"{schema}"'
+    return {
+        "tenants": conn.execute(
+            f"SELECT tenant_id, initial_microcents, remaining_microcents, reserved_microcents,"
+            f" committed_microcents, max_reserved_microcents FROM {s}.tenants ORDER BY tenant_id"
+        ).fetchall(),
+        "holds": conn.execute(
+            f"SELECT tenant_id, reservation_id, amount_microcents FROM {s}.reservations"
+            " ORDER BY reservation_id"
+        ).fetchall(),
+        "caps": conn.execute(f"SELECT * FROM {s}.detached_caps ORDER BY tenant_id").fetchall(),
+        "certificates": conn.execute(
+            f"SELECT count(*) FROM {s}.certificates"
+        ).fetchone(),
+        "baseline": conn.execute(
+            f"SELECT committed_microcents FROM {s}.certificate_baseline"
+        ).fetchone(),
+        "reservation_seq": conn.execute(
+            f"SELECT last_value, is_called FROM {s}.reservation_id_seq"
+        ).fetchone(),
+    }
+
+
+def holds_match_reserved(conn: psycopg.Connection, schema: str = "ledger") -> list[Any]:
+    """Tenants whose reserved total differs from the sum of their open holds (should be none)."""
+    s = f'"{schema}"'
+    return conn.execute(
+        f"""SELECT t.tenant_id, t.reserved_microcents, COALESCE(sum(r.amount_microcents), 0)
+            FROM {s}.tenants t LEFT JOIN {s}.reservations r USING (tenant_id)
+            GROUP BY t.tenant_id, t.reserved_microcents
+            HAVING t.reserved_microcents <> COALESCE(sum(r.amount_microcents), 0)"""
+    ).fetchall()
+
+
+def reset(conn: psycopg.Connection, schema: str = "ledger") -> None:
+    """Return a migrated database to its freshly migrated state in a few milliseconds."""
+    s = f'"{schema}"'
+    conn.execute(
+        f"TRUNCATE {s}.reservations, {s}.tenants, {s}.detached_caps, {s}.certificates"
+        " RESTART IDENTITY"
+    )
+    conn.execute(f"UPDATE {s}.certificate_baseline SET committed_microcents = 0")
+    conn.execute(f"ALTER SEQUENCE {s}.reservation_id_seq RESTART WITH 1")
+    conn.execute(f"ALTER SEQUENCE {s}.snapshot_version_seq RESTART WITH 1")
