@@ -7,6 +7,7 @@ checkout they are read from the top-level ``migrations/`` folder.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from alembic import command
@@ -30,6 +31,12 @@ def script_location() -> Path:
     )
 
 
+# alembic's `context`/`op` are module-level proxies, so two migrations in one
+# process must not overlap; across processes the advisory lock in env.py
+# serialises them.
+_IN_PROCESS = threading.Lock()
+
+
 def _config(schema: str) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(script_location()))
@@ -41,7 +48,7 @@ def _run(engine_or_url: EngineLike, schema: str, action: str, revision: str) -> 
     schema = _validate.schema_name(schema)
     engine, owned = as_engine(engine_or_url)
     try:
-        with engine.begin() as conn:
+        with _IN_PROCESS, engine.begin() as conn:
             cfg = _config(schema)
             cfg.attributes["connection"] = conn
             getattr(command, action)(cfg, revision)

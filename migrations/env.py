@@ -49,10 +49,11 @@ def _run(connection: Connection) -> None:
             f"the ledger needs a UTF8 database (tenant ids sort by UTF-8 bytes); "
             f"this one is {encoding}"
         )
-    connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+    # Lock first: concurrent CREATE SCHEMA IF NOT EXISTS can itself collide.
     connection.execute(
         text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"sql-ledger:{schema}"}
     )
+    connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
     context.configure(
         connection=connection,
         version_table="alembic_version",

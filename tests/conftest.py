@@ -104,7 +104,7 @@ def make_database(server_url: str, template: str | None) -> str:
     name = f"ledger_t_{os.getpid()}_{next(_counter)}_{uuid.uuid4().hex[:6]}"
     with _admin(server_url) as conn:
         if template:
-            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}" STRATEGY FILE_COPY')
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
         else:
             conn.execute(f'CREATE DATABASE "{name}"')
     return name
