@@ -1,15 +1,13 @@
 """Every SQL statement the ledger runs, rendered once per schema.
 
-Each hot-path operation is a single statement: a data-modifying CTE that locks
-the tenant row (``FOR NO KEY UPDATE``), decides the outcome from the locked
-values with the seed's rules in the seed's order, applies the conditional
-``UPDATE ... WHERE remaining >= :amount`` compare-and-swap, and touches the
-hold row, all in one round trip. Decisions are computed from the locked row,
-never from a snapshot read, so READ COMMITTED's re-check semantics cannot
-make two concurrent statements both see "enough".
+Each hot-path operation is a single statement (a data-modifying CTE), so it
+costs one round trip: the conditional ``UPDATE ... WHERE remaining >= :amount``
+compare-and-swap plus the hold insert or delete, and, only on refusal, a
+locked re-read that names the reason. The shape is described above TOP_UP.
 
-Lock order is always tenant row first, then hold row, so single-tenant
-operations cannot deadlock with each other.
+Values produced by other CTEs reach each UPDATE/DELETE through scalar
+subqueries, never through a join, so READ COMMITTED's re-check of a row that
+a concurrent transaction changed (EvalPlanQual) sees stable values.
 
 Amounts are passed through ``CAST(:x AS bigint)`` so that every statement has
 one stable parameter type and psycopg's prepared-statement cache can reuse it.
@@ -51,140 +49,158 @@ WHERE tenant_id = :tenant_id
 RETURNING tenant_id
 """
 
+# Each write below follows the same shape:
+#
+# 1. ``applied``: the conditional UPDATE is the first thing to touch the tenant
+#    row. Its WHERE clause is the compare-and-swap; under READ COMMITTED,
+#    PostgreSQL waits for any concurrent writer and re-checks the WHERE against
+#    the newest row version, so two statements can never both see "enough".
+# 2. Dependent writes (the hold insert or delete) run only if ``applied``
+#    produced a row.
+# 3. ``probe``: only when nothing was applied, the row is read again under a
+#    lock to say *why*, with the seed's checks in the seed's order. If the
+#    probe finds the operation would now succeed (the row changed between the
+#    CAS and the probe), it answers 'retry' and the caller runs the statement
+#    again: the seed's CAS loop, in SQL.
+#
+# The tenant row is never locked by one CTE and then updated by another in the
+# same statement: that pattern can make READ COMMITTED's re-check skip the
+# update silently under contention.
+
 TOP_UP = """
-WITH cur AS MATERIALIZED (
-    SELECT initial_microcents AS initial, remaining_microcents AS remaining
-    FROM {s}.tenants WHERE tenant_id = :tenant_id
-    FOR NO KEY UPDATE
-), decision AS MATERIALIZED (
-    SELECT CASE
-        WHEN initial > {max} - CAST(:amount AS bigint) THEN 'overflow'
-        WHEN remaining > {max} - CAST(:amount AS bigint) THEN 'overflow'
-        ELSE 'topped_up'
-    END AS status
-    FROM cur
-), applied AS (
+WITH applied AS (
     UPDATE {s}.tenants AS t
     SET initial_microcents = t.initial_microcents + CAST(:amount AS bigint),
         remaining_microcents = t.remaining_microcents + CAST(:amount AS bigint)
-    FROM decision AS d
-    WHERE t.tenant_id = :tenant_id AND d.status = 'topped_up'
+    WHERE t.tenant_id = :tenant_id
       AND t.initial_microcents <= {max} - CAST(:amount AS bigint)
+      AND t.remaining_microcents <= {max} - CAST(:amount AS bigint)
     RETURNING t.initial_microcents, t.remaining_microcents
+), probe AS MATERIALIZED (
+    SELECT CASE
+        WHEN initial_microcents > {max} - CAST(:amount AS bigint) THEN 'overflow'
+        WHEN remaining_microcents > {max} - CAST(:amount AS bigint) THEN 'overflow'
+        ELSE 'retry'
+    END AS status
+    FROM {s}.tenants
+    WHERE tenant_id = :tenant_id AND NOT EXISTS (SELECT 1 FROM applied)
+    FOR NO KEY UPDATE
 )
-SELECT d.status, a.initial_microcents AS new_initial, a.remaining_microcents AS new_remaining
-FROM decision AS d LEFT JOIN applied AS a ON true
+SELECT 'topped_up' AS status, a.initial_microcents AS new_initial,
+       a.remaining_microcents AS new_remaining
+FROM applied AS a
+UNION ALL
+SELECT p.status, NULL, NULL FROM probe AS p
 """.replace("{max}", I64_MAX_SQL)
 
 TRY_RESERVE = """
-WITH cur AS MATERIALIZED (
-    SELECT remaining_microcents AS remaining, reserved_microcents AS reserved,
-           max_reserved_microcents AS cap
-    FROM {s}.tenants WHERE tenant_id = :tenant_id
-    FOR NO KEY UPDATE
-), decision AS MATERIALIZED (
-    SELECT remaining, reserved, cap, CASE
-        WHEN reserved > {max} - CAST(:amount AS bigint) THEN 'overflow'
-        WHEN cap > 0 AND reserved + CAST(:amount AS bigint) > cap THEN 'exposure_limit_exceeded'
-        WHEN remaining < CAST(:amount AS bigint) THEN 'insufficient'
-        ELSE 'reserved'
-    END AS status
-    FROM cur
-), applied AS (
+WITH applied AS (
     UPDATE {s}.tenants AS t
     SET remaining_microcents = t.remaining_microcents - CAST(:amount AS bigint),
         reserved_microcents = t.reserved_microcents + CAST(:amount AS bigint)
-    FROM decision AS d
-    WHERE t.tenant_id = :tenant_id AND d.status = 'reserved'
+    WHERE t.tenant_id = :tenant_id
       AND t.remaining_microcents >= CAST(:amount AS bigint)
+      AND t.reserved_microcents <= {max} - CAST(:amount AS bigint)
+      AND (t.max_reserved_microcents = 0
+           OR t.reserved_microcents <= t.max_reserved_microcents - CAST(:amount AS bigint))
     RETURNING t.remaining_microcents
 ), hold AS (
     INSERT INTO {s}.reservations (tenant_id, reservation_id, amount_microcents)
     SELECT :tenant_id, nextval('{s}.reservation_id_seq'), CAST(:amount AS bigint)
     FROM applied
     RETURNING reservation_id
+), probe AS MATERIALIZED (
+    SELECT remaining_microcents AS remaining, reserved_microcents AS reserved,
+           max_reserved_microcents AS cap, CASE
+        WHEN reserved_microcents > {max} - CAST(:amount AS bigint) THEN 'overflow'
+        WHEN max_reserved_microcents > 0
+             AND reserved_microcents > max_reserved_microcents - CAST(:amount AS bigint)
+            THEN 'exposure_limit_exceeded'
+        WHEN remaining_microcents < CAST(:amount AS bigint) THEN 'insufficient'
+        ELSE 'retry'
+    END AS status
+    FROM {s}.tenants
+    WHERE tenant_id = :tenant_id AND NOT EXISTS (SELECT 1 FROM applied)
+    FOR NO KEY UPDATE
 )
-SELECT d.status, d.remaining, d.reserved, d.cap,
-       a.remaining_microcents AS new_remaining, h.reservation_id
-FROM decision AS d LEFT JOIN applied AS a ON true LEFT JOIN hold AS h ON true
+SELECT 'reserved' AS status, a.remaining_microcents AS remaining, NULL::bigint AS reserved,
+       NULL::bigint AS cap, h.reservation_id
+FROM applied AS a CROSS JOIN hold AS h
+UNION ALL
+SELECT p.status, p.remaining, p.reserved, p.cap, NULL FROM probe AS p
 """.replace("{max}", I64_MAX_SQL)
 
-# The hold's tenant is looked up without a lock only to learn which tenant row
-# to lock first; the hold itself is then locked FOR UPDATE after the tenant, and
-# that locked read is what decides. A hold that vanished in between reads as
-# missing_reservation.
-_LOCK_TENANT_THEN_HOLD = """
-target AS MATERIALIZED (
-    SELECT tenant_id FROM {s}.reservations
+# Settlements lock the hold row first (holds are only ever inserted and
+# deleted, never updated, so locking and then deleting one in the same
+# statement is safe). A second settlement of the same hold waits here and then
+# finds it gone: missing_reservation.
+_CLAIM_HOLD = """
+hold AS MATERIALIZED (
+    SELECT tenant_id, amount_microcents AS amount FROM {s}.reservations
     WHERE reservation_id = CAST(:reservation_id AS bigint) {tenant_filter}
-), cur AS MATERIALIZED (
-    SELECT t.tenant_id, t.remaining_microcents AS remaining,
-           t.committed_microcents AS committed
-    FROM {s}.tenants AS t
-    WHERE t.tenant_id = (SELECT tenant_id FROM target)
-    FOR NO KEY UPDATE
-), hold AS MATERIALIZED (
-    SELECT r.amount_microcents AS amount FROM {s}.reservations AS r
-    WHERE r.tenant_id = (SELECT tenant_id FROM cur)
-      AND r.reservation_id = CAST(:reservation_id AS bigint)
     FOR UPDATE
 )"""
 
 COMMIT = (
     "WITH"
-    + _LOCK_TENANT_THEN_HOLD
-    + """, decision AS MATERIALIZED (
-    SELECT cur.tenant_id, cur.remaining, hold.amount, CASE
-        WHEN cur.committed > {max} - CAST(:actual AS bigint) THEN 'overflow'
-        WHEN CAST(:actual AS bigint) > hold.amount
-             AND cur.remaining < CAST(:actual AS bigint) - hold.amount THEN 'overrun'
-        ELSE 'committed'
-    END AS status
-    FROM cur CROSS JOIN hold
-), gone AS (
-    DELETE FROM {s}.reservations AS r USING decision AS d
-    WHERE d.status = 'committed' AND r.tenant_id = d.tenant_id
-      AND r.reservation_id = CAST(:reservation_id AS bigint)
-    RETURNING r.tenant_id, r.amount_microcents
-), applied AS (
+    + _CLAIM_HOLD
+    + """, applied AS (
     UPDATE {s}.tenants AS t
-    SET remaining_microcents = t.remaining_microcents - (CAST(:actual AS bigint) - g.amount_microcents),
-        reserved_microcents = t.reserved_microcents - g.amount_microcents,
+    SET remaining_microcents = t.remaining_microcents
+            - (CAST(:actual AS bigint) - (SELECT amount FROM hold)),
+        reserved_microcents = t.reserved_microcents - (SELECT amount FROM hold),
         committed_microcents = t.committed_microcents + CAST(:actual AS bigint)
-    FROM gone AS g
-    WHERE t.tenant_id = g.tenant_id
-      AND t.remaining_microcents >= CAST(:actual AS bigint) - g.amount_microcents
-    RETURNING t.remaining_microcents
+    WHERE t.tenant_id = (SELECT tenant_id FROM hold)
+      AND t.committed_microcents <= {max} - CAST(:actual AS bigint)
+      AND t.remaining_microcents >= CAST(:actual AS bigint) - (SELECT amount FROM hold)
+    RETURNING t.tenant_id, t.remaining_microcents
+), gone AS (
+    DELETE FROM {s}.reservations AS r
+    WHERE r.reservation_id = CAST(:reservation_id AS bigint)
+      AND r.tenant_id = (SELECT tenant_id FROM applied)
+    RETURNING r.reservation_id
+), probe AS MATERIALIZED (
+    SELECT t.remaining_microcents AS remaining, CASE
+        WHEN t.committed_microcents > {max} - CAST(:actual AS bigint) THEN 'overflow'
+        WHEN CAST(:actual AS bigint) > (SELECT amount FROM hold)
+             AND t.remaining_microcents < CAST(:actual AS bigint) - (SELECT amount FROM hold)
+            THEN 'overrun'
+        ELSE 'retry'
+    END AS status
+    FROM {s}.tenants AS t
+    WHERE t.tenant_id = (SELECT tenant_id FROM hold) AND NOT EXISTS (SELECT 1 FROM applied)
+    FOR NO KEY UPDATE
 )
-SELECT d.status, d.remaining, a.remaining_microcents AS new_remaining,
-       CASE WHEN (SELECT count(*) FROM gone) <> (SELECT count(*) FROM applied)
-            THEN {s}.invariant_failed('commit removed a hold without settling its tenant')
+SELECT 'committed' AS status, a.remaining_microcents AS remaining,
+       CASE WHEN (SELECT count(*) FROM gone) <> 1
+            THEN {s}.invariant_failed('commit settled a tenant without removing its hold')
        END AS guard
-FROM decision AS d LEFT JOIN applied AS a ON true
+FROM applied AS a
+UNION ALL
+SELECT p.status, p.remaining, NULL FROM probe AS p
 """
 ).replace("{max}", I64_MAX_SQL)
 
 RELEASE = (
     "WITH"
-    + _LOCK_TENANT_THEN_HOLD
-    + """, gone AS (
-    DELETE FROM {s}.reservations AS r USING cur
-    WHERE r.tenant_id = cur.tenant_id AND r.reservation_id = CAST(:reservation_id AS bigint)
-      AND EXISTS (SELECT 1 FROM hold)
-    RETURNING r.tenant_id, r.amount_microcents
-), applied AS (
+    + _CLAIM_HOLD
+    + """, applied AS (
     UPDATE {s}.tenants AS t
-    SET remaining_microcents = t.remaining_microcents + g.amount_microcents,
-        reserved_microcents = t.reserved_microcents - g.amount_microcents
-    FROM gone AS g
-    WHERE t.tenant_id = g.tenant_id
-    RETURNING t.remaining_microcents, g.amount_microcents
+    SET remaining_microcents = t.remaining_microcents + (SELECT amount FROM hold),
+        reserved_microcents = t.reserved_microcents - (SELECT amount FROM hold)
+    WHERE t.tenant_id = (SELECT tenant_id FROM hold)
+    RETURNING t.tenant_id, t.remaining_microcents
+), gone AS (
+    DELETE FROM {s}.reservations AS r
+    WHERE r.reservation_id = CAST(:reservation_id AS bigint)
+      AND r.tenant_id = (SELECT tenant_id FROM applied)
+    RETURNING r.amount_microcents
 )
-SELECT a.remaining_microcents AS new_remaining, a.amount_microcents AS returned,
-       CASE WHEN (SELECT count(*) FROM gone) <> (SELECT count(*) FROM applied)
-            THEN {s}.invariant_failed('release removed a hold without refunding its tenant')
+SELECT a.remaining_microcents AS remaining, g.amount_microcents AS returned,
+       CASE WHEN (SELECT count(*) FROM gone) <> 1
+            THEN {s}.invariant_failed('release refunded a tenant without removing its hold')
        END AS guard
-FROM (SELECT 1) AS one LEFT JOIN applied AS a ON true
+FROM applied AS a LEFT JOIN gone AS g ON true
 """
 )
 

@@ -38,6 +38,7 @@ from .snapshot import (
 __all__ = ["Connectable", "Ledger"]
 
 _I64_MAX = _validate.I64_MAX
+_CAS_ATTEMPTS = 100
 
 
 class Ledger:
@@ -98,11 +99,9 @@ class Ledger:
         amount = _validate.amount("amount_microcents", amount_microcents)
         if amount <= 0:
             return TopUpOutcome(Status.INVALID_AMOUNT)
-        params = {"tenant_id": tenant_id, "amount": amount}
-        rows = self._db.run(connection, lambda c: execute(c, self._sql.top_up, params))
-        if not rows:
+        row = self._cas(connection, self._sql.top_up, {"tenant_id": tenant_id, "amount": amount})
+        if row is None:
             return TopUpOutcome(Status.MISSING_TENANT)
-        row = rows[0]
         if row.status == "overflow":
             return TopUpOutcome(Status.OVERFLOW)
         return TopUpOutcome(
@@ -144,25 +143,19 @@ class Ledger:
             return ReserveOutcome(
                 Status.INSUFFICIENT, remaining_microcents=0, required_microcents=cost
             )
-        params = {"tenant_id": tenant_id, "amount": cost}
-        rows = self._db.run(connection, lambda c: execute(c, self._sql.try_reserve, params))
-        if not rows:
+        row = self._cas(connection, self._sql.try_reserve, {"tenant_id": tenant_id, "amount": cost})
+        if row is None:
             return ReserveOutcome(Status.MISSING_TENANT)
-        row = rows[0]
         status = Status(row.status)
         if status is Status.RESERVED:
             return ReserveOutcome(
-                status,
-                reservation_id=row.reservation_id,
-                remaining_microcents=row.new_remaining,
+                status, reservation_id=row.reservation_id, remaining_microcents=row.remaining
             )
         if status is Status.OVERFLOW:
             return ReserveOutcome(status, current_reserved_microcents=row.reserved)
         if status is Status.EXPOSURE_LIMIT_EXCEEDED:
             return ReserveOutcome(
-                status,
-                current_reserved_microcents=row.reserved,
-                max_reserved_microcents=row.cap,
+                status, current_reserved_microcents=row.reserved, max_reserved_microcents=row.cap
             )
         return ReserveOutcome(status, remaining_microcents=row.remaining, required_microcents=cost)
 
@@ -190,14 +183,13 @@ class Ledger:
             return SettlementOutcome(Status.MISSING_RESERVATION)
         params: dict[str, Any] = {"reservation_id": rid, "actual": actual, "tenant_id": hint}
         stmt = self._sql.commit if hint is None else self._sql.commit_for_tenant
-        rows = self._db.run(connection, lambda c: execute(c, stmt, params))
-        if not rows:
+        row = self._cas(connection, stmt, params)
+        if row is None:
             return SettlementOutcome(Status.MISSING_RESERVATION)
-        row = rows[0]
         status = Status(row.status)
         if status is Status.COMMITTED:
             return SettlementOutcome(
-                status, remaining_microcents=row.new_remaining, actual_microcents=actual
+                status, remaining_microcents=row.remaining, actual_microcents=actual
             )
         return SettlementOutcome(status, remaining_microcents=row.remaining)
 
@@ -216,13 +208,32 @@ class Ledger:
         params: dict[str, Any] = {"reservation_id": rid, "tenant_id": hint}
         stmt = self._sql.release if hint is None else self._sql.release_for_tenant
         rows = self._db.run(connection, lambda c: execute(c, stmt, params))
-        row = rows[0]
-        if row.new_remaining is None:
+        if not rows:
             return SettlementOutcome(Status.MISSING_RESERVATION)
         return SettlementOutcome(
             Status.RELEASED,
-            remaining_microcents=row.new_remaining,
-            returned_microcents=row.returned,
+            remaining_microcents=rows[0].remaining,
+            returned_microcents=rows[0].returned,
+        )
+
+    def _cas(
+        self, connection: Connectable | None, statement: Any, params: dict[str, Any]
+    ) -> Any:
+        """Run a compare-and-swap statement; re-run it while its probe answers 'retry'.
+
+        'retry' means the row changed between the refused UPDATE and the
+        probe that explains the refusal, so neither answer is current. Each
+        retry implies another writer made progress, so the loop terminates.
+        """
+        for _ in range(_CAS_ATTEMPTS):
+            rows = self._db.run(connection, lambda c: execute(c, statement, params))
+            if not rows:
+                return None
+            if rows[0].status != "retry":
+                return rows[0]
+        raise errors.RetryableError(
+            f"the tenant row changed {_CAS_ATTEMPTS} times while this operation was being "
+            "decided; retry it"
         )
 
     # --------------------------------------------------------------- reads
