@@ -23,7 +23,7 @@ from .finance import (
     ledger_digest,
     prove_conservation,
 )
-from .migrate import migrate
+from .migrator import migrate
 from .outcomes import (
     Balance,
     ConservationStatus,

@@ -162,8 +162,7 @@ def _caller_connection(caller: Connectable) -> Connection:
     if isinstance(caller, Session):
         return caller.connection()
     raise errors.InputError(
-        "connection= must be a SQLAlchemy Connection or Session, "
-        f"got {type(caller).__name__}"
+        f"connection= must be a SQLAlchemy Connection or Session, got {type(caller).__name__}"
     )
 
 

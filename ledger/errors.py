@@ -217,4 +217,3 @@ class ConnectionLost(DatabaseError):
     If it failed after the statement was sent, the outcome is unknown: read the
     tenant's balances before retrying.
     """
-

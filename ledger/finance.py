@@ -35,7 +35,9 @@ def ledger_digest(snapshot: BudgetSnapshot) -> bytes:
     """SHA-256 over the tagged, canonical little-endian encoding of a snapshot."""
     h = hashlib.sha256(DIGEST_TAG)
     try:
-        h.update(_HEADER.pack(snapshot.version, len(snapshot.tenants), snapshot.active_reservations))
+        h.update(
+            _HEADER.pack(snapshot.version, len(snapshot.tenants), snapshot.active_reservations)
+        )
         for t in sorted(snapshot.tenants, key=lambda t: sort_key(t.tenant_id)):
             raw = t.tenant_id.encode("utf-8")
             h.update(_ID_LEN.pack(len(raw)))
@@ -159,7 +161,9 @@ def certify_snapshot(
     )
 
 
-def certify_ledger(ledger: Ledger, *, connection: Connectable | None = None) -> FinancialCertificate:
+def certify_ledger(
+    ledger: Ledger, *, connection: Connectable | None = None
+) -> FinancialCertificate:
     """Snapshot the ledger, rotate its baseline monotonically, and store the certificate.
 
     Two processes certifying at once never count the same spend twice: the

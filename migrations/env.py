@@ -21,8 +21,10 @@ from sqlalchemy import Connection, create_engine, pool, text
 config = context.config
 x_args = context.get_x_argument(as_dictionary=True)
 
-schema = config.attributes.get("schema") or x_args.get("schema") or os.environ.get(
-    "LEDGER_SCHEMA", "ledger"
+schema = (
+    config.attributes.get("schema")
+    or x_args.get("schema")
+    or os.environ.get("LEDGER_SCHEMA", "ledger")
 )
 if not re.match(r"^[a-z_][a-z0-9_]{0,62}$", schema):
     raise SystemExit(f"invalid ledger schema name {schema!r}: use a lowercase SQL identifier")
@@ -30,8 +32,10 @@ config.attributes["ledger_schema"] = schema
 
 
 def _url() -> str:
-    url = x_args.get("url") or os.environ.get("LEDGER_DATABASE_URL") or config.get_main_option(
-        "sqlalchemy.url"
+    url = (
+        x_args.get("url")
+        or os.environ.get("LEDGER_DATABASE_URL")
+        or config.get_main_option("sqlalchemy.url")
     )
     if not url:
         raise SystemExit(

@@ -23,9 +23,7 @@ def state(conn: psycopg.Connection, schema: str = "ledger") -> dict[str, Any]:
             " ORDER BY reservation_id"
         ).fetchall(),
         "caps": conn.execute(f"SELECT * FROM {s}.detached_caps ORDER BY tenant_id").fetchall(),
-        "certificates": conn.execute(
-            f"SELECT count(*) FROM {s}.certificates"
-        ).fetchone(),
+        "certificates": conn.execute(f"SELECT count(*) FROM {s}.certificates").fetchone(),
         "baseline": conn.execute(
             f"SELECT committed_microcents FROM {s}.certificate_baseline"
         ).fetchone(),

@@ -113,7 +113,9 @@ class SnapshotReader(threading.Thread):
             self.taken += 1
 
 
-def _check_final(book: ledger.Ledger, raw: psycopg.Connection, initial: int, tallies: list[Tally]) -> None:
+def _check_final(
+    book: ledger.Ledger, raw: psycopg.Connection, initial: int, tallies: list[Tally]
+) -> None:
     committed = sum(t.committed for t in tallies)
     topped = sum(t.topped_up for t in tallies)
     t = book.tenant("hot")
@@ -144,7 +146,9 @@ def test_threads_hot_tenant_exact_sums_and_balanced_snapshots(
     _check_final(hot, raw, initial, tallies)
 
 
-def _process_worker(url: str, seed: int, ops: int, start: multiprocessing.synchronize.Event) -> Tally:  # type: ignore[name-defined]
+def _process_worker(
+    url: str, seed: int, ops: int, start: multiprocessing.synchronize.Event
+) -> Tally:  # type: ignore[name-defined]
     engine = _engine(url, 2)
     try:
         start.wait(60)
@@ -162,7 +166,9 @@ def test_processes_hot_tenant_exact_sums(db_url: str, raw: psycopg.Connection) -
     with ctx.Manager() as manager:
         start = manager.Event()
         with ctx.Pool(PROCESSES) as pool:
-            pending = [pool.apply_async(_process_worker, (db_url, s, 80, start)) for s in range(PROCESSES)]
+            pending = [
+                pool.apply_async(_process_worker, (db_url, s, 80, start)) for s in range(PROCESSES)
+            ]
             reader = SnapshotReader(book)
             reader.start()
             start.set()
@@ -230,7 +236,9 @@ def test_same_hold_settled_concurrently_exactly_once(hot: ledger.Ledger) -> None
     assert t.remaining_microcents + t.committed_microcents == 1_000_000
 
 
-def test_no_deadlock_across_tenants_and_operations(hot: ledger.Ledger, raw: psycopg.Connection) -> None:
+def test_no_deadlock_across_tenants_and_operations(
+    hot: ledger.Ledger, raw: psycopg.Connection
+) -> None:
     names = ["a", "b", "c"]
     for n in names:
         hot.ensure_tenant(n, 5_000_000)

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 import ledger
 from ledger import errors
-from ledger.migrate import current_revision, downgrade, head_revision
+from ledger.migrator import current_revision, downgrade, head_revision
 
 from .conftest import _plain
 from .helpers import state
@@ -28,15 +28,27 @@ def _engine(url: str, **kw: Any) -> Engine:
 
 # ------------------------------------------------------------ constraints
 
+INSERT_TENANT = (
+    "INSERT INTO ledger.tenants (tenant_id, initial_microcents, remaining_microcents,"
+    " reserved_microcents, committed_microcents) "
+)
+
 
 @pytest.mark.parametrize(
     ("sql", "constraint"),
     [
-        ("UPDATE ledger.tenants SET remaining_microcents = remaining_microcents + 1", "tenants_conservation"),
-        ("UPDATE ledger.tenants SET initial_microcents = initial_microcents - 1", "tenants_conservation"),
+        (
+            "UPDATE ledger.tenants SET remaining_microcents = remaining_microcents + 1",
+            "tenants_conservation",
+        ),
+        (
+            "UPDATE ledger.tenants SET initial_microcents = initial_microcents - 1",
+            "tenants_conservation",
+        ),
         ("UPDATE ledger.tenants SET committed_microcents = 0", "tenants_conservation"),
         (
-            "UPDATE ledger.tenants SET remaining_microcents = -1, committed_microcents = committed_microcents + remaining_microcents + 1",
+            "UPDATE ledger.tenants SET remaining_microcents = -1,"
+            " committed_microcents = committed_microcents + remaining_microcents + 1",
             "tenants_remaining_nonnegative",
         ),
         (
@@ -45,9 +57,18 @@ def _engine(url: str, **kw: Any) -> Engine:
             "tenants_conservation",
         ),
         ("UPDATE ledger.reservations SET amount_microcents = 0", "reservations_amount_positive"),
-        ("UPDATE ledger.tenants SET max_reserved_microcents = -5", "tenants_max_reserved_nonnegative"),
-        ("INSERT INTO ledger.tenants (tenant_id, initial_microcents, remaining_microcents, reserved_microcents, committed_microcents) VALUES ('x', 10, 5, 0, 0)", "tenants_conservation"),
-        ("INSERT INTO ledger.tenants (tenant_id, initial_microcents, remaining_microcents, reserved_microcents, committed_microcents) VALUES ('', 0, 0, 0, 0)", "tenants_tenant_id_length"),
+        (
+            "UPDATE ledger.tenants SET max_reserved_microcents = -5",
+            "tenants_max_reserved_nonnegative",
+        ),
+        (
+            INSERT_TENANT + "VALUES ('x', 10, 5, 0, 0)",
+            "tenants_conservation",
+        ),
+        (
+            INSERT_TENANT + "VALUES ('', 0, 0, 0, 0)",
+            "tenants_tenant_id_length",
+        ),
         ("DELETE FROM ledger.tenants", "reservations_tenant_fkey"),
     ],
 )
@@ -71,8 +92,12 @@ def test_constraint_violation_inside_caller_transaction_is_typed(db_url: str) ->
     book.ensure_tenant("t", 10)
     with engine.connect() as conn:
         conn.execute(text("SET CONSTRAINTS ALL IMMEDIATE"))
-        conn.execute(text("ALTER TABLE ledger.tenants DROP CONSTRAINT tenants_remaining_nonnegative"))
-        conn.execute(text("UPDATE ledger.tenants SET remaining_microcents = -5, committed_microcents = 15"))
+        conn.execute(
+            text("ALTER TABLE ledger.tenants DROP CONSTRAINT tenants_remaining_nonnegative")
+        )
+        conn.execute(
+            text("UPDATE ledger.tenants SET remaining_microcents = -5, committed_microcents = 15")
+        )
         # The conservation CHECK still holds; the table says -5 remaining. Verification must see it.
         status = book.verify_conservation(connection=conn)
         assert status.status == "violation" and status.delta_microcents == -5
@@ -132,9 +157,10 @@ def test_concurrent_migrations_are_serialised(empty_db_url: str) -> None:
 def test_two_schemas_are_independent(empty_db_url: str) -> None:
     ledger.migrate(empty_db_url, schema="billing")
     ledger.migrate(empty_db_url, schema="credits")
-    with ledger.Ledger(empty_db_url, schema="billing") as a, ledger.Ledger(
-        empty_db_url, schema="credits"
-    ) as b:
+    with (
+        ledger.Ledger(empty_db_url, schema="billing") as a,
+        ledger.Ledger(empty_db_url, schema="credits") as b,
+    ):
         a.ensure_tenant("t", 100)
         assert b.tenant("t") is None
         b.ensure_tenant("t", 7)
@@ -145,7 +171,7 @@ def test_two_schemas_are_independent(empty_db_url: str) -> None:
 
 def test_unmigrated_database_gives_actionable_error(empty_db_url: str) -> None:
     with ledger.Ledger(empty_db_url) as book:
-        with pytest.raises(errors.SchemaNotMigrated, match="ledger.migrate"):
+        with pytest.raises(errors.SchemaNotMigrated, match=r"ledger\.migrate"):
             book.try_reserve("t", 1)
         with pytest.raises(errors.SchemaNotMigrated):
             book.snapshot()
@@ -159,7 +185,18 @@ def test_migration_scripts_ship_inside_the_wheel(tmp_path: Any) -> None:
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), root],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            root,
+        ],
         check=True,
         capture_output=True,
     )
@@ -177,7 +214,7 @@ class Tracer:
     """Counts protocol round trips (Sync/Query messages) using libpq's own trace."""
 
     def __init__(self, engine: Engine) -> None:
-        self.file = tempfile.NamedTemporaryFile("w+", delete=False)
+        self.file = tempfile.NamedTemporaryFile("w+", delete=False)  # noqa: SIM115 - closed in fixture
         self.statements: list[str] = []
 
         @event.listens_for(engine, "connect")
@@ -199,7 +236,11 @@ class Tracer:
         with open(self.file.name) as f:
             f.seek(self._start)
             lines = f.read().splitlines()
-        return sum(1 for line in lines if line.startswith("F\t") and line.split("\t")[2].split()[0] in ("Sync", "Query"))
+        return sum(
+            1
+            for line in lines
+            if line.startswith("F\t") and line.split("\t")[2].split()[0] in ("Sync", "Query")
+        )
 
 
 @pytest.fixture
@@ -214,7 +255,9 @@ def traced(db_url: str) -> Iterator[tuple[ledger.Ledger, Tracer]]:
     os.unlink(tracer.file.name)
 
 
-def test_each_operation_is_one_statement_and_one_round_trip(traced: tuple[ledger.Ledger, Tracer]) -> None:
+def test_each_operation_is_one_statement_and_one_round_trip(
+    traced: tuple[ledger.Ledger, Tracer],
+) -> None:
     book, tracer = traced
     results = {}
 
@@ -243,7 +286,11 @@ def test_each_operation_is_one_statement_and_one_round_trip(traced: tuple[ledger
 def test_validation_failures_send_nothing(traced: tuple[ledger.Ledger, Tracer]) -> None:
     book, tracer = traced
     tracer.mark()
-    for call in (lambda: book.try_reserve("t", 1.0), lambda: book.commit(1, True), lambda: book.try_reserve("", 1)):
+    for call in (
+        lambda: book.try_reserve("t", 1.0),
+        lambda: book.commit(1, True),
+        lambda: book.try_reserve("", 1),
+    ):
         with pytest.raises(errors.LedgerError):
             call()
     assert book.try_reserve("t", 0).status == "insufficient"

@@ -48,7 +48,8 @@ def test_digest_sorts_by_utf8_bytes_not_input_order() -> None:
 
 
 @pytest.mark.parametrize(
-    "field", ["initial_microcents", "remaining_microcents", "reserved_microcents", "committed_microcents"]
+    "field",
+    ["initial_microcents", "remaining_microcents", "reserved_microcents", "committed_microcents"],
 )
 def test_digest_changes_with_every_field(field: str) -> None:
     base = snap(*VECTORS[0][:3])
@@ -95,5 +96,11 @@ def test_certify_snapshot_aggregate_overflow_reports_zero_totals() -> None:
 def test_certify_snapshot_measures_against_baseline() -> None:
     s = snap(*VECTORS[0][:3])
     assert certify_snapshot(s).committed_since_last_certificate == 30000
-    assert certify_snapshot(s, baseline_committed_microcents=10000).committed_since_last_certificate == 20000
-    assert certify_snapshot(s, baseline_committed_microcents=99999).committed_since_last_certificate == 0
+    assert (
+        certify_snapshot(s, baseline_committed_microcents=10000).committed_since_last_certificate
+        == 20000
+    )
+    assert (
+        certify_snapshot(s, baseline_committed_microcents=99999).committed_since_last_certificate
+        == 0
+    )

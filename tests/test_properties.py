@@ -74,7 +74,9 @@ def test_aggressive_mixed_ops_maintain_conservation(
             assert snap_after.active_reservations == len(open_ids)
             if snap_after.tenants == snap_before.tenants:
                 # Same balances: the digests differ only through the version.
-                same = BudgetSnapshot(snap_before.version, snap_after.tenants, snap_after.active_reservations)
+                same = BudgetSnapshot(
+                    snap_before.version, snap_after.tenants, snap_after.active_reservations
+                )
                 assert (snap_after.active_reservations != snap_before.active_reservations) or (
                     ledger_digest(same) == ledger_digest(snap_before)
                 )
@@ -83,7 +85,9 @@ def test_aggressive_mixed_ops_maintain_conservation(
 @SETTINGS
 @given(
     seed_ops=st.lists(
-        st.tuples(st.integers(0, 3), st.integers(0, 255), st.integers(1, 49_999)), min_size=1, max_size=40
+        st.tuples(st.integers(0, 3), st.integers(0, 255), st.integers(1, 49_999)),
+        min_size=1,
+        max_size=40,
     )
 )
 def test_random_ops_maintain_conservation(

@@ -23,8 +23,9 @@ from .helpers import I64_MAX, holds_match_reserved
 @pytest.fixture
 def wide(db_url: str) -> Iterator[ledger.Ledger]:
     """A ledger whose pool has a connection for each of 100 threads."""
-    engine = create_engine(db_url.replace("postgresql://", "postgresql+psycopg://", 1),
-                           pool_size=100, max_overflow=0)
+    engine = create_engine(
+        db_url.replace("postgresql://", "postgresql+psycopg://", 1), pool_size=100, max_overflow=0
+    )
     yield ledger.Ledger(engine)
     engine.dispose()
 

@@ -120,8 +120,14 @@ def test_restore_validation_follows_seed_order(
 def test_conservation_status_reports_first_offender_and_negative_remaining() -> None:
     s = BudgetSnapshot(1, (t("a", 5, 5, 0, 0), t("b", 5, 4, 0, 0), t("c", 1, 0, 0, 0)), 0)
     status = conservation_status_for_snapshot(s)
-    assert (status.status, status.tenant_id, status.delta_microcents) == (Balance.VIOLATION, "b", -1)
+    assert (status.status, status.tenant_id, status.delta_microcents) == (
+        Balance.VIOLATION,
+        "b",
+        -1,
+    )
     neg = conservation_status_for_snapshot(BudgetSnapshot(1, (t("a", 0, -5, 5, 0),), 0))
     assert (neg.tenant_id, neg.delta_microcents) == ("a", -5)
-    overflow = conservation_status_for_snapshot(BudgetSnapshot(1, (t("a", I64_MIN, I64_MAX, 1, 0),), 0))
+    overflow = conservation_status_for_snapshot(
+        BudgetSnapshot(1, (t("a", I64_MIN, I64_MAX, 1, 0),), 0)
+    )
     assert overflow.status is Balance.AGGREGATE_OVERFLOW

@@ -44,9 +44,7 @@ def upgrade() -> None:
     s = _schema()
     op.execute(sa.text(f'CREATE SEQUENCE "{s}".reservation_id_seq AS bigint START WITH 1'))
     op.execute(
-        sa.text(
-            f'CREATE SEQUENCE "{s}".snapshot_version_seq AS bigint MINVALUE 0 START WITH 1'
-        )
+        sa.text(f'CREATE SEQUENCE "{s}".snapshot_version_seq AS bigint MINVALUE 0 START WITH 1')
     )
 
     op.create_table(
@@ -69,9 +67,7 @@ def upgrade() -> None:
         sa.CheckConstraint("remaining_microcents >= 0", name="tenants_remaining_nonnegative"),
         sa.CheckConstraint("reserved_microcents >= 0", name="tenants_reserved_nonnegative"),
         sa.CheckConstraint("committed_microcents >= 0", name="tenants_committed_nonnegative"),
-        sa.CheckConstraint(
-            "max_reserved_microcents >= 0", name="tenants_max_reserved_nonnegative"
-        ),
+        sa.CheckConstraint("max_reserved_microcents >= 0", name="tenants_max_reserved_nonnegative"),
         sa.CheckConstraint(
             "remaining_microcents::numeric + reserved_microcents::numeric"
             " + committed_microcents::numeric = initial_microcents::numeric",
@@ -100,9 +96,7 @@ def upgrade() -> None:
     )
     # Lookup by id alone (commit/release without a tenant hint). Not unique so
     # the table stays distributable; the sequence already makes ids unique.
-    op.create_index(
-        "reservations_reservation_id_idx", "reservations", ["reservation_id"], schema=s
-    )
+    op.create_index("reservations_reservation_id_idx", "reservations", ["reservation_id"], schema=s)
 
     op.create_table(
         "detached_caps",
@@ -129,9 +123,7 @@ def upgrade() -> None:
 
     op.create_table(
         "certificates",
-        sa.Column(
-            "certificate_id", sa.BigInteger(), sa.Identity(always=True), primary_key=True
-        ),
+        sa.Column("certificate_id", sa.BigInteger(), sa.Identity(always=True), primary_key=True),
         sa.Column(
             "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
         ),

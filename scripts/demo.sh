@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Set everything up and run the demo on the embedded PostgreSQL.
+#
+#   bash scripts/demo.sh
+#
+# Creates .venv (or $LEDGER_VENV), installs sql-ledger, then runs `ledger demo`:
+# it migrates, creates tenants, runs a concurrent reserve/commit/release load
+# and prints the balances, the conservation status and a certificate.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+VENV=${LEDGER_VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q -e .
+exec "$VENV/bin/ledger" demo "$@"
