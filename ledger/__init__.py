@@ -12,7 +12,7 @@ Quick start::
         book.commit(hold.reservation_id, 180_000)     # surplus refunded
 """
 
-from . import errors
+from . import embedded, errors
 from ._db import Connectable
 from .core import Ledger
 from .finance import (
@@ -57,6 +57,7 @@ __all__ = [
     "certify_ledger",
     "certify_snapshot",
     "conservation_status_for_snapshot",
+    "embedded",
     "errors",
     "ledger_digest",
     "migrate",
