@@ -25,7 +25,7 @@ def test_readme_examples_run(db_url: str, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(ledger.embedded, "start", lambda *a, **k: SimpleNamespace(url=db_url))
     namespace: dict[str, object] = {}
     for block in python_blocks():
-        exec(compile(block, str(README), "exec"), namespace)  # noqa: S102 - our own docs
+        exec(compile(block, str(README), "exec"), namespace)
     book = namespace["book"]
     assert isinstance(book, ledger.Ledger)
     assert book.verify_conservation().is_balanced
