@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 MICROCENTS_PER_CENT = 1_000_000
 MICROCENTS_PER_UNIT = 100 * MICROCENTS_PER_CENT
+
+_AMOUNT = re.compile(r"([+-]?)(\d*)(?:\.(\d{1,8}))?")
 
 
 def format_units(microcents: int, *, min_decimals: int = 2) -> str:
@@ -19,13 +23,11 @@ def format_units(microcents: int, *, min_decimals: int = 2) -> str:
 def parse_units(text: str) -> int:
     """``"1.25"`` -> ``125000000`` microcents; refuses more than 8 decimals or junk."""
     raw = text.strip().replace("_", "").replace(",", "")
-    sign = -1 if raw.startswith("-") else 1
-    raw = raw.lstrip("+-")
-    whole, _, frac = raw.partition(".")
-    if not whole and not frac:
-        raise ValueError(f"not an amount: {text!r}")
-    if not (whole or "0").isdigit() or (frac and not frac.isdigit()) or len(frac) > 8:
+    match = _AMOUNT.fullmatch(raw)
+    if match is None or not (match.group(2) or match.group(3)):
         raise ValueError(
             f"not an amount: {text!r} (use digits with at most 8 decimals, e.g. 12.50)"
         )
-    return sign * (int(whole or "0") * MICROCENTS_PER_UNIT + int(frac.ljust(8, "0") or "0"))
+    sign, whole, frac = match.groups()
+    value = int(whole or "0") * MICROCENTS_PER_UNIT + int((frac or "").ljust(8, "0"))
+    return -value if sign == "-" else value
