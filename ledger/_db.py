@@ -81,6 +81,11 @@ def translate(exc: sa_exc.DBAPIError) -> errors.LedgerError:
             f"PostgreSQL refused the write with constraint {constraint!r} ({primary}); "
             "nothing was applied",
         )
+    if sqlstate == "LG002":
+        return errors.DatabaseError(
+            f"{primary}: the journal is append-only; record a correction as a new entry",
+            sqlstate=sqlstate,
+        )
     if sqlstate == "LG001":
         return errors.DatabaseError(
             f"{primary}; the statement was rolled back. This is a bug: please report it.",
@@ -166,10 +171,17 @@ def _caller_connection(caller: Connectable) -> Connection:
     )
 
 
-def execute(conn: Connection, statement: TextClause, params: Mapping[str, Any]) -> list[Row[Any]]:
-    """Execute and fetch everything; errors surface through ``Database.connection``."""
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """Re-raise driver errors from the block as ledger errors."""
     try:
-        result = conn.execute(statement, params)
-        return list(result) if result.returns_rows else []
+        yield
     except sa_exc.DBAPIError as exc:
         raise translate(exc) from exc
+
+
+def execute(conn: Connection, statement: TextClause, params: Mapping[str, Any]) -> list[Row[Any]]:
+    """Execute and fetch everything, with driver errors translated."""
+    with translate_errors():
+        result = conn.execute(statement, params)
+        return list(result) if result.returns_rows else []

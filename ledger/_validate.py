@@ -9,8 +9,15 @@ fit a ``bigint`` and the column constraints.
 from __future__ import annotations
 
 import re
+from datetime import datetime, timedelta
 
-from .errors import AmountTypeError, AmountValueError, InvalidSchemaName, InvalidTenantId
+from .errors import (
+    AmountTypeError,
+    AmountValueError,
+    InputError,
+    InvalidSchemaName,
+    InvalidTenantId,
+)
 
 I64_MIN = -(2**63)
 I64_MAX = 2**63 - 1
@@ -80,4 +87,53 @@ def schema_name(value: object) -> str:
             f"schema must be a lowercase SQL identifier matching {_SCHEMA_RE.pattern}, "
             f"got {value!r}"
         )
+    return value
+
+
+def idempotency_key(value: object) -> str | None:
+    """Keys are opaque client strings, stored and hashed as UTF-8."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise InputError(
+            "idempotency_key must be a non-empty str without NUL (a UUID is a good choice), "
+            f"got {value!r}"
+        )
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InputError("idempotency_key is not valid UTF-8") from exc
+    if size > 255:
+        raise InputError(f"idempotency_key is {size} UTF-8 bytes; the limit is 255")
+    return value
+
+
+def expiry(ttl: object, expires_at: object) -> tuple[int | None, datetime | None]:
+    """A hold deadline: ``ttl`` (timedelta or whole seconds) or an aware ``expires_at``."""
+    if ttl is not None and expires_at is not None:
+        raise InputError("pass either ttl= or expires_at=, not both")
+    if ttl is not None:
+        if isinstance(ttl, timedelta):
+            micros = ttl // timedelta(microseconds=1)
+        elif type(ttl) is int:
+            micros = ttl * 1_000_000
+        else:
+            raise AmountTypeError(
+                f"ttl must be a datetime.timedelta or whole seconds (int), got {type(ttl).__name__}"
+            )
+        if not 0 < micros <= I64_MAX:
+            raise AmountValueError(f"ttl must be positive and finite, got {ttl!r}")
+        return micros, None
+    if expires_at is not None:
+        if not isinstance(expires_at, datetime) or expires_at.tzinfo is None:
+            raise InputError(
+                "expires_at must be a timezone-aware datetime (for example datetime.now(UTC))"
+            )
+        return None, expires_at
+    return None, None
+
+
+def positive_count(name: str, value: object) -> int:
+    if type(value) is not int or value <= 0:
+        raise InputError(f"{name} must be a positive int, got {value!r}")
     return value

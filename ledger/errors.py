@@ -162,6 +162,22 @@ class OverrunError(RefusedError):
     """The actual cost exceeds the hold and the difference is not affordable; the hold is kept"""
 
 
+class HoldExpiredError(RefusedError):
+    """The hold passed its deadline and was expired; its amount went back to the tenant"""
+
+
+class IdempotencyConflict(LedgerError):
+    """The idempotency key was already used for a different request."""
+
+    def __init__(self, tenant_id: str, key: str) -> None:
+        self.tenant_id = tenant_id
+        self.key = key
+        super().__init__(
+            f"idempotency key {key!r} of tenant {tenant_id!r} was already used for a different "
+            "request; use a new key for a new request"
+        )
+
+
 # ------------------------------------------------------------------ database
 
 

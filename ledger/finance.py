@@ -89,6 +89,10 @@ class FinancialCertificate:
     total_committed_microcents: int
     aggregate_totals_representable: bool
     committed_since_last_certificate: int
+    #: Set for certificates stored by :meth:`Ledger.certify`: its row id and the
+    #: fold of every tenant's journal chain head at the certified snapshot.
+    certificate_id: int | None = None
+    journal_root_hex: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}

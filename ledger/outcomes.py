@@ -33,6 +33,7 @@ class Status(StrEnum):
     COMMITTED = "committed"
     RELEASED = "released"
     OVERRUN = "overrun"
+    EXPIRED = "expired"
 
 
 _SUCCESS = frozenset({Status.RESERVED, Status.TOPPED_UP, Status.COMMITTED, Status.RELEASED})
@@ -45,6 +46,7 @@ _REFUSAL_ERRORS: dict[Status, type[errors.RefusedError]] = {
     Status.OVERFLOW: errors.LedgerOverflowError,
     Status.INVALID_AMOUNT: errors.InvalidAmountError,
     Status.OVERRUN: errors.OverrunError,
+    Status.EXPIRED: errors.HoldExpiredError,
 }
 
 

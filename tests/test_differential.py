@@ -165,6 +165,9 @@ class Pair:
             for key in ("snapshot_version", "ledger_digest_hex"):
                 ours_cert.pop(key)
                 theirs_cert.pop(key)
+            # ours also carries the stored row id and the journal root
+            assert ours_cert.pop("certificate_id") > 0
+            assert len(ours_cert.pop("journal_root_hex")) == 64
             if ours_cert["aggregate_totals_representable"]:
                 total = ours_cert["total_committed_microcents"]
                 expected_since = max(total - self.seed_baseline, 0)

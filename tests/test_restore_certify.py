@@ -60,7 +60,7 @@ def test_restore_keeps_caps_like_the_seed(book: ledger.Ledger, raw: psycopg.Conn
     # the seed's cap map still knows "dropped": re-creating it brings the cap back
     assert book.ensure_tenant("dropped", 1_000)
     assert book.max_reserved_microcents("dropped") == 20
-    assert raw.execute("SELECT count(*) FROM ledger.detached_caps").fetchone() == (0,)
+    assert raw.execute("SELECT count(*) FROM ledger.detached_tenants").fetchone() == (0,)
     # and a tenant restored back into existence gets its parked cap as well
     book.restore_from_snapshot(snap(4, ("kept", 1_000, 1_000, 0)))
     book.restore_from_snapshot(snap(5, ("kept", 1_000, 1_000, 0), ("dropped", 5, 5, 0)))

@@ -1,0 +1,258 @@
+"""The journal's canonical encoding and its replay, with no database in sight.
+
+Every state change appends one entry; each entry's hash covers the previous
+entry's hash (the tenant's chain head) and the entry's canonical bytes, so
+editing, deleting, reordering or inserting an entry breaks the chain from
+that point. ``docs/journal.md`` specifies the byte layout (version tag
+``sqlledger/journal/v1``); the SQL function ``journal_hash`` and
+:func:`entry_hash` here must produce the same bytes.
+
+:class:`Replayer` rebuilds one tenant's balances and open holds from its
+entries and reports every way in which the stored history disagrees with
+itself or with the live tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+JOURNAL_TAG = b"sqlledger/journal/v1\x00"
+ROOT_TAG = b"sqlledger/journal-root/v1\x00"
+GENESIS = bytes(32)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+_U32 = struct.Struct(">I")
+_I16 = struct.Struct(">h")
+_I64 = struct.Struct(">q")
+
+
+def microseconds(at: datetime) -> int:
+    """Exact microseconds since the Unix epoch (no float on the way)."""
+    return (at - EPOCH) // timedelta(microseconds=1)
+
+
+def entry_hash(
+    prev: bytes,
+    tenant_id: str,
+    seq: int,
+    op: str,
+    reservation_id: int | None,
+    amount: int | None,
+    hold: int | None,
+    initial: int,
+    remaining: int,
+    reserved: int,
+    committed: int,
+    cap: int,
+    at: datetime,
+    idempotency_key: str | None,
+) -> bytes:
+    """SHA-256 of the canonical v1 encoding; the SQL ``journal_hash`` mirrors it."""
+    tid = tenant_id.encode("utf-8")
+    name = op.encode("utf-8")
+    key = (idempotency_key or "").encode("utf-8")
+    h = hashlib.sha256(JOURNAL_TAG)
+    h.update(prev)
+    h.update(_U32.pack(len(tid)) + tid)
+    h.update(_I64.pack(seq))
+    h.update(_I16.pack(len(name)) + name)
+    for value in (reservation_id, amount, hold):
+        h.update(_I64.pack(value or 0))
+    for value in (initial, remaining, reserved, committed, cap):
+        h.update(_I64.pack(value))
+    h.update(_I64.pack(microseconds(at)))
+    h.update(_U32.pack(len(key)) + key)
+    return h.digest()
+
+
+class RootHasher:
+    """Folds (tenant id, seq, head) triples, fed in UTF-8 byte order, into a journal root."""
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256(ROOT_TAG)
+
+    def update(self, tenant_id: str, seq: int, head: bytes) -> None:
+        tid = tenant_id.encode("utf-8")
+        self._h.update(_U32.pack(len(tid)) + tid + _I64.pack(seq) + head)
+
+    def digest(self) -> bytes:
+        return self._h.digest()
+
+
+def journal_root(heads: Iterable[tuple[str, int, bytes]]) -> bytes:
+    """Fold every tenant's (id, seq, head), in UTF-8 byte order, into one hash."""
+    hasher = RootHasher()
+    for tenant_id, seq, head in sorted(heads, key=lambda x: x[0].encode("utf-8")):
+        hasher.update(tenant_id, seq, head)
+    return hasher.digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Discrepancy:
+    """One way in which the journal and the live tables disagree.
+
+    ``kind`` is one of: ``hash_mismatch`` (an entry's bytes were changed),
+    ``sequence_gap`` (entries missing), ``balance_mismatch`` (an entry's
+    recorded balances do not follow from the previous ones), ``invalid_entry``
+    (an operation that cannot apply, such as settling an unknown hold),
+    ``live_mismatch`` (the tenant row differs from the replayed state),
+    ``head_mismatch`` (the tenant's stored chain head or sequence is not the
+    replayed one), ``hold_mismatch`` (open holds differ),
+    ``certificate_mismatch`` (the chain no longer passes through a certified
+    head), ``root_mismatch`` (a certificate's journal root does not match its
+    checkpoints).
+    """
+
+    tenant_id: str | None
+    seq: int | None
+    kind: str
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tenant_id": self.tenant_id, "seq": self.seq, "kind": self.kind,
+                "detail": self.detail}
+
+
+@dataclass(frozen=True, slots=True)
+class JournalReport:
+    """Result of :meth:`Ledger.verify_journal`."""
+
+    tenants_checked: int
+    entries_checked: int
+    certificates_checked: int
+    discrepancies: tuple[Discrepancy, ...]
+    truncated: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.discrepancies
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "tenants_checked": self.tenants_checked,
+            "entries_checked": self.entries_checked,
+            "certificates_checked": self.certificates_checked,
+            "discrepancies": [d.to_dict() for d in self.discrepancies],
+            "truncated": self.truncated,
+        }
+
+
+@dataclass
+class TenantState:
+    """A tenant as replayed from its journal."""
+
+    exists: bool = False
+    seq: int = 0
+    head: bytes = GENESIS
+    initial: int = 0
+    remaining: int = 0
+    reserved: int = 0
+    committed: int = 0
+    cap: int = 0
+    holds: dict[int, int] = field(default_factory=dict)
+
+    def balances(self) -> tuple[int, int, int, int, int]:
+        return (self.initial, self.remaining, self.reserved, self.committed, self.cap)
+
+
+class Replayer:
+    """Replays one tenant's entries in order, collecting discrepancies."""
+
+    def __init__(self, tenant_id: str, start: TenantState, report: list[Discrepancy]) -> None:
+        self.tenant_id = tenant_id
+        self.state = start
+        self.report = report
+
+    def flag(self, seq: int | None, kind: str, detail: str) -> None:
+        self.report.append(Discrepancy(self.tenant_id, seq, kind, detail))
+
+    def apply(self, e: Any) -> None:
+        """Apply one journal row (attribute access: seq, op, ... entry_hash)."""
+        s = self.state
+        if e.seq != s.seq + 1:
+            self.flag(e.seq, "sequence_gap", f"expected entry {s.seq + 1}, found {e.seq}")
+        expected = entry_hash(
+            s.head, self.tenant_id, e.seq, e.op, e.reservation_id, e.amount_microcents,
+            e.hold_microcents, e.initial_microcents, e.remaining_microcents,
+            e.reserved_microcents, e.committed_microcents, e.max_reserved_microcents,
+            e.created_at, e.idempotency_key,
+        )
+        if bytes(e.entry_hash) != expected:
+            self.flag(e.seq, "hash_mismatch",
+                      f"{e.op} entry does not hash to its stored value (edited or out of chain)")
+        self._transition(e)
+        recorded = (e.initial_microcents, e.remaining_microcents, e.reserved_microcents,
+                    e.committed_microcents, e.max_reserved_microcents)
+        if s.exists and s.balances() != recorded:
+            self.flag(e.seq, "balance_mismatch",
+                      f"{e.op}: replay gives {s.balances()}, entry records {recorded}")
+        # Continue from what the entry says, so one bad entry is reported once.
+        s.initial, s.remaining, s.reserved, s.committed, s.cap = recorded
+        s.seq = e.seq
+        s.head = bytes(e.entry_hash)
+
+    def _transition(self, e: Any) -> None:
+        s = self.state
+        op = e.op
+        amount = e.amount_microcents or 0
+        rid = e.reservation_id
+        if op in ("open", "restore"):
+            s.exists = True
+            s.holds.clear()
+            s.initial, s.remaining, s.reserved, s.committed, s.cap = (
+                e.initial_microcents, e.remaining_microcents, e.reserved_microcents,
+                e.committed_microcents, e.max_reserved_microcents)
+            return
+        if op == "create":
+            if s.exists:
+                self.flag(e.seq, "invalid_entry", "create for a tenant that exists")
+            s.exists = True
+            s.holds.clear()
+            s.initial = s.remaining = amount
+            s.reserved = s.committed = 0
+            s.cap = e.max_reserved_microcents
+            return
+        if op == "remove":
+            s.exists = False
+            s.holds.clear()
+            s.initial = s.remaining = s.reserved = s.committed = 0
+            return
+        if not s.exists:
+            self.flag(e.seq, "invalid_entry", f"{op} for a tenant that does not exist")
+            return
+        if op == "open_hold":
+            s.holds[rid] = amount
+        elif op == "top_up":
+            s.initial += amount
+            s.remaining += amount
+        elif op == "cap":
+            s.cap = amount
+        elif op == "reserve":
+            if rid in s.holds:
+                self.flag(e.seq, "invalid_entry", f"hold {rid} reserved twice")
+            s.holds[rid] = amount
+            s.remaining -= amount
+            s.reserved += amount
+        elif op == "commit":
+            hold = s.holds.pop(rid, None)
+            if hold is None or hold != e.hold_microcents:
+                self.flag(e.seq, "invalid_entry", f"commit of unknown or altered hold {rid}")
+                hold = e.hold_microcents or 0
+            s.remaining -= amount - hold
+            s.reserved -= hold
+            s.committed += amount
+        elif op in ("release", "expire"):
+            hold = s.holds.pop(rid, None)
+            if hold is None or hold != amount:
+                self.flag(e.seq, "invalid_entry", f"{op} of unknown or altered hold {rid}")
+                hold = amount
+            s.remaining += hold
+            s.reserved -= hold
+        else:
+            self.flag(e.seq, "invalid_entry", f"unknown operation {op!r}")
