@@ -41,9 +41,9 @@ ZERO_HEAD = "'\\x" + "00" * 32 + "'::bytea"
 
 def _render(template: str, schema: str) -> TextClause:
     return text(
-        template.replace("{max}", I64_MAX_SQL).replace("{zero}", ZERO_HEAD).replace(
-            "{s}", f'"{schema}"'
-        )
+        template.replace("{max}", I64_MAX_SQL)
+        .replace("{zero}", ZERO_HEAD)
+        .replace("{s}", f'"{schema}"')
     )
 
 
@@ -134,12 +134,14 @@ SELECT tenant_id FROM applied
 TOP_UP = f"""
 WITH applied AS (
     UPDATE {{s}}.tenants AS t
-    SET {_journaled(
+    SET {
+    _journaled(
         "top_up",
         amount="CAST(:amount AS bigint)",
         initial="t.initial_microcents + CAST(:amount AS bigint)",
         remaining="t.remaining_microcents + CAST(:amount AS bigint)",
-    )}
+    )
+}
     WHERE t.tenant_id = :tenant_id
       AND t.initial_microcents <= {{max}} - CAST(:amount AS bigint)
       AND t.remaining_microcents <= {{max}} - CAST(:amount AS bigint)
@@ -170,13 +172,15 @@ WITH rid AS MATERIALIZED (
     SELECT nextval('{{s}}.reservation_id_seq') AS id
 ), applied AS (
     UPDATE {{s}}.tenants AS t
-    SET {_journaled(
+    SET {
+    _journaled(
         "reserve",
         rid="(SELECT id FROM rid)",
         amount="CAST(:amount AS bigint)",
         remaining="t.remaining_microcents - CAST(:amount AS bigint)",
         reserved="t.reserved_microcents + CAST(:amount AS bigint)",
-    )}
+    )
+}
     WHERE t.tenant_id = :tenant_id
       AND t.remaining_microcents >= CAST(:amount AS bigint)
       AND t.reserved_microcents <= {{max}} - CAST(:amount AS bigint)
@@ -192,8 +196,11 @@ WITH rid AS MATERIALIZED (
     FROM applied AS a
     RETURNING reservation_id
 ), logged AS (
-    {_journal_insert("reserve", "applied", rid="(SELECT id FROM rid)",
-                     amount="CAST(:amount AS bigint)")}
+    {
+    _journal_insert(
+        "reserve", "applied", rid="(SELECT id FROM rid)", amount="CAST(:amount AS bigint)"
+    )
+}
 ), probe AS MATERIALIZED (
     SELECT remaining_microcents AS remaining, reserved_microcents AS reserved,
            max_reserved_microcents AS cap, CASE
@@ -223,8 +230,8 @@ FROM probe AS p
 # deleted, never updated, so locking one and then deleting it in the same
 # statement is safe). A second settlement of the same hold waits here, then
 # finds it gone. A hold past its deadline is not settled: the caller expires
-# it instead ('lapsed'). A hold that is gone because it expired reads as
-# 'expired', from the journal.
+# it instead ('lapsed'). When the hold is gone, the caller asks the journal
+# (EXPIRED_HOLD, a fresh snapshot) whether it expired.
 _CLAIM_HOLD = """
 hold AS MATERIALIZED (
     SELECT tenant_id, amount_microcents AS amount,
@@ -232,17 +239,13 @@ hold AS MATERIALIZED (
     FROM {s}.reservations
     WHERE reservation_id = CAST(:reservation_id AS bigint) {tenant_filter}
     FOR UPDATE
-), expired AS MATERIALIZED (
-    SELECT amount_microcents AS amount FROM {s}.journal
-    WHERE reservation_id = CAST(:reservation_id AS bigint) AND op = 'expire'
-      AND NOT EXISTS (SELECT 1 FROM hold) {tenant_filter}
-    LIMIT 1
 )"""
 
 COMMIT = f"""
 WITH{_CLAIM_HOLD}, applied AS (
     UPDATE {{s}}.tenants AS t
-    SET {_journaled(
+    SET {
+    _journaled(
         "commit",
         rid="CAST(:reservation_id AS bigint)",
         amount="CAST(:actual AS bigint)",
@@ -250,7 +253,8 @@ WITH{_CLAIM_HOLD}, applied AS (
         remaining="t.remaining_microcents - (CAST(:actual AS bigint) - (SELECT amount FROM hold))",
         reserved="t.reserved_microcents - (SELECT amount FROM hold)",
         committed="t.committed_microcents + CAST(:actual AS bigint)",
-    )}
+    )
+}
     WHERE t.tenant_id = (SELECT tenant_id FROM hold)
       AND NOT (SELECT lapsed FROM hold)
       AND t.committed_microcents <= {{max}} - CAST(:actual AS bigint)
@@ -262,8 +266,15 @@ WITH{_CLAIM_HOLD}, applied AS (
       AND r.tenant_id = (SELECT tenant_id FROM applied)
     RETURNING r.reservation_id
 ), logged AS (
-    {_journal_insert("commit", "applied", rid="CAST(:reservation_id AS bigint)",
-                     amount="CAST(:actual AS bigint)", hold="(SELECT amount FROM hold)")}
+    {
+    _journal_insert(
+        "commit",
+        "applied",
+        rid="CAST(:reservation_id AS bigint)",
+        amount="CAST(:actual AS bigint)",
+        hold="(SELECT amount FROM hold)",
+    )
+}
 ), probe AS MATERIALIZED (
     SELECT t.remaining_microcents AS remaining, CASE
         WHEN (SELECT lapsed FROM hold) THEN 'lapsed'
@@ -282,20 +293,20 @@ SELECT 'committed' AS status, a.remaining_microcents AS remaining, NULL::bigint 
 FROM applied AS a
 UNION ALL
 SELECT p.status, p.remaining, NULL, NULL FROM probe AS p
-UNION ALL
-SELECT 'expired', NULL, e.amount, NULL FROM expired AS e
 """
 
 RELEASE = f"""
 WITH{_CLAIM_HOLD}, applied AS (
     UPDATE {{s}}.tenants AS t
-    SET {_journaled(
+    SET {
+    _journaled(
         "release",
         rid="CAST(:reservation_id AS bigint)",
         amount="(SELECT amount FROM hold)",
         remaining="t.remaining_microcents + (SELECT amount FROM hold)",
         reserved="t.reserved_microcents - (SELECT amount FROM hold)",
-    )}
+    )
+}
     WHERE t.tenant_id = (SELECT tenant_id FROM hold) AND NOT (SELECT lapsed FROM hold)
     RETURNING t.*
 ), gone AS (
@@ -304,8 +315,14 @@ WITH{_CLAIM_HOLD}, applied AS (
       AND r.tenant_id = (SELECT tenant_id FROM applied)
     RETURNING r.amount_microcents
 ), logged AS (
-    {_journal_insert("release", "applied", rid="CAST(:reservation_id AS bigint)",
-                     amount="(SELECT amount FROM hold)")}
+    {
+    _journal_insert(
+        "release",
+        "applied",
+        rid="CAST(:reservation_id AS bigint)",
+        amount="(SELECT amount FROM hold)",
+    )
+}
 )
 SELECT 'released' AS status, a.remaining_microcents AS remaining,
        (SELECT amount FROM hold) AS returned,
@@ -313,8 +330,12 @@ SELECT 'released' AS status, a.remaining_microcents AS remaining,
 FROM applied AS a
 UNION ALL
 SELECT 'lapsed', NULL, NULL, NULL FROM hold WHERE lapsed
-UNION ALL
-SELECT 'expired', NULL, e.amount, NULL FROM expired AS e
+"""
+
+EXPIRED_HOLD = """
+SELECT amount_microcents AS returned FROM {s}.journal
+WHERE reservation_id = CAST(:reservation_id AS bigint) AND op = 'expire'
+LIMIT 1
 """
 
 # Expire one lapsed hold and return its amount. {pick} narrows the choice: any
@@ -330,13 +351,15 @@ WITH hold AS MATERIALIZED (
     FOR UPDATE {{skip}}
 ), applied AS (
     UPDATE {{s}}.tenants AS t
-    SET {_journaled(
+    SET {
+    _journaled(
         "expire",
         rid="(SELECT reservation_id FROM hold)",
         amount="(SELECT amount FROM hold)",
         remaining="t.remaining_microcents + (SELECT amount FROM hold)",
         reserved="t.reserved_microcents - (SELECT amount FROM hold)",
-    )}
+    )
+}
     WHERE t.tenant_id = (SELECT tenant_id FROM hold)
     RETURNING t.*
 ), gone AS (
@@ -345,8 +368,14 @@ WITH hold AS MATERIALIZED (
       AND r.tenant_id = (SELECT tenant_id FROM applied)
     RETURNING r.reservation_id
 ), logged AS (
-    {_journal_insert("expire", "applied", rid="(SELECT reservation_id FROM hold)",
-                     amount="(SELECT amount FROM hold)")}
+    {
+    _journal_insert(
+        "expire",
+        "applied",
+        rid="(SELECT reservation_id FROM hold)",
+        amount="(SELECT amount FROM hold)",
+    )
+}
 )
 SELECT a.tenant_id, (SELECT reservation_id FROM hold) AS reservation_id,
        (SELECT amount FROM hold) AS returned, a.remaining_microcents AS remaining,
@@ -567,10 +596,15 @@ SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:initials AS bigint[]),
 RESTORE_UPDATE = f"""
 WITH u AS ({_RESTORE_ROWS}), applied AS (
     UPDATE {{s}}.tenants AS t
-    SET {_journaled(
-        "restore", initial="u.initial", remaining="u.remaining", reserved="0::bigint",
+    SET {
+    _journaled(
+        "restore",
+        initial="u.initial",
+        remaining="u.remaining",
+        reserved="0::bigint",
         committed="u.committed",
-    )}
+    )
+}
     FROM u WHERE t.tenant_id = u.tenant_id
     RETURNING t.*
 ), logged AS (
@@ -659,6 +693,7 @@ class Statements:
     expire_any: TextClause
     expire_for_tenant: TextClause
     expire_hold: TextClause
+    expired_hold: TextClause
     idempotency_claim: TextClause
     idempotency_read: TextClause
     idempotency_record: TextClause
@@ -697,8 +732,13 @@ class Statements:
             return r(_EXPIRE.replace("{pick}", pick).replace("{skip}", skip))
 
         special = {
-            "commit", "commit_for_tenant", "release", "release_for_tenant",
-            "expire_any", "expire_for_tenant", "expire_hold",
+            "commit",
+            "commit_for_tenant",
+            "release",
+            "release_for_tenant",
+            "expire_any",
+            "expire_for_tenant",
+            "expire_hold",
         }
         plain = {f.name: globals()[f.name.upper()] for f in fields(cls) if f.name not in special}
         rendered = {name: r(sql) for name, sql in plain.items()}

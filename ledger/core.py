@@ -43,7 +43,7 @@ from .snapshot import (
 
 __all__ = ["Connectable", "Ledger"]
 
-O = TypeVar("O", ReserveOutcome, SettlementOutcome, TopUpOutcome)
+OutcomeT = TypeVar("OutcomeT", ReserveOutcome, SettlementOutcome, TopUpOutcome)
 
 _I64_MAX = _validate.I64_MAX
 _CAS_ATTEMPTS = 100
@@ -213,8 +213,12 @@ class Ledger:
                 status, remaining_microcents=row.remaining, required_microcents=cost
             )
 
-        request = {"op": "reserve", "amount": cost, "ttl_us": ttl_us,
-                   "expires_at": None if deadline is None else deadline.isoformat()}
+        request = {
+            "op": "reserve",
+            "amount": cost,
+            "ttl_us": ttl_us,
+            "expires_at": None if deadline is None else deadline.isoformat(),
+        }
         return self._once(connection, tenant_id, key, request, ReserveOutcome, run)
 
     def commit(
@@ -250,16 +254,14 @@ class Ledger:
             stmt = self._sql.commit if hint is None else self._sql.commit_for_tenant
             row = self._cas(conn, stmt, params)
             if row is None:
-                return SettlementOutcome(Status.MISSING_RESERVATION)
-            status = Status(row.status) if row.status != "lapsed" else None
-            if status is None:
+                return self._missing(conn, rid)
+            if row.status == "lapsed":
                 return self._expire_lapsed(conn, rid)
+            status = Status(row.status)
             if status is Status.COMMITTED:
                 return SettlementOutcome(
                     status, remaining_microcents=row.remaining, actual_microcents=actual
                 )
-            if status is Status.EXPIRED:
-                return SettlementOutcome(status, returned_microcents=row.returned)
             return SettlementOutcome(status, remaining_microcents=row.remaining)
 
         request = {"op": "commit", "reservation_id": rid, "actual": actual}
@@ -286,14 +288,14 @@ class Ledger:
             stmt = self._sql.release if hint is None else self._sql.release_for_tenant
             rows = self._db.run(conn, lambda c: execute(c, stmt, params))
             if not rows:
-                return SettlementOutcome(Status.MISSING_RESERVATION)
+                return self._missing(conn, rid)
             row = rows[0]
             if row.status == "lapsed":
                 return self._expire_lapsed(conn, rid)
-            if row.status == "expired":
-                return SettlementOutcome(Status.EXPIRED, returned_microcents=row.returned)
             return SettlementOutcome(
-                Status.RELEASED, remaining_microcents=row.remaining, returned_microcents=row.returned
+                Status.RELEASED,
+                remaining_microcents=row.remaining,
+                returned_microcents=row.returned,
             )
 
         request = {"op": "release", "reservation_id": rid}
@@ -323,18 +325,24 @@ class Ledger:
     def _expire_lapsed(self, connection: Connectable | None, rid: int) -> SettlementOutcome:
         """A settlement found its hold past the deadline: expire it, report ``expired``."""
         row = self._expire_one(connection, self._sql.expire_hold, reservation_id=rid)
-        if row is None:  # a sweeper got there first; the journal has the amount
-            again = self._db.run(
-                connection,
-                lambda c: execute(
-                    c, self._sql.release, {"reservation_id": rid, "tenant_id": None, "ikey": None}
-                ),
-            )
-            returned = again[0].returned if again and again[0].status == "expired" else None
-            return SettlementOutcome(Status.EXPIRED, returned_microcents=returned)
+        if row is None:  # a sweeper got there first
+            return self._missing(connection, rid)
         return SettlementOutcome(
             Status.EXPIRED, remaining_microcents=row.remaining, returned_microcents=row.returned
         )
+
+    def _missing(self, connection: Connectable | None, rid: int) -> SettlementOutcome:
+        """The hold is gone: say ``expired`` if that is why, else ``missing_reservation``.
+
+        Asked in a statement of its own so that it sees an expiry that
+        committed while the settlement was waiting for the hold's lock.
+        """
+        rows = self._db.run(
+            connection, lambda c: execute(c, self._sql.expired_hold, {"reservation_id": rid})
+        )
+        if rows:
+            return SettlementOutcome(Status.EXPIRED, returned_microcents=rows[0].returned)
+        return SettlementOutcome(Status.MISSING_RESERVATION)
 
     # ----------------------------------------------------------- idempotency
 
@@ -344,9 +352,9 @@ class Ledger:
         tenant_id: str | None,
         key: str | None,
         request: dict[str, Any],
-        outcome_type: type[O],
-        run: Callable[[Connectable | None], O],
-    ) -> O:
+        outcome_type: type[OutcomeT],
+        run: Callable[[Connectable | None], OutcomeT],
+    ) -> OutcomeT:
         """Run ``run`` at most once per (tenant, idempotency key).
 
         Without a key this is just ``run(connection)``. With one, the key is
@@ -364,8 +372,10 @@ class Ledger:
         ).digest()
         ids = {"tenant_id": tenant_id, "ikey": key}
 
-        def work(conn: Connection) -> O:
-            claimed = execute(conn, self._sql.idempotency_claim, {**ids, "request_hash": request_hash})
+        def work(conn: Connection) -> OutcomeT:
+            claimed = execute(
+                conn, self._sql.idempotency_claim, {**ids, "request_hash": request_hash}
+            )
             if not claimed:
                 row = execute(conn, self._sql.idempotency_read, ids)[0]
                 if bytes(row.request_hash) != request_hash:
@@ -658,7 +668,7 @@ def _key_scope(tenant_id: str | None, key: str | None) -> str | None:
     return tenant_id
 
 
-def _outcome_from_dict(outcome_type: type[O], data: dict[str, Any]) -> O:
+def _outcome_from_dict(outcome_type: type[OutcomeT], data: dict[str, Any]) -> OutcomeT:
     fields_ = dict(data)
     status = Status(fields_.pop("status"))
     return outcome_type(status, **fields_)

@@ -114,8 +114,12 @@ class Discrepancy:
     detail: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tenant_id": self.tenant_id, "seq": self.seq, "kind": self.kind,
-                "detail": self.detail}
+        return {
+            "tenant_id": self.tenant_id,
+            "seq": self.seq,
+            "kind": self.kind,
+            "detail": self.detail,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,20 +182,41 @@ class Replayer:
         if e.seq != s.seq + 1:
             self.flag(e.seq, "sequence_gap", f"expected entry {s.seq + 1}, found {e.seq}")
         expected = entry_hash(
-            s.head, self.tenant_id, e.seq, e.op, e.reservation_id, e.amount_microcents,
-            e.hold_microcents, e.initial_microcents, e.remaining_microcents,
-            e.reserved_microcents, e.committed_microcents, e.max_reserved_microcents,
-            e.created_at, e.idempotency_key,
+            s.head,
+            self.tenant_id,
+            e.seq,
+            e.op,
+            e.reservation_id,
+            e.amount_microcents,
+            e.hold_microcents,
+            e.initial_microcents,
+            e.remaining_microcents,
+            e.reserved_microcents,
+            e.committed_microcents,
+            e.max_reserved_microcents,
+            e.created_at,
+            e.idempotency_key,
         )
         if bytes(e.entry_hash) != expected:
-            self.flag(e.seq, "hash_mismatch",
-                      f"{e.op} entry does not hash to its stored value (edited or out of chain)")
+            self.flag(
+                e.seq,
+                "hash_mismatch",
+                f"{e.op} entry does not hash to its stored value (edited or out of chain)",
+            )
         self._transition(e)
-        recorded = (e.initial_microcents, e.remaining_microcents, e.reserved_microcents,
-                    e.committed_microcents, e.max_reserved_microcents)
+        recorded = (
+            e.initial_microcents,
+            e.remaining_microcents,
+            e.reserved_microcents,
+            e.committed_microcents,
+            e.max_reserved_microcents,
+        )
         if s.exists and s.balances() != recorded:
-            self.flag(e.seq, "balance_mismatch",
-                      f"{e.op}: replay gives {s.balances()}, entry records {recorded}")
+            self.flag(
+                e.seq,
+                "balance_mismatch",
+                f"{e.op}: replay gives {s.balances()}, entry records {recorded}",
+            )
         # Continue from what the entry says, so one bad entry is reported once.
         s.initial, s.remaining, s.reserved, s.committed, s.cap = recorded
         s.seq = e.seq
@@ -206,8 +231,12 @@ class Replayer:
             s.exists = True
             s.holds.clear()
             s.initial, s.remaining, s.reserved, s.committed, s.cap = (
-                e.initial_microcents, e.remaining_microcents, e.reserved_microcents,
-                e.committed_microcents, e.max_reserved_microcents)
+                e.initial_microcents,
+                e.remaining_microcents,
+                e.reserved_microcents,
+                e.committed_microcents,
+                e.max_reserved_microcents,
+            )
             return
         if op == "create":
             if s.exists:

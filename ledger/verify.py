@@ -70,7 +70,9 @@ def _run(conn: Connection, sql: Statements, since_certificate: int | None) -> Jo
             sql.certificate_checkpoint, {"certificate_id": since_certificate}
         ).first()
         if found is None or found.checkpoint_id is None:
-            raise errors.InputError(f"there is no certificate {since_certificate} with a checkpoint")
+            raise errors.InputError(
+                f"there is no certificate {since_certificate} with a checkpoint"
+            )
         start_checkpoint = int(found.checkpoint_id)
     params = {"start_checkpoint": start_checkpoint}
 
@@ -94,8 +96,10 @@ def _run(conn: Connection, sql: Statements, since_certificate: int | None) -> Jo
         start = next(starts.take(tenant_id), None)
         state = _start_state(start)
         replayer = Replayer(tenant_id, state, report)
-        certified = [(c.journal_seq, c.certificate_id, bytes(c.journal_head))
-                     for c in checkpoints.take(tenant_id)]
+        certified = [
+            (c.journal_seq, c.certificate_id, bytes(c.journal_head))
+            for c in checkpoints.take(tenant_id)
+        ]
         by_seq: dict[int, list[tuple[int, bytes]]] = {}
         for seq, version, head in certified:
             if seq > state.seq:
@@ -106,16 +110,26 @@ def _run(conn: Connection, sql: Statements, since_certificate: int | None) -> Jo
             replayer.apply(entry)
             for version, head in by_seq.pop(state.seq, ()):
                 if head != state.head:
-                    replayer.flag(state.seq, "certificate_mismatch",
-                                  "the chain no longer passes through the head certified "
-                                  f"by certificate {version}")
+                    replayer.flag(
+                        state.seq,
+                        "certificate_mismatch",
+                        "the chain no longer passes through the head certified "
+                        f"by certificate {version}",
+                    )
         for seq, pins in by_seq.items():
             for version, _ in pins:
-                replayer.flag(seq, "certificate_mismatch",
-                              f"certificate {version} certified entry {seq}, which is missing")
+                replayer.flag(
+                    seq,
+                    "certificate_mismatch",
+                    f"certificate {version} certified entry {seq}, which is missing",
+                )
 
-        _compare_live(replayer, next(tenants.take(tenant_id), None),
-                      list(holds.take(tenant_id)), next(parked.take(tenant_id), None))
+        _compare_live(
+            replayer,
+            next(tenants.take(tenant_id), None),
+            list(holds.take(tenant_id)),
+            next(parked.take(tenant_id), None),
+        )
         if len(report) > MAX_DISCREPANCIES:
             break
 
@@ -152,33 +166,54 @@ def _compare_live(replayer: Replayer, live: Any, live_holds: list[Any], parked: 
         if live is None:
             replayer.flag(None, "live_mismatch", "the journal says the tenant exists; it does not")
             return
-        actual = (live.initial_microcents, live.remaining_microcents, live.reserved_microcents,
-                  live.committed_microcents, live.max_reserved_microcents)
+        actual = (
+            live.initial_microcents,
+            live.remaining_microcents,
+            live.reserved_microcents,
+            live.committed_microcents,
+            live.max_reserved_microcents,
+        )
         if actual != state.balances():
-            replayer.flag(None, "live_mismatch",
-                          f"tenant row {actual} differs from the replayed {state.balances()}")
+            replayer.flag(
+                None,
+                "live_mismatch",
+                f"tenant row {actual} differs from the replayed {state.balances()}",
+            )
         if (live.journal_seq, bytes(live.journal_head)) != (state.seq, state.head):
-            replayer.flag(live.journal_seq, "head_mismatch",
-                          f"tenant row says entry {live.journal_seq} with head "
-                          f"{bytes(live.journal_head).hex()[:16]}..., replay ends at entry "
-                          f"{state.seq} with head {state.head.hex()[:16]}...")
+            replayer.flag(
+                live.journal_seq,
+                "head_mismatch",
+                f"tenant row says entry {live.journal_seq} with head "
+                f"{bytes(live.journal_head).hex()[:16]}..., replay ends at entry "
+                f"{state.seq} with head {state.head.hex()[:16]}...",
+            )
         found = {h.reservation_id: h.amount_microcents for h in live_holds}
         if found != state.holds:
-            replayer.flag(None, "hold_mismatch",
-                          f"open holds {sorted(found.items())} differ from the replayed "
-                          f"{sorted(state.holds.items())}")
+            replayer.flag(
+                None,
+                "hold_mismatch",
+                f"open holds {sorted(found.items())} differ from the replayed "
+                f"{sorted(state.holds.items())}",
+            )
         return
     if live is not None:
-        replayer.flag(live.journal_seq, "live_mismatch",
-                      "the tenant row exists but its journal does not create it")
+        replayer.flag(
+            live.journal_seq,
+            "live_mismatch",
+            "the tenant row exists but its journal does not create it",
+        )
     if live_holds:
         replayer.flag(None, "hold_mismatch", "open holds for a tenant the journal says is gone")
     if state.seq > 0:
         if parked is None or (parked.journal_seq, bytes(parked.journal_head)) != (
-            state.seq, state.head
+            state.seq,
+            state.head,
         ):
-            replayer.flag(state.seq, "head_mismatch",
-                          "a removed tenant's parked chain head does not match its journal")
+            replayer.flag(
+                state.seq,
+                "head_mismatch",
+                "a removed tenant's parked chain head does not match its journal",
+            )
     elif parked is not None and (parked.journal_seq, bytes(parked.journal_head)) != (0, GENESIS):
         replayer.flag(None, "head_mismatch", "a parked chain head with no journal behind it")
 
@@ -193,9 +228,15 @@ def _check_roots(conn: Connection, sql: Statements, report: list[Discrepancy]) -
         if current is None:
             return
         if hasher.digest() != bytes(current.journal_root):
-            report.append(Discrepancy(None, None, "root_mismatch",
-                                      f"certificate {current.certificate_id}: its checkpoints "
-                                      "no longer fold into its journal root"))
+            report.append(
+                Discrepancy(
+                    None,
+                    None,
+                    "root_mismatch",
+                    f"certificate {current.certificate_id}: its checkpoints "
+                    "no longer fold into its journal root",
+                )
+            )
 
     for row in _stream(conn, sql.verify_roots, {}):
         if current is None or row.certificate_id != current.certificate_id:

@@ -23,9 +23,7 @@ def state(conn: psycopg.Connection, schema: str = "ledger") -> dict[str, Any]:
             " ORDER BY reservation_id"
         ).fetchall(),
         "parked": conn.execute(f"SELECT * FROM {s}.detached_tenants ORDER BY tenant_id").fetchall(),
-        "journal": conn.execute(
-            f"SELECT count(*), max(seq) FROM {s}.journal"
-        ).fetchone(),
+        "journal": conn.execute(f"SELECT count(*), max(seq) FROM {s}.journal").fetchone(),
         "heads": conn.execute(
             f"SELECT tenant_id, journal_seq, journal_head FROM {s}.tenants ORDER BY tenant_id"
         ).fetchall(),

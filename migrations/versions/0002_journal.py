@@ -32,8 +32,19 @@ down_revision: str | None = "0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-OPS = ("open", "open_hold", "create", "top_up", "cap", "reserve", "commit", "release",
-       "expire", "restore", "remove")
+OPS = (
+    "open",
+    "open_hold",
+    "create",
+    "top_up",
+    "cap",
+    "reserve",
+    "commit",
+    "release",
+    "expire",
+    "restore",
+    "remove",
+)
 
 
 def _schema() -> str:
@@ -47,7 +58,8 @@ def upgrade() -> None:
 
     # The canonical entry encoding, hashed. Big-endian because that is what
     # PostgreSQL's int*send functions produce; Python mirrors it exactly.
-    op.execute(sa.text(f"""
+    op.execute(
+        sa.text(f"""
         CREATE FUNCTION {q}.journal_hash(
             prev bytea, tenant text, seq bigint, op text, reservation bigint,
             amount bigint, hold bigint, initial bigint, remaining bigint,
@@ -70,31 +82,63 @@ def upgrade() -> None:
                 || convert_to(coalesce(ikey, ''), 'UTF8')
             )
         $$
-    """))
+    """)
+    )
 
-    op.add_column("tenants", sa.Column("journal_seq", sa.BigInteger(), nullable=False,
-                                       server_default=sa.text("0")), schema=s)
-    op.add_column("tenants", sa.Column("journal_head", sa.LargeBinary(), nullable=False,
-                                       server_default=sa.text("'\\x" + "00" * 32 + "'::bytea")),
-                  schema=s)
-    op.create_check_constraint("tenants_journal_head_length", "tenants",
-                               "octet_length(journal_head) = 32", schema=s)
+    op.add_column(
+        "tenants",
+        sa.Column("journal_seq", sa.BigInteger(), nullable=False, server_default=sa.text("0")),
+        schema=s,
+    )
+    op.add_column(
+        "tenants",
+        sa.Column(
+            "journal_head",
+            sa.LargeBinary(),
+            nullable=False,
+            server_default=sa.text("'\\x" + "00" * 32 + "'::bytea"),
+        ),
+        schema=s,
+    )
+    op.create_check_constraint(
+        "tenants_journal_head_length", "tenants", "octet_length(journal_head) = 32", schema=s
+    )
 
     op.rename_table("detached_caps", "detached_tenants", schema=s)
     op.execute(sa.text(f"ALTER TABLE {q}.detached_tenants DROP CONSTRAINT detached_caps_positive"))
-    op.create_check_constraint("detached_tenants_cap_nonnegative", "detached_tenants",
-                               "max_reserved_microcents >= 0", schema=s)
+    op.create_check_constraint(
+        "detached_tenants_cap_nonnegative",
+        "detached_tenants",
+        "max_reserved_microcents >= 0",
+        schema=s,
+    )
     op.execute(sa.text(f"ALTER INDEX {q}.detached_caps_pkey RENAME TO detached_tenants_pkey"))
-    op.add_column("detached_tenants", sa.Column("journal_seq", sa.BigInteger(), nullable=False,
-                                                server_default=sa.text("0")), schema=s)
-    op.add_column("detached_tenants", sa.Column("journal_head", sa.LargeBinary(), nullable=False,
-                                                server_default=sa.text("'\\x" + "00" * 32 + "'::bytea")),
-                  schema=s)
+    op.add_column(
+        "detached_tenants",
+        sa.Column("journal_seq", sa.BigInteger(), nullable=False, server_default=sa.text("0")),
+        schema=s,
+    )
+    op.add_column(
+        "detached_tenants",
+        sa.Column(
+            "journal_head",
+            sa.LargeBinary(),
+            nullable=False,
+            server_default=sa.text("'\\x" + "00" * 32 + "'::bytea"),
+        ),
+        schema=s,
+    )
 
-    op.add_column("reservations", sa.Column("expires_at", sa.DateTime(timezone=True),
-                                            nullable=True), schema=s)
-    op.create_index("reservations_expires_at_idx", "reservations", ["expires_at"], schema=s,
-                    postgresql_where=sa.text("expires_at IS NOT NULL"))
+    op.add_column(
+        "reservations", sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True), schema=s
+    )
+    op.create_index(
+        "reservations_expires_at_idx",
+        "reservations",
+        ["expires_at"],
+        schema=s,
+        postgresql_where=sa.text("expires_at IS NOT NULL"),
+    )
 
     op.create_table(
         "journal",
@@ -114,14 +158,21 @@ def upgrade() -> None:
         sa.Column("entry_hash", sa.LargeBinary(), nullable=False),
         sa.PrimaryKeyConstraint("tenant_id", "seq", name="journal_pkey"),
         sa.CheckConstraint("seq > 0", name="journal_seq_positive"),
-        sa.CheckConstraint("op IN (" + ", ".join(f"'{o}'" for o in OPS) + ")",
-                           name="journal_op_known"),
+        sa.CheckConstraint(
+            "op IN (" + ", ".join(f"'{o}'" for o in OPS) + ")", name="journal_op_known"
+        ),
         sa.CheckConstraint("octet_length(entry_hash) = 32", name="journal_hash_length"),
         schema=s,
     )
-    op.create_index("journal_reservation_id_idx", "journal", ["reservation_id"], schema=s,
-                    postgresql_where=sa.text("reservation_id IS NOT NULL"))
-    op.execute(sa.text(f"""
+    op.create_index(
+        "journal_reservation_id_idx",
+        "journal",
+        ["reservation_id"],
+        schema=s,
+        postgresql_where=sa.text("reservation_id IS NOT NULL"),
+    )
+    op.execute(
+        sa.text(f"""
         CREATE FUNCTION {q}.journal_is_append_only() RETURNS trigger
         LANGUAGE plpgsql AS $$
         BEGIN
@@ -130,15 +181,20 @@ def upgrade() -> None:
                       HINT = 'corrections are new entries; see docs/journal.md';
         END
         $$
-    """))
-    op.execute(sa.text(f"""
+    """)
+    )
+    op.execute(
+        sa.text(f"""
         CREATE TRIGGER journal_no_update_or_delete BEFORE UPDATE OR DELETE ON {q}.journal
         FOR EACH ROW EXECUTE FUNCTION {q}.journal_is_append_only()
-    """))
-    op.execute(sa.text(f"""
+    """)
+    )
+    op.execute(
+        sa.text(f"""
         CREATE TRIGGER journal_no_truncate BEFORE TRUNCATE ON {q}.journal
         FOR EACH STATEMENT EXECUTE FUNCTION {q}.journal_is_append_only()
-    """))
+    """)
+    )
 
     op.create_table(
         "idempotency_keys",
@@ -146,20 +202,23 @@ def upgrade() -> None:
         sa.Column("idempotency_key", sa.Text(), nullable=False),
         sa.Column("request_hash", sa.LargeBinary(), nullable=False),
         sa.Column("outcome", postgresql.JSONB(), nullable=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False,
-                  server_default=sa.func.now()),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
         sa.PrimaryKeyConstraint("tenant_id", "idempotency_key", name="idempotency_keys_pkey"),
-        sa.CheckConstraint("octet_length(idempotency_key) BETWEEN 1 AND 255",
-                           name="idempotency_keys_length"),
+        sa.CheckConstraint(
+            "octet_length(idempotency_key) BETWEEN 1 AND 255", name="idempotency_keys_length"
+        ),
         schema=s,
     )
-    op.create_index("idempotency_keys_created_at_idx", "idempotency_keys", ["created_at"],
-                    schema=s)
+    op.create_index("idempotency_keys_created_at_idx", "idempotency_keys", ["created_at"], schema=s)
 
-    op.add_column("certificates", sa.Column("journal_root", sa.LargeBinary(), nullable=True),
-                  schema=s)
-    op.add_column("certificates", sa.Column("checkpoint_id", sa.BigInteger(), nullable=True),
-                  schema=s)
+    op.add_column(
+        "certificates", sa.Column("journal_root", sa.LargeBinary(), nullable=True), schema=s
+    )
+    op.add_column(
+        "certificates", sa.Column("checkpoint_id", sa.BigInteger(), nullable=True), schema=s
+    )
     op.execute(sa.text(f"CREATE SEQUENCE {q}.checkpoint_id_seq AS bigint START WITH 1"))
     # Written by the same statement that reads the certified snapshot, so a
     # checkpoint is exactly the state the certificate's digest covers. Keyed by
@@ -178,17 +237,20 @@ def upgrade() -> None:
         sa.Column("max_reserved_microcents", sa.BigInteger(), nullable=False),
         sa.Column("hold_ids", postgresql.ARRAY(sa.BigInteger()), nullable=False),
         sa.Column("hold_amounts", postgresql.ARRAY(sa.BigInteger()), nullable=False),
-        sa.PrimaryKeyConstraint("tenant_id", "checkpoint_id",
-                                name="certificate_checkpoints_pkey"),
+        sa.PrimaryKeyConstraint("tenant_id", "checkpoint_id", name="certificate_checkpoints_pkey"),
         schema=s,
     )
-    op.create_index("certificate_checkpoints_checkpoint_idx", "certificate_checkpoints",
-                    ["checkpoint_id"], schema=s)
-    op.create_index("certificates_checkpoint_idx", "certificates", ["checkpoint_id"],
-                    schema=s)
+    op.create_index(
+        "certificate_checkpoints_checkpoint_idx",
+        "certificate_checkpoints",
+        ["checkpoint_id"],
+        schema=s,
+    )
+    op.create_index("certificates_checkpoint_idx", "certificates", ["checkpoint_id"], schema=s)
 
     # Opening entries for a ledger that already holds data.
-    op.execute(sa.text(f"""
+    op.execute(
+        sa.text(f"""
         WITH opened AS (
             UPDATE {q}.tenants AS t
             SET journal_seq = 1,
@@ -205,9 +267,11 @@ def upgrade() -> None:
                reserved_microcents, committed_microcents, max_reserved_microcents, now(),
                journal_head
         FROM opened
-    """))
+    """)
+    )
     # One entry per hold that was open at upgrade time, chained in id order.
-    op.execute(sa.text(f"""
+    op.execute(
+        sa.text(f"""
         DO $$
         DECLARE h record;
         BEGIN
@@ -237,7 +301,8 @@ def upgrade() -> None:
             END LOOP;
         END
         $$
-    """))
+    """)
+    )
 
 
 def downgrade() -> None:
@@ -256,14 +321,22 @@ def downgrade() -> None:
     op.drop_column("detached_tenants", "journal_head", schema=s)
     op.drop_column("detached_tenants", "journal_seq", schema=s)
     op.execute(sa.text(f"ALTER INDEX {q}.detached_tenants_pkey RENAME TO detached_caps_pkey"))
-    op.execute(sa.text(f"ALTER TABLE {q}.detached_tenants DROP CONSTRAINT"
-                       " detached_tenants_cap_nonnegative"))
+    op.execute(
+        sa.text(
+            f"ALTER TABLE {q}.detached_tenants DROP CONSTRAINT detached_tenants_cap_nonnegative"
+        )
+    )
     op.execute(sa.text(f"DELETE FROM {q}.detached_tenants WHERE max_reserved_microcents = 0"))
-    op.create_check_constraint("detached_caps_positive", "detached_tenants",
-                               "max_reserved_microcents > 0", schema=s)
+    op.create_check_constraint(
+        "detached_caps_positive", "detached_tenants", "max_reserved_microcents > 0", schema=s
+    )
     op.rename_table("detached_tenants", "detached_caps", schema=s)
     op.drop_constraint("tenants_journal_head_length", "tenants", schema=s)
     op.drop_column("tenants", "journal_head", schema=s)
     op.drop_column("tenants", "journal_seq", schema=s)
-    op.execute(sa.text(f"DROP FUNCTION {q}.journal_hash(bytea, text, bigint, text, bigint, bigint,"
-                       " bigint, bigint, bigint, bigint, bigint, bigint, timestamptz, text)"))
+    op.execute(
+        sa.text(
+            f"DROP FUNCTION {q}.journal_hash(bytea, text, bigint, text, bigint, bigint,"
+            " bigint, bigint, bigint, bigint, bigint, bigint, timestamptz, text)"
+        )
+    )
