@@ -153,7 +153,12 @@ class LedgerGroup(click.Group):
         obj = ctx.obj if isinstance(ctx.obj, Context) else None
         try:
             return super().invoke(ctx)
-        except (errors.InputError, errors.AmountTypeError, errors.TenantNotFound) as exc:
+        except (
+            errors.InputError,
+            errors.AmountTypeError,
+            errors.TenantNotFound,
+            errors.IdempotencyConflict,
+        ) as exc:
             _fail(EXIT_BAD_INPUT, str(exc), _ctx_of(ctx, obj))
         except errors.LedgerError as exc:
             _fail(EXIT_DATABASE, str(exc), _ctx_of(ctx, obj))
@@ -293,11 +298,19 @@ def tenant_create(
 @click.argument("tenant_id")
 @click.argument("amount")
 @units_option
+@click.option("--idempotency-key", default=None, help="Retry-safe key.")
 @pass_ctx
-def tenant_top_up(ctx: Context, tenant_id: str, amount: str, in_units: bool) -> None:
+def tenant_top_up(
+    ctx: Context, tenant_id: str, amount: str, in_units: bool, idempotency_key: str | None
+) -> None:
     """Add AMOUNT to TENANT_ID's budget."""
     with ctx.ledger() as book:
-        _outcome(ctx, book.top_up_tenant(tenant_id, _amount(amount, in_units)))
+        _outcome(
+            ctx,
+            book.top_up_tenant(
+                tenant_id, _amount(amount, in_units), idempotency_key=idempotency_key
+            ),
+        )
 
 
 @tenant.command("limit")
@@ -352,39 +365,82 @@ def tenant_list(ctx: Context) -> None:
 # ------------------------------------------------------------- two-phase spend
 
 
+key_option = click.option(
+    "--idempotency-key",
+    default=None,
+    help="Retry-safe key: the same key returns the first outcome.",
+)
+
+
 @main.command()
 @click.argument("tenant_id")
 @click.argument("amount")
+@click.option(
+    "--ttl",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Seconds until the hold expires by itself.",
+)
+@key_option
 @units_option
 @pass_ctx
-def reserve(ctx: Context, tenant_id: str, amount: str, in_units: bool) -> None:
+def reserve(
+    ctx: Context,
+    tenant_id: str,
+    amount: str,
+    ttl: int | None,
+    idempotency_key: str | None,
+    in_units: bool,
+) -> None:
     """Place a hold of AMOUNT on TENANT_ID; prints the reservation id."""
     with ctx.ledger() as book:
-        _outcome(ctx, book.try_reserve(tenant_id, _amount(amount, in_units)))
+        _outcome(
+            ctx,
+            book.try_reserve(
+                tenant_id, _amount(amount, in_units), ttl=ttl, idempotency_key=idempotency_key
+            ),
+        )
 
 
 @main.command()
 @click.argument("reservation_id", type=int)
 @click.argument("actual")
 @click.option("--tenant", "tenant_id", default=None, help="The hold's tenant (faster lookup).")
+@key_option
 @units_option
 @pass_ctx
 def commit(
-    ctx: Context, reservation_id: int, actual: str, tenant_id: str | None, in_units: bool
+    ctx: Context,
+    reservation_id: int,
+    actual: str,
+    tenant_id: str | None,
+    idempotency_key: str | None,
+    in_units: bool,
 ) -> None:
     """Settle RESERVATION_ID at ACTUAL cost (surplus refunded)."""
     with ctx.ledger() as book:
-        _outcome(ctx, book.commit(reservation_id, _amount(actual, in_units), tenant_id=tenant_id))
+        outcome = book.commit(
+            reservation_id,
+            _amount(actual, in_units),
+            tenant_id=tenant_id,
+            idempotency_key=idempotency_key,
+        )
+    _outcome(ctx, outcome)
 
 
 @main.command()
 @click.argument("reservation_id", type=int)
 @click.option("--tenant", "tenant_id", default=None, help="The hold's tenant (faster lookup).")
+@key_option
 @pass_ctx
-def release(ctx: Context, reservation_id: int, tenant_id: str | None) -> None:
+def release(
+    ctx: Context, reservation_id: int, tenant_id: str | None, idempotency_key: str | None
+) -> None:
     """Cancel RESERVATION_ID, returning its amount."""
     with ctx.ledger() as book:
-        _outcome(ctx, book.release(reservation_id, tenant_id=tenant_id))
+        _outcome(
+            ctx, book.release(reservation_id, tenant_id=tenant_id, idempotency_key=idempotency_key)
+        )
 
 
 # ----------------------------------------------------- snapshots and audits
@@ -435,14 +491,84 @@ def restore(ctx: Context, file: Path) -> None:
 
 
 @main.command()
+@click.option(
+    "--since-certificate",
+    type=int,
+    default=None,
+    help="Replay the journal from this certificate's checkpoint, not from genesis.",
+)
+@click.option("--no-journal", is_flag=True, help="Only check conservation; skip journal replay.")
 @pass_ctx
-def verify(ctx: Context) -> None:
-    """Check conservation for every tenant (exit 4 if it does not hold)."""
+def verify(ctx: Context, since_certificate: int | None, no_journal: bool) -> None:
+    """Check conservation and replay the journal (exit 4 if anything is off)."""
     with ctx.ledger() as book:
         status = book.verify_conservation()
-    _emit(ctx, {"conservation": status.to_dict()}, lambda: click.echo(str(status)))
-    if not status.is_balanced:
+        report = None
+        if not no_journal:
+            if sys.stderr.isatty() and not ctx.as_json:
+                from rich.progress import Progress, SpinnerColumn, TextColumn
+
+                with Progress(
+                    SpinnerColumn(), TextColumn("{task.description}"), transient=True
+                ) as bar:
+                    task = bar.add_task("replaying journal", total=None)
+                    report = book.verify_journal(
+                        since_certificate=since_certificate,
+                        progress=lambda n: bar.update(
+                            task, description=f"replaying journal: {n:,} tenants"
+                        ),
+                    )
+            else:
+                report = book.verify_journal(since_certificate=since_certificate)
+    payload: dict[str, Any] = {"conservation": status.to_dict()}
+    if report is not None:
+        payload["journal"] = report.to_dict()
+
+    def human() -> None:
+        click.echo(str(status))
+        if report is None:
+            return
+        click.echo(
+            f"journal: {report.tenants_checked:,} tenants, {report.entries_checked:,} entries, "
+            f"{report.certificates_checked:,} certificates checked: "
+            + ("clean" if report.ok else f"{len(report.discrepancies)} discrepancies")
+        )
+        for d in report.discrepancies[:50]:
+            click.echo(f"  {d.kind} tenant={d.tenant_id} seq={d.seq}: {d.detail}")
+
+    _emit(ctx, payload, human)
+    if not status.is_balanced or (report is not None and not report.ok):
         sys.exit(EXIT_UNBALANCED)
+
+
+@main.command()
+@click.option("--limit", default=1000, show_default=True, help="Most holds to expire.")
+@pass_ctx
+def expire(ctx: Context, limit: int) -> None:
+    """Expire holds past their deadline (safe to run from many processes)."""
+    with ctx.ledger() as book:
+        n = book.expire_holds(limit=limit)
+    _emit(ctx, {"expired": n}, lambda: click.echo(f"expired {n} holds"))
+
+
+@main.command("prune-keys")
+@click.option(
+    "--older-than-hours",
+    default=24,
+    show_default=True,
+    type=int,
+    help="Forget idempotency keys older than this.",
+)
+@pass_ctx
+def prune_keys(ctx: Context, older_than_hours: int) -> None:
+    """Forget old idempotency keys."""
+    from datetime import timedelta
+
+    if older_than_hours < 0:
+        raise click.BadParameter("must be >= 0", param_hint="--older-than-hours")
+    with ctx.ledger() as book:
+        n = book.prune_idempotency_keys(timedelta(hours=older_than_hours))
+    _emit(ctx, {"pruned": n}, lambda: click.echo(f"pruned {n} idempotency keys"))
 
 
 @main.command()

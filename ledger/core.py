@@ -638,7 +638,11 @@ class Ledger:
     # --------------------------------------------------------------- journal
 
     def verify_journal(
-        self, *, since_certificate: int | None = None, connection: Connectable | None = None
+        self,
+        *,
+        since_certificate: int | None = None,
+        progress: Callable[[int], None] | None = None,
+        connection: Connectable | None = None,
     ) -> JournalReport:
         """Replay every tenant's journal and compare it with the live tables.
 
@@ -648,13 +652,14 @@ class Ledger:
         compares the result with the tenant and hold tables, all within one
         consistent snapshot. ``since_certificate`` starts the replay at that
         certificate's checkpoint instead of at genesis. Rows are streamed, so
-        memory does not grow with the journal.
+        memory does not grow with the journal. ``progress``, if given, is
+        called with the number of tenants replayed so far.
         """
         if since_certificate is not None:
             since_certificate = _validate.positive_count("since_certificate", since_certificate)
         return self._db.run(
             connection,
-            lambda c: verify.run(c, self._sql, since_certificate),
+            lambda c: verify.run(c, self._sql, since_certificate, progress),
             "REPEATABLE READ",
         )
 

@@ -9,7 +9,7 @@ checkpoints, never the whole journal.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from sqlalchemy import Connection, TextClause
@@ -58,12 +58,22 @@ def _stream(conn: Connection, statement: TextClause, params: dict[str, Any]) -> 
     yield from result
 
 
-def run(conn: Connection, sql: Statements, since_certificate: int | None) -> JournalReport:
+def run(
+    conn: Connection,
+    sql: Statements,
+    since_certificate: int | None,
+    progress: Callable[[int], None] | None = None,
+) -> JournalReport:
     with translate_errors():
-        return _run(conn, sql, since_certificate)
+        return _run(conn, sql, since_certificate, progress)
 
 
-def _run(conn: Connection, sql: Statements, since_certificate: int | None) -> JournalReport:
+def _run(
+    conn: Connection,
+    sql: Statements,
+    since_certificate: int | None,
+    progress: Callable[[int], None] | None,
+) -> JournalReport:
     start_checkpoint = -1
     if since_certificate is not None:
         found = conn.execute(
@@ -92,6 +102,8 @@ def _run(conn: Connection, sql: Statements, since_certificate: int | None) -> Jo
             break
         tenant_id = min(pending)
         tenants_checked += 1
+        if progress is not None and tenants_checked % 1000 == 0:
+            progress(tenants_checked)
 
         start = next(starts.take(tenant_id), None)
         state = _start_state(start)

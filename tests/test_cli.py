@@ -289,3 +289,41 @@ def test_installed_console_script_on_embedded_default(tmp_path: Path) -> None:
         assert path == str(tmp_path / "pgdata")
     finally:
         run_ledger(exe, "embedded", "stop", env=env)
+
+
+def test_verify_replays_the_journal_and_exits_4_on_tampering(db_url: str) -> None:
+    invoke(db_url, "tenant", "create", "t", "100")
+    cert = data(invoke(db_url, "certify"))
+    invoke(db_url, "reserve", "t", "10")
+    clean = data(invoke(db_url, "verify"))
+    assert clean["journal"]["ok"] and clean["journal"]["entries_checked"] == 2
+    since = data(invoke(db_url, "verify", "--since-certificate", str(cert["certificate_id"])))
+    assert since["journal"]["entries_checked"] == 1
+    with psycopg.connect(_plain(db_url), autocommit=True) as conn:
+        conn.execute("UPDATE ledger.tenants SET journal_head = sha256('x')")
+    result = invoke(db_url, "verify")
+    assert result.exit_code == cli.EXIT_UNBALANCED
+    assert data(result)["journal"]["discrepancies"][0]["kind"] == "head_mismatch"
+    human = invoke(db_url, "verify", as_json=False)
+    assert "head_mismatch" in human.output and human.exit_code == cli.EXIT_UNBALANCED
+    assert invoke(db_url, "verify", "--no-journal").exit_code == 0
+
+
+def test_ttl_expire_keys_and_prune(db_url: str) -> None:
+    invoke(db_url, "tenant", "create", "t", "100")
+    first = data(invoke(db_url, "reserve", "t", "10", "--ttl", "3600", "--idempotency-key", "a"))
+    assert data(invoke(db_url, "reserve", "t", "10", "--ttl", "3600", "--idempotency-key", "a")) == first
+    clash = invoke(db_url, "reserve", "t", "11", "--idempotency-key", "a")
+    assert clash.exit_code == cli.EXIT_BAD_INPUT and "different request" in data(clash)["error"]
+    assert invoke(db_url, "reserve", "t", "1", "--ttl", "0").exit_code == cli.EXIT_BAD_INPUT
+    with psycopg.connect(_plain(db_url), autocommit=True) as conn:
+        conn.execute("UPDATE ledger.reservations SET expires_at = now() - interval '1 second'")
+    assert data(invoke(db_url, "expire")) == {"expired": 1}
+    assert data(invoke(db_url, "tenant", "show", "t"))["remaining_microcents"] == 100
+    assert data(invoke(db_url, "prune-keys", "--older-than-hours", "0"))["pruned"] == 1
+    top = ["tenant", "top-up", "t", "5", "--idempotency-key", "f"]
+    assert data(invoke(db_url, *top)) == data(invoke(db_url, *top))
+    rid = data(invoke(db_url, "reserve", "t", "7"))["reservation_id"]
+    once = ["commit", str(rid), "7", "--tenant", "t", "--idempotency-key", "c"]
+    assert data(invoke(db_url, *once)) == data(invoke(db_url, *once))
+    assert data(invoke(db_url, "tenant", "show", "t"))["initial_microcents"] == 105
