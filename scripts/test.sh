@@ -7,7 +7,8 @@
 # 2. runs ruff and mypy;
 # 3. runs pytest on PostgreSQL 18 from the embedded wheel
 #    (or on $LEDGER_TEST_DATABASE_URL if you set it);
-# 4. if Debian's PostgreSQL 15 server is installed (/usr/lib/postgresql/15/bin),
+# 4. runs the benchmark harness in smoke mode;
+# 5. if Debian's PostgreSQL 15 server is installed (/usr/lib/postgresql/15/bin),
 #    starts a throwaway PostgreSQL 15 and runs pytest again against it.
 #
 # Extra arguments are passed to pytest, e.g. `bash scripts/test.sh -k concurrency`.
@@ -28,12 +29,15 @@ fi
 "$VENV/bin/python" -m pip install -q -e ".[test]"
 
 step "ruff"
-"$VENV/bin/ruff" check ledger tests migrations scripts
+"$VENV/bin/ruff" check ledger tests migrations scripts bench
 step "mypy (strict, ledger/)"
 "$VENV/bin/mypy"
 
 step "pytest on ${LEDGER_TEST_DATABASE_URL:+the given URL}${LEDGER_TEST_DATABASE_URL:-PostgreSQL 18 (embedded wheel)}"
 "$VENV/bin/python" -m pytest "$@"
+
+step "benchmark harness, smoke mode (proves it runs; timings are not asserted)"
+"$VENV/bin/python" -m bench.run --smoke
 
 if [ -x "$PG15_BIN/postgres" ] && [ -z "${LEDGER_TEST_DATABASE_URL:-}" ]; then
     step "pytest on PostgreSQL 15 (Debian)"

@@ -1,0 +1,261 @@
+"""Throughput of reserve->commit cycles, against baselines measured in the same run.
+
+    python -m bench.run                 # full run (a few minutes)
+    python -m bench.run --smoke         # seconds; proves the harness works (CI)
+    python -m bench.run --database-url postgresql://...
+
+Clients are separate processes, so Python's GIL does not hide the database.
+Every figure is reported next to a baseline from the same invocation, because
+absolute numbers drift on shared machines:
+
+- ``pgbench``: PostgreSQL's own driver running the ledger's exact statements
+  (the physical limit for this design on this machine);
+- ``naive``: SELECT ... FOR UPDATE, check in Python, separate UPDATE/INSERT;
+- ``nojournal``: the ledger's statements without the journal, to price it.
+
+Results go to ``bench/results/latest.json`` and a table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, make_url
+
+import ledger
+from ledger import BudgetSnapshot, TenantLedger, embedded
+from ledger._sql import Statements
+
+from .baselines import Naive, NoJournal, pgbench_script
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BUDGET = 10**15
+AMOUNT, ACTUAL = 1_000, 900
+
+
+@dataclass
+class Measurement:
+    implementation: str
+    workload: str
+    clients: int
+    cycles: int
+    seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.cycles / self.seconds if self.seconds else 0.0
+
+
+def _worker(
+    impl: str, url: str, tenants: int, seconds: float, seed: int, start: Any
+) -> tuple[int, float]:
+    engine = create_engine(url, pool_size=1, max_overflow=0)
+    if impl == "ledger":
+        book = ledger.Ledger(engine)
+
+        def cycle(tenant: str) -> None:
+            hold = book.try_reserve(tenant, AMOUNT)
+            assert hold.reservation_id is not None, hold
+            out = book.commit(hold.reservation_id, ACTUAL, tenant_id=tenant)
+            assert out.ok, out
+    elif impl == "nojournal":
+        cycle = lambda tenant: NoJournal(engine).cycle(tenant, AMOUNT, ACTUAL)  # noqa: E731
+    else:
+        naive = Naive(engine)
+        cycle = lambda tenant: naive.cycle(tenant, AMOUNT, ACTUAL)  # noqa: E731
+    import random
+
+    rng = random.Random(seed)
+    for _ in range(10):  # warm the pool and psycopg's prepared statements
+        cycle(f"t{rng.randrange(tenants)}")
+    start.wait()
+    count = 0
+    began = time.perf_counter()
+    deadline = began + seconds
+    while time.perf_counter() < deadline:
+        cycle(f"t{rng.randrange(tenants)}")
+        count += 1
+    elapsed = time.perf_counter() - began
+    engine.dispose()
+    return count, elapsed
+
+
+def run_python(impl: str, url: str, tenants: int, clients: int, seconds: float) -> Measurement:
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Manager() as manager:
+        start = manager.Event()
+        with ctx.Pool(clients) as pool:
+            pending = [
+                pool.apply_async(_worker, (impl, url, tenants, seconds, i, start))
+                for i in range(clients)
+            ]
+            time.sleep(0.5 + 0.2 * clients)  # let every client warm up
+            start.set()
+            results = [p.get(seconds * 20 + 120) for p in pending]
+    cycles = sum(c for c, _ in results)
+    elapsed = max(e for _, e in results)
+    return Measurement(impl, _name(tenants), clients, cycles, elapsed)
+
+
+def run_pgbench(pgbench: Path, url: str, tenants: int, clients: int, seconds: float) -> Measurement:
+    script = Path(tempfile.mkstemp(suffix=".sql")[1])
+    script.write_text(pgbench_script(Statements.for_schema("ledger"), tenants))
+    conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    cmd = [
+        str(pgbench),
+        "-n",
+        "-M",
+        "prepared",
+        "-c",
+        str(clients),
+        "-j",
+        str(min(clients, 4)),
+        "-T",
+        str(max(1, round(seconds))),
+        "-f",
+        str(script),
+        conninfo,
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 10 + 120)
+    script.unlink()
+    if out.returncode != 0:
+        raise RuntimeError(f"pgbench failed: {out.stderr[-2000:]}")
+    processed = re.search(r"number of transactions actually processed: (\d+)", out.stdout)
+    tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out.stdout)
+    assert processed and tps, out.stdout
+    cycles = int(processed.group(1))
+    return Measurement("pgbench", _name(tenants), clients, cycles, cycles / float(tps.group(1)))
+
+
+def _name(tenants: int) -> str:
+    return "hot" if tenants == 1 else f"spread{tenants}"
+
+
+def prepare(url: str, tenants: int) -> None:
+    with ledger.Ledger(url) as book:
+        book.restore_from_snapshot(
+            BudgetSnapshot(
+                0,
+                tuple(TenantLedger(f"t{i}", BUDGET, BUDGET, 0, 0) for i in range(tenants)),
+                0,
+            )
+        )
+
+
+def settings(url: str) -> dict[str, str]:
+    import psycopg
+
+    conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    names = [
+        "server_version",
+        "max_connections",
+        "shared_buffers",
+        "fsync",
+        "synchronous_commit",
+        "wal_level",
+        "full_page_writes",
+    ]
+    with psycopg.connect(conninfo) as conn:
+        return {n: str(conn.execute(f"SHOW {n}").fetchone()[0]) for n in names}  # type: ignore[index]
+
+
+def table(rows: list[Measurement]) -> str:
+    by_key = {(m.implementation, m.workload, m.clients): m for m in rows}
+    lines = [
+        f"{'workload':<12}{'clients':>8}{'impl':>11}{'cycles/s':>11}"
+        f"{'vs pgbench':>12}{'vs naive':>10}{'vs nojournal':>14}"
+    ]
+    for m in rows:
+
+        def ratio(other: str, m: Measurement = m) -> str:
+            base = by_key.get((other, m.workload, m.clients))
+            if base is None or base is m or not base.per_second:
+                return "-"
+            return f"{m.per_second / base.per_second:.2f}x"
+
+        lines.append(
+            f"{m.workload:<12}{m.clients:>8}{m.implementation:>11}{m.per_second:>11.0f}"
+            f"{ratio('pgbench'):>12}{ratio('naive'):>10}{ratio('nojournal'):>14}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database-url", default=os.environ.get("LEDGER_BENCH_DATABASE_URL"))
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny run that proves the harness works"
+    )
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--clients", default="1,4,16")
+    parser.add_argument("--spread", type=int, default=10_000, help="tenants in the spread workload")
+    parser.add_argument("--only", default="pgbench,ledger,nojournal,naive")
+    args = parser.parse_args(argv)
+
+    clients = [1] if args.smoke else [int(c) for c in args.clients.split(",")]
+    seconds = 0.5 if args.smoke else args.seconds
+    workloads = [1] if args.smoke else [1, args.spread]
+    impls = args.only.split(",")
+
+    server = None
+    url = args.database_url
+    if url is None:
+        server = embedded.start(
+            Path(tempfile.mkdtemp(prefix="ledger-bench-")) / "data",
+            cleanup="delete",
+            settings={"max_connections": "100"},
+        )
+        url = server.url
+    url = make_url(url).set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    ledger.migrate(url)
+    pgbench = (server.bin_dir / "pgbench") if server else Path(os.environ.get("PGBENCH", "pgbench"))
+
+    rows: list[Measurement] = []
+    try:
+        for tenants in workloads:
+            prepare(url, tenants)
+            for n in clients:
+                for impl in impls:
+                    if impl == "pgbench":
+                        m = run_pgbench(pgbench, url, tenants, n, seconds)
+                    else:
+                        m = run_python(impl, url, tenants, n, seconds)
+                    rows.append(m)
+                    print(
+                        f"  {m.workload} {n:>2} clients {impl:>10}: {m.per_second:9.0f} cycles/s",
+                        file=sys.stderr,
+                    )
+        with ledger.Ledger(url) as book:
+            assert book.verify_conservation().is_balanced
+        report = {
+            "settings": settings(url),
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+            "seconds_per_run": seconds,
+            "measurements": [{**asdict(m), "per_second": m.per_second} for m in rows],
+        }
+    finally:
+        if server is not None:
+            server.stop()
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / ("smoke.json" if args.smoke else "latest.json")
+    out.write_text(json.dumps(report, indent=2))
+    print("server:", ", ".join(f"{k}={v}" for k, v in report["settings"].items()))
+    print(table(rows))
+    print(f"results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
