@@ -10,18 +10,36 @@ from __future__ import annotations
 
 import random
 import time
+from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Literal, TypeVar
 
-from sqlalchemy import URL, Connection, Engine, Row, TextClause, create_engine, make_url
+import psycopg
+from sqlalchemy import URL, Connection, Engine, TextClause, create_engine, make_url
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.orm import Session
+from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
+from sqlalchemy.orm import Session, scoped_session
 
 from . import errors
 
 EngineLike = Engine | URL | str
-Connectable = Connection | Session
+
+
+class ForeignConnection:
+    """A connection owned by another framework (Django), used inside its transaction.
+
+    The ledger's statements are compiled for psycopg and executed through the
+    framework's own cursors, so they share its connection and its
+    ``transaction.atomic()`` blocks; the ledger never commits, rolls back or
+    closes it.
+    """
+
+    def __init__(self, cursor: Callable[[], Any]) -> None:
+        self.cursor = cursor
+
+
+Connectable = Connection | Session | scoped_session[Any] | ForeignConnection
 Isolation = Literal["AUTOCOMMIT", "READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"]
 
 T = TypeVar("T")
@@ -68,9 +86,19 @@ _SQLSTATE_ERRORS: dict[str, type[errors.DatabaseError]] = {
 }
 
 
-def translate(exc: sa_exc.DBAPIError) -> errors.LedgerError:
+def _driver_error(exc: BaseException) -> BaseException:
+    """The psycopg exception behind a SQLAlchemy or framework wrapper."""
+    seen = exc
+    while seen is not None:
+        if getattr(seen, "sqlstate", None) is not None or isinstance(seen, psycopg.Error):
+            return seen
+        seen = getattr(seen, "orig", None) or seen.__cause__  # type: ignore[assignment]
+    return exc
+
+
+def translate(exc: BaseException) -> errors.LedgerError:
     """Map a driver error to a ledger error by SQLSTATE, with an actionable message."""
-    orig = exc.orig
+    orig = _driver_error(exc)
     sqlstate = getattr(orig, "sqlstate", None)
     diag = getattr(orig, "diag", None)
     primary = getattr(diag, "message_primary", None) or str(orig).splitlines()[0]
@@ -100,7 +128,11 @@ def translate(exc: sa_exc.DBAPIError) -> errors.LedgerError:
         )
     if cls is not None:
         return cls(f"{cls.__doc__ and cls.__doc__.splitlines()[0]} ({primary})", sqlstate=sqlstate)
-    if isinstance(exc, sa_exc.OperationalError) or exc.connection_invalidated:
+    if (
+        isinstance(exc, sa_exc.OperationalError)
+        or getattr(exc, "connection_invalidated", False)
+        or isinstance(orig, psycopg.OperationalError)
+    ):
         return errors.ConnectionLost(
             f"lost the connection to PostgreSQL ({primary}); if this happened after the "
             "statement was sent, check the tenant's balances before retrying",
@@ -121,7 +153,7 @@ class Database:
     @contextmanager
     def connection(
         self, caller: Connectable | None, isolation: Isolation = "AUTOCOMMIT"
-    ) -> Iterator[Connection]:
+    ) -> Iterator[Any]:
         """Yield a connection; ours are committed on success and rolled back on error."""
         try:
             if caller is not None:
@@ -140,7 +172,7 @@ class Database:
     def run(
         self,
         caller: Connectable | None,
-        work: Callable[[Connection], T],
+        work: Callable[[Any], T],
         isolation: Isolation = "AUTOCOMMIT",
     ) -> T:
         """Run ``work``; when we own the transaction, retry transient conflicts.
@@ -161,14 +193,35 @@ class Database:
                 time.sleep(random.uniform(0, 0.005 * 2**attempt))
 
 
-def _caller_connection(caller: Connectable) -> Connection:
-    if isinstance(caller, Connection):
+def _caller_connection(caller: Connectable) -> Connection | ForeignConnection:
+    if isinstance(caller, (Connection, ForeignConnection)):
         return caller
-    if isinstance(caller, Session):
+    if isinstance(caller, (Session, scoped_session)):
         return caller.connection()
     raise errors.InputError(
         f"connection= must be a SQLAlchemy Connection or Session, got {type(caller).__name__}"
     )
+
+
+_FOREIGN_DIALECT = psycopg_dialect.dialect()  # type: ignore[no-untyped-call]
+_COMPILED: dict[int, tuple[TextClause, Any]] = {}
+
+
+def _execute_foreign(
+    conn: ForeignConnection, statement: TextClause, params: Mapping[str, Any]
+) -> list[Any]:
+    cached = _COMPILED.get(id(statement))
+    if cached is None or cached[0] is not statement:
+        cached = (statement, statement.compile(dialect=_FOREIGN_DIALECT))
+        _COMPILED[id(statement)] = cached
+    compiled = cached[1]
+    with conn.cursor() as cur:
+        cur.execute(str(compiled), compiled.construct_params(dict(params)))
+        if cur.description is None:
+            return []
+        names = [c[0] for c in cur.description]
+        row_type = namedtuple("Row", names, rename=True)  # type: ignore[misc]
+        return [row_type(*r) for r in cur.fetchall()]
 
 
 @contextmanager
@@ -180,8 +233,16 @@ def translate_errors() -> Iterator[None]:
         raise translate(exc) from exc
 
 
-def execute(conn: Connection, statement: TextClause, params: Mapping[str, Any]) -> list[Row[Any]]:
+def execute(conn: Any, statement: TextClause, params: Mapping[str, Any]) -> list[Any]:
     """Execute and fetch everything, with driver errors translated."""
-    with translate_errors():
+    try:
+        if isinstance(conn, ForeignConnection):
+            return _execute_foreign(conn, statement, params)
         result = conn.execute(statement, params)
         return list(result) if result.returns_rows else []
+    except errors.LedgerError:
+        raise
+    except Exception as exc:
+        if isinstance(_driver_error(exc), psycopg.Error):
+            raise translate(exc) from exc
+        raise

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from sqlalchemy import Connection, TextClause
+from sqlalchemy import TextClause
 
 from . import errors
-from ._db import translate_errors
+from ._db import ForeignConnection, execute, translate_errors
 from ._sql import Statements
 from .journal import (
     GENESIS,
@@ -51,7 +51,12 @@ class _Stream:
             yield row
 
 
-def _stream(conn: Connection, statement: TextClause, params: dict[str, Any]) -> Iterator[Any]:
+def _stream(conn: Any, statement: TextClause, params: dict[str, Any]) -> Iterator[Any]:
+    if isinstance(conn, ForeignConnection):
+        # A framework's connection (Django) has no server-side cursor API we can
+        # rely on; use the ledger's own engine for very large journals.
+        yield from execute(conn, statement, params)
+        return
     result = conn.execution_options(stream_results=True, yield_per=_BATCH).execute(
         statement, params
     )
@@ -59,7 +64,7 @@ def _stream(conn: Connection, statement: TextClause, params: dict[str, Any]) -> 
 
 
 def run(
-    conn: Connection,
+    conn: Any,
     sql: Statements,
     since_certificate: int | None,
     progress: Callable[[int], None] | None = None,
@@ -69,16 +74,15 @@ def run(
 
 
 def _run(
-    conn: Connection,
+    conn: Any,
     sql: Statements,
     since_certificate: int | None,
     progress: Callable[[int], None] | None,
 ) -> JournalReport:
     start_checkpoint = -1
     if since_certificate is not None:
-        found = conn.execute(
-            sql.certificate_checkpoint, {"certificate_id": since_certificate}
-        ).first()
+        rows = execute(conn, sql.certificate_checkpoint, {"certificate_id": since_certificate})
+        found = rows[0] if rows else None
         if found is None or found.checkpoint_id is None:
             raise errors.InputError(
                 f"there is no certificate {since_certificate} with a checkpoint"
@@ -230,7 +234,7 @@ def _compare_live(replayer: Replayer, live: Any, live_holds: list[Any], parked: 
         replayer.flag(None, "head_mismatch", "a parked chain head with no journal behind it")
 
 
-def _check_roots(conn: Connection, sql: Statements, report: list[Discrepancy]) -> int:
+def _check_roots(conn: Any, sql: Statements, report: list[Discrepancy]) -> int:
     """Recompute each certificate's journal root from its checkpoint rows."""
     checked = 0
     current: Any = None

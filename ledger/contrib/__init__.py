@@ -1,0 +1,1 @@
+"""Framework integrations. The core package never imports a framework."""

@@ -1,0 +1,115 @@
+"""The Flask extension, through the example app and Flask's test client."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("flask_sqlalchemy")
+
+from flask import Flask  # noqa: E402
+
+import ledger  # noqa: E402
+from ledger.contrib.flask import FlaskLedger  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_example() -> Any:
+    spec = importlib.util.spec_from_file_location("flask_example", ROOT / "examples/flask_app/app.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["flask_example"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def example(db_url: str) -> Any:
+    module = load_example()
+    app = module.create_app(db_url)
+    app.config["TESTING"] = False  # let errors become 500s as in production
+    yield app, module
+    with app.app_context():
+        module.db.engine.dispose()
+
+
+def test_reserve_work_commit(example: Any) -> None:
+    app, module = example
+    client = app.test_client()
+    assert client.post("/tenants/acme", json={"budget": 1_000}).status_code == 201
+    done = client.post("/jobs/acme", json={"estimate": 300, "actual": 250})
+    assert done.status_code == 201
+    assert done.get_json()["settlement"]["remaining_microcents"] == 750
+    refused = client.post("/jobs/acme", json={"estimate": 5_000, "actual": 1})
+    assert refused.status_code == 402 and refused.get_json()["status"] == "insufficient"
+    assert client.get("/tenants/acme").get_json()["committed_microcents"] == 250
+    with app.app_context():
+        assert module.db.session.query(module.Job).count() == 1
+
+
+def test_a_view_that_fails_after_reserving_keeps_nothing(example: Any) -> None:
+    app, module = example
+    client = app.test_client()
+    client.post("/tenants/acme", json={"budget": 1_000})
+    failed = client.post("/jobs/acme", json={"estimate": 300, "actual": 250, "fail": True})
+    assert failed.status_code == 500
+    state = client.get("/tenants/acme").get_json()
+    assert state == {"tenant_id": "acme", "initial_microcents": 1_000, "remaining_microcents": 1_000,
+                     "reserved_microcents": 0, "committed_microcents": 0}
+    with app.app_context():
+        assert module.db.session.query(module.Job).count() == 0
+        book = ledger.Ledger(module.db.engine)
+        assert book.active_reservations() == 0
+        assert book.verify_journal().ok
+
+
+def test_flask_cli_commands(example: Any) -> None:
+    app, _ = example
+    app.test_client().post("/tenants/acme", json={"budget": 1_000})
+    runner = app.test_cli_runner()
+    shown = runner.invoke(args=["ledger", "--json", "tenant", "show", "acme"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output)["remaining_microcents"] == 1_000
+    assert runner.invoke(args=["ledger", "migrate", "current"]).exit_code == 0
+    verify = runner.invoke(args=["ledger", "--json", "verify"])
+    assert json.loads(verify.output)["journal"]["ok"]
+    snap = runner.invoke(args=["ledger", "snapshot"])
+    assert json.loads(snap.output)["tenants"][0]["tenant_id"] == "acme"
+    missing = runner.invoke(args=["ledger", "tenant", "show", "nobody"])
+    assert missing.exit_code == 2 and "Traceback" not in missing.output
+
+
+def test_without_flask_sqlalchemy_the_app_context_is_the_transaction(db_url: str) -> None:
+    app = Flask("plain")
+    app.config["LEDGER_DATABASE_URL"] = db_url
+    budgets = FlaskLedger(app)
+
+    @app.post("/spend/<int:fail>")
+    def spend(fail: int) -> Any:
+        hold = budgets.ledger.try_reserve("t", 10)
+        if fail:
+            raise RuntimeError("boom")
+        budgets.ledger.commit(hold.reservation_id, 10, tenant_id="t")
+        return {"ok": True}
+
+    with ledger.Ledger(db_url) as book:
+        book.ensure_tenant("t", 100)
+        client = app.test_client()
+        assert client.post("/spend/0").status_code == 200
+        assert client.post("/spend/1").status_code == 500
+        assert book.tenant("t") == ledger.TenantLedger("t", 100, 90, 0, 10)
+    with app.app_context():
+        app.extensions["sql_ledger"].engine().dispose()
+
+
+def test_extension_needs_init_app() -> None:
+    app = Flask("bare")
+    ext = FlaskLedger()
+    with app.app_context(), pytest.raises(RuntimeError, match="init_app"):
+        ext.ledger.tenant_count()
