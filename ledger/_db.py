@@ -12,7 +12,7 @@ import random
 import time
 from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Literal, TypeVar
 
 import psycopg
@@ -35,8 +35,15 @@ class ForeignConnection:
     closes it.
     """
 
-    def __init__(self, cursor: Callable[[], Any]) -> None:
+    def __init__(
+        self,
+        cursor: Callable[[], Any],
+        atomic: Callable[[], AbstractContextManager[Any]] | None = None,
+    ) -> None:
         self.cursor = cursor
+        #: Opens a transaction (or savepoint) for operations of several
+        #: statements, such as restore; single statements need none.
+        self.atomic = atomic
 
 
 Connectable = Connection | Session | scoped_session[Any] | ForeignConnection
@@ -156,7 +163,13 @@ class Database:
     ) -> Iterator[Any]:
         """Yield a connection; ours are committed on success and rolled back on error."""
         try:
-            if caller is not None:
+            if isinstance(caller, ForeignConnection):
+                if isolation != "AUTOCOMMIT" and caller.atomic is not None:
+                    with caller.atomic():
+                        yield caller
+                else:
+                    yield caller
+            elif caller is not None:
                 yield _caller_connection(caller)
             elif isolation == "AUTOCOMMIT":
                 with self._autocommit.connect() as conn:

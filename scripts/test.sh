@@ -29,7 +29,7 @@ fi
 "$VENV/bin/python" -m pip install -q -e ".[test]"
 
 step "ruff"
-"$VENV/bin/ruff" check ledger tests migrations scripts bench
+"$VENV/bin/ruff" check ledger tests migrations scripts bench examples
 step "mypy (strict, ledger/)"
 "$VENV/bin/mypy"
 

@@ -312,7 +312,10 @@ def test_verify_replays_the_journal_and_exits_4_on_tampering(db_url: str) -> Non
 def test_ttl_expire_keys_and_prune(db_url: str) -> None:
     invoke(db_url, "tenant", "create", "t", "100")
     first = data(invoke(db_url, "reserve", "t", "10", "--ttl", "3600", "--idempotency-key", "a"))
-    assert data(invoke(db_url, "reserve", "t", "10", "--ttl", "3600", "--idempotency-key", "a")) == first
+    assert (
+        data(invoke(db_url, "reserve", "t", "10", "--ttl", "3600", "--idempotency-key", "a"))
+        == first
+    )
     clash = invoke(db_url, "reserve", "t", "11", "--idempotency-key", "a")
     assert clash.exit_code == cli.EXIT_BAD_INPUT and "different request" in data(clash)["error"]
     assert invoke(db_url, "reserve", "t", "1", "--ttl", "0").exit_code == cli.EXIT_BAD_INPUT

@@ -12,16 +12,18 @@ import pytest
 
 pytest.importorskip("flask_sqlalchemy")
 
-from flask import Flask  # noqa: E402
+from flask import Flask
 
-import ledger  # noqa: E402
-from ledger.contrib.flask import FlaskLedger  # noqa: E402
+import ledger
+from ledger.contrib.flask import FlaskLedger
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def load_example() -> Any:
-    spec = importlib.util.spec_from_file_location("flask_example", ROOT / "examples/flask_app/app.py")
+    spec = importlib.util.spec_from_file_location(
+        "flask_example", ROOT / "examples/flask_app/app.py"
+    )
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     sys.modules["flask_example"] = module
@@ -60,8 +62,13 @@ def test_a_view_that_fails_after_reserving_keeps_nothing(example: Any) -> None:
     failed = client.post("/jobs/acme", json={"estimate": 300, "actual": 250, "fail": True})
     assert failed.status_code == 500
     state = client.get("/tenants/acme").get_json()
-    assert state == {"tenant_id": "acme", "initial_microcents": 1_000, "remaining_microcents": 1_000,
-                     "reserved_microcents": 0, "committed_microcents": 0}
+    assert state == {
+        "tenant_id": "acme",
+        "initial_microcents": 1_000,
+        "remaining_microcents": 1_000,
+        "reserved_microcents": 0,
+        "committed_microcents": 0,
+    }
     with app.app_context():
         assert module.db.session.query(module.Job).count() == 0
         book = ledger.Ledger(module.db.engine)

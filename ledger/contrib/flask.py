@@ -123,8 +123,11 @@ def _teardown(exc: BaseException | None) -> None:
 
 
 def _cli_group() -> click.Group:
-    @click.group("ledger", cls=ledger_cli.LedgerGroup,
-                 help="sql-ledger commands against this app's database.")
+    @click.group(
+        "ledger",
+        cls=ledger_cli.LedgerGroup,
+        help="sql-ledger commands against this app's database.",
+    )
     @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
     @with_appcontext
     @click.pass_context
@@ -134,9 +137,16 @@ def _cli_group() -> click.Group:
         ctx.obj = ledger_cli.Context(url, state.schema, None, as_json)
 
     for command in (
-        ledger_cli.migrate, ledger_cli.tenant, ledger_cli.reserve, ledger_cli.commit,
-        ledger_cli.release, ledger_cli.snapshot, ledger_cli.restore, ledger_cli.verify,
-        ledger_cli.certify, ledger_cli.expire,
+        ledger_cli.migrate,
+        ledger_cli.tenant,
+        ledger_cli.reserve,
+        ledger_cli.commit,
+        ledger_cli.release,
+        ledger_cli.snapshot,
+        ledger_cli.restore,
+        ledger_cli.verify,
+        ledger_cli.certify,
+        ledger_cli.expire,
     ):
         group.add_command(command)
     return group

@@ -1,0 +1,16 @@
+from django.db import migrations, models
+
+
+class Migration(migrations.Migration):
+    initial = True
+    dependencies = [("sql_ledger", "0002_journal")]
+    operations = [
+        migrations.CreateModel(
+            name="Job",
+            fields=[
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("tenant", models.CharField(max_length=255)),
+                ("cost_microcents", models.BigIntegerField()),
+            ],
+        ),
+    ]

@@ -1,0 +1,83 @@
+"""Django app: ``INSTALLED_APPS += ["ledger.contrib.django"]``.
+
+Settings (all optional), in one prefixed object::
+
+    SQL_LEDGER = {
+        "DATABASE": "default",   # which Django database holds the ledger
+        "SCHEMA": "ledger",      # PostgreSQL schema of the ledger tables
+    }
+
+``manage.py migrate`` creates and upgrades the ledger schema (each Django
+migration of this app runs the alembic revision it mirrors).
+:func:`get_ledger` returns a ledger whose operations run on Django's own
+database connection, so they commit or roll back with ``transaction.atomic()``
+and the app's model writes. ``manage.py ledger ...`` offers the CLI's
+commands, and the admin shows tenants, open holds and certificates read-only.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from sqlalchemy import URL
+
+from ..._db import ForeignConnection
+from ...bound import BoundLedger
+from ...core import Ledger
+
+DEFAULTS = {"DATABASE": "default", "SCHEMA": "ledger"}
+
+
+def ledger_settings() -> dict[str, str]:
+    from django.conf import settings
+
+    merged = {**DEFAULTS, **getattr(settings, "SQL_LEDGER", {})}
+    unknown = set(merged) - set(DEFAULTS)
+    if unknown:
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured(f"unknown SQL_LEDGER settings: {sorted(unknown)}")
+    return merged
+
+
+def database_url(alias: str | None = None) -> URL:
+    """A SQLAlchemy URL for a Django database (for migrations and the CLI)."""
+    from django.db import connections
+
+    s: dict[str, Any] = connections[alias or ledger_settings()["DATABASE"]].settings_dict
+    if "postgresql" not in s["ENGINE"]:
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured("sql-ledger needs a PostgreSQL database")
+    host = s.get("HOST") or None
+    socket_dir = host if host and host.startswith("/") else None
+    return URL.create(
+        "postgresql+psycopg",
+        username=s.get("USER") or None,
+        password=s.get("PASSWORD") or None,
+        host=None if socket_dir else host,
+        port=int(s["PORT"]) if s.get("PORT") else None,
+        database=s.get("NAME"),
+        # a Unix-socket directory travels as libpq's host parameter
+        query={"host": socket_dir} if socket_dir else {},
+    )
+
+
+@cache
+def _ledger(alias: str, schema: str) -> Ledger:
+    # Its own engine serves only what cannot run on Django's connection.
+    return Ledger(database_url(alias), schema=schema)
+
+
+def get_ledger(alias: str | None = None) -> BoundLedger:
+    """The ledger, running on Django's connection (and inside its atomic blocks)."""
+    from django.db import connections, transaction
+
+    conf = ledger_settings()
+    alias = alias or conf["DATABASE"]
+    foreign = ForeignConnection(
+        cursor=lambda: connections[alias].cursor(),
+        atomic=lambda: transaction.atomic(using=alias),
+    )
+    return BoundLedger(_ledger(alias, conf["SCHEMA"]), lambda: foreign)

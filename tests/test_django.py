@@ -1,0 +1,163 @@
+"""The Django app, through the example project: migrations, atomic blocks, views, admin, CLI."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+django = pytest.importorskip("django")
+
+import ledger  # noqa: E402
+from ledger.migrator import current_revision, head_revision, script_location  # noqa: E402
+
+from .conftest import _database_url, drop_database, make_database  # noqa: E402
+
+PROJECT = Path(__file__).resolve().parent.parent / "examples" / "django_project"
+
+
+@pytest.fixture(scope="module")
+def project(server_url: str) -> Iterator[str]:
+    name = make_database(server_url, None)  # empty: manage.py migrate must build the ledger
+    url = _database_url(server_url, name)
+    sys.path.insert(0, str(PROJECT))
+    os.environ["DATABASE_URL"] = url
+    os.environ["DJANGO_SETTINGS_MODULE"] = "project.settings"
+    try:
+        django.setup()
+        from django.core.management import call_command
+
+        call_command("migrate", verbosity=0)
+        yield url
+    finally:
+        from django.db import connections
+
+        connections.close_all()
+        os.environ.pop("DATABASE_URL", None)
+        sys.path.remove(str(PROJECT))
+        drop_database(server_url, name)
+
+
+def test_manage_py_migrate_built_the_ledger(project: str) -> None:
+    assert current_revision(project) == head_revision()
+    from django.db.migrations.recorder import MigrationRecorder
+
+    applied = {
+        m
+        for a, m in MigrationRecorder.Migration.objects.values_list("app", "name")
+        if a == "sql_ledger"
+    }
+    assert applied == {"0001_core", "0002_journal"}
+
+
+def test_every_alembic_revision_has_a_django_twin() -> None:
+    revisions = {p.name.split("_")[0] for p in (script_location() / "versions").glob("[0-9]*.py")}
+    twins = set()
+    for path in (Path(ledger.__file__).parent / "contrib/django/migrations").glob("[0-9]*.py"):
+        module = importlib.import_module(f"ledger.contrib.django.migrations.{path.stem}")
+        twins.add(module.ALEMBIC_REVISION)
+    assert revisions == twins, f"alembic revisions without a Django migration: {revisions - twins}"
+
+
+def test_ledger_write_rolls_back_with_the_atomic_block(project: str) -> None:
+    from django.db import transaction
+    from shop.models import Job
+
+    from ledger.contrib.django import get_ledger
+
+    book = get_ledger()
+    book.ensure_tenant("atomic", 1_000)
+    with pytest.raises(RuntimeError), transaction.atomic():
+        Job.objects.create(tenant="atomic", cost_microcents=5)
+        assert book.try_reserve("atomic", 600).ok
+        assert book.remaining_microcents("atomic") == 400  # visible inside the block
+        raise RuntimeError("app failure")
+    assert not Job.objects.filter(tenant="atomic").exists()
+    assert book.tenant("atomic") == ledger.TenantLedger("atomic", 1_000, 1_000, 0, 0)
+    assert book.ledger.active_reservations() == 0
+    with transaction.atomic():
+        Job.objects.create(tenant="atomic", cost_microcents=5)
+        hold = book.try_reserve("atomic", 600)
+        book.commit(hold.reservation_id, 5, tenant_id="atomic")
+    assert book.tenant("atomic") == ledger.TenantLedger("atomic", 1_000, 995, 0, 5)
+    assert book.verify_journal().ok
+
+
+def test_views_with_the_test_client(project: str) -> None:
+    from django.test import Client
+    from shop.models import Job
+
+    client = Client(raise_request_exception=False)
+    post = lambda path, body: client.post(path, json.dumps(body), content_type="application/json")  # noqa: E731
+    assert post("/tenants/shop", {"budget": 1_000}).status_code == 201
+    done = post("/jobs/shop", {"estimate": 300, "actual": 250})
+    assert done.status_code == 201, done.content
+    assert done.json()["settlement"]["remaining_microcents"] == 750
+    assert post("/jobs/shop", {"estimate": 10_000, "actual": 1}).status_code == 402
+    failed = post("/jobs/shop", {"estimate": 300, "actual": 250, "fail": True})
+    assert failed.status_code == 500
+    assert client.get("/tenants/shop").json()["remaining_microcents"] == 750
+    assert Job.objects.filter(tenant="shop").count() == 1
+
+
+def test_admin_pages_are_read_only(project: str) -> None:
+    from django.contrib.auth.models import User
+    from django.test import Client
+
+    from ledger.contrib.django import get_ledger
+
+    get_ledger().ensure_tenant("admin-visible", 5)
+    get_ledger().try_reserve("admin-visible", 2)
+    get_ledger().ledger.certify()
+    User.objects.filter(username="root").delete()
+    User.objects.create_superuser("root", "root@example.com", "pw")
+    client = Client()
+    assert client.login(username="root", password="pw")
+    for page in ("tenant", "reservation", "certificate"):
+        listing = client.get(f"/admin/sql_ledger/{page}/")
+        assert listing.status_code == 200, page
+        assert client.get(f"/admin/sql_ledger/{page}/add/").status_code == 403
+    assert b"admin-visible" in client.get("/admin/sql_ledger/tenant/").content
+
+
+def test_manage_py_ledger_command(project: str) -> None:
+    env = {
+        **os.environ,
+        "DATABASE_URL": project,
+        "DJANGO_SETTINGS_MODULE": "project.settings",
+        "PYTHONPATH": os.pathsep.join([str(PROJECT), *sys.path]),
+    }
+
+    def run(*a: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "manage.py", "ledger", *a],
+            cwd=PROJECT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    created = run("--json", "tenant", "create", "cli", "77")
+    assert created.returncode == 0, created.stderr
+    shown = run("--json", "tenant", "show", "cli")
+    assert json.loads(shown.stdout)["remaining_microcents"] == 77
+    assert run("migrate", "current").returncode == 0
+    assert json.loads(run("--json", "verify").stdout)["journal"]["ok"]
+    bad = run("tenant", "show", "nobody")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_django_migrations_go_backwards_and_forwards(project: str) -> None:
+    from django.core.management import call_command
+
+    call_command("migrate", "sql_ledger", "0001", verbosity=0)
+    assert current_revision(project) == "0001"
+    call_command("migrate", verbosity=0)
+    assert current_revision(project) == head_revision()
