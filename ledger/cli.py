@@ -551,6 +551,22 @@ def expire(ctx: Context, limit: int) -> None:
     _emit(ctx, {"expired": n}, lambda: click.echo(f"expired {n} holds"))
 
 
+@main.command("grant-auditor")
+@click.argument("role", default="ledger_auditor")
+@pass_ctx
+def grant_auditor(ctx: Context, role: str) -> None:
+    """Create ROLE (if missing) with SELECT on the audit views only."""
+    from .audit import AUDIT_VIEWS
+    from .audit import grant_auditor as grant
+
+    grant(ctx.url(), role, schema=ctx.schema)
+    _emit(
+        ctx,
+        {"role": role, "views": list(AUDIT_VIEWS)},
+        lambda: click.echo(f"{role}: SELECT on {', '.join(AUDIT_VIEWS)}"),
+    )
+
+
 @main.command("prune-keys")
 @click.option(
     "--older-than-hours",

@@ -8,13 +8,15 @@ checkout they are read from the top-level ``migrations/`` folder.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import Connection, inspect
 
 from . import _validate
 from ._db import EngineLike, as_engine
@@ -44,11 +46,18 @@ def _config(schema: str) -> Config:
     return cfg
 
 
-def _run(engine_or_url: EngineLike, schema: str, action: str, revision: str) -> None:
+def _run(target: EngineLike | Connection, schema: str, action: str, revision: str) -> None:
     schema = _validate.schema_name(schema)
-    engine, owned = as_engine(engine_or_url)
+    if isinstance(target, Connection):
+        # Inside a host application's transaction (for example its alembic env.py).
+        with _IN_PROCESS, _preserving_alembic_proxies():
+            cfg = _config(schema)
+            cfg.attributes["connection"] = target
+            getattr(command, action)(cfg, revision)
+        return
+    engine, owned = as_engine(target)
     try:
-        with _IN_PROCESS, engine.begin() as conn:
+        with _IN_PROCESS, _preserving_alembic_proxies(), engine.begin() as conn:
             cfg = _config(schema)
             cfg.attributes["connection"] = conn
             getattr(command, action)(cfg, revision)
@@ -57,16 +66,42 @@ def _run(engine_or_url: EngineLike, schema: str, action: str, revision: str) -> 
             engine.dispose()
 
 
-def migrate(engine_or_url: EngineLike, revision: str = "head", *, schema: str = "ledger") -> None:
+@contextmanager
+def _preserving_alembic_proxies() -> Iterator[None]:
+    """Put back a host's ``alembic.context``/``alembic.op`` after our run.
+
+    Alembic keeps the running environment in module-level proxies and removes
+    them when a run ends; without this, calling :func:`migrate` from a host
+    application's ``env.py`` would leave the host's own run without them.
+    """
+    import alembic.context
+    import alembic.op
+
+    saved = [getattr(module, "_proxy", None) for module in (alembic.context, alembic.op)]
+    try:
+        yield
+    finally:
+        for proxy in saved:
+            if proxy is not None:
+                proxy._install_proxy()
+
+
+def migrate(
+    engine_or_url: EngineLike | Connection, revision: str = "head", *, schema: str = "ledger"
+) -> None:
     """Upgrade the ledger schema to ``revision`` (default: the newest).
 
     Safe to call at every application start: it is a no-op when already at
-    head, and concurrent callers are serialised by an advisory lock.
+    head, and concurrent callers are serialised by an advisory lock. Given a
+    ``Connection``, it runs in that connection's transaction (the recipe for
+    a host application's own alembic ``env.py``, in docs/integration.md).
     """
     _run(engine_or_url, schema, "upgrade", revision)
 
 
-def downgrade(engine_or_url: EngineLike, revision: str, *, schema: str = "ledger") -> None:
+def downgrade(
+    engine_or_url: EngineLike | Connection, revision: str, *, schema: str = "ledger"
+) -> None:
     """Downgrade the ledger schema; ``"base"`` drops every ledger table."""
     _run(engine_or_url, schema, "downgrade", revision)
 

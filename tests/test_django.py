@@ -53,7 +53,7 @@ def test_manage_py_migrate_built_the_ledger(project: str) -> None:
         for a, m in MigrationRecorder.Migration.objects.values_list("app", "name")
         if a == "sql_ledger"
     }
-    assert applied == {"0001_core", "0002_journal"}
+    assert applied == {"0001_core", "0002_journal", "0003_audit_views"}
 
 
 def test_every_alembic_revision_has_a_django_twin() -> None:

@@ -3,7 +3,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     initial = True
-    dependencies = [("sql_ledger", "0002_journal")]
+    dependencies = [("sql_ledger", "0003_audit_views")]
     operations = [
         migrations.CreateModel(
             name="Job",

@@ -1,0 +1,193 @@
+"""The ledger's tables as SQLAlchemy metadata.
+
+The migrations are the source of truth for the database; this module declares
+the same schema so tools can reason about it (alembic autogenerate in a host
+app, documentation, introspection) and so a test can prove the two agree:
+``alembic`` autogenerate against a migrated database must find nothing.
+Statements never go through these objects; they live in ``_sql.py``.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKeyConstraint,
+    Identity,
+    Index,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    SmallInteger,
+    Table,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+
+from . import _validate
+
+_ZERO_HEAD = text("'\\x" + "00" * 32 + "'::bytea")
+
+
+def _amount(name: str, **kw: object) -> Column[int]:
+    return Column(name, BigInteger, nullable=False, **kw)  # type: ignore[arg-type]
+
+
+def _tenant_id(**kw: object) -> Column[str]:
+    return Column("tenant_id", Text(collation="C"), nullable=False, **kw)  # type: ignore[arg-type]
+
+
+def _created_at(name: str = "created_at") -> Column[object]:
+    return Column(name, DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+def metadata(schema: str = "ledger") -> MetaData:
+    """Fresh metadata for a ledger in ``schema``."""
+    schema = _validate.schema_name(schema)
+    md = MetaData(schema=schema)
+    Table(
+        "tenants",
+        md,
+        _tenant_id(primary_key=True),
+        _amount("initial_microcents"),
+        _amount("remaining_microcents"),
+        _amount("reserved_microcents"),
+        _amount("committed_microcents"),
+        _amount("max_reserved_microcents", server_default=text("0")),
+        _created_at(),
+        _amount("journal_seq", server_default=text("0")),
+        Column("journal_head", LargeBinary, nullable=False, server_default=_ZERO_HEAD),
+        CheckConstraint(
+            "octet_length(tenant_id) BETWEEN 1 AND 255", name="tenants_tenant_id_length"
+        ),
+        CheckConstraint("initial_microcents >= 0", name="tenants_initial_nonnegative"),
+        CheckConstraint("remaining_microcents >= 0", name="tenants_remaining_nonnegative"),
+        CheckConstraint("reserved_microcents >= 0", name="tenants_reserved_nonnegative"),
+        CheckConstraint("committed_microcents >= 0", name="tenants_committed_nonnegative"),
+        CheckConstraint("max_reserved_microcents >= 0", name="tenants_max_reserved_nonnegative"),
+        CheckConstraint(
+            "remaining_microcents::numeric + reserved_microcents::numeric"
+            " + committed_microcents::numeric = initial_microcents::numeric",
+            name="tenants_conservation",
+        ),
+        CheckConstraint("octet_length(journal_head) = 32", name="tenants_journal_head_length"),
+    )
+    Table(
+        "reservations",
+        md,
+        _tenant_id(),
+        Column("reservation_id", BigInteger, nullable=False),
+        _amount("amount_microcents"),
+        _created_at(),
+        Column("expires_at", DateTime(timezone=True), nullable=True),
+        PrimaryKeyConstraint("tenant_id", "reservation_id", name="reservations_pkey"),
+        ForeignKeyConstraint(
+            ["tenant_id"],
+            [f"{schema}.tenants.tenant_id"],
+            name="reservations_tenant_fkey",
+            ondelete="RESTRICT",
+        ),
+        CheckConstraint("amount_microcents > 0", name="reservations_amount_positive"),
+        Index("reservations_reservation_id_idx", "reservation_id"),
+        Index(
+            "reservations_expires_at_idx",
+            "expires_at",
+            postgresql_where=text("expires_at IS NOT NULL"),
+        ),
+    )
+    Table(
+        "detached_tenants",
+        md,
+        _tenant_id(primary_key=True),
+        _amount("max_reserved_microcents"),
+        _amount("journal_seq", server_default=text("0")),
+        Column("journal_head", LargeBinary, nullable=False, server_default=_ZERO_HEAD),
+        CheckConstraint("max_reserved_microcents >= 0", name="detached_tenants_cap_nonnegative"),
+    )
+    Table(
+        "certificate_baseline",
+        md,
+        Column("id", SmallInteger, primary_key=True),  # revision 0001 made it a smallserial
+        _amount("committed_microcents"),
+        _created_at("updated_at"),
+        CheckConstraint("id = 1", name="certificate_baseline_singleton"),
+        CheckConstraint("committed_microcents >= 0", name="certificate_baseline_nonnegative"),
+    )
+    Table(
+        "certificates",
+        md,
+        Column("certificate_id", BigInteger, Identity(always=True), primary_key=True),
+        _created_at(),
+        Column("snapshot_version", BigInteger, nullable=False),
+        Column("ledger_digest", LargeBinary, nullable=False),
+        Column("tenant_count", BigInteger, nullable=False),
+        Column("active_reservations", BigInteger, nullable=False),
+        Column("conservation_balanced", Boolean, nullable=False),
+        _amount("total_initial_microcents"),
+        _amount("total_committed_microcents"),
+        Column("aggregate_totals_representable", Boolean, nullable=False),
+        _amount("committed_since_last_certificate"),
+        _amount("baseline_before_microcents"),
+        _amount("baseline_after_microcents"),
+        Column("journal_root", LargeBinary, nullable=True),
+        Column("checkpoint_id", BigInteger, nullable=True),
+        Index("certificates_checkpoint_idx", "checkpoint_id"),
+    )
+    Table(
+        "certificate_checkpoints",
+        md,
+        Column("checkpoint_id", BigInteger, nullable=False),
+        _tenant_id(),
+        Column("journal_seq", BigInteger, nullable=False),
+        Column("journal_head", LargeBinary, nullable=False),
+        _amount("initial_microcents"),
+        _amount("remaining_microcents"),
+        _amount("reserved_microcents"),
+        _amount("committed_microcents"),
+        _amount("max_reserved_microcents"),
+        Column("hold_ids", ARRAY(BigInteger), nullable=False),
+        Column("hold_amounts", ARRAY(BigInteger), nullable=False),
+        PrimaryKeyConstraint("tenant_id", "checkpoint_id", name="certificate_checkpoints_pkey"),
+        Index("certificate_checkpoints_checkpoint_idx", "checkpoint_id"),
+    )
+    Table(
+        "journal",
+        md,
+        _tenant_id(),
+        Column("seq", BigInteger, nullable=False),
+        Column("op", Text, nullable=False),
+        Column("reservation_id", BigInteger, nullable=True),
+        Column("amount_microcents", BigInteger, nullable=True),
+        Column("hold_microcents", BigInteger, nullable=True),
+        _amount("initial_microcents"),
+        _amount("remaining_microcents"),
+        _amount("reserved_microcents"),
+        _amount("committed_microcents"),
+        _amount("max_reserved_microcents"),
+        Column("idempotency_key", Text, nullable=True),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("entry_hash", LargeBinary, nullable=False),
+        PrimaryKeyConstraint("tenant_id", "seq", name="journal_pkey"),
+        Index(
+            "journal_reservation_id_idx",
+            "reservation_id",
+            postgresql_where=text("reservation_id IS NOT NULL"),
+        ),
+    )
+    Table(
+        "idempotency_keys",
+        md,
+        _tenant_id(),
+        Column("idempotency_key", Text, nullable=False),
+        Column("request_hash", LargeBinary, nullable=False),
+        Column("outcome", JSONB, nullable=True),
+        _created_at(),
+        PrimaryKeyConstraint("tenant_id", "idempotency_key", name="idempotency_keys_pkey"),
+        Index("idempotency_keys_created_at_idx", "created_at"),
+    )
+    return md
