@@ -14,6 +14,7 @@ Quick start::
 
 from . import embedded, errors
 from ._db import Connectable
+from .batch import CommitItem, ReleaseItem, ReserveItem
 from .core import Ledger
 from .finance import (
     ConservationProof,
@@ -43,12 +44,15 @@ __all__ = [
     "MICROCENTS_PER_CENT",
     "Balance",
     "BudgetSnapshot",
+    "CommitItem",
     "Connectable",
     "ConservationProof",
     "ConservationStatus",
     "FinancialCertificate",
     "Ledger",
     "Outcome",
+    "ReleaseItem",
+    "ReserveItem",
     "ReserveOutcome",
     "SettlementOutcome",
     "Status",

@@ -170,7 +170,7 @@ class Database:
                 else:
                     yield caller
             elif caller is not None:
-                yield _caller_connection(caller)
+                yield caller_connection(caller)
             elif isolation == "AUTOCOMMIT":
                 with self._autocommit.connect() as conn:
                     yield conn
@@ -206,7 +206,7 @@ class Database:
                 time.sleep(random.uniform(0, 0.005 * 2**attempt))
 
 
-def _caller_connection(caller: Connectable) -> Connection | ForeignConnection:
+def caller_connection(caller: Connectable) -> Connection | ForeignConnection:
     if isinstance(caller, (Connection, ForeignConnection)):
         return caller
     if isinstance(caller, (Session, scoped_session)):
@@ -220,21 +220,61 @@ _FOREIGN_DIALECT = psycopg_dialect.dialect()  # type: ignore[no-untyped-call]
 _COMPILED: dict[int, tuple[TextClause, Any]] = {}
 
 
-def _execute_foreign(
-    conn: ForeignConnection, statement: TextClause, params: Mapping[str, Any]
-) -> list[Any]:
+def _compiled(statement: TextClause) -> Any:
+    """The statement as psycopg SQL (``%(name)s`` placeholders), compiled once."""
     cached = _COMPILED.get(id(statement))
     if cached is None or cached[0] is not statement:
         cached = (statement, statement.compile(dialect=_FOREIGN_DIALECT))
         _COMPILED[id(statement)] = cached
-    compiled = cached[1]
+    return cached[1]
+
+
+def _rows(cur: Any) -> list[Any]:
+    if cur.description is None:
+        return []
+    names = [c[0] for c in cur.description]
+    row_type = namedtuple("Row", names, rename=True)  # type: ignore[misc]
+    return [row_type(*r) for r in cur.fetchall()]
+
+
+def _execute_foreign(
+    conn: ForeignConnection, statement: TextClause, params: Mapping[str, Any]
+) -> list[Any]:
+    compiled = _compiled(statement)
     with conn.cursor() as cur:
         cur.execute(str(compiled), compiled.construct_params(dict(params)))
-        if cur.description is None:
-            return []
-        names = [c[0] for c in cur.description]
-        row_type = namedtuple("Row", names, rename=True)  # type: ignore[misc]
-        return [row_type(*r) for r in cur.fetchall()]
+        return _rows(cur)
+
+
+def execute_pipelined(
+    conn: Any, statement: TextClause, param_list: list[Mapping[str, Any]]
+) -> list[list[Any]]:
+    """Run one statement for many parameter sets in a single network round trip.
+
+    psycopg's ``executemany(..., returning=True)`` uses libpq's pipeline mode:
+    every Bind/Execute is sent before the one Sync, and each execution's rows
+    come back as their own result set, in order.
+    """
+    compiled = _compiled(statement)
+    sql = str(compiled)
+    params = [compiled.construct_params(dict(p)) for p in param_list]
+    try:
+        if isinstance(conn, ForeignConnection):
+            cursor_cm = conn.cursor()
+        else:
+            cursor_cm = conn.connection.driver_connection.cursor()
+        with cursor_cm as cur:
+            cur.executemany(sql, params, returning=True)
+            results = [_rows(cur)]
+            while cur.nextset():
+                results.append(_rows(cur))
+        return results
+    except errors.LedgerError:
+        raise
+    except Exception as exc:
+        if isinstance(_driver_error(exc), psycopg.Error):
+            raise translate(exc) from exc
+        raise
 
 
 @contextmanager

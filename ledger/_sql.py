@@ -383,6 +383,50 @@ SELECT a.tenant_id, (SELECT reservation_id FROM hold) AS reservation_id,
 FROM applied AS a
 """
 
+# ------------------------------------------------------------------ batches
+
+# A batch locks everything it will touch up front, in one fixed order (holds
+# by id, then tenants by id), so concurrent batches cannot deadlock, and then
+# applies its items one by one inside that lock, which is exactly sequential
+# application. Also tells whether any touched tenant has a lapsed hold (then
+# the batch takes the slow, item-by-item path that expires them lazily).
+BATCH_LOCK_TENANTS = """
+WITH locked AS MATERIALIZED (
+    SELECT tenant_id FROM {s}.tenants
+    WHERE tenant_id = ANY(CAST(:ids AS text[]))
+    ORDER BY tenant_id
+    FOR NO KEY UPDATE
+)
+SELECT (SELECT count(*) FROM locked) AS locked,
+       EXISTS (SELECT 1 FROM {s}.reservations AS r
+               WHERE r.tenant_id IN (SELECT tenant_id FROM locked)
+                 AND r.expires_at <= now()) AS lapsed
+"""
+
+BATCH_LOCK_HOLDS = """
+WITH holds AS MATERIALIZED (
+    SELECT tenant_id FROM {s}.reservations
+    WHERE reservation_id = ANY(CAST(:rids AS bigint[]))
+    ORDER BY reservation_id
+    FOR UPDATE
+), locked AS MATERIALIZED (
+    SELECT tenant_id FROM {s}.tenants
+    WHERE tenant_id IN (SELECT tenant_id FROM holds)
+    ORDER BY tenant_id
+    FOR NO KEY UPDATE
+)
+SELECT (SELECT count(*) FROM locked) AS locked,
+       EXISTS (SELECT 1 FROM {s}.reservations AS r
+               WHERE r.tenant_id IN (SELECT tenant_id FROM locked)
+                 AND r.expires_at <= now()) AS lapsed
+"""
+
+EXPIRED_HOLDS = """
+SELECT DISTINCT ON (reservation_id) reservation_id, amount_microcents AS returned
+FROM {s}.journal
+WHERE reservation_id = ANY(CAST(:rids AS bigint[])) AND op = 'expire'
+"""
+
 # ------------------------------------------------------------------ idempotency
 
 IDEMPOTENCY_CLAIM = """
@@ -694,6 +738,9 @@ class Statements:
     expire_for_tenant: TextClause
     expire_hold: TextClause
     expired_hold: TextClause
+    batch_lock_tenants: TextClause
+    batch_lock_holds: TextClause
+    expired_holds: TextClause
     idempotency_claim: TextClause
     idempotency_read: TextClause
     idempotency_record: TextClause

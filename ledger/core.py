@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection
 
-from . import _validate, errors, verify
+from . import _validate, batch, errors, verify
 from ._db import Connectable, Database, EngineLike, as_engine, execute
 from ._sql import Statements
+from .batch import CommitItem, ReleaseItem, ReserveItem
 from .finance import FinancialCertificate, certify_snapshot
 from .journal import JournalReport, RootHasher
 from .outcomes import (
@@ -194,24 +195,7 @@ class Ledger:
                 while self._expire_one(conn, self._sql.expire_for_tenant, tenant_id=tenant_id):
                     pass
                 row = self._cas(conn, self._sql.try_reserve, params)
-            if row is None:
-                return ReserveOutcome(Status.MISSING_TENANT)
-            status = Status(row.status)
-            if status is Status.RESERVED:
-                return ReserveOutcome(
-                    status, reservation_id=row.reservation_id, remaining_microcents=row.remaining
-                )
-            if status is Status.OVERFLOW:
-                return ReserveOutcome(status, current_reserved_microcents=row.reserved)
-            if status is Status.EXPOSURE_LIMIT_EXCEEDED:
-                return ReserveOutcome(
-                    status,
-                    current_reserved_microcents=row.reserved,
-                    max_reserved_microcents=row.cap,
-                )
-            return ReserveOutcome(
-                status, remaining_microcents=row.remaining, required_microcents=cost
-            )
+            return reserve_outcome(row, cost)
 
         request = {
             "op": "reserve",
@@ -257,12 +241,7 @@ class Ledger:
                 return self._missing(conn, rid)
             if row.status == "lapsed":
                 return self._expire_lapsed(conn, rid)
-            status = Status(row.status)
-            if status is Status.COMMITTED:
-                return SettlementOutcome(
-                    status, remaining_microcents=row.remaining, actual_microcents=actual
-                )
-            return SettlementOutcome(status, remaining_microcents=row.remaining)
+            return commit_outcome(row, actual)
 
         request = {"op": "commit", "reservation_id": rid, "actual": actual}
         return self._once(connection, scope, key, request, SettlementOutcome, run)
@@ -292,14 +271,48 @@ class Ledger:
             row = rows[0]
             if row.status == "lapsed":
                 return self._expire_lapsed(conn, rid)
-            return SettlementOutcome(
-                Status.RELEASED,
-                remaining_microcents=row.remaining,
-                returned_microcents=row.returned,
-            )
+            return release_outcome(row)
 
         request = {"op": "release", "reservation_id": rid}
         return self._once(connection, scope, key, request, SettlementOutcome, run)
+
+    # --------------------------------------------------------------- batches
+
+    def try_reserve_many(
+        self,
+        items: Iterable[ReserveItem | tuple[Any, ...]],
+        *,
+        all_or_nothing: bool = False,
+        connection: Connectable | None = None,
+    ) -> list[ReserveOutcome]:
+        """Reserve for many items (``ReserveItem`` or ``(tenant_id, cost)``), in order.
+
+        One outcome per item, exactly as if each were a :meth:`try_reserve`
+        call, in a constant number of round trips. With ``all_or_nothing``,
+        a single refusal rolls every item back and raises
+        :class:`~ledger.errors.BatchRefused` (its ``outcomes`` say why).
+        """
+        return batch.try_reserve_many(self, items, all_or_nothing, connection)
+
+    def commit_many(
+        self,
+        items: Iterable[CommitItem | tuple[Any, ...]],
+        *,
+        all_or_nothing: bool = False,
+        connection: Connectable | None = None,
+    ) -> list[SettlementOutcome]:
+        """Settle many holds (``CommitItem`` or ``(reservation_id, actual)``), in order."""
+        return batch.commit_many(self, items, all_or_nothing, connection)
+
+    def release_many(
+        self,
+        items: Iterable[ReleaseItem | int | tuple[Any, ...]],
+        *,
+        all_or_nothing: bool = False,
+        connection: Connectable | None = None,
+    ) -> list[SettlementOutcome]:
+        """Release many holds (``ReleaseItem``, a reservation id, or a tuple), in order."""
+        return batch.release_many(self, items, all_or_nothing, connection)
 
     # ---------------------------------------------------------------- expiry
 
@@ -662,6 +675,41 @@ class Ledger:
             lambda c: verify.run(c, self._sql, since_certificate, progress),
             "REPEATABLE READ",
         )
+
+
+def reserve_outcome(row: Any, cost: int) -> ReserveOutcome:
+    """Outcome of a TRY_RESERVE result row (None: the tenant does not exist)."""
+    if row is None:
+        return ReserveOutcome(Status.MISSING_TENANT)
+    status = Status(row.status)
+    if status is Status.RESERVED:
+        return ReserveOutcome(
+            status, reservation_id=row.reservation_id, remaining_microcents=row.remaining
+        )
+    if status is Status.OVERFLOW:
+        return ReserveOutcome(status, current_reserved_microcents=row.reserved)
+    if status is Status.EXPOSURE_LIMIT_EXCEEDED:
+        return ReserveOutcome(
+            status, current_reserved_microcents=row.reserved, max_reserved_microcents=row.cap
+        )
+    return ReserveOutcome(status, remaining_microcents=row.remaining, required_microcents=cost)
+
+
+def commit_outcome(row: Any, actual: int) -> SettlementOutcome:
+    """Outcome of a COMMIT result row that is neither missing nor lapsed."""
+    status = Status(row.status)
+    if status is Status.COMMITTED:
+        return SettlementOutcome(
+            status, remaining_microcents=row.remaining, actual_microcents=actual
+        )
+    return SettlementOutcome(status, remaining_microcents=row.remaining)
+
+
+def release_outcome(row: Any) -> SettlementOutcome:
+    """Outcome of a RELEASE result row that is neither missing nor lapsed."""
+    return SettlementOutcome(
+        Status.RELEASED, remaining_microcents=row.remaining, returned_microcents=row.returned
+    )
 
 
 def _key_scope(tenant_id: str | None, key: str | None) -> str | None:

@@ -178,6 +178,18 @@ class IdempotencyConflict(LedgerError):
         )
 
 
+class BatchRefused(LedgerError):
+    """An all-or-nothing batch had a refused item, so none of it was applied."""
+
+    def __init__(self, outcomes: list[Outcome]) -> None:
+        self.outcomes = outcomes
+        refused = [i for i, o in enumerate(outcomes) if not o.ok]
+        super().__init__(
+            f"all-or-nothing batch rolled back: items {refused[:10]} were refused "
+            f"({len(refused)} of {len(outcomes)}); see .outcomes"
+        )
+
+
 # ------------------------------------------------------------------ database
 
 
