@@ -92,6 +92,53 @@ def _worker(
     return count, elapsed
 
 
+def _batch_worker(
+    url: str, tenants: int, seconds: float, seed: int, start: Any, size: int
+) -> tuple[int, float]:
+    engine = create_engine(url, pool_size=1, max_overflow=0)
+    book = ledger.Ledger(engine)
+    import random
+
+    rng = random.Random(seed)
+
+    def cycle() -> None:
+        items = [(f"t{rng.randrange(tenants)}", AMOUNT) for _ in range(size)]
+        holds = book.try_reserve_many(items)
+        book.commit_many([(h.reservation_id, ACTUAL) for h in holds])
+
+    cycle()
+    start.wait()
+    count = 0
+    began = time.perf_counter()
+    while time.perf_counter() < began + seconds:
+        cycle()
+        count += size
+    elapsed = time.perf_counter() - began
+    engine.dispose()
+    return count, elapsed
+
+
+def run_batches(url: str, tenants: int, clients: int, seconds: float, size: int) -> Measurement:
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Manager() as manager:
+        start = manager.Event()
+        with ctx.Pool(clients) as pool:
+            pending = [
+                pool.apply_async(_batch_worker, (url, tenants, seconds, i, start, size))
+                for i in range(clients)
+            ]
+            time.sleep(1.0 + 0.2 * clients)
+            start.set()
+            results = [p.get(seconds * 20 + 120) for p in pending]
+    return Measurement(
+        f"batch{size}",
+        _name(tenants),
+        clients,
+        sum(c for c, _ in results),
+        max(e for _, e in results),
+    )
+
+
 def run_python(impl: str, url: str, tenants: int, clients: int, seconds: float) -> Measurement:
     ctx = multiprocessing.get_context("spawn")
     with ctx.Manager() as manager:
@@ -192,6 +239,48 @@ def table(rows: list[Measurement]) -> str:
     return "\n".join(lines)
 
 
+def targets(rows: list[Measurement]) -> str:
+    """The issue's targets, as ratios measured in this run (reported, never asserted)."""
+    rate = {(m.implementation, m.workload, m.clients): m.per_second for m in rows}
+    lines = ["targets:"]
+    for (impl, workload, clients), value in sorted(rate.items()):
+        if impl != "ledger":
+            continue
+        base = rate.get(("pgbench", workload, clients))
+        if base:
+            lines.append(
+                f"  ledger/pgbench {workload} {clients:>2} clients: "
+                f"{value / base:.2f}x (target >= 0.8x)"
+            )
+    for workload in sorted({w for _, w, _ in rate}):
+        naive = rate.get(("naive", workload, 16))
+        mine = rate.get(("ledger", workload, 16))
+        if naive and mine:
+            lines.append(
+                f"  ledger/naive {workload} 16 clients: {mine / naive:.2f}x (target >= 2x)"
+            )
+        hot = [v for (i, w, _), v in rate.items() if i == "ledger" and w == workload]
+        at16 = rate.get(("ledger", workload, 16))
+        if hot and at16:
+            lines.append(
+                f"  ledger {workload} at 16 clients / best: {at16 / max(hot):.2f}x (target >= 0.8x)"
+            )
+        single = rate.get(("ledger", workload, 1))
+        batch = max(
+            (
+                v
+                for (i, w, c), v in rate.items()
+                if i.startswith("batch") and w == workload and c == 1
+            ),
+            default=None,
+        )
+        if single and batch:
+            lines.append(
+                f"  batch/single {workload} 1 client: {batch / single:.1f}x (target >= 20x)"
+            )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database-url", default=os.environ.get("LEDGER_BENCH_DATABASE_URL"))
@@ -202,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", default="1,4,16")
     parser.add_argument("--spread", type=int, default=10_000, help="tenants in the spread workload")
     parser.add_argument("--only", default="pgbench,ledger,nojournal,naive")
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--scale-tenants", default="10000,100000")
+    parser.add_argument("--scale-journal", default="100000,1000000")
+    parser.add_argument("--skip-scale", action="store_true")
     args = parser.parse_args(argv)
 
     clients = [1] if args.smoke else [int(c) for c in args.clients.split(",")]
@@ -237,6 +330,28 @@ def main(argv: list[str] | None = None) -> int:
                         f"  {m.workload} {n:>2} clients {impl:>10}: {m.per_second:9.0f} cycles/s",
                         file=sys.stderr,
                     )
+            for n in [1] if args.smoke else [1, 4]:
+                size = 10 if args.smoke else args.batch_size
+                m = run_batches(url, tenants, n, max(seconds, 1.0), size)
+                rows.append(m)
+                print(
+                    f"  {m.workload} {n:>2} clients {m.implementation:>10}: "
+                    f"{m.per_second:9.0f} cycles/s",
+                    file=sys.stderr,
+                )
+        scale_points: list[dict[str, Any]] = []
+        if not args.skip_scale:
+            from .scale import journal_scale, tenant_scale
+
+            tenant_sizes = [200] if args.smoke else [int(x) for x in args.scale_tenants.split(",")]
+            journal_sizes = (
+                [4_000] if args.smoke else [int(x) for x in args.scale_journal.split(",")]
+            )
+            points = tenant_scale(url, tenant_sizes)
+            points += journal_scale(
+                url, journal_sizes, lambda msg: print("  " + msg, file=sys.stderr)
+            )
+            scale_points = [p.as_dict() for p in points]
         with ledger.Ledger(url) as book:
             assert book.verify_conservation().is_balanced
         report = {
@@ -244,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
             "seconds_per_run": seconds,
             "measurements": [{**asdict(m), "per_second": m.per_second} for m in rows],
+            "scale": scale_points,
         }
     finally:
         if server is not None:
@@ -253,6 +369,14 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(report, indent=2))
     print("server:", ", ".join(f"{k}={v}" for k, v in report["settings"].items()))
     print(table(rows))
+    print(targets(rows))
+    if report["scale"]:
+        print(f"{'operation':<22}{'size':>10}{'seconds':>10}{'us/item':>10}{'peak MiB':>10}")
+        for p in report["scale"]:
+            print(
+                f"{p['operation']:<22}{p['size']:>10}{p['seconds']:>10.3f}"
+                f"{p['per_item_us']:>10.2f}{p['peak_mib']:>10.2f}"
+            )
     print(f"results: {out}")
     return 0
 

@@ -16,6 +16,8 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Literal, TypeVar
 
 import psycopg
+from psycopg.pq import ExecStatus
+from psycopg.rows import namedtuple_row
 from sqlalchemy import URL, Connection, Engine, TextClause, create_engine, make_url
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
@@ -197,6 +199,8 @@ class Database:
         attempt = 0
         while True:
             try:
+                if caller is None and isolation == "AUTOCOMMIT":
+                    return self._run_autocommit(work)
                 with self.connection(caller, isolation) as conn:
                     return work(conn)
             except (errors.SerializationConflict, errors.DeadlockDetected):
@@ -204,6 +208,40 @@ class Database:
                 if caller is not None or attempt >= _RETRY_ATTEMPTS:
                     raise
                 time.sleep(random.uniform(0, 0.005 * 2**attempt))
+
+    def _run_autocommit(self, work: Callable[[Any], T]) -> T:
+        """The hot path: one pooled psycopg connection in autocommit, no SQLAlchemy layers.
+
+        Each single-statement operation is its own transaction, so the ledger
+        sends exactly one statement and nothing else. Profiling showed the
+        SQLAlchemy Connection/Result machinery costing as much CPU as the
+        round trip itself; the pool is still SQLAlchemy's, so the ledger
+        shares it with the application.
+        """
+        raw = self.engine.raw_connection()
+        dbapi: Any = raw.driver_connection
+        try:
+            dbapi.autocommit = True
+            result = work(ForeignConnection(lambda: dbapi.cursor(row_factory=namedtuple_row)))
+        except errors.ConnectionLost:
+            raw.invalidate()
+            raise
+        except BaseException:
+            _restore(raw, dbapi)
+            raise
+        _restore(raw, dbapi)
+        return result
+
+
+def _restore(raw: Any, dbapi: Any) -> None:
+    """Hand the connection back to the pool as the pool expects it (not in autocommit)."""
+    try:
+        if not dbapi.closed:
+            dbapi.autocommit = False
+    except psycopg.Error:
+        raw.invalidate()
+    finally:
+        raw.close()
 
 
 def caller_connection(caller: Connectable) -> Connection | ForeignConnection:
@@ -229,11 +267,19 @@ def _compiled(statement: TextClause) -> Any:
     return cached[1]
 
 
+_ROW_TYPES: dict[tuple[str, ...], Any] = {}
+_TUPLES_OK = ExecStatus.TUPLES_OK
+
+
 def _rows(cur: Any) -> list[Any]:
+    if getattr(cur, "row_factory", None) is namedtuple_row:
+        return cur.fetchall() if cur.pgresult.status == _TUPLES_OK else []
     if cur.description is None:
         return []
-    names = [c[0] for c in cur.description]
-    row_type = namedtuple("Row", names, rename=True)  # type: ignore[misc]
+    names = tuple(c[0] for c in cur.description)
+    row_type = _ROW_TYPES.get(names)
+    if row_type is None:
+        row_type = _ROW_TYPES[names] = namedtuple("Row", names, rename=True)
     return [row_type(*r) for r in cur.fetchall()]
 
 
