@@ -92,6 +92,7 @@ _SQLSTATE_ERRORS: dict[str, type[errors.DatabaseError]] = {
     "42P01": errors.SchemaNotMigrated,
     "3F000": errors.SchemaNotMigrated,
     "42883": errors.SchemaNotMigrated,
+    "42501": errors.PermissionDenied,
 }
 
 

@@ -11,6 +11,7 @@ and single-machine deployments, not for exposing to a network.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -74,6 +75,22 @@ class EmbeddedPostgres:
         """Stop the server (and delete its data if it was started with cleanup="delete")."""
         self._server.cleanup()
 
+    def crash(self) -> None:
+        """``kill -9`` the postmaster and every backend, as a power cut would (for tests)."""
+        import signal
+
+        import psutil
+
+        pid = _running_pid(self.data_dir)
+        if pid is None:
+            return
+        proc = psutil.Process(pid)
+        victims = [proc, *proc.children(recursive=True)]
+        for p in victims:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.send_signal(signal.SIGKILL)
+        psutil.wait_procs(victims, timeout=30)
+
 
 def start(
     data_dir: Path | str | None = None,
@@ -92,6 +109,10 @@ def start(
     path = path.expanduser().resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     wheel = _import_wheel()
+    if _running_pid(path) is None:
+        # The wheel caches one handle per data directory; after a crash (or a
+        # stop) that handle describes a dead server, so forget it and restart.
+        wheel.PostgresServer._instances.pop(path, None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         server = wheel.get_server(path, cleanup_mode=cleanup)

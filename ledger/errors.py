@@ -235,6 +235,13 @@ class ConstraintViolation(DatabaseError):
         )
 
 
+class PermissionDenied(DatabaseError):
+    """The database role may not do this (missing grant, or a row-level security policy).
+
+    See docs/journal.md for the grants the application role needs.
+    """
+
+
 class SchemaNotMigrated(DatabaseError):
     """The ledger tables are missing: run ledger.migrate(url) (or `ledger migrate`) first."""
 

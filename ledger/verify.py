@@ -57,8 +57,10 @@ def _stream(conn: Any, statement: TextClause, params: dict[str, Any]) -> Iterato
         # rely on; use the ledger's own engine for very large journals.
         yield from execute(conn, statement, params)
         return
-    result = conn.execution_options(stream_results=True, yield_per=_BATCH).execute(
-        statement, params
+    # Per-statement options: Connection.execution_options() would change the
+    # caller's connection for good (every later statement a server-side cursor).
+    result = conn.execute(
+        statement, params, execution_options={"stream_results": True, "yield_per": _BATCH}
     )
     yield from result
 

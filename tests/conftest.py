@@ -17,6 +17,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -26,6 +27,17 @@ import ledger
 from ledger import embedded
 
 _counter = itertools.count()
+
+#: (scenario, what was injected, how much ran, what was lost): printed at the end.
+FIGURES: list[tuple[str, str, str, str]] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not FIGURES:
+        return
+    terminalreporter.section("reliability figures (docs/reliability.md)")
+    for scenario, injected, ran, lost in FIGURES:
+        terminalreporter.write_line(f"{scenario}: injected {injected}; ran {ran}; {lost}")
 
 
 def _docker_answers() -> bool:
