@@ -71,7 +71,8 @@ def _worker(
             out = book.commit(hold.reservation_id, ACTUAL, tenant_id=tenant)
             assert out.ok, out
     elif impl == "nojournal":
-        cycle = lambda tenant: NoJournal(engine).cycle(tenant, AMOUNT, ACTUAL)  # noqa: E731
+        nojournal = NoJournal(engine)
+        cycle = lambda tenant: nojournal.cycle(tenant, AMOUNT, ACTUAL)  # noqa: E731
     else:
         naive = Naive(engine)
         cycle = lambda tenant: naive.cycle(tenant, AMOUNT, ACTUAL)  # noqa: E731

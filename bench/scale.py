@@ -67,7 +67,8 @@ def tenant_scale(url: str, sizes: list[int]) -> list[ScalePoint]:
 def journal_scale(url: str, sizes: list[int], progress: Callable[[str], None]) -> list[ScalePoint]:
     """Grow the journal to each size with batches, then time a full replay."""
     points = []
-    with ledger.Ledger(url) as book:
+    ledger.migrate(url, schema=SCHEMA)
+    with ledger.Ledger(url, schema=SCHEMA) as book:
         book.restore_from_snapshot(
             BudgetSnapshot(
                 0, tuple(TenantLedger(f"j{i:04d}", 10**15, 10**15, 0, 0) for i in range(1000)), 0
