@@ -55,6 +55,8 @@ class CrashHarness:
         self.acked: list[tuple[str, str, bool]] = []  # (tenant, key, applied)
         self.ambiguous: list[tuple[str, str, Any]] = []  # (tenant, key, retry)
         self.lock = threading.Lock()
+        self.restarts = 0
+        self.broken_restarts = 0
 
     def _worker(self, book: ledger.Ledger, name: str, stop: threading.Event) -> None:
         rng = random.Random(name)
@@ -115,6 +117,10 @@ class CrashHarness:
             t.join(60)
         book.engine.dispose()
         self.server = embedded.start(self.dir, cleanup="delete")  # crash recovery
+        self.restarts += 1
+        with ledger.Ledger(self.server.url) as check:  # every restart must come back whole
+            if not (check.verify_conservation().is_balanced and check.verify_journal().ok):
+                self.broken_restarts += 1
 
     def audit(self) -> dict[str, int]:
         """Acknowledged effects must all be there; refusals must not; ambiguity resolves."""
@@ -175,6 +181,7 @@ def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Path, scale: str
     assert report["acked"] > 0
     assert (report["lost"], report["phantom"], report["hold_mismatch"]) == (0, 0, 0), report
     assert report["balanced"] and report["journal_ok"], report
+    assert report["restarts"] == cycles and report["broken_restarts"] == 0, report
 
 
 def test_negative_control_detects_loss_with_synchronous_commit_off(tmp_path: Path) -> None:
