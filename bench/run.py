@@ -296,11 +296,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale-tenants", default="10000,100000")
     parser.add_argument("--scale-journal", default="100000,1000000")
     parser.add_argument("--skip-scale", action="store_true")
+    parser.add_argument("--scale-only", action="store_true", help="skip the throughput runs")
     args = parser.parse_args(argv)
 
     clients = [1] if args.smoke else [int(c) for c in args.clients.split(",")]
     seconds = 0.5 if args.smoke else args.seconds
-    workloads = [1] if args.smoke else [1, args.spread]
+    workloads = [] if args.scale_only else [1] if args.smoke else [1, args.spread]
     impls = args.only.split(",")
 
     server = None

@@ -540,15 +540,27 @@ FROM v LEFT JOIN LATERAL (
 
 # ------------------------------------------------------- journal verification
 
-VERIFY_JOURNAL = """
-SELECT j.tenant_id, j.seq, j.op, j.reservation_id, j.amount_microcents, j.hold_microcents,
-       j.initial_microcents, j.remaining_microcents, j.reserved_microcents,
-       j.committed_microcents, j.max_reserved_microcents, j.idempotency_key, j.created_at,
-       j.entry_hash
-FROM {s}.journal AS j
-LEFT JOIN {s}.certificate_checkpoints AS c
-       ON c.tenant_id = j.tenant_id AND c.checkpoint_id = CAST(:start_checkpoint AS bigint)
-WHERE j.seq > COALESCE(c.journal_seq, 0)
+_VERIFY_COLUMNS = """j.tenant_id, j.seq, j.op, j.reservation_id, j.amount_microcents,
+       j.hold_microcents, j.initial_microcents, j.remaining_microcents,
+       j.reserved_microcents, j.committed_microcents, j.max_reserved_microcents,
+       j.idempotency_key, j.created_at, j.entry_hash"""
+
+# A plain ordered scan of the primary key: no join, so no plan can go wrong
+# on a journal of millions of rows whose statistics are stale.
+VERIFY_JOURNAL = f"""
+SELECT {_VERIFY_COLUMNS}
+FROM {{s}}.journal AS j
+ORDER BY j.tenant_id, j.seq
+"""
+
+# From a checkpoint: each tenant's starting point is one primary-key probe.
+VERIFY_JOURNAL_SINCE = f"""
+SELECT {_VERIFY_COLUMNS}
+FROM {{s}}.journal AS j
+WHERE j.seq > COALESCE((
+    SELECT c.journal_seq FROM {{s}}.certificate_checkpoints AS c
+    WHERE c.tenant_id = j.tenant_id AND c.checkpoint_id = CAST(:start_checkpoint AS bigint)
+), 0)
 ORDER BY j.tenant_id, j.seq
 """
 
@@ -752,6 +764,7 @@ class Statements:
     certify_snapshot: TextClause
     first_unbalanced: TextClause
     verify_journal: TextClause
+    verify_journal_since: TextClause
     verify_tenants: TextClause
     verify_holds: TextClause
     verify_detached: TextClause

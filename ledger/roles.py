@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from . import _validate, errors
 from ._db import EngineLike, as_engine, translate_errors
@@ -40,9 +40,9 @@ def _role(name: str) -> str:
     return name
 
 
-def _ensure_role(conn: object, role: str) -> None:
+def _ensure_role(conn: Connection, role: str) -> None:
     conn.execute(
-        text(  # type: ignore[attr-defined]
+        text(
             f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') "
             f'THEN CREATE ROLE "{role}" NOLOGIN; END IF; END $$'
         )

@@ -92,7 +92,8 @@ def _run(
         start_checkpoint = int(found.checkpoint_id)
     params = {"start_checkpoint": start_checkpoint}
 
-    journal = _Stream(_stream(conn, sql.verify_journal, params))
+    journal_sql = sql.verify_journal if since_certificate is None else sql.verify_journal_since
+    journal = _Stream(_stream(conn, journal_sql, params))
     tenants = _Stream(_stream(conn, sql.verify_tenants, {}))
     holds = _Stream(_stream(conn, sql.verify_holds, {}))
     parked = _Stream(_stream(conn, sql.verify_detached, {}))
