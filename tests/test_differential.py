@@ -24,6 +24,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from calybris import _core as calybris
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -31,8 +32,6 @@ import ledger
 from ledger import BudgetSnapshot, TenantLedger, errors, ledger_digest
 
 from .helpers import I64_MAX, holds_match_reserved, reset
-
-calybris = pytest.importorskip("calybris._core")
 
 TENANTS = ["t0", "t1", "desk-é", "Desk", "🙂"]
 TAG = 2**63  # the binding's "recovery-aware" version tag

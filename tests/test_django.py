@@ -10,14 +10,13 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import django
 import pytest
 
-django = pytest.importorskip("django")
+import ledger
+from ledger.migrator import current_revision, head_revision, script_location
 
-import ledger  # noqa: E402
-from ledger.migrator import current_revision, head_revision, script_location  # noqa: E402
-
-from .conftest import _database_url, drop_database, make_database  # noqa: E402
+from .conftest import _database_url, drop_database, make_database
 
 PROJECT = Path(__file__).resolve().parent.parent / "examples" / "django_project"
 

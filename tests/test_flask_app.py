@@ -9,9 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-pytest.importorskip("flask_sqlalchemy")
-
 from flask import Flask
 
 import ledger
