@@ -153,6 +153,8 @@ class CrashHarness:
             "acked": len(self.acked),
             "lost": lost,
             "phantom": phantom,
+            "restarts": self.restarts,
+            "broken_restarts": self.broken_restarts,
             "ambiguous": len(self.ambiguous),
             "ambiguous_applied": resolved_applied,
             "balanced": int(balanced),
