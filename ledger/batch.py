@@ -162,16 +162,7 @@ def try_reserve_many(
 def commit_many(
     book: Ledger, items: Iterable[Any], all_or_nothing: bool, connection: Connectable | None
 ) -> list[SettlementOutcome]:
-    batch = _items(items, CommitItem, "items")
-    prepared = []
-    for i, it in enumerate(batch):
-        rid = _checked(i, _validate.reservation_id, it.reservation_id)
-        actual = _checked(i, _validate.amount, "actual_microcents", it.actual_microcents)
-        hint = None if it.tenant_id is None else _checked(i, _validate.tenant_id, it.tenant_id)
-        key = _checked(i, _validate.idempotency_key, it.idempotency_key)
-        if key is not None and hint is None:
-            raise errors.InputError(f"item {i}: an idempotency key needs tenant_id")
-        prepared.append((rid, actual, hint, key))
+    prepared = _settlements(_items(items, CommitItem, "items"))
 
     def one_by_one(conn: Any) -> list[SettlementOutcome]:
         return [
@@ -211,15 +202,7 @@ def commit_many(
 def release_many(
     book: Ledger, items: Iterable[Any], all_or_nothing: bool, connection: Connectable | None
 ) -> list[SettlementOutcome]:
-    batch = _items(items, ReleaseItem, "items")
-    prepared = []
-    for i, it in enumerate(batch):
-        rid = _checked(i, _validate.reservation_id, it.reservation_id)
-        hint = None if it.tenant_id is None else _checked(i, _validate.tenant_id, it.tenant_id)
-        key = _checked(i, _validate.idempotency_key, it.idempotency_key)
-        if key is not None and hint is None:
-            raise errors.InputError(f"item {i}: an idempotency key needs tenant_id")
-        prepared.append((rid, 0, hint, key))
+    prepared = _settlements(_items(items, ReleaseItem, "items"))
 
     def one_by_one(conn: Any) -> list[SettlementOutcome]:
         return [
@@ -248,6 +231,25 @@ def release_many(
     keyed = any(p[3] is not None for p in prepared)
     lock = _hold_locker(book, [p[0] for p in prepared])
     return _run(book, connection, lock, pipelined, one_by_one, keyed, all_or_nothing)
+
+
+Settlement = tuple[int, int, str | None, str | None]  # (rid, actual or 0, tenant, key)
+
+
+def _settlements(batch: list[Any]) -> list[Settlement]:
+    """Validate commit or release items the way the single operations do."""
+    prepared: list[Settlement] = []
+    for i, it in enumerate(batch):
+        rid = _checked(i, _validate.reservation_id, it.reservation_id)
+        actual = 0
+        if isinstance(it, CommitItem):
+            actual = _checked(i, _validate.amount, "actual_microcents", it.actual_microcents)
+        hint = None if it.tenant_id is None else _checked(i, _validate.tenant_id, it.tenant_id)
+        key = _checked(i, _validate.idempotency_key, it.idempotency_key)
+        if key is not None and hint is None:
+            raise errors.InputError(f"item {i}: an idempotency key needs tenant_id")
+        prepared.append((rid, actual, hint, key))
+    return prepared
 
 
 def _hold_locker(book: Ledger, rids: list[int]) -> Callable[[Any], bool]:
