@@ -49,12 +49,15 @@ class Context:
     data_dir: Path | None
     as_json: bool
 
+    def raw_url(self) -> str:
+        """The database to use, starting the embedded server if needed (no migration)."""
+        return self.database_url or embedded.start(self.data_dir).url
+
     def url(self) -> str:
         """The database to use; starts the embedded server (and migrates it) if needed."""
         if self.database_url:
             return self.database_url
-        server = embedded.start(self.data_dir)
-        url = server.url
+        url = self.raw_url()
         if migrations.current_revision(url, schema=self.schema) != migrations.head_revision():
             migrations.migrate(url, schema=self.schema)
         return url
@@ -225,12 +228,7 @@ def migrate(click_ctx: click.Context, ctx: Context) -> None:
 @pass_ctx
 def upgrade(ctx: Context, revision: str) -> None:
     """Upgrade to REVISION (default: head)."""
-    url = ctx.database_url or embedded.start(ctx.data_dir).url
-    migrations.migrate(url, revision, schema=ctx.schema)
-    current = migrations.current_revision(url, schema=ctx.schema)
-    _emit(
-        ctx, {"revision": current}, lambda: click.echo(f"ledger schema {ctx.schema!r} at {current}")
-    )
+    _move_schema(ctx, migrations.migrate, revision)
 
 
 @migrate.command()
@@ -238,19 +236,21 @@ def upgrade(ctx: Context, revision: str) -> None:
 @pass_ctx
 def downgrade(ctx: Context, revision: str) -> None:
     """Downgrade to REVISION ("base" drops every ledger table)."""
-    url = ctx.database_url or embedded.start(ctx.data_dir).url
-    migrations.downgrade(url, revision, schema=ctx.schema)
-    current = migrations.current_revision(url, schema=ctx.schema)
-    _emit(
-        ctx, {"revision": current}, lambda: click.echo(f"ledger schema {ctx.schema!r} at {current}")
-    )
+    _move_schema(ctx, migrations.downgrade, revision)
+
+
+def _move_schema(ctx: Context, action: Callable[..., None], revision: str) -> None:
+    url = ctx.raw_url()
+    action(url, revision, schema=ctx.schema)
+    at = migrations.current_revision(url, schema=ctx.schema)
+    _emit(ctx, {"revision": at}, lambda: click.echo(f"ledger schema {ctx.schema!r} at {at}"))
 
 
 @migrate.command()
 @pass_ctx
 def current(ctx: Context) -> None:
     """Show the revision the database is at, and the newest one available."""
-    url = ctx.database_url or embedded.start(ctx.data_dir).url
+    url = ctx.raw_url()
     at = migrations.current_revision(url, schema=ctx.schema)
     head = migrations.head_revision()
     _emit(
@@ -647,7 +647,7 @@ def demo(ctx: Context, workers: int, operations: int) -> None:
     """Create demo tenants, run a concurrent load, print balances and a certificate."""
     from . import demo as demo_module
 
-    url = ctx.database_url or embedded.start(ctx.data_dir).url
+    url = ctx.raw_url()
     if not ctx.as_json and not ctx.database_url:
         click.echo(f"embedded PostgreSQL, data in {embedded.status(ctx.data_dir)['data_dir']}")
     total = workers * operations
