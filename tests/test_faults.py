@@ -69,11 +69,15 @@ class CrashHarness:
             if holds and rng.random() < 0.5:
                 rid, tenant = holds.pop()
                 if rng.random() < 0.7:
-
+                    # the actual is fixed now: a retry must repeat the same request
                     def call(
-                        b: ledger.Ledger, rid: int = rid, t: str = tenant, k: str = key
+                        b: ledger.Ledger,
+                        rid: int = rid,
+                        t: str = tenant,
+                        k: str = key,
+                        actual: int = rng.randint(0, 2_000),
                     ) -> Any:
-                        return b.commit(rid, rng.randint(0, 2_000), tenant_id=t, idempotency_key=k)
+                        return b.commit(rid, actual, tenant_id=t, idempotency_key=k)
                 else:
 
                     def call(
