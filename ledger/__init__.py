@@ -13,8 +13,8 @@ Quick start::
 """
 
 from . import embedded, errors
+from ._batch import CommitItem, ReleaseItem, ReserveItem
 from ._db import Connectable
-from .batch import CommitItem, ReleaseItem, ReserveItem
 from .core import Ledger
 from .finance import (
     ConservationProof,

@@ -18,14 +18,14 @@ from typing import Any, Literal, TypeVar
 import psycopg
 from psycopg.pq import ExecStatus
 from psycopg.rows import namedtuple_row
-from sqlalchemy import URL, Connection, Engine, TextClause, create_engine, make_url
+from sqlalchemy import Connection, Engine, TextClause
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from sqlalchemy.orm import Session, scoped_session
 
 from . import errors
-
-EngineLike = Engine | URL | str
+from ._engine import EngineLike, as_engine, normalise_url  # noqa: F401  (re-exported while core moves)
+from ._translate import _driver_error, translate, translate_errors  # noqa: F401
 
 
 class ForeignConnection:
@@ -54,101 +54,6 @@ Isolation = Literal["AUTOCOMMIT", "READ COMMITTED", "REPEATABLE READ", "SERIALIZ
 T = TypeVar("T")
 
 _RETRY_ATTEMPTS = 5
-
-
-def normalise_url(url: URL | str) -> URL:
-    """Point plain ``postgresql://`` URLs at psycopg 3, the only driver we support."""
-    parsed = make_url(url)
-    if parsed.drivername in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    if parsed.drivername != "postgresql+psycopg":
-        raise errors.InputError(
-            f"sql-ledger needs PostgreSQL through psycopg 3; got driver {parsed.drivername!r}. "
-            "Use a postgresql:// or postgresql+psycopg:// URL."
-        )
-    return parsed
-
-
-def as_engine(engine_or_url: EngineLike) -> tuple[Engine, bool]:
-    """Return an engine and whether we created it (and so must dispose of it)."""
-    if isinstance(engine_or_url, Engine):
-        if engine_or_url.dialect.name != "postgresql":
-            raise errors.InputError(
-                f"sql-ledger needs PostgreSQL; this engine is {engine_or_url.dialect.name}"
-            )
-        return engine_or_url, False
-    if isinstance(engine_or_url, (str, URL)):
-        return create_engine(normalise_url(engine_or_url), pool_pre_ping=False), True
-    raise errors.InputError(
-        f"expected a SQLAlchemy Engine or a database URL, got {type(engine_or_url).__name__}"
-    )
-
-
-_SQLSTATE_ERRORS: dict[str, type[errors.DatabaseError]] = {
-    "40001": errors.SerializationConflict,
-    "40P01": errors.DeadlockDetected,
-    "55P03": errors.LockTimeout,
-    "57014": errors.StatementTimeout,
-    "42P01": errors.SchemaNotMigrated,
-    "3F000": errors.SchemaNotMigrated,
-    "42883": errors.SchemaNotMigrated,
-    "42501": errors.PermissionDenied,
-}
-
-
-def _driver_error(exc: BaseException) -> BaseException:
-    """The psycopg exception behind a SQLAlchemy or framework wrapper."""
-    seen = exc
-    while seen is not None:
-        if getattr(seen, "sqlstate", None) is not None or isinstance(seen, psycopg.Error):
-            return seen
-        seen = getattr(seen, "orig", None) or seen.__cause__  # type: ignore[assignment]
-    return exc
-
-
-def translate(exc: BaseException) -> errors.LedgerError:
-    """Map a driver error to a ledger error by SQLSTATE, with an actionable message."""
-    orig = _driver_error(exc)
-    sqlstate = getattr(orig, "sqlstate", None)
-    diag = getattr(orig, "diag", None)
-    primary = getattr(diag, "message_primary", None) or str(orig).splitlines()[0]
-    if sqlstate in ("23514", "23502", "23503", "23505", "23P01"):
-        constraint = getattr(diag, "constraint_name", None)
-        return errors.ConstraintViolation(
-            constraint,
-            f"PostgreSQL refused the write with constraint {constraint!r} ({primary}); "
-            "nothing was applied",
-        )
-    if sqlstate == "LG002":
-        return errors.DatabaseError(
-            f"{primary}: the journal is append-only; record a correction as a new entry",
-            sqlstate=sqlstate,
-        )
-    if sqlstate == "LG001":
-        return errors.DatabaseError(
-            f"{primary}; the statement was rolled back. This is a bug: please report it.",
-            sqlstate=sqlstate,
-        )
-    cls = _SQLSTATE_ERRORS.get(sqlstate or "")
-    if cls is errors.SchemaNotMigrated:
-        return cls(
-            f"the ledger schema is missing or out of date ({primary}); "
-            "run ledger.migrate(url) or `ledger migrate` first",
-            sqlstate=sqlstate,
-        )
-    if cls is not None:
-        return cls(f"{cls.__doc__ and cls.__doc__.splitlines()[0]} ({primary})", sqlstate=sqlstate)
-    if (
-        isinstance(exc, sa_exc.OperationalError)
-        or getattr(exc, "connection_invalidated", False)
-        or isinstance(orig, psycopg.OperationalError)
-    ):
-        return errors.ConnectionLost(
-            f"lost the connection to PostgreSQL ({primary}); if this happened after the "
-            "statement was sent, check the tenant's balances before retrying",
-            sqlstate=sqlstate,
-        )
-    return errors.DatabaseError(f"PostgreSQL error {sqlstate}: {primary}", sqlstate=sqlstate)
 
 
 class Database:
@@ -322,15 +227,6 @@ def execute_pipelined(
         if isinstance(_driver_error(exc), psycopg.Error):
             raise translate(exc) from exc
         raise
-
-
-@contextmanager
-def translate_errors() -> Iterator[None]:
-    """Re-raise driver errors from the block as ledger errors."""
-    try:
-        yield
-    except sa_exc.DBAPIError as exc:
-        raise translate(exc) from exc
 
 
 def execute(conn: Any, statement: TextClause, params: Mapping[str, Any]) -> list[Any]:

@@ -7,7 +7,8 @@ import re
 from sqlalchemy import text
 
 from . import _validate, errors
-from ._db import EngineLike, as_engine, translate_errors
+from ._engine import EngineLike, as_engine
+from ._translate import translate_errors
 
 AUDIT_VIEWS = (
     "balances",

@@ -30,8 +30,8 @@ import click
 
 from . import embedded, errors
 from . import migrator as migrations
+from ._money import format_units, parse_units
 from .core import Ledger
-from .money import format_units, parse_units
 from .outcomes import Outcome
 from .snapshot import BudgetSnapshot, TenantLedger
 
@@ -645,7 +645,7 @@ def certify(ctx: Context) -> None:
 @pass_ctx
 def demo(ctx: Context, workers: int, operations: int) -> None:
     """Create demo tenants, run a concurrent load, print balances and a certificate."""
-    from . import demo as demo_module
+    from . import _demo as demo_module
 
     url = ctx.raw_url()
     if not ctx.as_json and not ctx.database_url:

@@ -21,10 +21,13 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection
 
-from . import _validate, batch, errors, verify
-from ._db import Connectable, Database, EngineLike, as_engine, execute
+from . import _batch as batch
+from . import _validate, errors
+from . import _verify as verify
+from ._batch import CommitItem, ReleaseItem, ReserveItem
+from ._db import Connectable, Database, execute
+from ._engine import EngineLike, as_engine
 from ._sql import Statements
-from .batch import CommitItem, ReleaseItem, ReserveItem
 from .finance import FinancialCertificate, certify_snapshot
 from .journal import JournalReport, RootHasher
 from .outcomes import (

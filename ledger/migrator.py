@@ -19,7 +19,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect
 
 from . import _validate
-from ._db import EngineLike, as_engine
+from ._engine import EngineLike, as_engine
 
 
 def script_location() -> Path:

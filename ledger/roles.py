@@ -15,7 +15,8 @@ import re
 from sqlalchemy import Connection, text
 
 from . import _validate, errors
-from ._db import EngineLike, as_engine, translate_errors
+from ._engine import EngineLike, as_engine
+from ._translate import translate_errors
 from .audit import grant_auditor
 
 _ROLE_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")

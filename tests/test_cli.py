@@ -15,8 +15,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from ledger import cli
+from ledger._money import format_units, parse_units
 from ledger.migrator import head_revision
-from ledger.money import format_units, parse_units
 
 from .conftest import _plain
 

@@ -32,8 +32,8 @@ from flask.cli import with_appcontext
 from sqlalchemy import Connection, Engine, create_engine
 
 from .. import cli as ledger_cli
-from .._db import normalise_url
-from ..bound import BoundLedger
+from .._bound import BoundLedger
+from .._engine import normalise_url
 from ..core import Ledger
 
 EXTENSION_KEY = "sql_ledger"

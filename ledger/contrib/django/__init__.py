@@ -22,8 +22,8 @@ from typing import Any
 
 from sqlalchemy import URL
 
+from ..._bound import BoundLedger
 from ..._db import ForeignConnection
-from ...bound import BoundLedger
 from ...core import Ledger
 
 DEFAULTS = {"DATABASE": "default", "SCHEMA": "ledger"}

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from sqlalchemy import create_engine
 
 from . import migrator
-from ._db import normalise_url
+from ._engine import normalise_url
 from .core import Ledger
 from .finance import FinancialCertificate
 from .outcomes import ConservationStatus

@@ -15,8 +15,9 @@ from typing import Any
 from sqlalchemy import TextClause
 
 from . import errors
-from ._db import ForeignConnection, execute, translate_errors
+from ._db import ForeignConnection, execute
 from ._sql import Statements
+from ._translate import translate_errors
 from .journal import (
     GENESIS,
     Discrepancy,

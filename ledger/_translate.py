@@ -1,0 +1,91 @@
+"""Driver errors become ledger errors here, at the boundary, and nowhere else.
+
+Every psycopg or SQLAlchemy exception is mapped by SQLSTATE to a
+:mod:`ledger.errors` type with a message that says what to do; the original
+stays attached as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+from sqlalchemy import exc as sa_exc
+
+from . import errors
+
+_SQLSTATE_ERRORS: dict[str, type[errors.DatabaseError]] = {
+    "40001": errors.SerializationConflict,
+    "40P01": errors.DeadlockDetected,
+    "55P03": errors.LockTimeout,
+    "57014": errors.StatementTimeout,
+    "42P01": errors.SchemaNotMigrated,
+    "3F000": errors.SchemaNotMigrated,
+    "42883": errors.SchemaNotMigrated,
+    "42501": errors.PermissionDenied,
+}
+
+
+def _driver_error(exc: BaseException) -> BaseException:
+    """The psycopg exception behind a SQLAlchemy or framework wrapper."""
+    seen = exc
+    while seen is not None:
+        if getattr(seen, "sqlstate", None) is not None or isinstance(seen, psycopg.Error):
+            return seen
+        seen = getattr(seen, "orig", None) or seen.__cause__  # type: ignore[assignment]
+    return exc
+
+
+def translate(exc: BaseException) -> errors.LedgerError:
+    """Map a driver error to a ledger error by SQLSTATE, with an actionable message."""
+    orig = _driver_error(exc)
+    sqlstate = getattr(orig, "sqlstate", None)
+    diag = getattr(orig, "diag", None)
+    primary = getattr(diag, "message_primary", None) or str(orig).splitlines()[0]
+    if sqlstate in ("23514", "23502", "23503", "23505", "23P01"):
+        constraint = getattr(diag, "constraint_name", None)
+        return errors.ConstraintViolation(
+            constraint,
+            f"PostgreSQL refused the write with constraint {constraint!r} ({primary}); "
+            "nothing was applied",
+        )
+    if sqlstate == "LG002":
+        return errors.DatabaseError(
+            f"{primary}: the journal is append-only; record a correction as a new entry",
+            sqlstate=sqlstate,
+        )
+    if sqlstate == "LG001":
+        return errors.DatabaseError(
+            f"{primary}; the statement was rolled back. This is a bug: please report it.",
+            sqlstate=sqlstate,
+        )
+    cls = _SQLSTATE_ERRORS.get(sqlstate or "")
+    if cls is errors.SchemaNotMigrated:
+        return cls(
+            f"the ledger schema is missing or out of date ({primary}); "
+            "run ledger.migrate(url) or `ledger migrate` first",
+            sqlstate=sqlstate,
+        )
+    if cls is not None:
+        return cls(f"{cls.__doc__ and cls.__doc__.splitlines()[0]} ({primary})", sqlstate=sqlstate)
+    if (
+        isinstance(exc, sa_exc.OperationalError)
+        or getattr(exc, "connection_invalidated", False)
+        or isinstance(orig, psycopg.OperationalError)
+    ):
+        return errors.ConnectionLost(
+            f"lost the connection to PostgreSQL ({primary}); if this happened after the "
+            "statement was sent, check the tenant's balances before retrying",
+            sqlstate=sqlstate,
+        )
+    return errors.DatabaseError(f"PostgreSQL error {sqlstate}: {primary}", sqlstate=sqlstate)
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """Re-raise driver errors from the block as ledger errors."""
+    try:
+        yield
+    except sa_exc.DBAPIError as exc:
+        raise translate(exc) from exc
