@@ -1,13 +1,36 @@
-"""Shared test helpers: raw-SQL views of the database and a cheap reset."""
+"""Shared test helpers: raw-SQL views of the database, a cheap reset, a reference digest."""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
 from typing import Any
 
 import psycopg
 
 I64_MAX = 2**63 - 1
 I64_MIN = -(2**63)
+
+
+def reference_digest(
+    version: int, tenants: Iterable[tuple[str, int, int, int, int]], active_reservations: int
+) -> bytes:
+    """The ``calyldg1`` digest written from docs/digest.md alone, independently of ledger.finance.
+
+    ``tenants`` are (id, initial, remaining, reserved, committed) rows in any
+    order; they are sorted by the UTF-8 bytes of the id, as the format says.
+    Raises OverflowError for a value that does not fit its field.
+    """
+    rows = sorted(tenants, key=lambda row: row[0].encode("utf-8"))
+    message = b"calyldg1\x00"
+    for header in (version, len(rows), active_reservations):
+        message += header.to_bytes(8, "little", signed=False)
+    for tenant_id, *amounts in rows:
+        raw = tenant_id.encode("utf-8")
+        message += len(raw).to_bytes(4, "little") + raw
+        for value in amounts:
+            message += value.to_bytes(8, "little", signed=True)
+    return hashlib.sha256(message).digest()
 
 
 def state(conn: psycopg.Connection, schema: str = "ledger") -> dict[str, Any]:
