@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -227,6 +228,7 @@ cli_options = st.lists(
     st.one_of(
         st.just(["--units"]),
         st.tuples(st.just("--ttl"), cli_ids).map(list),
+        st.tuples(st.just("--cap"), cli_amounts).map(list),
         st.tuples(st.just("--idempotency-key"), st.text(max_size=300)).map(list),
     ),
     max_size=2,
@@ -359,3 +361,16 @@ def test_restore_fuzz(book: ledger.Ledger, raw: psycopg.Connection) -> None:
 
     one()
     tally.report()
+
+
+@pytest.mark.parametrize("cap", ["junk", "1.5", str(I64_MAX + 1)])
+def test_cli_tenant_create_with_a_bad_cap_creates_nothing(
+    db_url: str, raw: psycopg.Connection, cap: str
+) -> None:
+    """Exit 2 (bad input) means nothing changed, even when the bad value is the last option."""
+    before = state(raw)
+    result = CliRunner().invoke(
+        cli.main, ["--database-url", db_url, "tenant", "create", "t", "5", "--cap", cap]
+    )
+    assert result.exit_code == cli.EXIT_BAD_INPUT, result.output
+    assert state(raw) == before
