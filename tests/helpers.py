@@ -3,13 +3,45 @@
 from __future__ import annotations
 
 import hashlib
+import re
+import textwrap
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import psycopg
 
 I64_MAX = 2**63 - 1
 I64_MIN = -(2**63)
+
+
+_FENCE = re.compile(r"^([ \t]*)```([^`\n]*)\n(.*?)^\1```[ \t]*$", re.S | re.M)
+_PYTHON_ALIASES = {"py", "py3", "python3", "pycon", "ipython", "python-repl"}
+
+
+def python_block_matches(text: str, name: str) -> list[tuple[int, str]]:
+    """(offset, dedented source) of every ```python block of a Markdown text, in order.
+
+    A block fenced as ``py``, ``python3``, ``pycon`` and the like fails here
+    rather than being left out: the docs tests run every Python example, so an
+    example must be tagged exactly ``python`` to be found.
+    """
+    blocks = []
+    for match in _FENCE.finditer(text):
+        info = match.group(2)
+        tag = (info.split() or [""])[0].lower()
+        if tag == "python":
+            blocks.append((match.start(), textwrap.dedent(match.group(3))))
+        elif tag in _PYTHON_ALIASES:
+            raise AssertionError(
+                f"{name}: a ```{info} block; fence Python examples as ```python so they run"
+            )
+    return blocks
+
+
+def python_blocks(path: Path) -> list[str]:
+    """The source of every ```python block of a Markdown file, in order."""
+    return [block for _, block in python_block_matches(path.read_text(encoding="utf-8"), path.name)]
 
 
 def reference_digest(
