@@ -46,12 +46,19 @@ class Ledger:
     engine to share its pool; pass a URL and the ledger creates (and
     :meth:`close` disposes of) its own. The schema must have been migrated
     with :func:`ledger.migrate`.
+
+    ``coalesce=True`` runs the single-statement operations of many threads
+    together, a round at a time, in one transaction and one round trip per
+    round (see :mod:`ledger._coalesce`): for threaded servers under load.
+    Each call still gets its own outcome, after its round has committed.
     """
 
-    def __init__(self, engine_or_url: EngineLike, schema: str = "ledger") -> None:
+    def __init__(
+        self, engine_or_url: EngineLike, schema: str = "ledger", *, coalesce: bool = False
+    ) -> None:
         self.schema = _validate.schema_name(schema)
         self.engine, self._owns_engine = as_engine(engine_or_url)
-        self._db = Database(self.engine)
+        self._db = Database(self.engine, coalesce=coalesce)
         self._q = for_schema(self.schema)
 
     #: Where operations run when no ``connection=`` is given: None means the
@@ -64,7 +71,8 @@ class Ledger:
         return self._db.run(op, connection)
 
     def close(self) -> None:
-        """Dispose of the engine if the ledger created it."""
+        """Stop coalescing, and dispose of the engine if the ledger created it."""
+        self._db.close()
         if self._owns_engine:
             self.engine.dispose()
 
@@ -452,6 +460,9 @@ class BoundLedger(Ledger):
 
     def _own_transactions(self) -> Ledger:
         return self._unbound
+
+    def close(self) -> None:
+        """Nothing to do: the unbound ledger owns the engine (and any coalescer)."""
 
     def __repr__(self) -> str:
         return f"BoundLedger({self._unbound!r})"
