@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -308,3 +309,53 @@ def test_an_idle_connection_is_migrated_revision_by_revision(empty_db_url: str) 
         assert not conn.in_transaction()
     engine.dispose()
     assert current_revision(empty_db_url) == "0002"
+
+
+# ------------------------------------------------------------------ squawk
+
+ROOT = Path(__file__).resolve().parent.parent
+SQUAWK = Path(sys.executable).parent / "squawk"
+
+
+def squawk(sql: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "migration.sql"
+    script.write_text(sql)
+    return subprocess.run(
+        [str(SQUAWK), "--config", str(ROOT / ".squawk.toml"), "--reporter", "gcc", str(script)],
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_squawk_passes_the_migrations_ci_lints(tmp_path: Path) -> None:
+    """What scripts/test.sh runs: the offline SQL after LINT_FROM, under .squawk.toml."""
+    assert migrator.LINT_FROM in [after for _, after in steps()]
+    result = squawk(migrator.sql(f"{migrator.LINT_FROM}:head"), tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("statement", "rule"),
+    [
+        ("CREATE INDEX journal_x_idx ON ledger.journal (op)", "require-concurrent-index-creation"),
+        ("ALTER TABLE ledger.tenants ADD COLUMN x bigint NOT NULL", "adding-required-field"),
+        (
+            "ALTER TABLE ledger.journal ADD CONSTRAINT x CHECK (seq > 1)",
+            "constraint-missing-not-valid",
+        ),
+        ("ALTER TABLE ledger.tenants ALTER COLUMN tenant_id TYPE varchar(300)", "changing-column-type"),
+    ],
+)
+def test_squawk_config_still_catches_blocking_ddl(tmp_path: Path, statement: str, rule: str) -> None:
+    """The reviewed config must not have switched off the rules that matter to us."""
+    sql = (
+        "SET lock_timeout = '500ms';\n\nSET statement_timeout = '15s';\n\nBEGIN;\n\n"
+        f"{statement};\n\nCOMMIT;\n"
+    )
+    result = squawk(sql, tmp_path)
+    assert result.returncode != 0 and rule in result.stdout, result.stdout
+
+
+def test_squawk_flags_a_migration_without_timeouts(tmp_path: Path) -> None:
+    result = squawk("ALTER TABLE ledger.tenants ADD COLUMN x bigint;\n", tmp_path)
+    assert "require-lock-timeout" in result.stdout and "require-statement-timeout" in result.stdout
