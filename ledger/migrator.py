@@ -410,8 +410,7 @@ def backfill(batch: str, *, declare: str = "") -> None:
 
     with online() as outside:
         commit = "COMMIT;" if outside else ""
-        op.execute(
-            f"""DO $backfill$
+        statement = f"""DO $backfill$
 DECLARE
     batch_size constant int := {_setting("batch_size")};
     more boolean := true;
@@ -433,7 +432,21 @@ BEGIN
     END LOOP;
 END
 $backfill$"""
-        )
+        if _context().as_sql:
+            op.execute(statement)
+            return
+        try:
+            op.execute(statement)
+        except DBAPIError as exc:
+            if not _lock_timed_out(exc):
+                raise
+            raise errors.LockTimeout(
+                f"a migration backfill could not lock its rows within {_setting('lock_timeout')}"
+                f" in {_setting('lock_attempts')} tries: a long transaction holds them. Find it"
+                " in pg_stat_activity and run the migration again; the batches already done"
+                " stay done and the backfill resumes after them.",
+                sqlstate="55P03",
+            ) from exc
 
 
 __all__ = [

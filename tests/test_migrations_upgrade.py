@@ -9,6 +9,8 @@ proves the batched one produces the same schema and the same data.
 from __future__ import annotations
 
 import shutil
+import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -21,7 +23,7 @@ from alembic.config import Config
 from sqlalchemy import create_engine
 
 import ledger
-from ledger import migrator
+from ledger import errors, migrator
 from ledger.journal import entry_hash
 from ledger.migrator import current_revision, head_revision, script_location
 
@@ -556,3 +558,48 @@ def test_batched_0002_builds_what_the_released_0002_built(
     assert snapshot(released)["holds"] == snapshot(batched)["holds"]
     ledger.migrate(batched)
     journal_is_clean(batched)
+
+
+def test_an_interrupted_0002_backfill_resumes_when_run_again(fresh: Any) -> None:
+    """A long transaction stops the backfill part way; the next run finishes it, nothing twice."""
+    url = fresh()
+    ledger.migrate(url, "0001")
+    load_0001(url, bulk=3_000)
+    before = snapshot(url)
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_last_tenant_once_the_ddl_is_in() -> None:
+        with psycopg.connect(_plain(url)) as conn:
+            while not conn.execute("SELECT to_regclass('ledger.journal') IS NOT NULL").fetchone()[0]:  # type: ignore[index]
+                conn.rollback()
+                time.sleep(0.002)
+            # 'ünïcødé' sorts last (UTF-8 bytes): the backfill reaches it after many batches.
+            conn.execute("SELECT 1 FROM ledger.tenants WHERE tenant_id = 'ünïcødé' FOR UPDATE")
+            locked.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold_the_last_tenant_once_the_ddl_is_in, daemon=True)
+    holder.start()
+    engine = create_engine(url)
+    cfg = migrator._config("ledger")
+    cfg.attributes.update(connection=engine, batch_size="7", lock_timeout="50ms", lock_attempts="2")
+    try:
+        with pytest.raises(errors.LockTimeout, match="resumes"):
+            command.upgrade(cfg, "0002")
+    finally:
+        release.set()
+        holder.join(30)
+        engine.dispose()
+    assert locked.is_set()
+    assert current_revision(url) == "0001"  # not stamped: the revision did not finish
+    partial = journal_rows(url)
+    assert 0 < len(partial) < len(before["tenants"]) + len(before["holds"])
+
+    ledger.migrate(url)
+    assert current_revision(url) == head_revision()
+    done = journal_rows(url)
+    assert len(done) == len(before["tenants"]) + len(before["holds"])
+    assert set(partial) <= set(done)  # what the first run wrote stays, unchanged
+    after = snapshot(url)
+    assert (after["tenants"], after["holds"]) == (before["tenants"], before["holds"])
+    journal_is_clean(url)

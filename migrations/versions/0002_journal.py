@@ -63,13 +63,25 @@ def _schema() -> str:
 
 
 def upgrade() -> None:
-    migrator.locked(_expand)
+    # A run whose backfill was interrupted committed the DDL but not the
+    # revision stamp: it resumes with the backfill.
+    if not _expanded():
+        migrator.locked(_expand)
     migrator.backfill(_opening_entries(f'"{_schema()}"'), declare=OPENING_DECLARE)
     migrator.online_step(
         lambda: op.execute(
             f'ALTER TABLE "{_schema()}".tenants VALIDATE CONSTRAINT tenants_journal_head_length'
         )
     )
+
+
+def _expanded() -> bool:
+    if context.is_offline_mode():
+        return False
+    found = op.get_bind().execute(
+        sa.text("SELECT to_regclass(:journal) IS NOT NULL"), {"journal": f'"{_schema()}".journal'}
+    )
+    return bool(found.scalar())
 
 
 def _expand() -> None:
