@@ -140,9 +140,7 @@ def current_revision(engine_or_url: EngineLike, *, schema: str = "ledger") -> st
             engine.dispose()
 
 
-def sql(
-    revisions: str = "base:head", *, schema: str = "ledger", downgrade: bool = False
-) -> str:
+def sql(revisions: str = "base:head", *, schema: str = "ledger", downgrade: bool = False) -> str:
     """The SQL a migration over ``revisions`` would run, for review or for ``psql``.
 
     ``revisions`` is alembic's ``FROM:TO`` range (``"0003:head"``; for a

@@ -151,9 +151,7 @@ def run_migrations_offline() -> None:
     )
     # Session-wide for the script; each revision then sets its own.
     context.execute(f"SET lock_timeout = '{config.attributes['ledger_lock_timeout']}'")
-    context.execute(
-        f"SET statement_timeout = '{config.attributes['ledger_statement_timeout']}'"
-    )
+    context.execute(f"SET statement_timeout = '{config.attributes['ledger_statement_timeout']}'")
     context.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
     with context.begin_transaction():
         context.run_migrations()

@@ -53,7 +53,9 @@ def test_manage_py_migrate_built_the_ledger(project: str) -> None:
         for a, m in MigrationRecorder.Migration.objects.values_list("app", "name")
         if a == "sql_ledger"
     }
-    twins = {p.stem for p in (Path(ledger.__file__).parent / "contrib/django/migrations").glob("0*.py")}
+    twins = {
+        p.stem for p in (Path(ledger.__file__).parent / "contrib/django/migrations").glob("0*.py")
+    }
     assert applied == twins and "0004_journal_expired_holds" in applied
 
 

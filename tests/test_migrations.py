@@ -133,15 +133,19 @@ def test_offline_sql_of_one_step_applies_on_top_of_an_online_migrate(
 
 # ------------------------------------------- every step sets its timeouts
 
-_QUIET = re.compile(r"^(BEGIN|COMMIT|SET |RESET |--|UPDATE ledger\.alembic_version|"
-                    r"INSERT INTO ledger\.alembic_version|DELETE FROM ledger\.alembic_version|"
-                    r"CREATE TABLE ledger\.alembic_version|DROP TABLE ledger\.alembic_version|"
-                    r"CREATE SCHEMA IF NOT EXISTS)")
+_QUIET = re.compile(
+    r"^(BEGIN|COMMIT|SET |RESET |--|UPDATE ledger\.alembic_version|"
+    r"INSERT INTO ledger\.alembic_version|DELETE FROM ledger\.alembic_version|"
+    r"CREATE TABLE ledger\.alembic_version|DROP TABLE ledger\.alembic_version|"
+    r"CREATE SCHEMA IF NOT EXISTS)"
+)
 
 
 def _statements(script: str) -> list[str]:
     chunks = (c.splitlines() for c in script.split(";\n\n"))
-    code = ("\n".join(ln for ln in lines if ln.strip() and not ln.startswith("--")) for lines in chunks)
+    code = (
+        "\n".join(ln for ln in lines if ln.strip() and not ln.startswith("--")) for lines in chunks
+    )
     return [c.strip() for c in code if c.strip()]
 
 
@@ -291,8 +295,10 @@ def test_inside_a_callers_transaction_everything_rolls_back_with_it(empty_db_url
             head_revision()
         )
         index_valid = conn.execute(
-            text("SELECT indisvalid FROM pg_index WHERE indexrelid = "
-                 "'ledger.journal_expired_holds_idx'::regclass")
+            text(
+                "SELECT indisvalid FROM pg_index WHERE indexrelid = "
+                "'ledger.journal_expired_holds_idx'::regclass"
+            )
         ).scalar()
         assert index_valid is True
         conn.rollback()
@@ -343,10 +349,15 @@ def test_squawk_passes_the_migrations_ci_lints(tmp_path: Path) -> None:
             "ALTER TABLE ledger.journal ADD CONSTRAINT x CHECK (seq > 1)",
             "constraint-missing-not-valid",
         ),
-        ("ALTER TABLE ledger.tenants ALTER COLUMN tenant_id TYPE varchar(300)", "changing-column-type"),
+        (
+            "ALTER TABLE ledger.tenants ALTER COLUMN tenant_id TYPE varchar(300)",
+            "changing-column-type",
+        ),
     ],
 )
-def test_squawk_config_still_catches_blocking_ddl(tmp_path: Path, statement: str, rule: str) -> None:
+def test_squawk_config_still_catches_blocking_ddl(
+    tmp_path: Path, statement: str, rule: str
+) -> None:
     """The reviewed config must not have switched off the rules that matter to us."""
     sql = (
         "SET lock_timeout = '500ms';\n\nSET statement_timeout = '15s';\n\nBEGIN;\n\n"

@@ -114,7 +114,9 @@ def snapshot(url: str) -> dict[str, Any]:
                 "SELECT tenant_id, reservation_id, amount_microcents, created_at"
                 " FROM ledger.reservations ORDER BY reservation_id"
             ).fetchall(),
-            "journal": conn.execute("SELECT * FROM ledger.journal ORDER BY tenant_id, seq").fetchall()
+            "journal": conn.execute(
+                "SELECT * FROM ledger.journal ORDER BY tenant_id, seq"
+            ).fetchall()
             if has_journal and has_journal[0]
             else [],
         }
@@ -570,7 +572,8 @@ def test_an_interrupted_0002_backfill_resumes_when_run_again(fresh: Any) -> None
 
     def hold_the_last_tenant_once_the_ddl_is_in() -> None:
         with psycopg.connect(_plain(url)) as conn:
-            while not conn.execute("SELECT to_regclass('ledger.journal') IS NOT NULL").fetchone()[0]:  # type: ignore[index]
+            ddl_in = "SELECT to_regclass('ledger.journal') IS NOT NULL"
+            while not conn.execute(ddl_in).fetchone()[0]:  # type: ignore[index]
                 conn.rollback()
                 time.sleep(0.002)
             # 'ünïcødé' sorts last (UTF-8 bytes): the backfill reaches it after many batches.
