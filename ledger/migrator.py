@@ -176,6 +176,9 @@ LOCK_TIMEOUT = "500ms"
 STATEMENT_TIMEOUT = "15s"
 #: Longest statement of an online phase (no lock that blocks traffic is held).
 ONLINE_STATEMENT_TIMEOUT = "1h"
+#: Longest lock wait of an online step (CONCURRENTLY, VALIDATE): their locks
+#: queue no traffic, and CONCURRENTLY must outwait every older transaction.
+ONLINE_LOCK_TIMEOUT = "1min"
 #: Tries for a step whose lock times out, with exponential backoff between them.
 LOCK_ATTEMPTS = 5
 BACKOFF_SECONDS = 0.2
@@ -192,6 +195,7 @@ SETTINGS = {
     "lock_timeout": LOCK_TIMEOUT,
     "statement_timeout": STATEMENT_TIMEOUT,
     "online_statement_timeout": ONLINE_STATEMENT_TIMEOUT,
+    "online_lock_timeout": ONLINE_LOCK_TIMEOUT,
     "lock_attempts": str(LOCK_ATTEMPTS),
     "batch_size": str(BATCH_SIZE),
 }
@@ -230,11 +234,11 @@ def in_caller_transaction() -> bool:
     return bool(not ctx.as_sql and ctx.config.attributes.get("ledger_in_caller_transaction"))
 
 
-def _timeouts(statement_timeout: str, *, local: bool) -> None:
+def _timeouts(statement_timeout: str, *, local: bool, lock_timeout: str | None = None) -> None:
     from alembic import op
 
     scope = "SET LOCAL" if local else "SET"
-    op.execute(f"{scope} lock_timeout = '{_setting('lock_timeout')}'")
+    op.execute(f"{scope} lock_timeout = '{lock_timeout or _setting('lock_timeout')}'")
     op.execute(f"{scope} statement_timeout = '{statement_timeout}'")
 
 
@@ -253,10 +257,10 @@ def _retrying(step: Callable[[], None], attempt: Callable[[Callable[[], None]], 
                 raise
             if n == tries:
                 raise errors.LockTimeout(
-                    f"the ledger migration could not take a lock within "
-                    f"{_setting('lock_timeout')} in {tries} tries: a long transaction holds "
-                    "it. Find it in pg_stat_activity, then run the migration again "
-                    "(or raise -x lock_timeout / lock_attempts).",
+                    f"the ledger migration could not take a lock within its lock_timeout "
+                    f"in {tries} tries: a long transaction holds it. Find it in "
+                    "pg_stat_activity, then run the migration again (or raise -x "
+                    "lock_timeout / online_lock_timeout / lock_attempts).",
                     sqlstate="55P03",
                 ) from exc
             delay = BACKOFF_SECONDS * 2 ** (n - 1) * random.uniform(0.75, 1.25)
@@ -294,23 +298,26 @@ def _in_savepoint_retrying(step: Callable[[], None]) -> None:
 
 
 @contextmanager
-def online() -> Iterator[bool]:
+def online(*, patient: bool = False) -> Iterator[bool]:
     """Leave the DDL transaction for work that must not hold its locks.
 
     The revision's transaction so far is committed; the block runs in
     autocommit mode with session-level timeouts (``statement_timeout`` is the
     online one), and a new transaction starts after it. Yields True then; it
     yields False, staying inside, when the run shares a caller's transaction.
+    ``patient`` uses ``online_lock_timeout`` instead of ``lock_timeout``: only
+    for statements whose locks queue no traffic (CONCURRENTLY, VALIDATE).
     """
     from alembic import op
 
     ctx = _context()
+    wait = _setting("online_lock_timeout") if patient else None
     if in_caller_transaction():
-        _timeouts(_setting("online_statement_timeout"), local=True)
+        _timeouts(_setting("online_statement_timeout"), local=True, lock_timeout=wait)
         yield False
         return
     with ctx.autocommit_block():
-        _timeouts(_setting("online_statement_timeout"), local=False)
+        _timeouts(_setting("online_statement_timeout"), local=False, lock_timeout=wait)
         try:
             yield True
         finally:
@@ -322,9 +329,10 @@ def online_step(step: Callable[[], None]) -> None:
     """Run ``step`` in an :func:`online` phase, retrying it on a lock timeout.
 
     For statements that take only locks traffic can pass (``VALIDATE
-    CONSTRAINT``, ``CREATE INDEX CONCURRENTLY`` and the like) but that may wait.
+    CONSTRAINT``, ``CREATE INDEX CONCURRENTLY`` and the like) but that may wait;
+    they wait up to ``online_lock_timeout``.
     """
-    with online() as outside:
+    with online(patient=True) as outside:
         if _context().as_sql:
             step()
         elif outside:
@@ -352,7 +360,7 @@ def create_index(name: str, table: str, definition: str) -> None:
         locked(lambda: op.execute(f"CREATE INDEX {name} ON {target}"))
         return
     create = f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON {target}"
-    with online():
+    with online(patient=True):
         if _context().as_sql:
             op.execute(create)
             return

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from typing import Any
 
 from alembic import context
@@ -104,11 +105,29 @@ def _lock_key() -> dict[str, str]:
     return {"key": f"sql-ledger:{schema}"}
 
 
+def _take_lock(connection: Connection, function: str, *, commit: bool) -> None:
+    """Wait for the migration lock by polling, never inside a blocked statement.
+
+    A statement blocked on a lock holds a snapshot, and CREATE INDEX
+    CONCURRENTLY in the migrator that holds the lock waits for every older
+    snapshot: waiting in ``pg_advisory_lock()`` would deadlock with it.
+    """
+    delay = 0.02
+    while True:
+        got = connection.execute(text(f"SELECT {function}(hashtext(:key))"), _lock_key()).scalar()
+        if commit:
+            connection.commit()
+        if got:
+            return
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
+
+
 def _run_in_callers_transaction(connection: Connection) -> None:
     config.attributes["ledger_in_caller_transaction"] = True
     _check_encoding(connection)
     # Lock first: concurrent CREATE SCHEMA IF NOT EXISTS can itself collide.
-    connection.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), _lock_key())
+    _take_lock(connection, "pg_try_advisory_xact_lock", commit=False)
     connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
     context.configure(connection=connection, transactional_ddl=True, **_options())
     with context.begin_transaction():
@@ -120,7 +139,8 @@ def _run_committing(connection: Connection) -> None:
     _check_encoding(connection)
     # A session lock: revisions commit along the way, and the next migrator
     # must not start until the whole run is over.
-    connection.execute(text("SELECT pg_advisory_lock(hashtext(:key))"), _lock_key())
+    connection.commit()
+    _take_lock(connection, "pg_try_advisory_lock", commit=True)
     try:
         connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
         connection.commit()

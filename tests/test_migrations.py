@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -370,3 +371,42 @@ def test_squawk_config_still_catches_blocking_ddl(
 def test_squawk_flags_a_migration_without_timeouts(tmp_path: Path) -> None:
     result = squawk("ALTER TABLE ledger.tenants ADD COLUMN x bigint;\n", tmp_path)
     assert "require-lock-timeout" in result.stdout and "require-statement-timeout" in result.stdout
+
+
+def test_a_migrator_waiting_for_the_lock_does_not_stall_a_concurrent_index_build(
+    empty_db_url: str,
+) -> None:
+    """Waiting in pg_advisory_lock() would hold a snapshot that CREATE INDEX CONCURRENTLY
+    must outwait, while the builder holds the lock the waiter wants: a deadlock that only a
+    lock timeout ends. Waiters poll instead, holding no snapshot between tries."""
+    previous = ScriptDirectory.from_config(migrator._config("ledger")).get_revision("head")
+    assert previous is not None and isinstance(previous.down_revision, str)
+    ledger.migrate(empty_db_url, previous.down_revision)
+    engine = create_engine(empty_db_url)
+    key = {"key": "sql-ledger:ledger"}
+    with engine.connect() as builder:
+        builder.execute(text("SELECT pg_advisory_lock(hashtext(:key))"), key)
+        builder.commit()
+        # Another process (alembic's proxies are per process) starting up meanwhile.
+        waiter = subprocess.Popen(
+            [sys.executable, "-c", "import ledger, sys; ledger.migrate(sys.argv[1])", empty_db_url]
+        )
+        with psycopg.connect(_plain(empty_db_url), autocommit=True) as probe:
+            for _ in range(500):  # until the waiter is connected and trying
+                if probe.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%%advisory_lock%%'"
+                    " AND pid NOT IN (%s, pg_backend_pid())",
+                    (builder.connection.dbapi_connection.info.backend_pid,),  # type: ignore[union-attr]
+                ).fetchone() != (0,):
+                    break
+                time.sleep(0.01)
+            # Any write since the waiter's snapshot makes that snapshot one to outwait.
+            probe.execute("SELECT pg_current_xact_id()")
+        cfg = migrator._config("ledger")
+        cfg.attributes.update(connection=builder, online_lock_timeout="300ms", lock_attempts="1")
+        command.upgrade(cfg, "head")  # builds the index CONCURRENTLY while the waiter waits
+        assert current_revision(empty_db_url) == head_revision()
+        builder.execute(text("SELECT pg_advisory_unlock(hashtext(:key))"), key)
+        builder.commit()
+    assert waiter.wait(60) == 0
+    engine.dispose()
