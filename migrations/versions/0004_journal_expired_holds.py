@@ -1,7 +1,7 @@
 """A small index for "did this hold expire, and what did it return?".
 
 Commit and release look up the ``expire`` entry of a hold that lapsed
-(``EXPIRED_HOLD(S)`` in ``ledger/_sql.py``). The general
+(the ``expired_hold`` and ``expired_holds`` statements). The general
 ``journal_reservation_id_idx`` finds every entry of the hold and filters;
 this partial index holds only ``expire`` entries and carries the returned
 amount, so the lookup is an index-only scan of a tiny index.
