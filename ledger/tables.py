@@ -178,6 +178,12 @@ def metadata(schema: str = "ledger") -> MetaData:
             "reservation_id",
             postgresql_where=text("reservation_id IS NOT NULL"),
         ),
+        Index(  # revision 0004
+            "journal_expired_holds_idx",
+            "reservation_id",
+            postgresql_include=["amount_microcents"],
+            postgresql_where=text("op = 'expire'"),
+        ),
     )
     Table(
         "idempotency_keys",

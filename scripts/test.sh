@@ -33,6 +33,9 @@ step "ruff (lint, then format check)"
 "$VENV/bin/ruff" format --check ledger tests migrations scripts bench examples
 step "mypy (strict, ledger/)"
 "$VENV/bin/mypy"
+step "squawk: offline SQL of the migrations after the last pre-rules revision (.squawk.toml)"
+"$VENV/bin/python" -c 'from ledger import migrator as m; print(m.sql(m.LINT_FROM + ":head"))' >"${TMPDIR:-/tmp}/ledger-new-migrations.sql"
+"$VENV/bin/squawk" --config .squawk.toml "${TMPDIR:-/tmp}/ledger-new-migrations.sql"
 
 step "pytest on ${LEDGER_TEST_DATABASE_URL:+the given URL}${LEDGER_TEST_DATABASE_URL:-PostgreSQL 18 (embedded wheel)}"
 "$VENV/bin/python" -m pytest "$@"
