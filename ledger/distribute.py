@@ -195,12 +195,12 @@ def _distribute(conn: Connection, schema: str, shard_count: int | None) -> Distr
             changed.append(f"distributed {name} by {DISTRIBUTION_COLUMN}")
             state = _citus_state(conn, schema, name)
             assert state is not None
-        method, column, colocation = state
-        if method != "h" or column != DISTRIBUTION_COLUMN:
+        method, by, colocation = state
+        if method != "h" or by != DISTRIBUTION_COLUMN:
             raise DistributionConflict(
-                f"{schema}.{name} is already a Citus table ({_describe(method, column)}), not "
-                f"distributed by {DISTRIBUTION_COLUMN}; run SELECT undistribute_table('{q}.{name}') "
-                "and distribute again"
+                f"{schema}.{name} is already a Citus table ({_describe(method, by)}), not "
+                f"distributed by {DISTRIBUTION_COLUMN}; run "
+                f"SELECT undistribute_table('{q}.{name}') and distribute again"
             )
         if name == ANCHOR:
             anchor_colocation = colocation
@@ -229,9 +229,7 @@ def _distribute(conn: Connection, schema: str, shard_count: int | None) -> Distr
     _drop_local_copies(conn, schema, copied)
     functions = _distribute_functions(conn, schema, changed)
     count = conn.execute(
-        text(
-            "SELECT shard_count FROM citus_tables WHERE table_name = CAST(:t AS regclass)"
-        ),
+        text("SELECT shard_count FROM citus_tables WHERE table_name = CAST(:t AS regclass)"),
         {"t": f"{q}.{ANCHOR}"},
     ).scalar_one()
     return Distribution(
@@ -413,9 +411,7 @@ def _distribute_functions(conn: Connection, schema: str, changed: list[str]) -> 
     for signature, arg_index, current_index, current_colocation, anchor_colocation in rows:
         if current_index != arg_index or current_colocation != anchor_colocation:
             conn.execute(
-                text(
-                    "SELECT create_distributed_function(:f, :arg, colocate_with => :anchor)"
-                ),
+                text("SELECT create_distributed_function(:f, :arg, colocate_with => :anchor)"),
                 {"f": signature, "arg": FUNCTION_ARGUMENT, "anchor": f"{q}.{ANCHOR}"},
             )
             changed.append(f"delegated {signature} by {FUNCTION_ARGUMENT}")

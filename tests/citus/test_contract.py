@@ -31,7 +31,9 @@ FOR_UPDATE = (
     "0A000 could not run distributed query with FOR UPDATE/SHARE commands "
     "(HINT: Consider using an equality filter on the distributed table's partition column.)"
 )
-RESTORE = "0A000 correlated subqueries are not supported when the FROM clause contains a CTE or subquery"
+RESTORE = (
+    "0A000 correlated subqueries are not supported when the FROM clause contains a CTE or subquery"
+)
 
 
 def refused_by_citus(reason: str) -> pytest.MarkDecorator:
@@ -55,7 +57,9 @@ def call(recorder: Recorder, name: str, fn: Callable[[], Any]) -> tuple[Any, Rem
 # ------------------------------------------------------------------ tenants
 
 
-def test_ensure_tenant(book: ledger.Ledger, raw: psycopg.Connection, schema: str, recorder: Recorder) -> None:
+def test_ensure_tenant(
+    book: ledger.Ledger, raw: psycopg.Connection, schema: str, recorder: Recorder
+) -> None:
     created, _ = call(recorder, "ensure_tenant", lambda: book.ensure_tenant("acme", 1_000))
     assert created is True
     again, _ = call(recorder, "ensure_tenant (exists)", lambda: book.ensure_tenant("acme", 5))
@@ -64,7 +68,9 @@ def test_ensure_tenant(book: ledger.Ledger, raw: psycopg.Connection, schema: str
     settled(book, raw, schema)
 
 
-def test_top_up_and_cap(book: ledger.Ledger, raw: psycopg.Connection, schema: str, recorder: Recorder) -> None:
+def test_top_up_and_cap(
+    book: ledger.Ledger, raw: psycopg.Connection, schema: str, recorder: Recorder
+) -> None:
     book.ensure_tenant("acme", 1_000)
     out, _ = call(recorder, "top_up_tenant", lambda: book.top_up_tenant("acme", 500))
     assert out.ok and out.remaining_microcents == 1_500
@@ -73,7 +79,11 @@ def test_top_up_and_cap(book: ledger.Ledger, raw: psycopg.Connection, schema: st
     )
     again = book.top_up_tenant("acme", 7, idempotency_key="k")
     assert again == out and book.remaining_microcents("acme") == 1_507
-    call(recorder, "set_max_reserved_microcents", lambda: book.set_max_reserved_microcents("acme", 100))
+    call(
+        recorder,
+        "set_max_reserved_microcents",
+        lambda: book.set_max_reserved_microcents("acme", 100),
+    )
     assert book.max_reserved_microcents("acme") == 100
     assert book.try_reserve("acme", 101).status == "exposure_limit_exceeded"
     with pytest.raises(errors.TenantNotFound):
@@ -207,11 +217,15 @@ def test_hold_context_manager(book: ledger.Ledger, raw: psycopg.Connection, sche
 
 
 @refused_by_citus(FOR_UPDATE)
-def test_try_reserve_many(book: ledger.Ledger, raw: psycopg.Connection, schema: str, recorder: Recorder) -> None:
+def test_try_reserve_many(
+    book: ledger.Ledger, raw: psycopg.Connection, schema: str, recorder: Recorder
+) -> None:
     book.ensure_tenant("a", 100)
     book.ensure_tenant("b", 100)
     outs, _ = call(
-        recorder, "try_reserve_many", lambda: book.try_reserve_many([("a", 60), ("b", 60), ("a", 60)])
+        recorder,
+        "try_reserve_many",
+        lambda: book.try_reserve_many([("a", 60), ("b", 60), ("a", 60)]),
     )
     assert [o.status for o in outs] == ["reserved", "reserved", "insufficient"]
     settled(book, raw, schema)
@@ -236,7 +250,9 @@ def test_commit_and_release_many(
 
 
 @refused_by_citus(FOR_UPDATE)
-def test_expire_holds(book: ledger.Ledger, raw: psycopg.Connection, schema: str, recorder: Recorder) -> None:
+def test_expire_holds(
+    book: ledger.Ledger, raw: psycopg.Connection, schema: str, recorder: Recorder
+) -> None:
     book.ensure_tenant("acme", 1_000)
     book.try_reserve("acme", 300, ttl=timedelta(microseconds=1))
     time.sleep(0.01)
@@ -261,7 +277,9 @@ def test_lazy_expiry_on_a_refused_reserve(
 # ------------------------------------------------------------------ keys
 
 
-def test_idempotency_keys(book: ledger.Ledger, raw: psycopg.Connection, schema: str, recorder: Recorder) -> None:
+def test_idempotency_keys(
+    book: ledger.Ledger, raw: psycopg.Connection, schema: str, recorder: Recorder
+) -> None:
     book.ensure_tenant("acme", 1_000)
     first = book.try_reserve("acme", 10, idempotency_key="same")
     assert book.try_reserve("acme", 10, idempotency_key="same") == first
@@ -308,7 +326,9 @@ def test_snapshot_and_conservation(
     settled(book, raw, schema)
 
 
-def test_certify(book: ledger.Ledger, raw: psycopg.Connection, schema: str, recorder: Recorder) -> None:
+def test_certify(
+    book: ledger.Ledger, raw: psycopg.Connection, schema: str, recorder: Recorder
+) -> None:
     book.ensure_tenant("a", 1_000)
     book.ensure_tenant("b", 2_000)
     cert, _ = call(recorder, "certify", lambda: book.certify())
@@ -385,9 +405,13 @@ SINGLE_TENANT = {
     "try_reserve": lambda b, rid: b.try_reserve("acme", 5),
     "try_reserve (key)": lambda b, rid: b.try_reserve("acme", 5, idempotency_key="k"),
     "commit (tenant_id)": lambda b, rid: b.commit(rid, 50, tenant_id="acme"),
-    "commit (tenant_id, key)": lambda b, rid: b.commit(rid, 50, tenant_id="acme", idempotency_key="k"),
+    "commit (tenant_id, key)": lambda b, rid: b.commit(
+        rid, 50, tenant_id="acme", idempotency_key="k"
+    ),
     "release (tenant_id)": lambda b, rid: b.release(rid, tenant_id="acme"),
-    "release (tenant_id, key)": lambda b, rid: b.release(rid, tenant_id="acme", idempotency_key="k"),
+    "release (tenant_id, key)": lambda b, rid: b.release(
+        rid, tenant_id="acme", idempotency_key="k"
+    ),
     "tenant": lambda b, rid: b.tenant("acme"),
 }
 #: Why each call is not yet one round trip to one worker (Citus's own words, debug2).

@@ -111,7 +111,7 @@ def test_refused_without_citus(citus_url: str) -> None:
 
 
 def test_refused_on_an_unmigrated_schema(citus_url: str) -> None:
-    with pytest.raises(errors.SchemaNotMigrated, match="ledger.migrate"):
+    with pytest.raises(errors.SchemaNotMigrated, match=r"ledger\.migrate"):
         distribute(alchemy(citus_url), f"nothing_{uuid.uuid4().hex[:8]}")
     with pytest.raises(errors.InvalidSchemaName):
         distribute(alchemy(citus_url), "Bad-Name")
@@ -159,7 +159,9 @@ def test_reservation_ids_stay_unique_whichever_node_draws_them(
 ) -> None:
     seq = f'"{schema}".reservation_id_seq'
     drawn = [raw.execute(f"SELECT nextval('{seq}')").fetchone()[0] for _ in range(3)]  # type: ignore[index]
-    nodes = raw.execute("SELECT node_name, node_port FROM citus_get_active_worker_nodes()").fetchall()
+    nodes = raw.execute(
+        "SELECT node_name, node_port FROM citus_get_active_worker_nodes()"
+    ).fetchall()
     for host, port in nodes:
         url = make_url(plain(citus_url)).set(host=host, port=port)
         with psycopg.connect(url.render_as_string(hide_password=False), autocommit=True) as worker:

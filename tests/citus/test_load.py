@@ -171,8 +171,7 @@ def test_matches_the_seed_engine_on_what_citus_runs_today(
 @settings(DIFF, phases=[Phase.generate])  # every example fails today: no shrinking
 @given(
     ops=st.lists(operations, min_size=1, max_size=25).filter(
-        lambda ops: any(o[0] == "commit" for o in ops)
-        and any(o[0] == "reserve" for o in ops)
+        lambda ops: any(o[0] == "commit" for o in ops) and any(o[0] == "reserve" for o in ops)
     )
 )
 def test_matches_the_seed_engine_with_every_operation(
