@@ -30,15 +30,17 @@ Functions with a ``p_tenant_id`` argument are distributed with
 ``create_distributed_function`` on that argument, colocated with
 ``tenants``: a call then runs on the worker that holds the tenant.
 
-Everything runs in one transaction under the same advisory lock as
-:func:`ledger.migrate`, and every step checks first, so running it again (also
-after a later migration added a table) distributes only what is new.
+The tables are distributed in one transaction and the functions in a second
+(Citus refuses ``create_distributed_function`` after parallel shard commands
+in the same transaction), both under the same advisory lock as
+:func:`ledger.migrate`. Every step checks first, so running it again (also
+after a later migration added a table or a function) does only what is new.
 Details and the managed-service recipe: docs/scale-out.md.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sqlalchemy import Connection, text
 from sqlalchemy import exc as sa_exc
@@ -125,7 +127,14 @@ def distribute(
     engine, owned = as_engine(engine_or_url)
     try:
         with engine.begin() as conn:
-            return _distribute(conn, schema, shard_count)
+            done = _distribute(conn, schema, shard_count)
+        # Citus refuses create_distributed_function in a transaction that already ran
+        # parallel shard commands (the table distribution above), so functions come second.
+        with engine.begin() as conn:
+            _lock(conn, schema)
+            changed = list(done.changed)
+            functions = _distribute_functions(conn, schema, changed)
+        return replace(done, functions=functions, changed=tuple(changed))
     except sa_exc.DBAPIError as exc:
         raise translate(exc) from exc
     finally:
@@ -135,10 +144,7 @@ def distribute(
 
 def _distribute(conn: Connection, schema: str, shard_count: int | None) -> Distribution:
     version = _citus_version(conn)
-    # The same lock as ledger.migrate: a migration and a distribution never interleave.
-    conn.execute(
-        text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"sql-ledger:{schema}"}
-    )
+    _lock(conn, schema)
     tables = _tables(conn, schema)
     if ANCHOR not in tables or "alembic_version" not in tables:
         raise errors.SchemaNotMigrated(
@@ -227,7 +233,6 @@ def _distribute(conn: Connection, schema: str, shard_count: int | None) -> Distr
             )
 
     _drop_local_copies(conn, schema, copied)
-    functions = _distribute_functions(conn, schema, changed)
     count = conn.execute(
         text("SELECT shard_count FROM citus_tables WHERE table_name = CAST(:t AS regclass)"),
         {"t": f"{q}.{ANCHOR}"},
@@ -239,8 +244,15 @@ def _distribute(conn: Connection, schema: str, shard_count: int | None) -> Distr
         shard_count=int(count),
         distributed=tuple(tenant_keyed),
         reference=tuple(ledger_wide),
-        functions=functions,
+        functions=(),
         changed=tuple(changed),
+    )
+
+
+def _lock(conn: Connection, schema: str) -> None:
+    """The same lock as ledger.migrate: a migration and a distribution never interleave."""
+    conn.execute(
+        text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"sql-ledger:{schema}"}
     )
 
 
