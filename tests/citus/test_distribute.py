@@ -17,7 +17,7 @@ from ledger.cli import main
 from ledger.distribute import CitusNotAvailable, distribute
 
 from ..helpers import state
-from .conftest import SHARDS, alchemy, fresh_schema, plain
+from .conftest import SHARDS, Recorder, alchemy, fresh_schema, plain
 
 TENANT_KEYED = {
     "tenants",
@@ -230,3 +230,29 @@ def test_upgrading_a_distributed_ledger_with_open_holds_replays(citus_url: str) 
         with ledger.Ledger(url, schema=s) as book:
             report = book.verify_journal()
             assert report.ok, report.discrepancies
+
+
+def test_functions_with_a_tenant_argument_are_delegated_to_the_tenants_worker(
+    citus_url: str, recorder: Recorder
+) -> None:
+    """The convention for the SQL redesign: a ``p_tenant_id`` argument means "run it there"."""
+    with fresh_schema(citus_url) as s:
+        with psycopg.connect(plain(citus_url), autocommit=True) as raw:
+            raw.execute(
+                f'CREATE FUNCTION "{s}".remaining_of(p_tenant_id text) RETURNS bigint'
+                " LANGUAGE plpgsql AS $$ BEGIN RETURN (SELECT remaining_microcents"
+                f' FROM "{s}".tenants WHERE tenant_id = p_tenant_id); END $$'
+            )
+        done = distribute(alchemy(citus_url), s)
+        assert done.functions == (f"{s}.remaining_of(text)",)
+        assert distribute(alchemy(citus_url), s).changed == ()
+        with ledger.Ledger(alchemy(citus_url), schema=s) as book:
+            book.ensure_tenant("acme", 42)
+        with psycopg.connect(
+            plain(citus_url), autocommit=True, options="-c citus.log_remote_commands=on"
+        ) as conn:
+            conn.add_notice_handler(recorder.notice)
+            with recorder.capture("delegated function call (autocommit)") as remote:
+                value = conn.execute(f"SELECT \"{s}\".remaining_of('acme')").fetchone()
+        assert value == (42,)
+        assert remote.one_round_trip(), remote.summary()

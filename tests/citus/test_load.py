@@ -31,17 +31,17 @@ from .test_contract import FOR_UPDATE
 THREADS = 16
 
 
-def _cycles(book: ledger.Ledger, seed: int, ops: int, settle: str) -> Tally:
+def _cycles(book: ledger.Ledger, seed: int, ops: int, settle: str, tenant: str = "hot") -> Tally:
     """Reserve, then settle with the tenant named: release only, or commit/release/overrun."""
     rng = random.Random(seed)
     tally = Tally()
     for _ in range(ops):
         if rng.random() < 0.05:
-            out = book.top_up_tenant("hot", rng.randint(1, 50_000))
+            out = book.top_up_tenant(tenant, rng.randint(1, 50_000))
             tally.see(out.status)
             tally.topped_up += out.added_microcents or 0
             continue
-        hold = book.try_reserve("hot", rng.randint(1, 120_000))
+        hold = book.try_reserve(tenant, rng.randint(1, 120_000))
         tally.see(hold.status)
         if not hold.ok:
             tally.refused += 1
@@ -50,17 +50,17 @@ def _cycles(book: ledger.Ledger, seed: int, ops: int, settle: str) -> Tally:
         rid = hold.reservation_id
         assert rid is not None
         if settle == "release" or rng.random() < 0.25:
-            assert book.release(rid, tenant_id="hot").status == "released"
+            assert book.release(rid, tenant_id=tenant).status == "released"
             continue
         actual = rng.randint(0, 120_000) if rng.random() < 0.9 else rng.randint(120_000, 400_000)
-        out = book.commit(rid, actual, tenant_id="hot")
+        out = book.commit(rid, actual, tenant_id=tenant)
         tally.see(out.status)
         if out.status == "committed":
             tally.committed += actual
         else:
             assert out.status == "overrun"
             tally.overruns += 1
-            assert book.release(rid, tenant_id="hot").status == "released"
+            assert book.release(rid, tenant_id=tenant).status == "released"
     return tally
 
 
@@ -110,6 +110,47 @@ def test_hot_tenant_reserve_commit_exact_sums(
     citus_url: str, schema: str, recorder: Recorder
 ) -> None:
     _hot_tenant(citus_url, schema, recorder, "commit")
+
+
+def test_many_tenants_on_every_worker_balance_in_every_snapshot(
+    citus_url: str, schema: str, recorder: Recorder, raw: psycopg.Connection
+) -> None:
+    """No global snapshot: each tenant must still be balanced in every snapshot, and exact."""
+    tenants = [f"tenant-{i}" for i in range(8)]
+    engine = logged_engine(citus_url, recorder, pool_size=THREADS + 2)
+    try:
+        book = ledger.Ledger(engine, schema=schema)
+        for t in tenants:
+            book.ensure_tenant(t, 300_000)
+        nodes = raw.execute(
+            "SELECT count(DISTINCT s.nodeport) FROM unnest(%s::text[]) AS t"
+            " JOIN citus_shards AS s ON s.shardid ="
+            " get_shard_id_for_distribution_column(%s::regclass, t)",
+            (tenants, f'"{schema}".tenants'),
+        ).fetchone()
+        assert nodes is not None and nodes[0] > 1  # the tenants live on more than one worker
+        reader = SnapshotReader(book)
+        reader.start()
+        try:
+            with ThreadPoolExecutor(THREADS) as pool:
+                tallies = list(
+                    pool.map(
+                        lambda i: (tenants[i % 8], _cycles(book, i, 20, "release", tenants[i % 8])),
+                        range(THREADS),
+                    )
+                )
+        finally:
+            reader.stop.set()
+            reader.join()
+        assert reader.taken > 0 and reader.bad == []
+        for t in tenants:
+            topped = sum(x.topped_up for name, x in tallies if name == t)
+            assert book.tenant(t) == ledger.TenantLedger(
+                t, 300_000 + topped, 300_000 + topped, 0, 0
+            )
+        assert book.verify_journal().ok
+    finally:
+        engine.dispose()
 
 
 # ------------------------------------------------------------------ differential
