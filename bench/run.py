@@ -3,6 +3,7 @@
     python -m bench.run                 # full run (a few minutes)
     python -m bench.run --smoke         # seconds; proves the harness works (CI)
     python -m bench.run --database-url postgresql://...
+    python -m bench.run --citus postgresql://...   # Citus routing + ratio to plain (bench/citus.py)
 
 Clients are separate processes, so Python's GIL does not hide the database.
 Every figure is reported next to a baseline from the same invocation, because
@@ -282,6 +283,10 @@ def targets(rows: list[Measurement]) -> str:
     return "\n".join(lines)
 
 
+def seconds_for(args: argparse.Namespace) -> float:
+    return 0.5 if args.smoke else float(args.seconds)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database-url", default=os.environ.get("LEDGER_BENCH_DATABASE_URL"))
@@ -297,7 +302,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale-journal", default="100000,1000000")
     parser.add_argument("--skip-scale", action="store_true")
     parser.add_argument("--scale-only", action="store_true", help="skip the throughput runs")
+    parser.add_argument(
+        "--citus",
+        metavar="URL",
+        help="a Citus coordinator: report remote commands per operation and the "
+        "reserve->commit ratio to plain PostgreSQL (--spread tenants, 16 clients), then exit",
+    )
+    parser.add_argument("--plain", metavar="URL", help="with --citus: plain PostgreSQL to compare")
     args = parser.parse_args(argv)
+    if args.citus:
+        from .citus import run as run_citus
+
+        clients_at = 2 if args.smoke else 16
+        report = run_citus(args.citus, args.plain, args.spread, clients_at, seconds_for(args))
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "citus.json").write_text(json.dumps(report, indent=2))
+        return 0
 
     clients = [1] if args.smoke else [int(c) for c in args.clients.split(",")]
     seconds = 0.5 if args.smoke else args.seconds

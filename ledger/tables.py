@@ -4,7 +4,7 @@ The migrations are the source of truth for the database; this module declares
 the same schema so tools can reason about it (alembic autogenerate in a host
 app, documentation, introspection) and so a test can prove the two agree:
 ``alembic`` autogenerate against a migrated database must find nothing.
-Statements never go through these objects; they live in ``_sql.py``.
+Statements never go through these objects; they live in ``ledger/sql/*.sql``.
 """
 
 from __future__ import annotations
