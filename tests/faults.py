@@ -1,13 +1,21 @@
-"""Fault injection helpers: a TCP proxy that can lose the reply to a COMMIT."""
+"""Fault injection helpers: a TCP proxy that can lose the reply to a COMMIT, and the
+servers of real deployments (a PgBouncer, streaming replicas) started by the tests."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pwd
+import re
+import shutil
+import signal
 import socket
+import subprocess
 import threading
 import time
+from pathlib import Path
 
+import psycopg
 from sqlalchemy import make_url
 
 
@@ -97,3 +105,117 @@ class CommitEatingProxy:
 
     def close(self) -> None:
         self.listener.close()
+
+
+# ------------------------------------------------------------------ PgBouncer
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pgbouncer_binary() -> str | None:
+    return shutil.which("pgbouncer") or next(
+        (p for p in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer") if os.path.exists(p)), None
+    )
+
+
+def pgbouncer_version() -> tuple[int, int]:
+    """(major, minor) of the installed PgBouncer; (0, 0) if there is none."""
+    binary = pgbouncer_binary()
+    if binary is None:
+        return (0, 0)
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
+    found = re.search(r"PgBouncer (\d+)\.(\d+)", out)
+    return (int(found.group(1)), int(found.group(2))) if found else (0, 0)
+
+
+class PgBouncer:
+    """A throwaway PgBouncer in transaction pooling mode in front of the test server.
+
+    It listens on a free loopback port and forwards every database to the
+    server behind ``server_url``. ``server_round_robin`` makes it hand out its
+    server connections in turn, so even one client moves between backends
+    from one transaction to the next, which is what breaks session state.
+    Under root it runs as the owner of the server's socket directory (PgBouncer
+    refuses to run as root, and that user can reach the socket).
+    """
+
+    def __init__(
+        self,
+        server_url: str,
+        root: Path,
+        *,
+        pool_size: int = 4,
+        max_prepared_statements: int | None = None,
+    ) -> None:
+        binary = pgbouncer_binary()
+        if binary is None:
+            raise RuntimeError("pgbouncer is not installed (scripts/test.sh installs it)")
+        url = make_url(server_url)
+        host = url.query.get("host") or url.host or "/tmp"
+        if isinstance(host, tuple):
+            host = host[0]
+        port = url.port or url.query.get("port") or 5432
+        user = url.username or "postgres"
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        extra = ""
+        if max_prepared_statements is not None:
+            extra = f"max_prepared_statements = {max_prepared_statements}\n"
+        (root / "users.txt").write_text(f'"{user}" "{url.password or ""}"\n')
+        (root / "pgbouncer.ini").write_text(
+            f"[databases]\n* = host={host} port={port}\n"
+            "[pgbouncer]\n"
+            f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
+            f"auth_type = trust\nauth_file = {root / 'users.txt'}\n"
+            f"pool_mode = transaction\ndefault_pool_size = {pool_size}\n"
+            "max_client_conn = 200\nserver_round_robin = 1\n"
+            f"pidfile = {root / 'pgbouncer.pid'}\nlogfile = {root / 'pgbouncer.log'}\n" + extra
+        )
+        cmd = [binary, "-d", str(root / "pgbouncer.ini")]
+        if os.geteuid() == 0:
+            owner = os.stat(host).st_uid if host.startswith("/") else pwd.getpwnam("postgres").pw_uid
+            for path in (root, *root.iterdir()):
+                os.chown(path, owner, -1)
+            cmd[1:1] = ["-u", pwd.getpwuid(owner).pw_name]
+        subprocess.run(cmd, check=True, timeout=30)
+        self.user = user
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def url_for(self, db_url: str) -> str:
+        """The same database as ``db_url``, reached through this PgBouncer."""
+        return (
+            make_url(db_url)
+            .set(host="127.0.0.1", port=self.port, query={})
+            .render_as_string(hide_password=False)
+        )
+
+    def warm(self, db_url: str, servers: int) -> None:
+        """Make PgBouncer open ``servers`` server connections for this database now."""
+        plain = self.url_for(db_url).replace("postgresql+psycopg://", "postgresql://", 1)
+        conns = [psycopg.connect(plain) for _ in range(servers)]
+        for c in conns:
+            c.execute("SELECT 1")  # each open transaction pins its own server connection
+        for c in conns:
+            c.commit()  # a clean end keeps the server connection in PgBouncer's pool
+            c.close()
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            pid = int((self.root / "pgbouncer.pid").read_text().strip())
+            os.kill(pid, signal.SIGINT)
+            for _ in range(100):
+                os.kill(pid, 0)
+                time.sleep(0.05)
