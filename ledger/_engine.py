@@ -14,9 +14,13 @@ direct connections keep the speed-up and nobody has to set an option.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy import URL, Engine, create_engine, event, make_url
+from sqlalchemy import exc as sa_exc
 
 from . import errors
 
@@ -26,9 +30,92 @@ EngineLike = Engine | URL | str
 POOLER_KEY = "ledger_behind_pooler"
 
 
+_URI = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<netloc>[^/?#]*)(?P<rest>.*)$", re.S)
+
+
+def _from_libpq(text: str) -> URL | None:
+    """A SQLAlchemy URL for libpq forms SQLAlchemy cannot parse, else None.
+
+    Those are the key/value form (``host=a,b port=5432 dbname=x``) and URIs
+    with several hosts (``postgresql://h1:5432,h2:5433/x?...``), the usual way
+    to name a primary and its standbys. libpq's own parser reads them; the
+    result uses SQLAlchemy's multi-host form (one ``host=h:p`` query item per
+    server), which the psycopg dialect passes on to libpq unchanged in meaning.
+    """
+    uri = _URI.match(text.strip())
+    if uri is None:
+        if "=" not in text:
+            return None
+        libpq_text = text
+    elif "," in uri["netloc"] and uri["scheme"] in (
+        "postgresql",
+        "postgres",
+        "postgresql+psycopg",
+    ):
+        libpq_text = f"postgresql://{uri['netloc']}{uri['rest']}"
+    else:
+        return None
+    try:
+        params = conninfo_to_dict(libpq_text)
+    except psycopg.ProgrammingError as exc:
+        raise errors.InputError(
+            f"cannot read this libpq connection string ({exc}); use "
+            "'postgresql://user@host1:port1,host2:port2/dbname?target_session_attrs=read-write' "
+            "or 'host=host1,host2 port=port1,port2 dbname=...'"
+        ) from None
+    hosts = [h for h in str(params.pop("host", "") or "").split(",")]
+    ports = [p for p in str(params.pop("port", "") or "").split(",")]
+    if len(ports) == 1 and len(hosts) > 1:
+        ports = ports * len(hosts)
+    if len(ports) != len(hosts):
+        raise errors.InputError(
+            f"the connection string names {len(hosts)} hosts but {len(ports)} ports; "
+            "give one port for all hosts or one per host"
+        )
+    if any(p and not p.isdigit() for p in ports):
+        raise errors.InputError(f"port must be a number, got {','.join(ports)!r}")
+    user = params.pop("user", None)
+    password = params.pop("password", None)
+    dbname = params.pop("dbname", None)
+    query: dict[str, Any] = {k: str(v) for k, v in params.items()}
+    servers = [f"{h}:{p}" if p else h for h, p in zip(hosts, ports, strict=True) if h or p]
+    if len(servers) == 1:
+        if hosts[0]:
+            query["host"] = hosts[0]
+        if ports[0]:
+            query["port"] = ports[0]
+    elif servers:
+        if any(h.startswith("/") for h in hosts):
+            raise errors.InputError(
+                "several hosts with a Unix-socket directory among them are not supported; "
+                "name TCP hosts (host1:port1,host2:port2)"
+            )
+        query["host"] = tuple(servers)
+    return URL.create(
+        "postgresql+psycopg",
+        username=str(user) if user else None,
+        password=str(password) if password else None,
+        database=str(dbname) if dbname else None,
+        query=query,
+    )
+
+
 def normalise_url(url: URL | str) -> URL:
-    """Point plain ``postgresql://`` URLs at psycopg 3, the only driver we support."""
-    parsed = make_url(url)
+    """Point plain ``postgresql://`` URLs at psycopg 3, the only driver we support.
+
+    libpq's key/value strings and multi-host URIs are accepted too (see
+    :func:`_from_libpq`); anything unreadable is an :class:`~ledger.errors.InputError`.
+    """
+    if isinstance(url, str):
+        url = _from_libpq(url) or url
+    try:
+        parsed = make_url(url)
+    except (sa_exc.ArgumentError, ValueError) as exc:
+        raise errors.InputError(
+            f"cannot read the database URL ({exc}); pass "
+            "'postgresql://user:password@host:port/dbname', a libpq key/value string "
+            "('host=... port=... dbname=...') or a SQLAlchemy URL object"
+        ) from None
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.drivername != "postgresql+psycopg":

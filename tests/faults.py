@@ -99,9 +99,10 @@ class CommitEatingProxy:
         except OSError:
             pass
         finally:
-            for s in (dst,):
+            for s in (src, dst):  # one side ended: end both, so the other pump stops too
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
+                s.close()
 
     def close(self) -> None:
         self.listener.close()
