@@ -242,6 +242,14 @@ class PermissionDenied(DatabaseError):
     """
 
 
+class ReadOnlyDatabase(DatabaseError):
+    """This server only reads (a hot standby, or a read-only session); nothing was written.
+
+    Send writes to the primary: name every server in the URL with
+    ``target_session_attrs=read-write`` (docs/deployment.md).
+    """
+
+
 class SchemaNotMigrated(DatabaseError):
     """The ledger tables are missing: run ledger.migrate(url) (or `ledger migrate`) first."""
 

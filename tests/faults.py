@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -219,4 +220,125 @@ class PgBouncer:
             os.kill(pid, signal.SIGINT)
             for _ in range(100):
                 os.kill(pid, 0)
+                time.sleep(0.05)
+
+
+# ------------------------------------------------------- primary and standbys
+
+
+PG_BIN = Path(os.environ.get("LEDGER_PG15_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+class PgServer:
+    """A PostgreSQL server from Debian's binaries on a loopback TCP port, for replication tests.
+
+    Under root the server runs as the ``postgres`` system user, as
+    scripts/pg15.py does. ``standby_of`` clones a running primary with
+    ``pg_basebackup -R`` and starts it as a streaming hot standby.
+    """
+
+    def __init__(self, root: Path, name: str) -> None:
+        self.root = root
+        self.data = root / name
+        self.port = free_port()
+        self.user = "postgres"
+        self.log = root / f"{name}.log"
+
+    @staticmethod
+    def available() -> bool:
+        return (PG_BIN / "postgres").exists() and (PG_BIN / "pg_basebackup").exists()
+
+    def _run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        argv = list(cmd)
+        if os.geteuid() == 0:
+            argv = ["runuser", "-u", "postgres", "--", *argv]
+        return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=120)
+
+    @classmethod
+    def workspace(cls) -> Path:
+        root = Path(tempfile.mkdtemp(prefix="ledger-replication-"))
+        if os.geteuid() == 0:
+            os.chown(root, pwd.getpwnam("postgres").pw_uid, -1)
+        return root
+
+    def init_primary(self, settings: dict[str, str] | None = None) -> PgServer:
+        self._run(
+            str(PG_BIN / "initdb"), "-D", str(self.data), "-U", self.user, "--auth=trust",
+            "--encoding=UTF8", "--locale=C.UTF-8",
+        )  # fmt: skip
+        self._configure(settings or {})
+        return self.start()
+
+    def standby_of(self, primary: PgServer, settings: dict[str, str] | None = None) -> PgServer:
+        self._run(
+            str(PG_BIN / "pg_basebackup"), "-D", str(self.data), "-R", "-X", "stream",
+            "-h", "127.0.0.1", "-p", str(primary.port), "-U", self.user,
+            "-d", f"application_name={self.data.name}",
+        )  # fmt: skip
+        self._configure(settings or {})
+        return self.start()
+
+    def _configure(self, settings: dict[str, str]) -> None:
+        base = {
+            "listen_addresses": "'127.0.0.1'",
+            "port": str(self.port),
+            "unix_socket_directories": f"'{self.root}'",
+            "max_connections": "60",
+            "shared_buffers": "16MB",
+            "fsync": "on",
+        }
+        lines = [f"{k} = {v}" for k, v in {**base, **settings}.items()]
+        with open(self.data / "postgresql.conf", "a") as conf:
+            conf.write("\n".join(lines) + "\n")
+
+    def start(self) -> PgServer:
+        self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "start")
+        return self
+
+    def stop(self) -> None:
+        self._run(
+            str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop",
+            check=False,
+        )  # fmt: skip
+
+    def crash(self) -> None:
+        """``kill -9`` the postmaster and its children, as a power cut would."""
+        import psutil
+
+        try:
+            pid = int((self.data / "postmaster.pid").read_text().splitlines()[0])
+            proc = psutil.Process(pid)
+        except (OSError, ValueError, psutil.NoSuchProcess):
+            return
+        victims = [proc, *proc.children(recursive=True)]
+        for p in victims:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.send_signal(signal.SIGKILL)
+        psutil.wait_procs(victims, timeout=30)
+
+    def promote(self) -> None:
+        self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-w", "promote")
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://{self.user}@127.0.0.1:{self.port}/postgres"
+
+    @property
+    def plain(self) -> str:
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/postgres"
+
+    def wait_replayed(self, primary: PgServer, timeout: float = 30) -> None:
+        """Wait until this standby has replayed everything the primary has written."""
+        with psycopg.connect(primary.plain, autocommit=True) as p:
+            target = p.execute("SELECT pg_current_wal_lsn()").fetchone()[0]  # type: ignore[index]
+        deadline = time.monotonic() + timeout
+        with psycopg.connect(self.plain, autocommit=True) as s:
+            while True:
+                done = s.execute(
+                    "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (target,)
+                ).fetchone()[0]  # type: ignore[index]
+                if done:
+                    return
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the standby did not catch up")
                 time.sleep(0.05)
