@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 from sqlalchemy import make_url
 
@@ -80,3 +81,30 @@ def test_unreadable_strings_are_typed_input_errors(text: str) -> None:
     assert "postgresql" in str(info.value) or "port" in str(info.value) or "host" in str(info.value)
     with pytest.raises(errors.InputError):
         ledger.migrate(text)
+
+
+def _dead() -> str:
+    return f"postgresql://postgres@127.0.0.1:{free_port()},127.0.0.1:{free_port()}/x"
+
+
+def test_no_reachable_server_in_a_transaction_is_a_typed_connection_error() -> None:
+    """Between a primary's death and a standby's promotion no server takes writes."""
+    with ledger.Ledger(_dead()) as book:
+        with pytest.raises(errors.ConnectionLost):
+            book.try_reserve("t", 1, idempotency_key="k")
+        with pytest.raises(errors.ConnectionLost):
+            book.snapshot()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=psycopg.OperationalError,
+    reason="the autocommit hot path opens its connection outside the error translation "
+    "(ledger/_db.py _run_autocommit); patch in the report for issue 16",
+)
+def test_no_reachable_server_on_the_hot_path_is_a_typed_connection_error() -> None:
+    with ledger.Ledger(_dead()) as book:
+        with pytest.raises(errors.ConnectionLost):
+            book.try_reserve("t", 1)
+        with pytest.raises(errors.ConnectionLost):
+            book.tenant_count()
