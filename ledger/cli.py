@@ -498,10 +498,24 @@ def restore(ctx: Context, file: Path) -> None:
     help="Replay the journal from this certificate's checkpoint, not from genesis.",
 )
 @click.option("--no-journal", is_flag=True, help="Only check conservation; skip journal replay.")
+@click.option(
+    "--certificate",
+    "certificate_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="A certificate kept outside the database (`ledger certify -o FILE`): "
+    "fail if the database is from before it (restored to an earlier point).",
+)
 @pass_ctx
-def verify(ctx: Context, since_certificate: int | None, no_journal: bool) -> None:
+def verify(
+    ctx: Context, since_certificate: int | None, no_journal: bool, certificate_file: Path | None
+) -> None:
     """Check conservation and replay the journal (exit 4 if anything is off)."""
+    from ._outside import check_against_certificate, load_certificate
+
+    outside = load_certificate(certificate_file) if certificate_file is not None else None
     with ctx.ledger() as book:
+        against = check_against_certificate(book, outside) if outside is not None else None
         status = book.verify_conservation()
         report = None
         if not no_journal:
@@ -523,8 +537,17 @@ def verify(ctx: Context, since_certificate: int | None, no_journal: bool) -> Non
     payload: dict[str, Any] = {"conservation": status.to_dict()}
     if report is not None:
         payload["journal"] = report.to_dict()
+    if against is not None:
+        payload["certificate"] = against.to_dict()
 
     def human() -> None:
+        if against is not None:
+            click.echo(
+                f"certificate {against.certificate_id} (kept outside): "
+                + ("the database is at or after it" if against.ok else "FAILED")
+            )
+            for problem in against.problems:
+                click.echo(f"  {problem}")
         click.echo(str(status))
         if report is None:
             return
@@ -537,7 +560,11 @@ def verify(ctx: Context, since_certificate: int | None, no_journal: bool) -> Non
             click.echo(f"  {d.kind} tenant={d.tenant_id} seq={d.seq}: {d.detail}")
 
     _emit(ctx, payload, human)
-    if not status.is_balanced or (report is not None and not report.ok):
+    if (
+        not status.is_balanced
+        or (report is not None and not report.ok)
+        or (against is not None and not against.ok)
+    ):
         sys.exit(EXIT_UNBALANCED)
 
 
@@ -624,12 +651,26 @@ def prune_keys(ctx: Context, older_than_hours: int) -> None:
 
 
 @main.command()
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Also write the certificate as JSON to this file, to keep outside the database "
+    "(check a restored database against it with `ledger verify --certificate FILE`).",
+)
 @pass_ctx
-def certify(ctx: Context) -> None:
+def certify(ctx: Context, output: Path | None) -> None:
     """Issue and store a financial certificate (digest, totals, spend since last)."""
+    if output is not None and output.exists():
+        raise click.BadParameter(f"{output} exists; certificates are never overwritten")
     with ctx.ledger() as book:
         cert = book.certify()
     payload = cert.to_dict()
+    if output is not None:
+        tmp = output.with_name(output.name + ".tmp")
+        tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(output)
 
     def human() -> None:
         for key, value in payload.items():
