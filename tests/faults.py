@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import psycopg
+import pytest
 from sqlalchemy import make_url
 
 
@@ -342,3 +343,18 @@ class PgServer:
                 if time.monotonic() > deadline:
                     raise TimeoutError("the standby did not catch up")
                 time.sleep(0.05)
+
+
+def require_replication_binaries() -> None:
+    """Skip (or, in CI, fail) the tests that start their own primaries and standbys.
+
+    They do not use the suite's server, so scripts/test.sh's second pass (on
+    ``LEDGER_TEST_DATABASE_URL``) would only repeat them: they run once, in
+    the pass on the suite's own server.
+    """
+    if os.environ.get("LEDGER_TEST_DATABASE_URL"):
+        pytest.skip("starts its own servers; runs in the pass without LEDGER_TEST_DATABASE_URL")
+    if not PgServer.available():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI expects Debian's PostgreSQL 15 server binaries in {PG_BIN}")
+        pytest.skip(f"Debian's PostgreSQL 15 server binaries are not in {PG_BIN}")

@@ -28,7 +28,7 @@ import ledger
 from ledger._outside import check_against_certificate
 
 from .conftest import FIGURES
-from .faults import PG_BIN, PgServer
+from .faults import PG_BIN, PgServer, require_replication_binaries
 from .helpers import holds_match_reserved
 from .test_deployment_failover import _harness
 from .test_faults import CrashHarness
@@ -36,10 +36,7 @@ from .test_faults import CrashHarness
 
 @pytest.fixture
 def root() -> Iterator[Path]:
-    if not PgServer.available():
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI expects Debian's PostgreSQL 15 with pg_basebackup and pg_dump")
-        pytest.skip("Debian's PostgreSQL 15 binaries are not installed")
+    require_replication_binaries()
     path = PgServer.workspace()
     yield path
     shutil.rmtree(path, ignore_errors=True)

@@ -12,7 +12,6 @@ audit seeing acknowledged operations vanish.
 
 from __future__ import annotations
 
-import os
 import shutil
 import threading
 import time
@@ -29,16 +28,13 @@ import ledger
 from ledger._engine import normalise_url
 
 from .conftest import FIGURES
-from .faults import PgServer
+from .faults import PgServer, require_replication_binaries
 from .test_faults import CrashHarness
 
 
 @pytest.fixture
 def root() -> Iterator[Path]:
-    if not PgServer.available():
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI expects Debian's PostgreSQL 15 with pg_basebackup")
-        pytest.skip("Debian's PostgreSQL 15 binaries are not installed")
+    require_replication_binaries()
     path = PgServer.workspace()
     yield path
     shutil.rmtree(path, ignore_errors=True)

@@ -6,7 +6,6 @@ from Debian's PostgreSQL binaries on loopback ports (docs/deployment.md).
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from datetime import timedelta
@@ -19,16 +18,13 @@ import ledger
 from ledger import errors
 from ledger.audit import AUDIT_VIEWS
 
-from .faults import PgServer
+from .faults import PgServer, require_replication_binaries
 from .helpers import state
 
 
 @pytest.fixture(scope="module")
 def pair() -> Iterator[tuple[PgServer, PgServer]]:
-    if not PgServer.available():
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI expects Debian's PostgreSQL 15 with pg_basebackup")
-        pytest.skip("Debian's PostgreSQL 15 binaries are not installed")
+    require_replication_binaries()
     root = PgServer.workspace()
     primary = PgServer(root, "primary").init_primary()
     standby: PgServer | None = None
