@@ -27,7 +27,7 @@ def server_address(url: str) -> tuple[int, str | tuple[str, int]]:
     host = parsed.query.get("host") or parsed.host or "/tmp"
     if isinstance(host, tuple):
         host = host[0]
-    port = parsed.port or 5432
+    port = int(parsed.port or parsed.query.get("port") or 5432)  # type: ignore[arg-type]
     if host.startswith("/"):
         return socket.AF_UNIX, os.path.join(host, f".s.PGSQL.{port}")
     return socket.AF_INET, (host, port)
