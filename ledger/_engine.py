@@ -149,7 +149,11 @@ def _detect_pooler(dbapi_connection: Any, connection_record: Any, *_: Any) -> No
     info = connection_record.info
     if POOLER_KEY in info or not hasattr(dbapi_connection, "prepare_threshold"):
         return
-    pooled = behind_pooler(dbapi_connection)
+    try:
+        pooled = behind_pooler(dbapi_connection)
+    except psycopg.Error as exc:
+        # A pooled connection that died while idle: the pool replaces it and retries.
+        raise sa_exc.DisconnectionError(str(exc)) from exc
     if pooled:
         dbapi_connection.prepare_threshold = None
     info[POOLER_KEY] = pooled

@@ -312,3 +312,16 @@ def test_django_integration_through_pgbouncer(bouncer: PgBouncer, empty_db_url: 
         [sys.executable, "-c", DJANGO_SCRIPT], env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+def test_a_connection_that_died_idle_before_the_check_is_replaced(db_url: str) -> None:
+    """The pooler check is the first statement on a pooled connection; if that connection
+    died while idle in the caller's pool, the pool replaces it instead of raising."""
+    engine = create_engine(db_url, pool_size=1, max_overflow=0)
+    with engine.connect() as conn:  # pooled before the ledger installs its hook
+        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    with psycopg.connect(_plain(db_url), autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    book = ledger.Ledger(engine)
+    assert book.tenant_count() == 0
+    engine.dispose()
