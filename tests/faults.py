@@ -218,7 +218,7 @@ class PgBouncer:
     def stop(self) -> None:
         with contextlib.suppress(OSError, ValueError):
             pid = int((self.root / "pgbouncer.pid").read_text().strip())
-            os.kill(pid, signal.SIGINT)
+            os.kill(pid, signal.SIGTERM)  # immediate shutdown, even with clients left
             for _ in range(100):
                 os.kill(pid, 0)
                 time.sleep(0.05)
