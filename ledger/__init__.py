@@ -25,6 +25,7 @@ from ._executor import Connectable
 from ._hold import AsyncHold, Hold
 from ._ledger import BoundLedger, Ledger
 from ._money import MICROCENTS_PER_CENT
+from ._outside import CertificateCheck
 from .distribute import distribute
 from .finance import (
     ConservationProof,
@@ -55,6 +56,7 @@ __all__ = [
     "Balance",
     "BoundLedger",
     "BudgetSnapshot",
+    "CertificateCheck",
     "CommitItem",
     "Connectable",
     "ConservationProof",
