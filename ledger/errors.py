@@ -295,3 +295,15 @@ class MissingExtra(LedgerError, ImportError):
             f"install it with: pip install 'sql-ledger[{extra}]'"
         )
         self.name = module
+
+
+class CitusNotAvailable(DatabaseError):
+    """This server is not a Citus coordinator, so there is nothing to distribute.
+
+    On plain PostgreSQL the ledger needs no distribution step. On Citus, connect
+    to the coordinator, in the database where ``CREATE EXTENSION citus`` ran.
+    """
+
+
+class DistributionConflict(DatabaseError):
+    """A ledger table is already distributed in a way the ledger cannot use."""
