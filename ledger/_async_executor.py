@@ -57,6 +57,15 @@ _ISOLATION = {
 }
 
 
+_TUPLES_OK = psycopg.pq.ExecStatus.TUPLES_OK
+
+
+async def _rows(cur: Any) -> list[Any]:
+    """The current result's rows; [] for a statement that returns none (see _executor._rows)."""
+    result = cur.pgresult
+    return await cur.fetchall() if result is not None and result.status == _TUPLES_OK else []
+
+
 class AsyncPsycopgExecutor:
     """Runs requests on a psycopg ``AsyncConnection``: ours, or a caller's driver connection."""
 
@@ -74,7 +83,7 @@ class AsyncPsycopgExecutor:
             try:
                 async with self._conn.cursor(row_factory=namedtuple_row) as cur:
                     await cur.execute(sql, params)
-                    return await cur.fetchall() if cur.description is not None else []
+                    return await _rows(cur)
             except psycopg.Error as exc:
                 error = translate(exc)
                 attempt += 1
@@ -88,9 +97,9 @@ class AsyncPsycopgExecutor:
         try:
             async with self._conn.cursor(row_factory=namedtuple_row) as cur:
                 await cur.executemany(sql, params, returning=True)
-                results = [await cur.fetchall() if cur.description is not None else []]
+                results = [await _rows(cur)]
                 while cur.nextset():
-                    results.append(await cur.fetchall() if cur.description is not None else [])
+                    results.append(await _rows(cur))
                 return results
         except psycopg.Error as exc:
             raise translate(exc) from exc

@@ -39,7 +39,7 @@ from psycopg.rows import namedtuple_row
 from sqlalchemy import Engine
 
 from . import errors
-from ._executor import Fetch, Op, PsycopgExecutor, Steps
+from ._executor import Fetch, Op, PsycopgExecutor, Steps, _rows
 from ._translate import translate
 
 T = TypeVar("T")
@@ -213,7 +213,7 @@ def _pipelined(dbapi: psycopg.Connection[Any], requests: list[Fetch]) -> list[li
             cursor.execute(request.sql, request.params)
             cursors.append(cursor)
         dbapi.execute("COMMIT")
-    return [c.fetchall() if c.description is not None else [] for c in cursors]
+    return [_rows(c) for c in cursors]
 
 
 def _one_by_one(

@@ -223,6 +223,19 @@ def _ledger_error(exc: Exception) -> errors.LedgerError | None:
     return None
 
 
+_TUPLES_OK = psycopg.pq.ExecStatus.TUPLES_OK
+
+
+def _rows(cur: Any) -> list[Any]:
+    """The current result's rows; [] for a statement that returns none.
+
+    Checks the result status rather than ``cursor.description``, which builds
+    a column object per column on every access (measurable on the hot path).
+    """
+    result = cur.pgresult
+    return cur.fetchall() if result is not None and result.status == _TUPLES_OK else []
+
+
 class PsycopgExecutor(Executor):
     """A psycopg 3 connection: the ledger's own pooled connections.
 
@@ -246,7 +259,7 @@ class PsycopgExecutor(Executor):
             try:
                 with self._conn.cursor(row_factory=namedtuple_row) as cur:
                     cur.execute(sql, params)
-                    return cur.fetchall() if cur.description is not None else []
+                    return _rows(cur)
             except psycopg.Error as exc:
                 error = translate(exc)
                 attempt += 1
@@ -265,9 +278,9 @@ class PsycopgExecutor(Executor):
         try:
             with self._conn.cursor(row_factory=namedtuple_row) as cur:
                 cur.executemany(sql, params, returning=True)
-                results = [cur.fetchall() if cur.description is not None else []]
+                results = [_rows(cur)]
                 while cur.nextset():
-                    results.append(cur.fetchall() if cur.description is not None else [])
+                    results.append(_rows(cur))
                 return results
         except psycopg.Error as exc:
             raise translate(exc) from exc
@@ -529,12 +542,13 @@ class Database:
         """
         raw = self._checkout()
         dbapi: Any = raw.driver_connection
-        isolation = dbapi.isolation_level
+        isolation = _UNCHANGED
         try:
             if op.isolation == "AUTOCOMMIT":
                 dbapi.autocommit = True
                 result = drive(PsycopgExecutor(dbapi, retry_statements=True), op.steps())
             else:
+                isolation = dbapi.isolation_level
                 dbapi.isolation_level = _ISOLATION[op.isolation]
                 executor = PsycopgExecutor(dbapi)
                 with _translated(dbapi.transaction()):
@@ -563,12 +577,16 @@ class Database:
             raise error from exc
 
 
+_UNCHANGED = object()
+
+
 def _hand_back(raw: Any, dbapi: Any, isolation: Any) -> None:
     """Return the connection to the pool as the pool expects it (not in autocommit)."""
     try:
         if not dbapi.closed:
             dbapi.autocommit = False
-            dbapi.isolation_level = isolation
+            if isolation is not _UNCHANGED:
+                dbapi.isolation_level = isolation
     except psycopg.Error:
         raw.invalidate()
     finally:
