@@ -11,6 +11,7 @@ about the SQL, not the driver. They exist only for benchmarking.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from sqlalchemy import Connection, Engine, text
@@ -165,13 +166,14 @@ def pgbench_script(statements: Any, tenants: int) -> str:
     """The ledger's own reserve and commit statements as a pgbench script."""
 
     def as_pgbench(sql: str) -> str:
-        sql = sql.replace(":tenant_id", "('t' || :tid)")
+        sql = sql.replace("%(tenant_id)s", "('t' || :tid)")
         for name in ("ikey", "ttl_us", "expires_at"):
-            sql = sql.replace(f":{name}", "NULL")
+            sql = sql.replace(f"%({name})s", "NULL")
+        sql = re.sub(r"%\((\w+)\)s", r":\1", sql).replace("%%", "%")
         return " ".join(sql.split())
 
-    reserve = as_pgbench(str(statements.try_reserve))
-    commit = as_pgbench(str(statements.commit_for_tenant))
+    reserve = as_pgbench(statements.try_reserve)
+    commit = as_pgbench(statements.commit_for_tenant)
     return (
         f"\\set tid random(0, {tenants - 1})\n"
         "\\set amount 1000\n"

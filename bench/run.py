@@ -36,7 +36,7 @@ from sqlalchemy import create_engine, make_url
 
 import ledger
 from ledger import BudgetSnapshot, TenantLedger, embedded
-from ledger._sql import Statements
+from ledger._queries import for_schema
 
 from .baselines import Naive, NoJournal, pgbench_script
 
@@ -159,7 +159,7 @@ def run_python(impl: str, url: str, tenants: int, clients: int, seconds: float) 
 
 def run_pgbench(pgbench: Path, url: str, tenants: int, clients: int, seconds: float) -> Measurement:
     script = Path(tempfile.mkstemp(suffix=".sql")[1])
-    script.write_text(pgbench_script(Statements.for_schema("ledger"), tenants))
+    script.write_text(pgbench_script(for_schema("ledger"), tenants))
     conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     cmd = [
         str(pgbench),

@@ -10,12 +10,19 @@ Quick start::
     hold = book.try_reserve("acme", 250_000)
     if hold.ok:
         book.commit(hold.reservation_id, 180_000)     # surplus refunded
+
+Everything a user needs is importable from here; modules whose names start
+with an underscore are internal. :mod:`ledger.errors` holds every exception.
 """
 
-from . import embedded, errors
+from importlib.metadata import version as _version
+
+from . import embedded as embedded  # `ledger.embedded`: the CLI's server (lazy imports)
+from . import errors
 from ._batch import CommitItem, ReleaseItem, ReserveItem
-from ._db import Connectable
-from .core import Ledger
+from ._executor import Connectable
+from ._ledger import BoundLedger, Ledger
+from ._money import MICROCENTS_PER_CENT
 from .finance import (
     ConservationProof,
     FinancialCertificate,
@@ -24,11 +31,11 @@ from .finance import (
     ledger_digest,
     prove_conservation,
 )
+from .journal import JournalReport
 from .migrator import migrate
 from .outcomes import (
     Balance,
     ConservationStatus,
-    Outcome,
     ReserveOutcome,
     SettlementOutcome,
     Status,
@@ -36,21 +43,20 @@ from .outcomes import (
 )
 from .snapshot import BudgetSnapshot, TenantLedger, conservation_status_for_snapshot
 
-MICROCENTS_PER_CENT = 1_000_000
-
-__version__ = "0.1.0"
+__version__ = _version("sql-ledger")
 
 __all__ = [
     "MICROCENTS_PER_CENT",
     "Balance",
+    "BoundLedger",
     "BudgetSnapshot",
     "CommitItem",
     "Connectable",
     "ConservationProof",
     "ConservationStatus",
     "FinancialCertificate",
+    "JournalReport",
     "Ledger",
-    "Outcome",
     "ReleaseItem",
     "ReserveItem",
     "ReserveOutcome",
@@ -61,7 +67,6 @@ __all__ = [
     "certify_ledger",
     "certify_snapshot",
     "conservation_status_for_snapshot",
-    "embedded",
     "errors",
     "ledger_digest",
     "migrate",

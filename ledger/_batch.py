@@ -10,23 +10,30 @@ by a small one that does.
 
 Two cases take the item-by-item path instead (same transaction, same
 results, more round trips): items with idempotency keys, and tenants with
-lapsed holds (which the single operations expire lazily). Framework-owned
-connections (Django) also go item by item.
+lapsed holds (which the single operations expire lazily). That path runs the
+single operations' own steps, so there is one implementation of each.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
+from . import _operations as ops
 from . import _validate, errors
-from ._db import Connectable, ForeignConnection, caller_connection, execute, execute_pipelined
-from .outcomes import Outcome, ReserveOutcome, SettlementOutcome, Status
-
-if TYPE_CHECKING:
-    from .core import Ledger
+from ._executor import Fetch, FetchEach, Nested, Op, Steps
+from ._queries import Queries
+from .outcomes import (
+    Outcome,
+    ReserveOutcome,
+    SettlementOutcome,
+    Status,
+    commit_outcome,
+    release_outcome,
+    reserve_outcome,
+)
 
 MAX_ITEMS = 10_000
 _I64_MAX = _validate.I64_MAX
@@ -92,8 +99,8 @@ def _checked(index: int, fn: Callable[..., Any], *args: Any) -> Any:
 
 
 def try_reserve_many(
-    book: Ledger, items: Iterable[Any], all_or_nothing: bool, connection: Connectable | None
-) -> list[ReserveOutcome]:
+    q: Queries, items: Iterable[Any], all_or_nothing: bool
+) -> Op[list[ReserveOutcome]]:
     batch = _items(items, ReserveItem, "items")
     prepared = []
     for i, it in enumerate(batch):
@@ -101,27 +108,17 @@ def try_reserve_many(
         cost = _checked(i, _validate.amount, "cost_microcents", it.cost_microcents)
         ttl_us, deadline = _checked(i, _validate.expiry, it.ttl, it.expires_at)
         key = _checked(i, _validate.idempotency_key, it.idempotency_key)
-        prepared.append((it, tenant, cost, ttl_us, deadline, key))
-    sql = book._sql
+        prepared.append((tenant, cost, ttl_us, deadline, key))
 
-    def one_by_one(conn: Any) -> list[ReserveOutcome]:
-        return [
-            book.try_reserve(
-                tenant,
-                cost,
-                ttl=it.ttl,
-                expires_at=it.expires_at,
-                idempotency_key=key,
-                connection=conn,
-            )
-            for it, tenant, cost, _, _, key in prepared
-        ]
+    def singles() -> Iterator[Op[ReserveOutcome]]:
+        for it, (tenant, cost, _, _, key) in zip(batch, prepared, strict=True):
+            yield ops.try_reserve(q, tenant, cost, it.ttl, it.expires_at, key)
 
-    def pipelined(conn: Any) -> list[ReserveOutcome]:
+    def pipelined() -> Steps[list[ReserveOutcome]]:
         outcomes: list[ReserveOutcome | None] = [None] * len(prepared)
-        params: list[Mapping[str, Any]] = []
+        params: list[dict[str, Any]] = []
         where: list[int] = []
-        for i, (_, tenant, cost, ttl_us, deadline, _) in enumerate(prepared):
+        for i, (tenant, cost, ttl_us, deadline, _) in enumerate(prepared):
             if cost <= 0:
                 outcomes[i] = ReserveOutcome(
                     Status.INSUFFICIENT, remaining_microcents=0, required_microcents=cost
@@ -137,100 +134,84 @@ def try_reserve_many(
                 }
             )
             where.append(i)
-        if params:
-            from .core import reserve_outcome
-
-            for i, rows in zip(
-                where, execute_pipelined(conn, sql.try_reserve, params), strict=True
-            ):
-                row = rows[0] if rows else None
-                if row is not None and (row.status == "retry" or row.lapsed_holds):
-                    raise _Fallback
-                outcomes[i] = reserve_outcome(row, prepared[i][2])
+        results = yield FetchEach(q.try_reserve, params)
+        for i, rows in zip(where, results, strict=True):
+            row = rows[0] if rows else None
+            if row is not None and (row.status == "retry" or row.lapsed_holds):
+                raise _Fallback
+            outcomes[i] = reserve_outcome(row, prepared[i][1])
         return [o for o in outcomes if o is not None]
 
-    def lock(conn: Any) -> bool:
-        tenants = sorted({p[1] for p in prepared})
+    def lock() -> Steps[bool]:
+        tenants = sorted({p[0] for p in prepared})
         if not tenants:
             return False
-        return bool(execute(conn, sql.batch_lock_tenants, {"ids": tenants})[0].lapsed)
+        rows = yield Fetch(q.batch_lock_tenants, {"ids": tenants})
+        return bool(rows[0].lapsed)
 
-    keyed = any(p[5] is not None for p in prepared)
-    return _run(book, connection, lock, pipelined, one_by_one, keyed, all_or_nothing)
+    keyed = any(p[4] is not None for p in prepared)
+    return _batch(lock, pipelined, _one_by_one(singles), keyed, all_or_nothing)
 
 
 def commit_many(
-    book: Ledger, items: Iterable[Any], all_or_nothing: bool, connection: Connectable | None
-) -> list[SettlementOutcome]:
+    q: Queries, items: Iterable[Any], all_or_nothing: bool
+) -> Op[list[SettlementOutcome]]:
     prepared = _settlements(_items(items, CommitItem, "items"))
 
-    def one_by_one(conn: Any) -> list[SettlementOutcome]:
-        return [
-            book.commit(rid, actual, tenant_id=hint, idempotency_key=key, connection=conn)
-            for rid, actual, hint, key in prepared
-        ]
+    def singles() -> Iterator[Op[SettlementOutcome]]:
+        for rid, actual, hint, key in prepared:
+            yield ops.commit(q, rid, actual, hint, key)
 
-    def pipelined(conn: Any) -> list[SettlementOutcome]:
-        from .core import commit_outcome
+    def params(p: Settlement) -> dict[str, Any] | None:
+        rid, actual, _, _ = p
+        if actual < 0 or rid > _I64_MAX:
+            return None
+        return {"reservation_id": rid, "actual": actual, "tenant_id": None, "ikey": None}
 
-        def params(p: tuple[int, int, str | None, str | None]) -> dict[str, Any] | None:
-            rid, actual, _, _ = p
-            if actual < 0 or rid > _I64_MAX:
-                return None
-            return {"reservation_id": rid, "actual": actual, "tenant_id": None, "ikey": None}
+    def early(p: Settlement) -> SettlementOutcome:
+        return SettlementOutcome(Status.INVALID_AMOUNT if p[1] < 0 else Status.MISSING_RESERVATION)
 
-        def early(p: tuple[int, int, str | None, str | None]) -> SettlementOutcome:
-            return SettlementOutcome(
-                Status.INVALID_AMOUNT if p[1] < 0 else Status.MISSING_RESERVATION
+    def pipelined() -> Steps[list[SettlementOutcome]]:
+        return (
+            yield from _settle(
+                q, prepared, params, early, q.commit, lambda row, p: commit_outcome(row, p[1])
             )
-
-        return _settle(
-            book,
-            conn,
-            prepared,
-            params,
-            early,
-            book._sql.commit,
-            lambda row, p: commit_outcome(row, p[1]),
         )
 
     keyed = any(p[3] is not None for p in prepared)
-    lock = _hold_locker(book, [p[0] for p in prepared])
-    return _run(book, connection, lock, pipelined, one_by_one, keyed, all_or_nothing)
+    lock = _hold_locker(q, [p[0] for p in prepared])
+    return _batch(lock, pipelined, _one_by_one(singles), keyed, all_or_nothing)
 
 
 def release_many(
-    book: Ledger, items: Iterable[Any], all_or_nothing: bool, connection: Connectable | None
-) -> list[SettlementOutcome]:
+    q: Queries, items: Iterable[Any], all_or_nothing: bool
+) -> Op[list[SettlementOutcome]]:
     prepared = _settlements(_items(items, ReleaseItem, "items"))
 
-    def one_by_one(conn: Any) -> list[SettlementOutcome]:
-        return [
-            book.release(rid, tenant_id=hint, idempotency_key=key, connection=conn)
-            for rid, _, hint, key in prepared
-        ]
+    def singles() -> Iterator[Op[SettlementOutcome]]:
+        for rid, _, hint, key in prepared:
+            yield ops.release(q, rid, hint, key)
 
-    def pipelined(conn: Any) -> list[SettlementOutcome]:
-        from .core import release_outcome
+    def params(p: Settlement) -> dict[str, Any] | None:
+        if p[0] > _I64_MAX:
+            return None
+        return {"reservation_id": p[0], "tenant_id": None, "ikey": None}
 
-        def params(p: tuple[int, int, str | None, str | None]) -> dict[str, Any] | None:
-            if p[0] > _I64_MAX:
-                return None
-            return {"reservation_id": p[0], "tenant_id": None, "ikey": None}
-
-        return _settle(
-            book,
-            conn,
-            prepared,
-            params,
-            lambda p: SettlementOutcome(Status.MISSING_RESERVATION),
-            book._sql.release,
-            lambda row, p: release_outcome(row),
+    def pipelined() -> Steps[list[SettlementOutcome]]:
+        return (
+            yield from _settle(
+                q,
+                prepared,
+                params,
+                lambda p: SettlementOutcome(Status.MISSING_RESERVATION),
+                q.release,
+                lambda row, p: release_outcome(row),
+            )
         )
 
     keyed = any(p[3] is not None for p in prepared)
-    lock = _hold_locker(book, [p[0] for p in prepared])
-    return _run(book, connection, lock, pipelined, one_by_one, keyed, all_or_nothing)
+    lock = _hold_locker(q, [p[0] for p in prepared])
+    return _batch(lock, pipelined, _one_by_one(singles), keyed, all_or_nothing)
 
 
 Settlement = tuple[int, int, str | None, str | None]  # (rid, actual or 0, tenant, key)
@@ -252,51 +233,50 @@ def _settlements(batch: list[Any]) -> list[Settlement]:
     return prepared
 
 
-def _hold_locker(book: Ledger, rids: list[int]) -> Callable[[Any], bool]:
+def _hold_locker(q: Queries, rids: list[int]) -> Callable[[], Steps[bool]]:
     ids = sorted({r for r in rids if r <= _I64_MAX})
 
-    def lock(conn: Any) -> bool:
+    def lock() -> Steps[bool]:
         if not ids:
             return False
-        return bool(execute(conn, book._sql.batch_lock_holds, {"rids": ids})[0].lapsed)
+        rows = yield Fetch(q.batch_lock_holds, {"rids": ids})
+        return bool(rows[0].lapsed)
 
     return lock
 
 
 def _settle(
-    book: Ledger,
-    conn: Any,
-    prepared: Sequence[tuple[int, int, str | None, str | None]],
-    params: Callable[[Any], dict[str, Any] | None],
-    early: Callable[[Any], SettlementOutcome],
-    statement: Any,
-    outcome: Callable[[Any, Any], SettlementOutcome],
-) -> list[SettlementOutcome]:
+    q: Queries,
+    prepared: Sequence[Settlement],
+    params: Callable[[Settlement], dict[str, Any] | None],
+    early: Callable[[Settlement], SettlementOutcome],
+    statement: str,
+    outcome: Callable[[Any, Settlement], SettlementOutcome],
+) -> Steps[list[SettlementOutcome]]:
     results: list[SettlementOutcome | None] = [None] * len(prepared)
-    batch_params: list[Mapping[str, Any]] = []
+    batch_params: list[dict[str, Any]] = []
     where: list[int] = []
     for i, p in enumerate(prepared):
-        q = params(p)
-        if q is None:
+        bound = params(p)
+        if bound is None:
             results[i] = early(p)
         else:
-            batch_params.append(q)
+            batch_params.append(bound)
             where.append(i)
     missing: list[int] = []
-    if batch_params:
-        for i, rows in zip(where, execute_pipelined(conn, statement, batch_params), strict=True):
-            if not rows:
-                missing.append(i)
-                continue
-            row = rows[0]
-            if row.status in ("retry", "lapsed"):
-                raise _Fallback
-            results[i] = outcome(row, prepared[i])
+    for i, rows in zip(where, (yield FetchEach(statement, batch_params)), strict=True):
+        if not rows:
+            missing.append(i)
+            continue
+        row = rows[0]
+        if row.status in ("retry", "lapsed"):
+            raise _Fallback
+        results[i] = outcome(row, prepared[i])
     if missing:
         rids = sorted({prepared[i][0] for i in missing})
         expired = {
             r.reservation_id: r.returned
-            for r in execute(conn, book._sql.expired_holds, {"rids": rids})
+            for r in (yield Fetch(q.expired_holds, {"rids": rids}))
         }
         for i in missing:
             rid = prepared[i][0]
@@ -308,35 +288,43 @@ def _settle(
     return [r for r in results if r is not None]
 
 
-def _run(
-    book: Ledger,
-    connection: Connectable | None,
-    lock: Callable[[Any], bool],
-    pipelined: Callable[[Any], list[OutcomeT]],
-    one_by_one: Callable[[Any], list[OutcomeT]],
+def _one_by_one(
+    singles: Callable[[], Iterator[Op[OutcomeT]]],
+) -> Callable[[], Steps[list[OutcomeT]]]:
+    """Apply the items with the single operations' own steps, in order."""
+
+    def steps() -> Steps[list[OutcomeT]]:
+        outcomes = []
+        for single in singles():
+            outcomes.append((yield from single.steps()))
+        return outcomes
+
+    return steps
+
+
+def _batch(
+    lock: Callable[[], Steps[bool]],
+    pipelined: Callable[[], Steps[list[OutcomeT]]],
+    one_by_one: Callable[[], Steps[list[OutcomeT]]],
     keyed: bool,
     all_or_nothing: bool,
-) -> list[OutcomeT]:
-    def work(conn: Any) -> list[OutcomeT]:
-        lapsed = lock(conn)
-        if keyed or lapsed or isinstance(conn, ForeignConnection):
-            outcomes = one_by_one(conn)
+) -> Op[list[OutcomeT]]:
+    def work() -> Steps[list[OutcomeT]]:
+        lapsed = yield from lock()
+        if keyed or lapsed:
+            outcomes = yield from one_by_one()
         else:
-            savepoint = conn.begin_nested()
             try:
-                outcomes = pipelined(conn)
-                savepoint.commit()
-            except _Fallback:
-                savepoint.rollback()
-                outcomes = one_by_one(conn)
+                outcomes = yield Nested(pipelined)
+            except _Fallback:  # the savepoint undid the pipelined attempt
+                outcomes = yield from one_by_one()
         if all_or_nothing and not all(o.ok for o in outcomes):
             raise errors.BatchRefused(list(outcomes))
         return outcomes
 
-    if all_or_nothing and connection is not None and not isinstance(connection, ForeignConnection):
-        # In the caller's transaction: on refusal undo our part only, via a savepoint.
-        conn = caller_connection(connection)
-        assert not isinstance(conn, ForeignConnection)
-        with conn.begin_nested():
-            return book._db.run(conn, work)
-    return book._db.run(connection, work, "READ COMMITTED")
+    def undone_on_refusal() -> Steps[list[OutcomeT]]:
+        # In the caller's transaction, a refusal undoes the batch's part only.
+        outcomes: list[OutcomeT] = yield Nested(work, when_owned=False)
+        return outcomes
+
+    return Op(undone_on_refusal if all_or_nothing else work, "READ COMMITTED")

@@ -16,7 +16,7 @@ from sqlalchemy import create_engine
 
 from . import migrator
 from ._engine import normalise_url
-from .core import Ledger
+from ._ledger import Ledger
 from .finance import FinancialCertificate
 from .outcomes import ConservationStatus
 from .snapshot import BudgetSnapshot

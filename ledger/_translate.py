@@ -49,6 +49,7 @@ def translate(exc: BaseException) -> errors.LedgerError:
             constraint,
             f"PostgreSQL refused the write with constraint {constraint!r} ({primary}); "
             "nothing was applied",
+            sqlstate=sqlstate,
         )
     if sqlstate == "LG002":
         return errors.DatabaseError(

@@ -9,15 +9,13 @@ checkpoints, never the whole journal.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import TextClause
-
 from . import errors
-from ._db import ForeignConnection, execute
-from ._sql import Statements
-from ._translate import translate_errors
+from ._executor import Fetch, Op, OpenStream, ReadStream, Steps
+from ._queries import Queries
 from .journal import (
     GENESIS,
     Discrepancy,
@@ -32,59 +30,59 @@ _BATCH = 2_000
 
 
 class _Stream:
-    """A sorted row stream that hands out one tenant's rows at a time."""
+    """A scan sorted by tenant, read in slices, handing out one tenant's rows at a time.
 
-    def __init__(self, rows: Iterator[Any]) -> None:
-        self._rows = rows
-        self._next: Any = None
-        self._advance()
+    Reading is a generator of requests (:class:`ReadStream`), so the replay
+    below runs on every back-end, and memory holds one slice per stream.
+    """
 
-    def _advance(self) -> None:
-        self._next = next(self._rows, None)
+    def __init__(self, handle: int) -> None:
+        self._handle = handle
+        self._buffer: deque[Any] = deque()
+        self._done = False
+        self.head: Any = None
+
+    def advance(self) -> Steps[None]:
+        if not self._buffer and not self._done:
+            rows = yield ReadStream(self._handle, _BATCH)
+            self._buffer.extend(rows)
+            self._done = not rows
+        self.head = self._buffer.popleft() if self._buffer else None
 
     def peek_tenant(self) -> str | None:
-        return None if self._next is None else self._next.tenant_id
+        return None if self.head is None else self.head.tenant_id
 
-    def take(self, tenant_id: str) -> Iterator[Any]:
-        while self._next is not None and self._next.tenant_id == tenant_id:
-            row = self._next
-            self._advance()
-            yield row
-
-
-def _stream(conn: Any, statement: TextClause, params: dict[str, Any]) -> Iterator[Any]:
-    if isinstance(conn, ForeignConnection):
-        # A framework's connection (Django) has no server-side cursor API we can
-        # rely on; use the ledger's own engine for very large journals.
-        yield from execute(conn, statement, params)
-        return
-    # Per-statement options: Connection.execution_options() would change the
-    # caller's connection for good (every later statement a server-side cursor).
-    result = conn.execute(
-        statement, params, execution_options={"stream_results": True, "yield_per": _BATCH}
-    )
-    yield from result
+    def take(self, tenant_id: str) -> Steps[list[Any]]:
+        rows = []
+        while self.head is not None and self.head.tenant_id == tenant_id:
+            rows.append(self.head)
+            yield from self.advance()
+        return rows
 
 
-def run(
-    conn: Any,
-    sql: Statements,
+def _open(sql: str, params: dict[str, Any]) -> Steps[_Stream]:
+    stream = _Stream((yield OpenStream(sql, params)))
+    yield from stream.advance()
+    return stream
+
+
+def verify_journal(
+    q: Queries,
     since_certificate: int | None,
     progress: Callable[[int], None] | None = None,
-) -> JournalReport:
-    with translate_errors():
-        return _run(conn, sql, since_certificate, progress)
+) -> Op[JournalReport]:
+    """Replay every tenant's journal in one REPEATABLE READ snapshot (see Ledger.verify_journal)."""
+    return Op(lambda: _replay(q, since_certificate, progress), "REPEATABLE READ")
 
 
-def _run(
-    conn: Any,
-    sql: Statements,
+def _replay(
+    q: Queries,
     since_certificate: int | None,
     progress: Callable[[int], None] | None,
-) -> JournalReport:
+) -> Steps[JournalReport]:
     start_checkpoint = -1
     if since_certificate is not None:
-        rows = execute(conn, sql.certificate_checkpoint, {"certificate_id": since_certificate})
+        rows = yield Fetch(q.certificate_checkpoint, {"certificate_id": since_certificate})
         found = rows[0] if rows else None
         if found is None or found.checkpoint_id is None:
             raise errors.InputError(
@@ -93,13 +91,13 @@ def _run(
         start_checkpoint = int(found.checkpoint_id)
     params = {"start_checkpoint": start_checkpoint}
 
-    journal_sql = sql.verify_journal if since_certificate is None else sql.verify_journal_since
-    journal = _Stream(_stream(conn, journal_sql, params))
-    tenants = _Stream(_stream(conn, sql.verify_tenants, {}))
-    holds = _Stream(_stream(conn, sql.verify_holds, {}))
-    parked = _Stream(_stream(conn, sql.verify_detached, {}))
-    checkpoints = _Stream(_stream(conn, sql.verify_checkpoints, {}))
-    starts = _Stream(_stream(conn, sql.verify_start, params))
+    journal_sql = q.verify_journal if since_certificate is None else q.verify_journal_since
+    journal = yield from _open(journal_sql, params)
+    tenants = yield from _open(q.verify_tenants, {})
+    holds = yield from _open(q.verify_holds, {})
+    parked = yield from _open(q.verify_detached, {})
+    checkpoints = yield from _open(q.verify_checkpoints, {})
+    starts = yield from _open(q.verify_start, params)
     streams = (journal, tenants, holds, parked, checkpoints, starts)
 
     report: list[Discrepancy] = []
@@ -113,19 +111,21 @@ def _run(
         if progress is not None and tenants_checked % 1000 == 0:
             progress(tenants_checked)
 
-        start = next(starts.take(tenant_id), None)
+        start = _first((yield from starts.take(tenant_id)))
         state = _start_state(start)
         replayer = Replayer(tenant_id, state, report)
         certified = [
             (c.journal_seq, c.certificate_id, bytes(c.journal_head))
-            for c in checkpoints.take(tenant_id)
+            for c in (yield from checkpoints.take(tenant_id))
         ]
         by_seq: dict[int, list[tuple[int, bytes]]] = {}
         for seq, version, head in certified:
             if seq > state.seq:
                 by_seq.setdefault(seq, []).append((version, head))
 
-        for entry in journal.take(tenant_id):
+        while journal.peek_tenant() == tenant_id:
+            entry = journal.head
+            yield from journal.advance()
             entries_checked += 1
             replayer.apply(entry)
             for version, head in by_seq.pop(state.seq, ()):
@@ -146,14 +146,14 @@ def _run(
 
         _compare_live(
             replayer,
-            next(tenants.take(tenant_id), None),
-            list(holds.take(tenant_id)),
-            next(parked.take(tenant_id), None),
+            _first((yield from tenants.take(tenant_id))),
+            (yield from holds.take(tenant_id)),
+            _first((yield from parked.take(tenant_id))),
         )
         if len(report) > MAX_DISCREPANCIES:
             break
 
-    certificates_checked = _check_roots(conn, sql, report)
+    certificates_checked = yield from _check_roots(q, report)
     truncated = len(report) > MAX_DISCREPANCIES
     return JournalReport(
         tenants_checked=tenants_checked,
@@ -162,6 +162,10 @@ def _run(
         discrepancies=tuple(report[:MAX_DISCREPANCIES]),
         truncated=truncated,
     )
+
+
+def _first(rows: list[Any]) -> Any:
+    return rows[0] if rows else None
 
 
 def _start_state(start: Any) -> TenantState:
@@ -238,7 +242,7 @@ def _compare_live(replayer: Replayer, live: Any, live_holds: list[Any], parked: 
         replayer.flag(None, "head_mismatch", "a parked chain head with no journal behind it")
 
 
-def _check_roots(conn: Any, sql: Statements, report: list[Discrepancy]) -> int:
+def _check_roots(q: Queries, report: list[Discrepancy]) -> Steps[int]:
     """Recompute each certificate's journal root from its checkpoint rows."""
     checked = 0
     current: Any = None
@@ -258,7 +262,10 @@ def _check_roots(conn: Any, sql: Statements, report: list[Discrepancy]) -> int:
                 )
             )
 
-    for row in _stream(conn, sql.verify_roots, {}):
+    roots = yield from _open(q.verify_roots, {})
+    while roots.head is not None:
+        row = roots.head
+        yield from roots.advance()
         if current is None or row.certificate_id != current.certificate_id:
             finish()
             current = row

@@ -30,9 +30,9 @@ import click
 
 from . import embedded, errors
 from . import migrator as migrations
+from ._ledger import Ledger
 from ._money import format_units, parse_units
-from .core import Ledger
-from .outcomes import Outcome
+from .outcomes import Outcome, Status
 from .snapshot import BudgetSnapshot, TenantLedger
 
 EXIT_OK = 0
@@ -339,7 +339,7 @@ def tenant_show(ctx: Context, tenant_id: str) -> None:
         row = book.tenant(tenant_id)
         cap = book.max_reserved_microcents(tenant_id)
     if row is None:
-        raise errors.TenantNotFound(tenant_id)
+        raise errors.TenantNotFound(Outcome(Status.MISSING_TENANT), tenant_id=tenant_id)
     payload = {**row.to_dict(), "max_reserved_microcents": cap}
 
     def human() -> None:

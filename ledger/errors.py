@@ -49,16 +49,6 @@ class MalformedSnapshot(InputError):
     """A snapshot document is not shaped like a ledger snapshot."""
 
 
-class TenantNotFound(LedgerError, LookupError):
-    """The tenant does not exist; create it with ensure_tenant() first."""
-
-    def __init__(self, tenant_id: str, message: str | None = None) -> None:
-        self.tenant_id = tenant_id
-        super().__init__(
-            message or f"tenant {tenant_id!r} does not exist; create it with ensure_tenant() first"
-        )
-
-
 # ------------------------------------------------------------------- restore
 
 
@@ -99,12 +89,22 @@ class NegativeLedgerField(RestoreError):
         super().__init__(f"tenant {tenant_id} has negative {field}: {value}")
 
 
-class ConservationViolation(RestoreError):
-    """The snapshot does not balance: remaining + reserved + committed != initial."""
+class ConservationError(RestoreError):
+    """The books do not balance: remaining + reserved + committed != initial.
 
-    def __init__(self, status: ConservationStatus) -> None:
+    Raised when restoring a snapshot that does not balance (the seed's
+    ``RestoreError::ConservationViolation``) and when a conservation proof is
+    asked for a state that does not balance or whose totals overflow; nothing
+    was restored, proved or stored. ``status`` names the first offending tenant.
+    """
+
+    def __init__(self, status: ConservationStatus, message: str | None = None) -> None:
         self.status = status
-        super().__init__(f"snapshot failed conservation: {status}")
+        super().__init__(message or f"does not balance: {status}")
+
+
+#: The seed's name for the restore variant; the same class.
+ConservationViolation = ConservationError
 
 
 class DuplicateTenant(RestoreError):
@@ -113,14 +113,6 @@ class DuplicateTenant(RestoreError):
     def __init__(self, tenant_id: str) -> None:
         self.tenant_id = tenant_id
         super().__init__(f"duplicate tenant_id in snapshot: {tenant_id}")
-
-
-class ConservationError(LedgerError):
-    """The ledger does not balance, so no conservation proof can be issued."""
-
-    def __init__(self, status: ConservationStatus) -> None:
-        self.status = status
-        super().__init__(f"no conservation proof: {status}")
 
 
 # ------------------------------------------------------------------ outcomes
@@ -138,8 +130,15 @@ class InsufficientFundsError(RefusedError):
     """Not enough remaining budget"""
 
 
-class MissingTenantError(RefusedError):
-    """No such tenant"""
+class TenantNotFound(RefusedError, LookupError):
+    """The tenant does not exist; create it with ensure_tenant() first."""
+
+    def __init__(self, outcome: Outcome, *, tenant_id: str | None = None) -> None:
+        self.tenant_id = tenant_id
+        named = "" if tenant_id is None else f" {tenant_id!r}"
+        super().__init__(
+            outcome, f"tenant{named} does not exist; create it with ensure_tenant() first"
+        )
 
 
 class MissingReservationError(RefusedError):
@@ -227,11 +226,13 @@ class StatementTimeout(RetryableError):
 class ConstraintViolation(DatabaseError):
     """A database constraint refused the write."""
 
-    def __init__(self, constraint: str | None, message: str | None = None) -> None:
+    def __init__(
+        self, constraint: str | None, message: str | None = None, *, sqlstate: str = "23514"
+    ) -> None:
         self.constraint = constraint
         super().__init__(
             message or f"database constraint {constraint!r} refused the write; nothing was applied",
-            sqlstate="23514",
+            sqlstate=sqlstate,
         )
 
 

@@ -14,15 +14,24 @@ from __future__ import annotations
 import hashlib
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from . import errors
 from ._validate import I64_MAX, I64_MIN
 from .outcomes import Balance
 from .snapshot import BudgetSnapshot, conservation_status_for_snapshot, sort_key
 
-if TYPE_CHECKING:
-    from .core import Connectable, Ledger
+
+class _Snapshots(Protocol):
+    """Anything with a ``snapshot()``: a :class:`~ledger.Ledger` (no import, so no cycle)."""
+
+    def snapshot(self) -> BudgetSnapshot: ...
+
+
+class _Certifies(Protocol):
+    """Anything that certifies itself: a :class:`~ledger.Ledger` or a bound ledger."""
+
+    def certify(self, *, connection: Any = None) -> FinancialCertificate: ...
 
 DIGEST_TAG = b"calyldg1\x00"
 
@@ -110,7 +119,7 @@ def aggregate_totals(snapshot: BudgetSnapshot) -> tuple[int, int] | None:
     return total_initial, total_committed
 
 
-def prove_conservation(source: BudgetSnapshot | Ledger) -> ConservationProof:
+def prove_conservation(source: BudgetSnapshot | _Snapshots) -> ConservationProof:
     """Issue a proof for a snapshot (or a fresh snapshot of a ledger).
 
     Raises :class:`~ledger.errors.ConservationError` if it does not balance or
@@ -123,7 +132,7 @@ def prove_conservation(source: BudgetSnapshot | Ledger) -> ConservationProof:
     if totals is None:
         status = type(status)(Balance.AGGREGATE_OVERFLOW)
     if not status.is_balanced or totals is None:
-        raise errors.ConservationError(status)
+        raise errors.ConservationError(status, f"no conservation proof: {status}")
     return ConservationProof(
         ledger_digest_hex=ledger_digest(snapshot).hex(),
         snapshot_version=snapshot.version,
@@ -166,7 +175,7 @@ def certify_snapshot(
 
 
 def certify_ledger(
-    ledger: Ledger, *, connection: Connectable | None = None
+    ledger: _Certifies, *, connection: Any = None
 ) -> FinancialCertificate:
     """Snapshot the ledger, rotate its baseline monotonically, and store the certificate.
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from enum import StrEnum
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from . import errors
 
@@ -40,7 +40,7 @@ _SUCCESS = frozenset({Status.RESERVED, Status.TOPPED_UP, Status.COMMITTED, Statu
 
 _REFUSAL_ERRORS: dict[Status, type[errors.RefusedError]] = {
     Status.INSUFFICIENT: errors.InsufficientFundsError,
-    Status.MISSING_TENANT: errors.MissingTenantError,
+    Status.MISSING_TENANT: errors.TenantNotFound,
     Status.MISSING_RESERVATION: errors.MissingReservationError,
     Status.EXPOSURE_LIMIT_EXCEEDED: errors.ExposureLimitExceededError,
     Status.OVERFLOW: errors.LedgerOverflowError,
@@ -155,3 +155,68 @@ class ConservationStatus:
 
 
 BALANCED = ConservationStatus(Balance.BALANCED)
+
+
+OutcomeT = TypeVar("OutcomeT", bound=Outcome)
+
+
+# ------------------------------------------------- rows of the SQL -> outcomes
+# Each write statement answers with one row whose ``status`` column is a
+# Status value (see ledger/sql/spend.sql); these turn that row into the
+# seed's outcome. ``row`` is any object with attribute access.
+
+
+def reserve_outcome(row: Any, cost: int) -> ReserveOutcome:
+    """Outcome of a ``try_reserve`` row (None: the tenant does not exist)."""
+    if row is None:
+        return ReserveOutcome(Status.MISSING_TENANT)
+    status = Status(row.status)
+    if status is Status.RESERVED:
+        return ReserveOutcome(
+            status, reservation_id=row.reservation_id, remaining_microcents=row.remaining
+        )
+    if status is Status.OVERFLOW:
+        return ReserveOutcome(status, current_reserved_microcents=row.reserved)
+    if status is Status.EXPOSURE_LIMIT_EXCEEDED:
+        return ReserveOutcome(
+            status, current_reserved_microcents=row.reserved, max_reserved_microcents=row.cap
+        )
+    return ReserveOutcome(status, remaining_microcents=row.remaining, required_microcents=cost)
+
+
+def commit_outcome(row: Any, actual: int) -> SettlementOutcome:
+    """Outcome of a ``commit`` row that is neither missing nor lapsed."""
+    status = Status(row.status)
+    if status is Status.COMMITTED:
+        return SettlementOutcome(
+            status, remaining_microcents=row.remaining, actual_microcents=actual
+        )
+    return SettlementOutcome(status, remaining_microcents=row.remaining)
+
+
+def release_outcome(row: Any) -> SettlementOutcome:
+    """Outcome of a ``release`` row that is neither missing nor lapsed."""
+    return SettlementOutcome(
+        Status.RELEASED, remaining_microcents=row.remaining, returned_microcents=row.returned
+    )
+
+
+def top_up_outcome(row: Any, amount: int) -> TopUpOutcome:
+    """Outcome of a ``top_up`` row (None: the tenant does not exist)."""
+    if row is None:
+        return TopUpOutcome(Status.MISSING_TENANT)
+    if row.status == "overflow":
+        return TopUpOutcome(Status.OVERFLOW)
+    return TopUpOutcome(
+        Status.TOPPED_UP,
+        added_microcents=amount,
+        new_initial_microcents=row.new_initial,
+        remaining_microcents=row.new_remaining,
+    )
+
+
+def outcome_from_dict(outcome_type: type[OutcomeT], data: dict[str, Any]) -> OutcomeT:
+    """An outcome recorded by :meth:`Outcome.to_dict` (idempotency keys replay these)."""
+    fields_ = dict(data)
+    status = Status(fields_.pop("status"))
+    return outcome_type(status, **fields_)

@@ -183,7 +183,7 @@ def validate_for_restore(snapshot: BudgetSnapshot) -> None:
                 raise errors.NegativeLedgerField(ledger.tenant_id, field, value)
     status = conservation_status_for_snapshot(snapshot)
     if not status.is_balanced:
-        raise errors.ConservationViolation(status)
+        raise errors.ConservationError(status, f"snapshot failed conservation: {status}")
 
 
 def sort_key(tenant_id: str) -> bytes:

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 import ledger
 from ledger import errors
+from ledger._translate import translate
 from ledger.migrator import current_revision, downgrade, head_revision
 
 from .conftest import _plain
@@ -84,6 +85,11 @@ def test_database_refuses_raw_sql_that_breaks_the_rules(
         raw.execute(sql)
     assert info.value.diag.constraint_name == constraint
     assert state(raw) == before
+    # The ledger's translation keeps the constraint and the real SQLSTATE
+    # (23514 for a CHECK, 23503 for the foreign key), not a fixed one.
+    typed = translate(info.value)
+    assert isinstance(typed, errors.ConstraintViolation)
+    assert (typed.constraint, typed.sqlstate) == (constraint, info.value.sqlstate)
 
 
 def test_constraint_violation_inside_caller_transaction_is_typed(db_url: str) -> None:

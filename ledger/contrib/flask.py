@@ -32,9 +32,8 @@ from flask.cli import with_appcontext
 from sqlalchemy import Connection, Engine, create_engine
 
 from .. import cli as ledger_cli
-from .._bound import BoundLedger
 from .._engine import normalise_url
-from ..core import Ledger
+from .._ledger import BoundLedger, Ledger
 
 EXTENSION_KEY = "sql_ledger"
 _G_CONNECTION = "_sql_ledger_connection"

@@ -22,9 +22,8 @@ from typing import Any
 
 from sqlalchemy import URL
 
-from ..._bound import BoundLedger
-from ..._db import ForeignConnection
-from ...core import Ledger
+from ..._executor import ForeignConnection
+from ..._ledger import BoundLedger, Ledger
 
 DEFAULTS = {"DATABASE": "default", "SCHEMA": "ledger"}
 

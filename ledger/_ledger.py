@@ -1,0 +1,406 @@
+"""The :class:`Ledger`: calybris' ``BudgetEngine`` semantics on PostgreSQL tables.
+
+Method names and outcome fields mirror the seed so a calybris user finds
+their way around; the state lives in PostgreSQL, so it survives restarts and
+is shared by every process that connects.
+
+Every method takes an optional ``connection=`` (a SQLAlchemy ``Connection``
+or ``Session``). Given one, the operation joins the caller's transaction and
+is undone by the caller's rollback. Without one, it runs in its own
+transaction: a single autocommitted statement for the hot-path operations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from . import _batch, _validate, _verify
+from . import _operations as ops
+from ._batch import CommitItem, ReleaseItem, ReserveItem
+from ._engine import EngineLike, as_engine
+from ._executor import Connectable, Database, Op
+from ._queries import for_schema
+from .finance import FinancialCertificate
+from .journal import JournalReport
+from .outcomes import ConservationStatus, ReserveOutcome, SettlementOutcome, TopUpOutcome
+from .snapshot import BudgetSnapshot, TenantLedger
+
+__all__ = ["Ledger"]
+
+T = TypeVar("T")
+
+_I64_MAX = _validate.I64_MAX
+
+
+class Ledger:
+    """Per-tenant budgets with two-phase spend, stored in one PostgreSQL schema.
+
+    ``Ledger(engine_or_url, schema="ledger")``. Pass an existing SQLAlchemy
+    engine to share its pool; pass a URL and the ledger creates (and
+    :meth:`close` disposes of) its own. The schema must have been migrated
+    with :func:`ledger.migrate`.
+    """
+
+    def __init__(self, engine_or_url: EngineLike, schema: str = "ledger") -> None:
+        self.schema = _validate.schema_name(schema)
+        self.engine, self._owns_engine = as_engine(engine_or_url)
+        self._db = Database(self.engine)
+        self._q = for_schema(self.schema)
+
+    #: Where operations run when no ``connection=`` is given: None means the
+    #: ledger's own connection; a bound ledger (:meth:`bind`) asks its framework.
+    _default_connection: Callable[[], Connectable] | None = None
+
+    def _run(self, op: Op[T], connection: Connectable | None) -> T:
+        if connection is None and self._default_connection is not None:
+            connection = self._default_connection()
+        return self._db.run(op, connection)
+
+    def close(self) -> None:
+        """Dispose of the engine if the ledger created it."""
+        if self._owns_engine:
+            self.engine.dispose()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        url = self.engine.url.render_as_string(hide_password=True)
+        return f"Ledger({url!r}, schema={self.schema!r})"
+
+    # ------------------------------------------------------------- tenants
+
+    def ensure_tenant(
+        self, tenant_id: str, budget_microcents: int, *, connection: Connectable | None = None
+    ) -> bool:
+        """Create a tenant with a budget; a no-op if it exists. Returns True if created.
+
+        Deviation from the seed: a negative budget raises ``ValueError``
+        instead of being silently ignored, because a typo should not look
+        like success.
+        """
+        return self._run(ops.ensure_tenant(self._q, tenant_id, budget_microcents), connection)
+
+    def top_up_tenant(
+        self,
+        tenant_id: str,
+        amount_microcents: int,
+        *,
+        idempotency_key: str | None = None,
+        connection: Connectable | None = None,
+    ) -> TopUpOutcome:
+        """Add funds: ``initial`` and ``remaining`` grow together, lifetime spend is kept."""
+        op = ops.top_up_tenant(self._q, tenant_id, amount_microcents, idempotency_key)
+        return self._run(op, connection)
+
+    def set_max_reserved_microcents(
+        self, tenant_id: str, max_microcents: int, *, connection: Connectable | None = None
+    ) -> None:
+        """Cap the total of a tenant's open holds; ``0`` (or less) removes the cap.
+
+        Deviation from the seed: an unknown tenant raises
+        :class:`~ledger.errors.TenantNotFound` instead of storing a cap for a
+        tenant that does not exist yet.
+        """
+        self._run(ops.set_max_reserved(self._q, tenant_id, max_microcents), connection)
+
+    # --------------------------------------------------------- two-phase spend
+
+    def try_reserve(
+        self,
+        tenant_id: str,
+        cost_microcents: int,
+        *,
+        ttl: timedelta | int | None = None,
+        expires_at: datetime | None = None,
+        idempotency_key: str | None = None,
+        connection: Connectable | None = None,
+    ) -> ReserveOutcome:
+        """Place a hold of ``cost_microcents`` if the balance and the cap allow it.
+
+        Checks run in the seed's order: non-positive cost (insufficient),
+        reserved-total overflow, exposure cap, then balance.
+
+        ``ttl`` (a ``timedelta`` or whole seconds, measured on the database
+        clock) or ``expires_at`` (an aware ``datetime``) make the hold expire:
+        its amount then returns to ``remaining`` through an ``expire`` journal
+        entry, by :meth:`expire_holds` or lazily, and a tenant's lapsed holds
+        never cause a reserve to be refused.
+        """
+        op = ops.try_reserve(self._q, tenant_id, cost_microcents, ttl, expires_at, idempotency_key)
+        return self._run(op, connection)
+
+    def commit(
+        self,
+        reservation_id: int,
+        actual_microcents: int,
+        *,
+        tenant_id: str | None = None,
+        idempotency_key: str | None = None,
+        connection: Connectable | None = None,
+    ) -> SettlementOutcome:
+        """Settle a hold at its actual cost: refund the surplus, or debit an affordable overrun.
+
+        An unaffordable overrun returns ``overrun`` and keeps the hold with
+        nothing refunded; a lifetime-spend overflow returns ``overflow`` and
+        also keeps the hold. A hold past its deadline is expired instead and
+        the answer is ``expired``. Passing ``tenant_id`` lets the lookup use
+        the tenant key (and, on a sharded deployment, a single shard); it is
+        required with ``idempotency_key``, since keys are scoped per tenant.
+        """
+        op = ops.commit(self._q, reservation_id, actual_microcents, tenant_id, idempotency_key)
+        return self._run(op, connection)
+
+    def release(
+        self,
+        reservation_id: int,
+        *,
+        tenant_id: str | None = None,
+        idempotency_key: str | None = None,
+        connection: Connectable | None = None,
+    ) -> SettlementOutcome:
+        """Cancel a hold, returning its full amount to ``remaining``."""
+        op = ops.release(self._q, reservation_id, tenant_id, idempotency_key)
+        return self._run(op, connection)
+
+    # --------------------------------------------------------------- batches
+
+    def try_reserve_many(
+        self,
+        items: Iterable[ReserveItem | tuple[Any, ...]],
+        *,
+        all_or_nothing: bool = False,
+        connection: Connectable | None = None,
+    ) -> list[ReserveOutcome]:
+        """Reserve for many items (``ReserveItem`` or ``(tenant_id, cost)``), in order.
+
+        One outcome per item, exactly as if each were a :meth:`try_reserve`
+        call, in a constant number of round trips. With ``all_or_nothing``,
+        a single refusal rolls every item back and raises
+        :class:`~ledger.errors.BatchRefused` (its ``outcomes`` say why).
+        """
+        return self._run(_batch.try_reserve_many(self._q, items, all_or_nothing), connection)
+
+    def commit_many(
+        self,
+        items: Iterable[CommitItem | tuple[Any, ...]],
+        *,
+        all_or_nothing: bool = False,
+        connection: Connectable | None = None,
+    ) -> list[SettlementOutcome]:
+        """Settle many holds (``CommitItem`` or ``(reservation_id, actual)``), in order."""
+        return self._run(_batch.commit_many(self._q, items, all_or_nothing), connection)
+
+    def release_many(
+        self,
+        items: Iterable[ReleaseItem | int | tuple[Any, ...]],
+        *,
+        all_or_nothing: bool = False,
+        connection: Connectable | None = None,
+    ) -> list[SettlementOutcome]:
+        """Release many holds (``ReleaseItem``, a reservation id, or a tuple), in order."""
+        return self._run(_batch.release_many(self._q, items, all_or_nothing), connection)
+
+    # ---------------------------------------------------------------- expiry
+
+    def expire_holds(self, *, limit: int = 1000, connection: Connectable | None = None) -> int:
+        """Expire up to ``limit`` lapsed holds, oldest deadline first; returns how many.
+
+        Each hold is expired by its own statement, which locks it with
+        ``FOR UPDATE SKIP LOCKED``: any number of sweepers can run at once
+        (from cron, a worker loop, several processes) and never wait on each
+        other or expire a hold twice.
+        """
+        return self._run(ops.expire_holds(self._q, limit), connection)
+
+    # ----------------------------------------------------------- idempotency
+
+    def prune_idempotency_keys(
+        self, older_than: timedelta, *, connection: Connectable | None = None
+    ) -> int:
+        """Forget idempotency keys older than ``older_than``; returns how many.
+
+        Keys are kept until pruned. A retry with a pruned key is treated as a
+        new request, so keep keys at least as long as clients may retry
+        (24 hours is a common choice).
+        """
+        return self._run(ops.prune_idempotency_keys(self._q, older_than), connection)
+
+    # --------------------------------------------------------------- reads
+
+    def tenant(
+        self, tenant_id: str, *, connection: Connectable | None = None
+    ) -> TenantLedger | None:
+        """One tenant's balances, or None if it does not exist."""
+        row = self._run(ops.tenant_row(self._q, tenant_id), connection)
+        if row is None:
+            return None
+        return TenantLedger(
+            tenant_id,
+            row.initial_microcents,
+            row.remaining_microcents,
+            row.reserved_microcents,
+            row.committed_microcents,
+        )
+
+    def _tenant_row(self, tenant_id: str, connection: Connectable | None) -> Any:
+        return self._run(ops.tenant_row(self._q, tenant_id), connection)
+
+    def remaining_microcents(
+        self, tenant_id: str, *, connection: Connectable | None = None
+    ) -> int | None:
+        row = self._tenant_row(tenant_id, connection)
+        return None if row is None else int(row.remaining_microcents)
+
+    def reserved_microcents(self, tenant_id: str, *, connection: Connectable | None = None) -> int:
+        """Sum of open holds; 0 for an unknown tenant, as in the seed."""
+        row = self._tenant_row(tenant_id, connection)
+        return 0 if row is None else int(row.reserved_microcents)
+
+    def committed_microcents(
+        self, tenant_id: str, *, connection: Connectable | None = None
+    ) -> int | None:
+        """Lifetime spend (monotonic), not the amount currently held."""
+        row = self._tenant_row(tenant_id, connection)
+        return None if row is None else int(row.committed_microcents)
+
+    def initial_microcents(
+        self, tenant_id: str, *, connection: Connectable | None = None
+    ) -> int | None:
+        """Total ever granted: the creation budget plus every top-up."""
+        row = self._tenant_row(tenant_id, connection)
+        return None if row is None else int(row.initial_microcents)
+
+    def max_reserved_microcents(
+        self, tenant_id: str, *, connection: Connectable | None = None
+    ) -> int | None:
+        """The cap on open holds (0 = none), or None for an unknown tenant."""
+        row = self._tenant_row(tenant_id, connection)
+        return None if row is None else int(row.max_reserved_microcents)
+
+    def _counts(self, connection: Connectable | None) -> Any:
+        return self._run(ops.counts(self._q), connection)
+
+    def tenant_count(self, *, connection: Connectable | None = None) -> int:
+        return int(self._counts(connection).tenants)
+
+    def active_reservations(self, *, connection: Connectable | None = None) -> int:
+        """Number of open holds across all tenants."""
+        return int(self._counts(connection).reservations)
+
+    def total_committed_microcents(self, *, connection: Connectable | None = None) -> int:
+        """Lifetime spend summed over tenants, exactly (a Python int, never wrapped)."""
+        return int(self._counts(connection).committed)
+
+    def committed_since_last_certificate(self, *, connection: Connectable | None = None) -> int:
+        """Spend since the last certificate's baseline (negative after restoring an older state)."""
+        counts = self._counts(connection)
+        delta = int(counts.committed) - int(counts.baseline)
+        return max(min(delta, _I64_MAX), _validate.I64_MIN)
+
+    def snapshot_version(self, *, connection: Connectable | None = None) -> int:
+        """Version of the latest snapshot (0 before the first one)."""
+        return self._run(ops.snapshot_version(self._q), connection)
+
+    # ------------------------------------------------------------ snapshots
+
+    def snapshot(self, *, connection: Connectable | None = None) -> BudgetSnapshot:
+        """A consistent, versioned view of every tenant and the open-hold count.
+
+        Everything is read by a single statement in a REPEATABLE READ
+        transaction, so the snapshot balances even while writers are busy.
+        """
+        return self._run(ops.snapshot(self._q), connection)
+
+    def verify_conservation(self, *, connection: Connectable | None = None) -> ConservationStatus:
+        """Check the invariant inside PostgreSQL, returning the first offending tenant.
+
+        Like the seed it advances the snapshot version. The scan runs in the
+        database, so its memory use does not grow with the number of tenants.
+        """
+        return self._run(ops.verify_conservation(self._q), connection)
+
+    def restore_from_snapshot(
+        self, snapshot: BudgetSnapshot, *, connection: Connectable | None = None
+    ) -> None:
+        """Replace every tenant's state with the snapshot's, atomically.
+
+        Validation follows the seed exactly and happens before anything is
+        touched. The tenant and hold tables are locked for the duration, so
+        it is safe while other processes work: they wait, then see either
+        the old state or the restored one, never a mix. Open holds are
+        voided; caps are kept.
+        """
+        self._run(ops.restore_from_snapshot(self._q, snapshot), connection)
+
+    # --------------------------------------------------------- certificates
+
+    def certify(self, *, connection: Connectable | None = None) -> FinancialCertificate:
+        """Snapshot, certify, rotate the baseline forward and store the certificate.
+
+        The certified snapshot and its checkpoint (every tenant's chain head,
+        balances and open holds) are written by one statement, so the
+        certificate's ``journal_root`` pins exactly the history behind its
+        digest. The baseline rotation is a second, short statement that locks
+        the baseline row, so concurrent certifiers serialise on it instead of
+        failing with serialization errors.
+        """
+        return self._run(ops.certify(self._q), connection)
+
+    # --------------------------------------------------------------- journal
+
+    def verify_journal(
+        self,
+        *,
+        since_certificate: int | None = None,
+        progress: Callable[[int], None] | None = None,
+        connection: Connectable | None = None,
+    ) -> JournalReport:
+        """Replay every tenant's journal and compare it with the live tables.
+
+        Recomputes every hash chain, rebuilds balances and open holds from the
+        entries, checks that the chains still pass through every certified
+        head and that every certificate's journal root still holds, and
+        compares the result with the tenant and hold tables, all within one
+        consistent snapshot. ``since_certificate`` starts the replay at that
+        certificate's checkpoint instead of at genesis. Rows are streamed, so
+        memory does not grow with the journal. ``progress``, if given, is
+        called with the number of tenants replayed so far.
+        """
+        if since_certificate is not None:
+            since_certificate = _validate.positive_count("since_certificate", since_certificate)
+        return self._run(_verify.verify_journal(self._q, since_certificate, progress), connection)
+
+
+class BoundLedger(Ledger):
+    """A :class:`Ledger` whose operations run on a connection chosen by a framework.
+
+    Framework integrations hand this out so that ledger writes join the
+    framework's transaction (Flask-SQLAlchemy's ``db.session``, Django's
+    ``transaction.atomic()``) without the caller having to remember it. An
+    explicit ``connection=`` argument still wins. It is a real ``Ledger``
+    subclass, so every method keeps its signature and types; it shares the
+    unbound ledger's engine and never disposes of it.
+    """
+
+    def __init__(self, ledger: Ledger, connection: Callable[[], Connectable]) -> None:
+        self.schema = ledger.schema
+        self.engine = ledger.engine
+        self._owns_engine = False
+        self._db = ledger._db
+        self._q = ledger._q
+        self._default_connection = connection
+        self._unbound = ledger
+
+    @property
+    def ledger(self) -> Ledger:
+        """The unbound ledger (operations run in their own transactions)."""
+        return self._unbound
+
+    def __repr__(self) -> str:
+        return f"BoundLedger({self._unbound!r})"

@@ -1,0 +1,488 @@
+"""Every single-tenant and ledger-wide operation, written once.
+
+Each function validates its input *before* anything reaches the database
+(bad input raises a typed error and sends nothing), then returns an
+:class:`~ledger._executor.Op`: the steps that yield SQL requests and turn the
+rows into an outcome, plus the transaction they need. The steps never see a
+connection, so the same operation runs on every back-end
+(:mod:`ledger._executor`), and batches reuse the steps of the single
+operations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from . import _validate, errors
+from ._executor import Fetch, Op, Steps
+from ._queries import Queries
+from .finance import FinancialCertificate, certify_snapshot
+from .journal import RootHasher
+from .outcomes import (
+    Balance,
+    ConservationStatus,
+    Outcome,
+    ReserveOutcome,
+    SettlementOutcome,
+    Status,
+    TopUpOutcome,
+    commit_outcome,
+    outcome_from_dict,
+    release_outcome,
+    reserve_outcome,
+    top_up_outcome,
+)
+from .snapshot import (
+    BudgetSnapshot,
+    TenantLedger,
+    conservation_status_for_snapshot,
+    validate_for_restore,
+)
+
+OutcomeT = TypeVar("OutcomeT", bound=Outcome)
+
+I64_MAX = _validate.I64_MAX
+_CAS_ATTEMPTS = 100
+
+
+# ------------------------------------------------------------- building blocks
+
+
+def first_row(sql: str, params: dict[str, Any]) -> Steps[Any]:
+    """The statement's first row, or None."""
+    rows = yield Fetch(sql, params)
+    return rows[0] if rows else None
+
+
+def cas(sql: str, params: dict[str, Any]) -> Steps[Any]:
+    """Run a compare-and-swap statement; re-run it while its probe answers 'retry'.
+
+    'retry' means the row changed between the refused UPDATE and the probe
+    that explains the refusal, so neither answer is current. Each retry
+    implies another writer made progress, so the loop terminates.
+    """
+    for _ in range(_CAS_ATTEMPTS):
+        rows = yield Fetch(sql, params)
+        if not rows:
+            return None
+        if rows[0].status != "retry":
+            return rows[0]
+    raise errors.RetryableError(
+        f"the tenant row changed {_CAS_ATTEMPTS} times while this operation was being "
+        "decided; retry it"
+    )
+
+
+def idempotent(
+    q: Queries,
+    tenant_id: str | None,
+    key: str | None,
+    request: dict[str, Any],
+    outcome_type: type[OutcomeT],
+    steps: Callable[[], Steps[OutcomeT]],
+) -> Op[OutcomeT]:
+    """Run ``steps`` at most once per (tenant, idempotency key).
+
+    Without a key this is just ``steps``. With one, the key is claimed, the
+    operation applied and its outcome recorded in one transaction. A
+    concurrent duplicate blocks on the claim until that transaction ends,
+    then reads the recorded outcome; a later retry (for example after a lost
+    connection) reads it too. The same key with a different request raises
+    :class:`~ledger.errors.IdempotencyConflict`.
+    """
+    if key is None:
+        return Op(steps)
+    assert tenant_id is not None
+    request_hash = hashlib.sha256(
+        json.dumps({"tenant_id": tenant_id, **request}, sort_keys=True).encode()
+    ).digest()
+    ids = {"tenant_id": tenant_id, "ikey": key}
+
+    def once() -> Steps[OutcomeT]:
+        claimed = yield Fetch(q.idempotency_claim, {**ids, "request_hash": request_hash})
+        if not claimed:
+            row = (yield Fetch(q.idempotency_read, ids))[0]
+            if bytes(row.request_hash) != request_hash:
+                raise errors.IdempotencyConflict(tenant_id, key)
+            return outcome_from_dict(outcome_type, row.outcome)
+        outcome = yield from steps()
+        yield Fetch(q.idempotency_record, {**ids, "outcome": json.dumps(outcome.to_dict())})
+        return outcome
+
+    return Op(once, "READ COMMITTED")
+
+
+def _key_scope(tenant_id: str | None, key: str | None) -> str | None:
+    if key is not None and tenant_id is None:
+        raise errors.InputError(
+            "idempotency keys are scoped per tenant: pass tenant_id= together with "
+            "idempotency_key= to commit() and release()"
+        )
+    return tenant_id
+
+
+# --------------------------------------------------------------------- tenants
+
+
+def ensure_tenant(q: Queries, tenant_id: str, budget_microcents: int) -> Op[bool]:
+    tenant_id = _validate.tenant_id(tenant_id)
+    budget = _validate.amount("budget_microcents", budget_microcents)
+    if budget < 0:
+        raise errors.AmountValueError(
+            f"budget_microcents must be >= 0, got {budget}; to add funds use top_up_tenant()"
+        )
+    params = {"tenant_id": tenant_id, "budget": budget, "ikey": None}
+
+    def steps() -> Steps[bool]:
+        row = yield from first_row(q.ensure_tenant, params)
+        return bool(row.created)
+
+    return Op(steps)
+
+
+def top_up_tenant(
+    q: Queries, tenant_id: str, amount_microcents: int, idempotency_key: str | None
+) -> Op[TopUpOutcome]:
+    tenant_id = _validate.tenant_id(tenant_id)
+    amount = _validate.amount("amount_microcents", amount_microcents)
+    key = _validate.idempotency_key(idempotency_key)
+    params = {"tenant_id": tenant_id, "amount": amount, "ikey": key}
+
+    def steps() -> Steps[TopUpOutcome]:
+        if amount <= 0:
+            return TopUpOutcome(Status.INVALID_AMOUNT)
+        row = yield from cas(q.top_up, params)
+        return top_up_outcome(row, amount)
+
+    request = {"op": "top_up", "amount": amount}
+    return idempotent(q, tenant_id, key, request, TopUpOutcome, steps)
+
+
+def set_max_reserved(q: Queries, tenant_id: str, max_microcents: int) -> Op[None]:
+    tenant_id = _validate.tenant_id(tenant_id)
+    cap = max(_validate.amount("max_microcents", max_microcents), 0)
+    params = {"tenant_id": tenant_id, "cap": cap, "ikey": None}
+
+    def steps() -> Steps[None]:
+        if (yield from first_row(q.set_cap, params)) is None:
+            raise errors.TenantNotFound(Outcome(Status.MISSING_TENANT), tenant_id=tenant_id)
+
+    return Op(steps)
+
+
+# ------------------------------------------------------------- two-phase spend
+
+
+def try_reserve(
+    q: Queries,
+    tenant_id: str,
+    cost_microcents: int,
+    ttl: timedelta | int | None,
+    expires_at: datetime | None,
+    idempotency_key: str | None,
+) -> Op[ReserveOutcome]:
+    tenant_id = _validate.tenant_id(tenant_id)
+    cost = _validate.amount("cost_microcents", cost_microcents)
+    ttl_us, deadline = _validate.expiry(ttl, expires_at)
+    key = _validate.idempotency_key(idempotency_key)
+    params = {
+        "tenant_id": tenant_id,
+        "amount": cost,
+        "ttl_us": ttl_us,
+        "expires_at": deadline,
+        "ikey": key,
+    }
+
+    def steps() -> Steps[ReserveOutcome]:
+        if cost <= 0:
+            return ReserveOutcome(
+                Status.INSUFFICIENT, remaining_microcents=0, required_microcents=cost
+            )
+        row = yield from cas(q.try_reserve, params)
+        if row is not None and row.lapsed_holds:
+            # Lapsed holds must never block a reserve: expire them, decide again.
+            while (yield from expire_one(q.expire_for_tenant, tenant_id=tenant_id)) is not None:
+                pass
+            row = yield from cas(q.try_reserve, params)
+        return reserve_outcome(row, cost)
+
+    request = {
+        "op": "reserve",
+        "amount": cost,
+        "ttl_us": ttl_us,
+        "expires_at": None if deadline is None else deadline.isoformat(),
+    }
+    return idempotent(q, tenant_id, key, request, ReserveOutcome, steps)
+
+
+def commit(
+    q: Queries,
+    reservation_id: int,
+    actual_microcents: int,
+    tenant_id: str | None,
+    idempotency_key: str | None,
+) -> Op[SettlementOutcome]:
+    rid = _validate.reservation_id(reservation_id)
+    actual = _validate.amount("actual_microcents", actual_microcents)
+    hint = None if tenant_id is None else _validate.tenant_id(tenant_id)
+    key = _validate.idempotency_key(idempotency_key)
+    scope = _key_scope(hint, key)
+    params = {"reservation_id": rid, "actual": actual, "tenant_id": hint, "ikey": key}
+    sql = q.commit if hint is None else q.commit_for_tenant
+
+    def steps() -> Steps[SettlementOutcome]:
+        if actual < 0:
+            return SettlementOutcome(Status.INVALID_AMOUNT)
+        if rid > I64_MAX:
+            return SettlementOutcome(Status.MISSING_RESERVATION)
+        row = yield from cas(sql, params)
+        if row is None:
+            return (yield from missing(q, rid))
+        if row.status == "lapsed":
+            return (yield from expire_lapsed(q, rid))
+        return commit_outcome(row, actual)
+
+    request = {"op": "commit", "reservation_id": rid, "actual": actual}
+    return idempotent(q, scope, key, request, SettlementOutcome, steps)
+
+
+def release(
+    q: Queries, reservation_id: int, tenant_id: str | None, idempotency_key: str | None
+) -> Op[SettlementOutcome]:
+    rid = _validate.reservation_id(reservation_id)
+    hint = None if tenant_id is None else _validate.tenant_id(tenant_id)
+    key = _validate.idempotency_key(idempotency_key)
+    scope = _key_scope(hint, key)
+    params = {"reservation_id": rid, "tenant_id": hint, "ikey": key}
+    sql = q.release if hint is None else q.release_for_tenant
+
+    def steps() -> Steps[SettlementOutcome]:
+        if rid > I64_MAX:
+            return SettlementOutcome(Status.MISSING_RESERVATION)
+        row = yield from first_row(sql, params)
+        if row is None:
+            return (yield from missing(q, rid))
+        if row.status == "lapsed":
+            return (yield from expire_lapsed(q, rid))
+        return release_outcome(row)
+
+    request = {"op": "release", "reservation_id": rid}
+    return idempotent(q, scope, key, request, SettlementOutcome, steps)
+
+
+# ---------------------------------------------------------------------- expiry
+
+
+def expire_one(sql: str, **params: Any) -> Steps[Any]:
+    """Expire one lapsed hold picked by ``sql``; its row, or None if there was none."""
+    params.setdefault("ikey", None)
+    return (yield from first_row(sql, params))
+
+
+def expire_lapsed(q: Queries, rid: int) -> Steps[SettlementOutcome]:
+    """A settlement found its hold past the deadline: expire it, report ``expired``."""
+    row = yield from expire_one(q.expire_hold, reservation_id=rid)
+    if row is None:  # a sweeper got there first
+        return (yield from missing(q, rid))
+    return SettlementOutcome(
+        Status.EXPIRED, remaining_microcents=row.remaining, returned_microcents=row.returned
+    )
+
+
+def missing(q: Queries, rid: int) -> Steps[SettlementOutcome]:
+    """The hold is gone: say ``expired`` if that is why, else ``missing_reservation``.
+
+    Asked in a statement of its own so that it sees an expiry that committed
+    while the settlement was waiting for the hold's lock.
+    """
+    row = yield from first_row(q.expired_hold, {"reservation_id": rid})
+    if row is not None:
+        return SettlementOutcome(Status.EXPIRED, returned_microcents=row.returned)
+    return SettlementOutcome(Status.MISSING_RESERVATION)
+
+
+def expire_holds(q: Queries, limit: int) -> Op[int]:
+    count = _validate.positive_count("limit", limit)
+
+    def steps() -> Steps[int]:
+        done = 0
+        while done < count and (yield from expire_one(q.expire_any)) is not None:
+            done += 1
+        return done
+
+    return Op(steps)
+
+
+def prune_idempotency_keys(q: Queries, older_than: timedelta) -> Op[int]:
+    if not isinstance(older_than, timedelta) or older_than < timedelta(0):
+        raise errors.InputError("older_than must be a non-negative datetime.timedelta")
+    age_us = older_than // timedelta(microseconds=1)
+
+    def steps() -> Steps[int]:
+        row = yield from first_row(q.idempotency_prune, {"age_us": age_us})
+        return int(row.pruned)
+
+    return Op(steps)
+
+
+# ----------------------------------------------------------------------- reads
+
+
+def tenant_row(q: Queries, tenant_id: str) -> Op[Any]:
+    """The tenant's balance columns, or None if it does not exist."""
+    tenant_id = _validate.tenant_id(tenant_id)
+    return Op(lambda: first_row(q.tenant, {"tenant_id": tenant_id}))
+
+
+def counts(q: Queries) -> Op[Any]:
+    """Tenants, open holds, lifetime spend and the certificate baseline, in one row."""
+    return Op(lambda: first_row(q.counts, {}))
+
+
+def snapshot_version(q: Queries) -> Op[int]:
+    def steps() -> Steps[int]:
+        row = yield from first_row(q.snapshot_version, {})
+        return int(row.version)
+
+    return Op(steps)
+
+
+def _snapshot_from_rows(rows: list[Any]) -> BudgetSnapshot:
+    first = rows[0]
+    tenants = tuple(
+        TenantLedger(
+            r.tenant_id,
+            r.initial_microcents,
+            r.remaining_microcents,
+            r.reserved_microcents,
+            r.committed_microcents,
+        )
+        for r in rows
+        if r.tenant_id is not None
+    )
+    return BudgetSnapshot(
+        version=int(first.version), tenants=tenants, active_reservations=int(first.active)
+    )
+
+
+def snapshot(q: Queries) -> Op[BudgetSnapshot]:
+    """Everything is read by one statement in REPEATABLE READ: it balances under load."""
+
+    def steps() -> Steps[BudgetSnapshot]:
+        return _snapshot_from_rows((yield Fetch(q.snapshot, {})))
+
+    return Op(steps, "REPEATABLE READ")
+
+
+def verify_conservation(q: Queries) -> Op[ConservationStatus]:
+    def steps() -> Steps[ConservationStatus]:
+        row = (yield Fetch(q.first_unbalanced, {}))[0]
+        if row.tenant_id is None:
+            return ConservationStatus(Balance.BALANCED)
+        probe = BudgetSnapshot(
+            version=int(row.version),
+            tenants=(
+                TenantLedger(
+                    row.tenant_id,
+                    int(row.initial_microcents),
+                    int(row.remaining_microcents),
+                    int(row.reserved_microcents),
+                    int(row.committed_microcents),
+                ),
+            ),
+            active_reservations=0,
+        )
+        return conservation_status_for_snapshot(probe)
+
+    return Op(steps, "REPEATABLE READ")
+
+
+# ----------------------------------------------------------- restore, certify
+
+
+def restore_from_snapshot(q: Queries, snapshot: BudgetSnapshot) -> Op[None]:
+    if not isinstance(snapshot, BudgetSnapshot):
+        raise errors.MalformedSnapshot(
+            f"restore_from_snapshot needs a BudgetSnapshot, got {type(snapshot).__name__}; "
+            "load JSON with BudgetSnapshot.from_json()"
+        )
+    checked = BudgetSnapshot.from_dict(snapshot.to_dict())
+    validate_for_restore(checked)
+    if checked.version > I64_MAX:
+        raise errors.AmountValueError(
+            f"snapshot version {checked.version} exceeds the largest version PostgreSQL's "
+            f"bigint sequence can hold ({I64_MAX})"
+        )
+    tenants = checked.tenants
+    params = {
+        "ids": [t.tenant_id for t in tenants],
+        "initials": [t.initial_microcents for t in tenants],
+        "remainings": [t.remaining_microcents for t in tenants],
+        "committeds": [t.committed_microcents for t in tenants],
+        "version": checked.version,
+        "ikey": None,
+    }
+
+    def steps() -> Steps[None]:
+        yield Fetch(q.restore_lock, {})
+        yield Fetch(q.restore_clear_holds, {})
+        yield Fetch(q.restore_drop_tenants, params)
+        yield Fetch(q.restore_update, params)
+        yield Fetch(q.restore_insert, params)
+        # Sequences are not transactional, so this goes last.
+        yield Fetch(q.restore_version, params)
+
+    return Op(steps, "READ COMMITTED")
+
+
+def certify(q: Queries) -> Op[FinancialCertificate]:
+    """Snapshot and checkpoint in one REPEATABLE READ statement, then store and rotate.
+
+    The certified snapshot and its checkpoint (every tenant's chain head,
+    balances and open holds) are written by one statement, so the
+    certificate's ``journal_root`` pins exactly the history behind its
+    digest. The baseline rotation is a second, short statement that locks
+    the baseline row, so concurrent certifiers serialise on it instead of
+    failing with serialization errors.
+    """
+
+    def snapshot_steps() -> Steps[tuple[FinancialCertificate, bytes, Any]]:
+        rows = yield Fetch(q.certify_snapshot, {})
+        root = RootHasher()
+        for r in rows:
+            if r.tenant_id is not None:  # ordered by tenant id, i.e. UTF-8 byte order
+                root.update(r.tenant_id, r.journal_seq, bytes(r.journal_head))
+        return certify_snapshot(_snapshot_from_rows(rows)), root.digest(), rows[0].checkpoint_id
+
+    def store(drafted: tuple[FinancialCertificate, bytes, Any]) -> Op[FinancialCertificate]:
+        draft, journal_root, checkpoint_id = drafted
+        params = {
+            "version": draft.snapshot_version,
+            "digest": bytes.fromhex(draft.ledger_digest_hex),
+            "tenant_count": draft.tenant_count,
+            "active": draft.active_reservations,
+            "balanced": draft.conservation_balanced,
+            "total_initial": draft.total_initial_microcents,
+            "total_committed": draft.total_committed_microcents,
+            "representable": draft.aggregate_totals_representable,
+            "journal_root": journal_root,
+            "checkpoint_id": checkpoint_id,
+        }
+
+        def steps() -> Steps[FinancialCertificate]:
+            stored = yield from first_row(q.certify, params)
+            return replace(
+                draft,
+                committed_since_last_certificate=int(stored.committed_since_last_certificate),
+                certificate_id=int(stored.certificate_id),
+                journal_root_hex=journal_root.hex(),
+            )
+
+        return Op(steps)
+
+    return Op(snapshot_steps, "REPEATABLE READ", then=store)

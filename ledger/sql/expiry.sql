@@ -1,0 +1,136 @@
+-- Hold expiry: each statement expires one lapsed hold and journals it.
+
+-- name: expire_any
+-- Expire one lapsed hold and return its amount. {pick} narrows the choice: any
+-- lapsed hold (the sweeper, with SKIP LOCKED so many sweepers share the work),
+-- one tenant's (lazily, before a reserve is refused), or one hold by id.
+-- This one: any lapsed hold, SKIP LOCKED (the sweeper).
+WITH hold AS MATERIALIZED (
+    SELECT tenant_id, reservation_id, amount_microcents AS amount
+    FROM {schema}.reservations
+    WHERE expires_at <= now()
+    ORDER BY expires_at, reservation_id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+), applied AS (
+    UPDATE {schema}.tenants AS t
+    SET initial_microcents = t.initial_microcents,
+        remaining_microcents = t.remaining_microcents + (SELECT amount FROM hold),
+        reserved_microcents = t.reserved_microcents - (SELECT amount FROM hold),
+        committed_microcents = t.committed_microcents,
+        max_reserved_microcents = t.max_reserved_microcents,
+        journal_seq = t.journal_seq + 1,
+        journal_head = {schema}.journal_hash(
+            t.journal_head, t.tenant_id, t.journal_seq + 1, 'expire', (SELECT reservation_id FROM hold), (SELECT amount FROM hold), NULL,
+            t.initial_microcents, t.remaining_microcents + (SELECT amount FROM hold), t.reserved_microcents - (SELECT amount FROM hold), t.committed_microcents, t.max_reserved_microcents, now(), CAST(%(ikey)s AS text))
+    WHERE t.tenant_id = (SELECT tenant_id FROM hold)
+    RETURNING t.*
+), gone AS (
+    DELETE FROM {schema}.reservations AS r
+    WHERE r.reservation_id = (SELECT reservation_id FROM hold)
+      AND r.tenant_id = (SELECT tenant_id FROM applied)
+    RETURNING r.reservation_id
+), logged AS (
+    INSERT INTO {schema}.journal (
+        tenant_id, seq, op, reservation_id, amount_microcents, hold_microcents,
+        initial_microcents, remaining_microcents, reserved_microcents, committed_microcents,
+        max_reserved_microcents, idempotency_key, created_at, entry_hash)
+    SELECT j.tenant_id, j.journal_seq, 'expire', (SELECT reservation_id FROM hold), (SELECT amount FROM hold), NULL,
+           j.initial_microcents, j.remaining_microcents, j.reserved_microcents,
+           j.committed_microcents, j.max_reserved_microcents, CAST(%(ikey)s AS text), now(),
+           j.journal_head
+    FROM applied AS j
+)
+SELECT a.tenant_id, (SELECT reservation_id FROM hold) AS reservation_id,
+       (SELECT amount FROM hold) AS returned, a.remaining_microcents AS remaining,
+       CASE WHEN (SELECT count(*) FROM gone) <> 1
+            THEN {schema}.invariant_failed('expiry refunded a tenant without removing its hold') END AS guard
+FROM applied AS a
+
+-- name: expire_for_tenant
+-- As expire_any, for one tenant's lapsed holds (lazily, before a reserve is refused).
+WITH hold AS MATERIALIZED (
+    SELECT tenant_id, reservation_id, amount_microcents AS amount
+    FROM {schema}.reservations
+    WHERE expires_at <= now() AND tenant_id = %(tenant_id)s
+    ORDER BY expires_at, reservation_id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+), applied AS (
+    UPDATE {schema}.tenants AS t
+    SET initial_microcents = t.initial_microcents,
+        remaining_microcents = t.remaining_microcents + (SELECT amount FROM hold),
+        reserved_microcents = t.reserved_microcents - (SELECT amount FROM hold),
+        committed_microcents = t.committed_microcents,
+        max_reserved_microcents = t.max_reserved_microcents,
+        journal_seq = t.journal_seq + 1,
+        journal_head = {schema}.journal_hash(
+            t.journal_head, t.tenant_id, t.journal_seq + 1, 'expire', (SELECT reservation_id FROM hold), (SELECT amount FROM hold), NULL,
+            t.initial_microcents, t.remaining_microcents + (SELECT amount FROM hold), t.reserved_microcents - (SELECT amount FROM hold), t.committed_microcents, t.max_reserved_microcents, now(), CAST(%(ikey)s AS text))
+    WHERE t.tenant_id = (SELECT tenant_id FROM hold)
+    RETURNING t.*
+), gone AS (
+    DELETE FROM {schema}.reservations AS r
+    WHERE r.reservation_id = (SELECT reservation_id FROM hold)
+      AND r.tenant_id = (SELECT tenant_id FROM applied)
+    RETURNING r.reservation_id
+), logged AS (
+    INSERT INTO {schema}.journal (
+        tenant_id, seq, op, reservation_id, amount_microcents, hold_microcents,
+        initial_microcents, remaining_microcents, reserved_microcents, committed_microcents,
+        max_reserved_microcents, idempotency_key, created_at, entry_hash)
+    SELECT j.tenant_id, j.journal_seq, 'expire', (SELECT reservation_id FROM hold), (SELECT amount FROM hold), NULL,
+           j.initial_microcents, j.remaining_microcents, j.reserved_microcents,
+           j.committed_microcents, j.max_reserved_microcents, CAST(%(ikey)s AS text), now(),
+           j.journal_head
+    FROM applied AS j
+)
+SELECT a.tenant_id, (SELECT reservation_id FROM hold) AS reservation_id,
+       (SELECT amount FROM hold) AS returned, a.remaining_microcents AS remaining,
+       CASE WHEN (SELECT count(*) FROM gone) <> 1
+            THEN {schema}.invariant_failed('expiry refunded a tenant without removing its hold') END AS guard
+FROM applied AS a
+
+-- name: expire_hold
+-- As expire_any, for one hold by id, waiting for its lock (a settlement found it lapsed).
+WITH hold AS MATERIALIZED (
+    SELECT tenant_id, reservation_id, amount_microcents AS amount
+    FROM {schema}.reservations
+    WHERE expires_at <= now() AND reservation_id = CAST(%(reservation_id)s AS bigint)
+    ORDER BY expires_at, reservation_id
+    LIMIT 1
+    FOR UPDATE
+), applied AS (
+    UPDATE {schema}.tenants AS t
+    SET initial_microcents = t.initial_microcents,
+        remaining_microcents = t.remaining_microcents + (SELECT amount FROM hold),
+        reserved_microcents = t.reserved_microcents - (SELECT amount FROM hold),
+        committed_microcents = t.committed_microcents,
+        max_reserved_microcents = t.max_reserved_microcents,
+        journal_seq = t.journal_seq + 1,
+        journal_head = {schema}.journal_hash(
+            t.journal_head, t.tenant_id, t.journal_seq + 1, 'expire', (SELECT reservation_id FROM hold), (SELECT amount FROM hold), NULL,
+            t.initial_microcents, t.remaining_microcents + (SELECT amount FROM hold), t.reserved_microcents - (SELECT amount FROM hold), t.committed_microcents, t.max_reserved_microcents, now(), CAST(%(ikey)s AS text))
+    WHERE t.tenant_id = (SELECT tenant_id FROM hold)
+    RETURNING t.*
+), gone AS (
+    DELETE FROM {schema}.reservations AS r
+    WHERE r.reservation_id = (SELECT reservation_id FROM hold)
+      AND r.tenant_id = (SELECT tenant_id FROM applied)
+    RETURNING r.reservation_id
+), logged AS (
+    INSERT INTO {schema}.journal (
+        tenant_id, seq, op, reservation_id, amount_microcents, hold_microcents,
+        initial_microcents, remaining_microcents, reserved_microcents, committed_microcents,
+        max_reserved_microcents, idempotency_key, created_at, entry_hash)
+    SELECT j.tenant_id, j.journal_seq, 'expire', (SELECT reservation_id FROM hold), (SELECT amount FROM hold), NULL,
+           j.initial_microcents, j.remaining_microcents, j.reserved_microcents,
+           j.committed_microcents, j.max_reserved_microcents, CAST(%(ikey)s AS text), now(),
+           j.journal_head
+    FROM applied AS j
+)
+SELECT a.tenant_id, (SELECT reservation_id FROM hold) AS reservation_id,
+       (SELECT amount FROM hold) AS returned, a.remaining_microcents AS remaining,
+       CASE WHEN (SELECT count(*) FROM gone) <> 1
+            THEN {schema}.invariant_failed('expiry refunded a tenant without removing its hold') END AS guard
+FROM applied AS a

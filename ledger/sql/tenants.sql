@@ -1,0 +1,102 @@
+-- Tenant writes: create, cap, top up. Each is one statement that also appends its
+-- journal entry (see spend.sql for the shape every write shares).
+
+-- name: ensure_tenant
+WITH parked AS (
+    DELETE FROM {schema}.detached_tenants WHERE tenant_id = %(tenant_id)s
+    RETURNING max_reserved_microcents, journal_seq, journal_head
+), created AS (
+    INSERT INTO {schema}.tenants AS t (
+        tenant_id, initial_microcents, remaining_microcents, reserved_microcents,
+        committed_microcents, max_reserved_microcents, journal_seq, journal_head)
+    SELECT %(tenant_id)s, CAST(%(budget)s AS bigint), CAST(%(budget)s AS bigint), 0, 0,
+           COALESCE(p.max_reserved_microcents, 0), COALESCE(p.journal_seq, 0) + 1,
+           {schema}.journal_hash(
+               COALESCE(p.journal_head, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea), %(tenant_id)s, COALESCE(p.journal_seq, 0) + 1,
+               'create', NULL, CAST(%(budget)s AS bigint), NULL,
+               CAST(%(budget)s AS bigint), CAST(%(budget)s AS bigint), 0, 0,
+               COALESCE(p.max_reserved_microcents, 0), now(), CAST(%(ikey)s AS text))
+    FROM (SELECT 1) AS one LEFT JOIN parked AS p ON true
+    ON CONFLICT (tenant_id) DO NOTHING
+    RETURNING *
+), logged AS (
+    INSERT INTO {schema}.journal (
+        tenant_id, seq, op, reservation_id, amount_microcents, hold_microcents,
+        initial_microcents, remaining_microcents, reserved_microcents, committed_microcents,
+        max_reserved_microcents, idempotency_key, created_at, entry_hash)
+    SELECT j.tenant_id, j.journal_seq, 'create', NULL, CAST(%(budget)s AS bigint), NULL,
+           j.initial_microcents, j.remaining_microcents, j.reserved_microcents,
+           j.committed_microcents, j.max_reserved_microcents, CAST(%(ikey)s AS text), now(),
+           j.journal_head
+    FROM created AS j
+)
+SELECT count(*) AS created FROM created
+
+-- name: set_cap
+WITH applied AS (
+    UPDATE {schema}.tenants AS t
+    SET initial_microcents = t.initial_microcents,
+        remaining_microcents = t.remaining_microcents,
+        reserved_microcents = t.reserved_microcents,
+        committed_microcents = t.committed_microcents,
+        max_reserved_microcents = CAST(%(cap)s AS bigint),
+        journal_seq = t.journal_seq + 1,
+        journal_head = {schema}.journal_hash(
+            t.journal_head, t.tenant_id, t.journal_seq + 1, 'cap', NULL, CAST(%(cap)s AS bigint), NULL,
+            t.initial_microcents, t.remaining_microcents, t.reserved_microcents, t.committed_microcents, CAST(%(cap)s AS bigint), now(), CAST(%(ikey)s AS text))
+    WHERE t.tenant_id = %(tenant_id)s
+    RETURNING t.*
+), logged AS (
+    INSERT INTO {schema}.journal (
+        tenant_id, seq, op, reservation_id, amount_microcents, hold_microcents,
+        initial_microcents, remaining_microcents, reserved_microcents, committed_microcents,
+        max_reserved_microcents, idempotency_key, created_at, entry_hash)
+    SELECT j.tenant_id, j.journal_seq, 'cap', NULL, CAST(%(cap)s AS bigint), NULL,
+           j.initial_microcents, j.remaining_microcents, j.reserved_microcents,
+           j.committed_microcents, j.max_reserved_microcents, CAST(%(ikey)s AS text), now(),
+           j.journal_head
+    FROM applied AS j
+)
+SELECT tenant_id FROM applied
+
+-- name: top_up
+WITH applied AS (
+    UPDATE {schema}.tenants AS t
+    SET initial_microcents = t.initial_microcents + CAST(%(amount)s AS bigint),
+        remaining_microcents = t.remaining_microcents + CAST(%(amount)s AS bigint),
+        reserved_microcents = t.reserved_microcents,
+        committed_microcents = t.committed_microcents,
+        max_reserved_microcents = t.max_reserved_microcents,
+        journal_seq = t.journal_seq + 1,
+        journal_head = {schema}.journal_hash(
+            t.journal_head, t.tenant_id, t.journal_seq + 1, 'top_up', NULL, CAST(%(amount)s AS bigint), NULL,
+            t.initial_microcents + CAST(%(amount)s AS bigint), t.remaining_microcents + CAST(%(amount)s AS bigint), t.reserved_microcents, t.committed_microcents, t.max_reserved_microcents, now(), CAST(%(ikey)s AS text))
+    WHERE t.tenant_id = %(tenant_id)s
+      AND t.initial_microcents <= 9223372036854775807 - CAST(%(amount)s AS bigint)
+      AND t.remaining_microcents <= 9223372036854775807 - CAST(%(amount)s AS bigint)
+    RETURNING t.*
+), logged AS (
+    INSERT INTO {schema}.journal (
+        tenant_id, seq, op, reservation_id, amount_microcents, hold_microcents,
+        initial_microcents, remaining_microcents, reserved_microcents, committed_microcents,
+        max_reserved_microcents, idempotency_key, created_at, entry_hash)
+    SELECT j.tenant_id, j.journal_seq, 'top_up', NULL, CAST(%(amount)s AS bigint), NULL,
+           j.initial_microcents, j.remaining_microcents, j.reserved_microcents,
+           j.committed_microcents, j.max_reserved_microcents, CAST(%(ikey)s AS text), now(),
+           j.journal_head
+    FROM applied AS j
+), probe AS MATERIALIZED (
+    SELECT CASE
+        WHEN initial_microcents > 9223372036854775807 - CAST(%(amount)s AS bigint) THEN 'overflow'
+        WHEN remaining_microcents > 9223372036854775807 - CAST(%(amount)s AS bigint) THEN 'overflow'
+        ELSE 'retry'
+    END AS status
+    FROM {schema}.tenants
+    WHERE tenant_id = %(tenant_id)s AND NOT EXISTS (SELECT 1 FROM applied)
+    FOR NO KEY UPDATE
+)
+SELECT 'topped_up' AS status, a.initial_microcents AS new_initial,
+       a.remaining_microcents AS new_remaining
+FROM applied AS a
+UNION ALL
+SELECT p.status, NULL, NULL FROM probe AS p
