@@ -116,7 +116,9 @@ def test_a_worker_killed_mid_work_leaves_a_hold_that_expires(
         create_tenant(server, tenant, 10 * ESTIMATE)
         done = drive(server, tenant, 1, {"estimate": ESTIMATE, "actual": PRICE}, requests_each=1)
         assert done.statuses == [201]
-        _post_in_background(server, tenant, {"estimate": ESTIMATE, "actual": PRICE, "work_ms": 30_000})
+        _post_in_background(
+            server, tenant, {"estimate": ESTIMATE, "actual": PRICE, "work_ms": 30_000}
+        )
         deadline = time.monotonic() + 30
         while book.reserved_microcents(tenant) != ESTIMATE:  # the hold is committed: mid-work
             assert time.monotonic() < deadline, server.output()

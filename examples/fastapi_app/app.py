@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 import ledger
 from ledger.contrib.fastapi import LedgerDep, ledger_lifespan
-from ledger.errors import RefusedError
+from ledger.errors import RefusedError, TenantNotFound
 
 #: How long a hold may outlive a crashed worker before its money comes back.
 HOLD_TTL = timedelta(seconds=int(os.environ.get("HOLD_TTL_SECONDS", "30")))
@@ -105,7 +105,9 @@ def create_app(database_url: str | None = None) -> FastAPI:
 
     @app.exception_handler(RefusedError)
     async def refused(request: Request, error: RefusedError) -> JSONResponse:
-        return JSONResponse(error.outcome.to_dict(), status_code=402)
+        # 404 for an unknown tenant; 402 (Payment Required) for every other refusal
+        status = 404 if isinstance(error, TenantNotFound) else 402
+        return JSONResponse(error.outcome.to_dict(), status_code=status)
 
     @app.post("/tenants/{tenant}", status_code=201)
     async def create_tenant(tenant: str, body: NewTenant, book: LedgerDep) -> Any:

@@ -35,7 +35,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import ledger
 from ledger.contrib.flask import FlaskLedger
-from ledger.errors import RefusedError
+from ledger.errors import RefusedError, TenantNotFound
 
 #: How long a hold may outlive a crashed worker before its money comes back.
 HOLD_TTL = timedelta(seconds=int(os.environ.get("HOLD_TTL_SECONDS", "30")))
@@ -86,7 +86,9 @@ def create_app(database_url: str | None = None) -> Flask:
 
     @app.errorhandler(RefusedError)
     def refused(error: RefusedError) -> Any:
-        return jsonify(error.outcome.to_dict()), 402
+        # 404 for an unknown tenant; 402 (Payment Required) for every other refusal
+        status = 404 if isinstance(error, TenantNotFound) else 402
+        return jsonify(error.outcome.to_dict()), status
 
     @app.post("/tenants/<tenant>")
     def create_tenant(tenant: str) -> Any:

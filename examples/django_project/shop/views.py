@@ -19,7 +19,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from ledger.contrib.django import get_ledger
-from ledger.errors import RefusedError
+from ledger.errors import RefusedError, TenantNotFound
 
 from .models import Job
 
@@ -65,5 +65,7 @@ def run_job(request: HttpRequest, tenant: str) -> HttpResponse:
                     transaction.set_rollback(True)  # no job row; leaving releases the hold
                     return JsonResponse(settled.to_dict(), status=402)
     except RefusedError as refused:  # entering the hold was refused: nothing is held
-        return JsonResponse(refused.outcome.to_dict(), status=402)
+        # 404 for an unknown tenant; 402 (Payment Required) for every other refusal
+        status = 404 if isinstance(refused, TenantNotFound) else 402
+        return JsonResponse(refused.outcome.to_dict(), status=status)
     return JsonResponse({"job": job.id, "settlement": settled.to_dict()}, status=201)
