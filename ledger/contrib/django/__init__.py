@@ -24,8 +24,10 @@ transaction, and settle atomically with the app's rows::
 An exception, or leaving without settling, releases the hold; its TTL
 returns the money if the process dies first. Reserving inside
 ``transaction.atomic()`` keeps the tenant's row locked until the block ends:
-right only for short work that must be atomic with the reserve. ``manage.py ledger ...`` offers the CLI's
-commands, and the admin shows tenants, open holds and certificates read-only.
+right only for short work that must be atomic with the reserve.
+
+``manage.py ledger ...`` offers the CLI's commands, and the admin shows
+tenants, open holds and certificates read-only.
 """
 
 from __future__ import annotations
