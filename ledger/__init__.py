@@ -19,8 +19,10 @@ from importlib.metadata import version as _version
 
 from . import embedded as embedded  # `ledger.embedded`: the CLI's server (lazy imports)
 from . import errors
+from ._async_ledger import AsyncLedger
 from ._batch import CommitItem, ReleaseItem, ReserveItem
 from ._executor import Connectable
+from ._hold import AsyncHold, Hold
 from ._ledger import BoundLedger, Ledger
 from ._money import MICROCENTS_PER_CENT
 from .finance import (
@@ -47,6 +49,8 @@ __version__ = _version("sql-ledger")
 
 __all__ = [
     "MICROCENTS_PER_CENT",
+    "AsyncHold",
+    "AsyncLedger",
     "Balance",
     "BoundLedger",
     "BudgetSnapshot",
@@ -55,6 +59,7 @@ __all__ = [
     "ConservationProof",
     "ConservationStatus",
     "FinancialCertificate",
+    "Hold",
     "JournalReport",
     "Ledger",
     "ReleaseItem",

@@ -1,30 +1,38 @@
-"""Batches: many items, one transaction, a constant number of round trips.
+"""Batches: many items, one transaction, a constant handful of set-based statements.
 
-A batch locks every hold and tenant it will touch, in one fixed order, then
-sends the very statements the single operations use, one per item, through
-libpq's pipeline mode: all executions go out before a single Sync, so a batch
-of a thousand items costs the same few round trips as a batch of one. Items
-are applied in order inside the lock, so the result is exactly what applying
-them one by one would give, including a large item that does not fit followed
-by a small one that does.
+A batch locks every hold and tenant it touches, in one fixed order, and reads
+their balances and chain heads (``batch_*_begin`` in ledger/sql/batches.sql).
+Nobody else can change them until the batch commits, so the items are then
+decided here, in order, by the rules the single statements' probes apply
+(spend.sql), on an in-memory copy of the locked rows: exactly sequential
+application, including a large item that does not fit followed by a small one
+that does. The journal chain is extended entry by entry with
+:func:`ledger.journal.entry_hash`, byte for byte the SQL ``journal_hash``.
+One ``batch_apply`` statement then writes the final balances, the holds and
+every journal entry with ``unnest``: the server does a few set-based writes
+for a batch of a thousand, not a thousand operations. The database still
+checks every CHECK constraint, and a guard in ``batch_apply`` rolls the batch
+back if what it wrote differs from what was decided.
 
-Two cases take the item-by-item path instead (same transaction, same
-results, more round trips): items with idempotency keys, and tenants with
-lapsed holds (which the single operations expire lazily). That path runs the
-single operations' own steps, so there is one implementation of each.
+Two cases take the item-by-item path instead, inside the same lock (same
+results, more round trips): items with idempotency keys, and lapsed holds
+(which the single operations expire lazily). That path runs the single
+operations' own steps.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections import namedtuple
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from . import _operations as ops
 from . import _validate, errors
-from ._executor import Fetch, FetchEach, Nested, Op, Steps
+from ._executor import Fetch, Nested, Op, Steps
 from ._queries import Queries
+from .journal import entry_hash
 from .outcomes import (
     Outcome,
     ReserveOutcome,
@@ -63,10 +71,6 @@ class ReleaseItem:
     reservation_id: int
     tenant_id: str | None = None
     idempotency_key: str | None = None
-
-
-class _Fallback(Exception):
-    """The pipelined attempt met a case only the item-by-item path handles."""
 
 
 def _items(items: Iterable[Any], kind: type, label: str) -> list[Any]:
@@ -109,48 +113,39 @@ def try_reserve_many(
         ttl_us, deadline = _checked(i, _validate.expiry, it.ttl, it.expires_at)
         key = _checked(i, _validate.idempotency_key, it.idempotency_key)
         prepared.append((tenant, cost, ttl_us, deadline, key))
+    keyed = any(p[4] is not None for p in prepared)
 
     def singles() -> Iterator[Op[ReserveOutcome]]:
         for it, (tenant, cost, _, _, key) in zip(batch, prepared, strict=True):
             yield ops.try_reserve(q, tenant, cost, it.ttl, it.expires_at, key)
 
-    def pipelined() -> Steps[list[ReserveOutcome]]:
-        outcomes: list[ReserveOutcome | None] = [None] * len(prepared)
-        params: list[dict[str, Any]] = []
-        where: list[int] = []
-        for i, (tenant, cost, ttl_us, deadline, _) in enumerate(prepared):
-            if cost <= 0:
-                outcomes[i] = ReserveOutcome(
-                    Status.INSUFFICIENT, remaining_microcents=0, required_microcents=cost
-                )
-                continue
-            params.append(
-                {
-                    "tenant_id": tenant,
-                    "amount": cost,
-                    "ttl_us": ttl_us,
-                    "expires_at": deadline,
-                    "ikey": None,
-                }
-            )
-            where.append(i)
-        results = yield FetchEach(q.try_reserve, params)
-        for i, rows in zip(where, results, strict=True):
-            row = rows[0] if rows else None
-            if row is not None and (row.status == "retry" or row.lapsed_holds):
-                raise _Fallback
-            outcomes[i] = reserve_outcome(row, prepared[i][1])
-        return [o for o in outcomes if o is not None]
-
-    def lock() -> Steps[bool]:
+    def steps() -> Steps[list[ReserveOutcome]]:
         tenants = sorted({p[0] for p in prepared})
-        if not tenants:
-            return False
-        rows = yield Fetch(q.batch_lock_tenants, {"ids": tenants})
-        return bool(rows[0].lapsed)
+        rows = (yield Fetch(q.batch_reserve_begin, {"ids": tenants})) if tenants else []
+        if keyed or (rows and rows[0].lapsed):
+            return (yield from _one_by_one(singles)())
+        plan = _Plan(rows[0].at if rows else None, rows)
+        decided = [
+            _decide_reserve(plan, tenant, cost, ttl_us, deadline)
+            for tenant, cost, ttl_us, deadline, _ in prepared
+        ]
+        refused = any(isinstance(d, ReserveOutcome) and not d.ok for d in decided)
+        if plan.opened and not (all_or_nothing and refused):
+            ids = (yield Fetch(q.batch_draw_ids, {"count": len(plan.opened)}))[0].ids
+            plan.seal(ids)
+        outcomes = [
+            d
+            if isinstance(d, ReserveOutcome)
+            else ReserveOutcome(
+                Status.RESERVED,
+                reservation_id=plan.opened[d.hold][1],
+                remaining_microcents=d.remaining,
+            )
+            for d in decided
+        ]
+        return (yield from _finish(q, plan, outcomes, all_or_nothing))
 
-    keyed = any(p[4] is not None for p in prepared)
-    return _batch(lock, pipelined, _one_by_one(singles), keyed, all_or_nothing)
+    return _op(steps, all_or_nothing)
 
 
 def commit_many(
@@ -162,25 +157,15 @@ def commit_many(
         for rid, actual, hint, key in prepared:
             yield ops.commit(q, rid, actual, hint, key)
 
-    def params(p: Settlement) -> dict[str, Any] | None:
+    def decide(plan: _Plan, p: Settlement) -> SettlementOutcome | None:
         rid, actual, _, _ = p
-        if actual < 0 or rid > _I64_MAX:
-            return None
-        return {"reservation_id": rid, "actual": actual, "tenant_id": None, "ikey": None}
+        if actual < 0:
+            return SettlementOutcome(Status.INVALID_AMOUNT)
+        if rid > _I64_MAX:
+            return SettlementOutcome(Status.MISSING_RESERVATION)
+        return _decide_commit(plan, rid, actual)
 
-    def early(p: Settlement) -> SettlementOutcome:
-        return SettlementOutcome(Status.INVALID_AMOUNT if p[1] < 0 else Status.MISSING_RESERVATION)
-
-    def pipelined() -> Steps[list[SettlementOutcome]]:
-        return (
-            yield from _settle(
-                q, prepared, params, early, q.commit, lambda row, p: commit_outcome(row, p[1])
-            )
-        )
-
-    keyed = any(p[3] is not None for p in prepared)
-    lock = _hold_locker(q, [p[0] for p in prepared])
-    return _batch(lock, pipelined, _one_by_one(singles), keyed, all_or_nothing)
+    return _settle_op(q, prepared, decide, singles, all_or_nothing)
 
 
 def release_many(
@@ -192,26 +177,12 @@ def release_many(
         for rid, _, hint, key in prepared:
             yield ops.release(q, rid, hint, key)
 
-    def params(p: Settlement) -> dict[str, Any] | None:
+    def decide(plan: _Plan, p: Settlement) -> SettlementOutcome | None:
         if p[0] > _I64_MAX:
-            return None
-        return {"reservation_id": p[0], "tenant_id": None, "ikey": None}
+            return SettlementOutcome(Status.MISSING_RESERVATION)
+        return _decide_release(plan, p[0])
 
-    def pipelined() -> Steps[list[SettlementOutcome]]:
-        return (
-            yield from _settle(
-                q,
-                prepared,
-                params,
-                lambda p: SettlementOutcome(Status.MISSING_RESERVATION),
-                q.release,
-                lambda row, p: release_outcome(row),
-            )
-        )
-
-    keyed = any(p[3] is not None for p in prepared)
-    lock = _hold_locker(q, [p[0] for p in prepared])
-    return _batch(lock, pipelined, _one_by_one(singles), keyed, all_or_nothing)
+    return _settle_op(q, prepared, decide, singles, all_or_nothing)
 
 
 Settlement = tuple[int, int, str | None, str | None]  # (rid, actual or 0, tenant, key)
@@ -233,59 +204,273 @@ def _settlements(batch: list[Any]) -> list[Settlement]:
     return prepared
 
 
-def _hold_locker(q: Queries, rids: list[int]) -> Callable[[], Steps[bool]]:
-    ids = sorted({r for r in rids if r <= _I64_MAX})
-
-    def lock() -> Steps[bool]:
-        if not ids:
-            return False
-        rows = yield Fetch(q.batch_lock_holds, {"rids": ids})
-        return bool(rows[0].lapsed)
-
-    return lock
-
-
-def _settle(
+def _settle_op(
     q: Queries,
-    prepared: Sequence[Settlement],
-    params: Callable[[Settlement], dict[str, Any] | None],
-    early: Callable[[Settlement], SettlementOutcome],
-    statement: str,
-    outcome: Callable[[Any, Settlement], SettlementOutcome],
-) -> Steps[list[SettlementOutcome]]:
-    results: list[SettlementOutcome | None] = [None] * len(prepared)
-    batch_params: list[dict[str, Any]] = []
-    where: list[int] = []
-    for i, p in enumerate(prepared):
-        bound = params(p)
-        if bound is None:
-            results[i] = early(p)
-        else:
-            batch_params.append(bound)
-            where.append(i)
-    missing: list[int] = []
-    for i, rows in zip(where, (yield FetchEach(statement, batch_params)), strict=True):
-        if not rows:
-            missing.append(i)
-            continue
-        row = rows[0]
-        if row.status in ("retry", "lapsed"):
-            raise _Fallback
-        results[i] = outcome(row, prepared[i])
-    if missing:
-        rids = sorted({prepared[i][0] for i in missing})
-        expired = {
-            r.reservation_id: r.returned
-            for r in (yield Fetch(q.expired_holds, {"rids": rids}))
-        }
-        for i in missing:
-            rid = prepared[i][0]
-            results[i] = (
-                SettlementOutcome(Status.EXPIRED, returned_microcents=expired[rid])
-                if rid in expired
-                else SettlementOutcome(Status.MISSING_RESERVATION)
+    prepared: list[Settlement],
+    decide: Callable[[_Plan, Settlement], SettlementOutcome | None],
+    singles: Callable[[], Iterator[Op[SettlementOutcome]]],
+    all_or_nothing: bool,
+) -> Op[list[SettlementOutcome]]:
+    """Commit or release batches: lock holds then tenants, decide in order, apply once."""
+    keyed = any(p[3] is not None for p in prepared)
+    rids = sorted({p[0] for p in prepared if p[0] <= _I64_MAX})
+
+    def steps() -> Steps[list[SettlementOutcome]]:
+        rows = (yield Fetch(q.batch_settle_begin, {"rids": rids})) if rids else []
+        if keyed or any(r.lapsed for r in rows):
+            return (yield from _one_by_one(singles)())
+        plan = _Plan(rows[0].at if rows else None, rows)
+        plan.holds = {r.reservation_id: (r.tenant_id, r.amount_microcents) for r in rows}
+        decided = [decide(plan, p) for p in prepared]
+        # A hold that was not there: expired (the journal says so) or never was.
+        gone = sorted({p[0] for p, o in zip(prepared, decided, strict=True) if o is None})
+        expired: dict[int, int] = {}
+        if gone:
+            expired = {
+                r.reservation_id: r.returned for r in (yield Fetch(q.expired_holds, {"rids": gone}))
+            }
+        outcomes = [
+            o
+            if o is not None
+            else SettlementOutcome(Status.EXPIRED, returned_microcents=expired[p[0]])
+            if p[0] in expired
+            else SettlementOutcome(Status.MISSING_RESERVATION)
+            for p, o in zip(prepared, decided, strict=True)
+        ]
+        return (yield from _finish(q, plan, outcomes, all_or_nothing))
+
+    return _op(steps, all_or_nothing)
+
+
+# ------------------------------------------------------------- the decisions
+# Each mirrors the probe of the single statement in ledger/sql/spend.sql, in
+# the same order, on the batch's locked copy of the tenant rows.
+
+_Row = namedtuple("_Row", "status remaining reserved cap reservation_id returned")
+
+
+def _row(status: str, t: _Tenant, reservation_id: int | None = None) -> Any:
+    return _Row(status, t.remaining, t.reserved, t.cap, reservation_id, None)
+
+
+@dataclass(frozen=True, slots=True)
+class _Granted:
+    """A granted reserve: its hold is ``plan.opened[hold]``, whose id is drawn later."""
+
+    hold: int
+    remaining: int
+
+
+def _decide_reserve(
+    plan: _Plan, tenant_id: str, cost: int, ttl_us: int | None, deadline: datetime | None
+) -> ReserveOutcome | _Granted:
+    if cost <= 0:
+        return ReserveOutcome(Status.INSUFFICIENT, remaining_microcents=0, required_microcents=cost)
+    t = plan.tenants.get(tenant_id)
+    if t is None:
+        return reserve_outcome(None, cost)
+    if t.reserved > _I64_MAX - cost:
+        return reserve_outcome(_row("overflow", t), cost)
+    if t.cap > 0 and t.reserved > t.cap - cost:
+        return reserve_outcome(_row("exposure_limit_exceeded", t), cost)
+    if t.remaining < cost:
+        return reserve_outcome(_row("insufficient", t), cost)
+    t.remaining -= cost
+    t.reserved += cost
+    plan.open(t, cost, ttl_us, deadline)
+    plan.entry(t, "reserve", None, cost, None)  # its reservation id comes with seal()
+    return _Granted(len(plan.opened) - 1, t.remaining)
+
+
+def _decide_commit(plan: _Plan, rid: int, actual: int) -> SettlementOutcome | None:
+    """The commit of a live hold; None when the hold is not (or no longer) there."""
+    held = plan.holds.get(rid)
+    if held is None:
+        return None
+    t = plan.tenants[held[0]]
+    amount = held[1]
+    if t.committed > _I64_MAX - actual:
+        return commit_outcome(_row("overflow", t), actual)
+    if actual > amount and t.remaining < actual - amount:
+        return commit_outcome(_row("overrun", t), actual)
+    t.remaining -= actual - amount
+    t.reserved -= amount
+    t.committed += actual
+    plan.close(t, rid)
+    plan.entry(t, "commit", rid, actual, amount)
+    return commit_outcome(_row("committed", t), actual)
+
+
+def _decide_release(plan: _Plan, rid: int) -> SettlementOutcome | None:
+    held = plan.holds.get(rid)
+    if held is None:
+        return None
+    t = plan.tenants[held[0]]
+    amount = held[1]
+    t.remaining += amount
+    t.reserved -= amount
+    plan.close(t, rid)
+    plan.entry(t, "release", rid, amount, None)
+    return release_outcome(_Row("released", t.remaining, None, None, None, amount))
+
+
+# ------------------------------------------------------------------ the plan
+
+
+@dataclass(slots=True)
+class _Tenant:
+    """The batch's working copy of one locked tenant row."""
+
+    tenant_id: str
+    initial: int
+    remaining: int
+    reserved: int
+    committed: int
+    cap: int
+    seq: int
+    head: bytes
+    locked_seq: int
+
+
+@dataclass
+class _Plan:
+    """Everything a decided batch will write, built item by item."""
+
+    at: datetime | None
+    rows: list[Any]
+    tenants: dict[str, _Tenant] = field(init=False)
+    holds: dict[int, tuple[str, int]] = field(default_factory=dict)
+    opened: list[list[Any]] = field(default_factory=list)
+    closed: list[tuple[str, int]] = field(default_factory=list)
+    entries: list[list[Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.tenants = {
+            r.tenant_id: _Tenant(
+                r.tenant_id,
+                r.initial_microcents,
+                r.remaining_microcents,
+                r.reserved_microcents,
+                r.committed_microcents,
+                r.max_reserved_microcents,
+                r.journal_seq,
+                bytes(r.journal_head),
+                r.journal_seq,
             )
-    return [r for r in results if r is not None]
+            for r in self.rows
+            if r.tenant_id is not None
+        }
+
+    def open(self, t: _Tenant, amount: int, ttl_us: int | None, deadline: datetime | None) -> None:
+        """A new hold; its reservation id is drawn once the batch is decided (seal)."""
+        self.opened.append([t.tenant_id, None, amount, ttl_us, deadline])
+
+    def close(self, t: _Tenant, rid: int) -> None:
+        del self.holds[rid]
+        self.closed.append((t.tenant_id, rid))
+
+    def entry(
+        self, t: _Tenant, op: str, rid: int | None, amount: int | None, hold: int | None
+    ) -> None:
+        """Record one journal entry for ``t``, after its balances changed."""
+        t.seq += 1
+        self.entries.append(
+            [
+                t.tenant_id,
+                t.seq,
+                op,
+                rid,
+                amount,
+                hold,
+                t.initial,
+                t.remaining,
+                t.reserved,
+                t.committed,
+                t.cap,
+                None,
+            ]
+        )
+
+    def seal(self, reservation_ids: list[int]) -> None:
+        """Give new holds their ids, in item order, and hash every entry into its chain."""
+        assert self.at is not None and len(reservation_ids) == len(self.opened)
+        for hold, rid in zip(self.opened, reservation_ids, strict=True):
+            hold[1] = rid
+        new_ids = iter(reservation_ids)
+        heads = {t.tenant_id: t.head for t in self.tenants.values()}
+        for e in self.entries:
+            if e[2] == "reserve":
+                e[3] = next(new_ids)
+            tenant, seq, op, rid, amount, hold, initial, remaining, reserved, committed, cap = e[
+                :11
+            ]
+            e[11] = heads[tenant] = entry_hash(
+                heads[tenant],
+                tenant,
+                seq,
+                op,
+                rid,
+                amount,
+                hold,
+                initial,
+                remaining,
+                reserved,
+                committed,
+                cap,
+                self.at,
+                None,
+            )
+        for t in self.tenants.values():
+            t.head = heads[t.tenant_id]
+
+    def params(self) -> dict[str, Any]:
+        changed = [t for t in self.tenants.values() if t.seq != t.locked_seq]
+        entries = list(zip(*self.entries, strict=True)) or [()] * 12
+        opened = list(zip(*self.opened, strict=True)) or [()] * 5
+        closed = list(zip(*self.closed, strict=True)) or [()] * 2
+        return {
+            "at": self.at,
+            "t_id": [t.tenant_id for t in changed],
+            "t_prev_seq": [t.locked_seq for t in changed],
+            "t_seq": [t.seq for t in changed],
+            "t_head": [t.head for t in changed],
+            "t_remaining": [t.remaining for t in changed],
+            "t_reserved": [t.reserved for t in changed],
+            "t_committed": [t.committed for t in changed],
+            **{f"o_{k}": list(v) for k, v in zip(_OPENED, opened, strict=True)},
+            **{f"c_{k}": list(v) for k, v in zip(("tenant", "id"), closed, strict=True)},
+            **{f"j_{k}": list(v) for k, v in zip(_ENTRY, entries, strict=True)},
+        }
+
+
+_OPENED = ("tenant", "id", "amount", "ttl_us", "expires_at")
+_ENTRY = (
+    "tenant",
+    "seq",
+    "op",
+    "id",
+    "amount",
+    "hold",
+    "initial",
+    "remaining",
+    "reserved",
+    "committed",
+    "cap",
+    "hash",
+)
+
+
+def _finish(
+    q: Queries, plan: _Plan, outcomes: list[OutcomeT], all_or_nothing: bool
+) -> Steps[list[OutcomeT]]:
+    """Refuse the whole batch, or write it in one statement."""
+    if all_or_nothing and not all(o.ok for o in outcomes):
+        raise errors.BatchRefused(list(outcomes))
+    if plan.entries:
+        if not plan.opened:
+            plan.seal([])
+        yield Fetch(q.batch_apply, plan.params())
+    return outcomes
 
 
 def _one_by_one(
@@ -302,29 +487,16 @@ def _one_by_one(
     return steps
 
 
-def _batch(
-    lock: Callable[[], Steps[bool]],
-    pipelined: Callable[[], Steps[list[OutcomeT]]],
-    one_by_one: Callable[[], Steps[list[OutcomeT]]],
-    keyed: bool,
-    all_or_nothing: bool,
-) -> Op[list[OutcomeT]]:
-    def work() -> Steps[list[OutcomeT]]:
-        lapsed = yield from lock()
-        if keyed or lapsed:
-            outcomes = yield from one_by_one()
-        else:
-            try:
-                outcomes = yield Nested(pipelined)
-            except _Fallback:  # the savepoint undid the pipelined attempt
-                outcomes = yield from one_by_one()
+def _op(steps: Callable[[], Steps[list[OutcomeT]]], all_or_nothing: bool) -> Op[list[OutcomeT]]:
+    def checked() -> Steps[list[OutcomeT]]:
+        outcomes = yield from steps()
         if all_or_nothing and not all(o.ok for o in outcomes):
             raise errors.BatchRefused(list(outcomes))
         return outcomes
 
     def undone_on_refusal() -> Steps[list[OutcomeT]]:
         # In the caller's transaction, a refusal undoes the batch's part only.
-        outcomes: list[OutcomeT] = yield Nested(work, when_owned=False)
+        outcomes: list[OutcomeT] = yield Nested(checked, when_owned=False)
         return outcomes
 
-    return Op(undone_on_refusal if all_or_nothing else work, "READ COMMITTED")
+    return Op(undone_on_refusal if all_or_nothing else checked, "READ COMMITTED")

@@ -33,7 +33,7 @@ from collections import namedtuple
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 import psycopg
 from psycopg import IsolationLevel
@@ -43,6 +43,9 @@ from sqlalchemy.orm import Session, scoped_session
 
 from . import errors
 from ._translate import _driver_error, translate
+
+if TYPE_CHECKING:
+    from ._coalesce import Coalescer
 
 T = TypeVar("T")
 Params = Mapping[str, Any]
@@ -476,8 +479,17 @@ def _backoff(attempt: int) -> None:
 class Database:
     """Runs operations for one ledger, on the caller's connection or on one of ours."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, coalesce: bool = False) -> None:
         self.engine = engine
+        self._coalescer: Coalescer | None = None
+        if coalesce:
+            from ._coalesce import Coalescer
+
+            self._coalescer = Coalescer(engine)
+
+    def close(self) -> None:
+        if self._coalescer is not None:
+            self._coalescer.close()
 
     def run(self, op: Op[T], caller: Connectable | None) -> T:
         result = self._run(op, caller)
@@ -497,6 +509,8 @@ class Database:
                     return drive(executor, op.steps())
                 finally:
                     executor.close_streams()
+        if self._coalescer is not None and op.isolation == "AUTOCOMMIT":
+            return self._coalescer.run(op)
         attempt = 0
         while True:
             try:

@@ -12,7 +12,8 @@ transaction: a single autocommitted statement for the hot-path operations.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -21,6 +22,7 @@ from . import _operations as ops
 from ._batch import CommitItem, ReleaseItem, ReserveItem
 from ._engine import EngineLike, as_engine
 from ._executor import Connectable, Database, Op
+from ._hold import Hold
 from ._queries import for_schema
 from .finance import FinancialCertificate
 from .journal import JournalReport
@@ -33,6 +35,9 @@ T = TypeVar("T")
 
 _I64_MAX = _validate.I64_MAX
 
+#: How long a hold from :meth:`Ledger.hold` lives if nobody settles it (a crash).
+DEFAULT_HOLD_TTL = timedelta(minutes=10)
+
 
 class Ledger:
     """Per-tenant budgets with two-phase spend, stored in one PostgreSQL schema.
@@ -41,12 +46,19 @@ class Ledger:
     engine to share its pool; pass a URL and the ledger creates (and
     :meth:`close` disposes of) its own. The schema must have been migrated
     with :func:`ledger.migrate`.
+
+    ``coalesce=True`` runs the single-statement operations of many threads
+    together, a round at a time, in one transaction and one round trip per
+    round (see :mod:`ledger._coalesce`): for threaded servers under load.
+    Each call still gets its own outcome, after its round has committed.
     """
 
-    def __init__(self, engine_or_url: EngineLike, schema: str = "ledger") -> None:
+    def __init__(
+        self, engine_or_url: EngineLike, schema: str = "ledger", *, coalesce: bool = False
+    ) -> None:
         self.schema = _validate.schema_name(schema)
         self.engine, self._owns_engine = as_engine(engine_or_url)
-        self._db = Database(self.engine)
+        self._db = Database(self.engine, coalesce=coalesce)
         self._q = for_schema(self.schema)
 
     #: Where operations run when no ``connection=`` is given: None means the
@@ -59,7 +71,8 @@ class Ledger:
         return self._db.run(op, connection)
 
     def close(self) -> None:
-        """Dispose of the engine if the ledger created it."""
+        """Stop coalescing, and dispose of the engine if the ledger created it."""
+        self._db.close()
         if self._owns_engine:
             self.engine.dispose()
 
@@ -167,6 +180,49 @@ class Ledger:
         """Cancel a hold, returning its full amount to ``remaining``."""
         op = ops.release(self._q, reservation_id, tenant_id, idempotency_key)
         return self._run(op, connection)
+
+    # ------------------------------------------------------------------ holds
+
+    @contextmanager
+    def hold(
+        self,
+        tenant_id: str,
+        estimate_microcents: int,
+        *,
+        ttl: timedelta | int = DEFAULT_HOLD_TTL,
+        idempotency_key: str | None = None,
+    ) -> Iterator[Hold]:
+        """Reserve ``estimate_microcents`` now, run the block with no lock held, then settle.
+
+        The reserve is committed at once in a transaction of its own (never
+        the caller's or a framework's), so other requests of the tenant are
+        not held up by the work; ``ttl`` (a ``timedelta`` or seconds) expires
+        the hold if the process dies before settling. Inside the block call
+        ``h.settle(actual)``, which joins ``connection=`` or the bound
+        framework transaction when given, so the settlement is atomic with
+        the app's writes (if that transaction then rolls back, the hold
+        stays open and its TTL returns the amount: the block cannot know
+        whether the app will still commit). Leaving the block without
+        settling releases the hold; an exception releases it and propagates. A refused reserve
+        raises its typed error (for example
+        :class:`~ledger.errors.InsufficientFundsError`) and the block does
+        not run.
+        """
+        own = self._own_transactions()
+        reserved = own.try_reserve(
+            tenant_id, estimate_microcents, ttl=ttl, idempotency_key=idempotency_key
+        ).raise_for_status()
+        held = Hold(self, own, tenant_id, reserved, estimate_microcents)
+        try:
+            yield held
+        except BaseException:
+            held._close(failed=True)
+            raise
+        held._close(failed=False)
+
+    def _own_transactions(self) -> Ledger:
+        """This ledger as it runs without ``connection=``: its own transactions."""
+        return self
 
     # --------------------------------------------------------------- batches
 
@@ -401,6 +457,12 @@ class BoundLedger(Ledger):
     def ledger(self) -> Ledger:
         """The unbound ledger (operations run in their own transactions)."""
         return self._unbound
+
+    def _own_transactions(self) -> Ledger:
+        return self._unbound
+
+    def close(self) -> None:
+        """Nothing to do: the unbound ledger owns the engine (and any coalescer)."""
 
     def __repr__(self) -> str:
         return f"BoundLedger({self._unbound!r})"

@@ -80,8 +80,10 @@ class Queries:
     expire_for_tenant: str
     expire_hold: str
     # batches.sql
-    batch_lock_tenants: str
-    batch_lock_holds: str
+    batch_reserve_begin: str
+    batch_draw_ids: str
+    batch_settle_begin: str
+    batch_apply: str
     expired_holds: str
     # idempotency.sql
     idempotency_claim: str

@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 
 import click
 
-from . import embedded, errors
+from . import _validate, embedded, errors
 from . import migrator as migrations
 from ._ledger import Ledger
 from ._money import format_units, parse_units
@@ -281,10 +281,12 @@ def tenant_create(
 ) -> None:
     """Create TENANT_ID with BUDGET (no-op if it exists)."""
     amount = _amount(budget, in_units)
+    # Checked before anything is written: a bad --cap must not leave a new tenant behind.
+    max_reserved = None if cap is None else _validate.amount("--cap", _amount(cap, in_units))
     with ctx.ledger() as book:
         created = book.ensure_tenant(tenant_id, amount)
-        if cap is not None:
-            book.set_max_reserved_microcents(tenant_id, _amount(cap, in_units))
+        if max_reserved is not None:
+            book.set_max_reserved_microcents(tenant_id, max_reserved)
         row = book.tenant(tenant_id)
     assert row is not None
     _emit(

@@ -1,13 +1,68 @@
-"""Shared test helpers: raw-SQL views of the database and a cheap reset."""
+"""Shared test helpers: raw-SQL views of the database, a cheap reset, a reference digest."""
 
 from __future__ import annotations
 
+import hashlib
+import re
+import textwrap
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import psycopg
 
 I64_MAX = 2**63 - 1
 I64_MIN = -(2**63)
+
+
+_FENCE = re.compile(r"^([ \t]*)```([^`\n]*)\n(.*?)^\1```[ \t]*$", re.S | re.M)
+_PYTHON_ALIASES = {"py", "py3", "python3", "pycon", "ipython", "python-repl"}
+
+
+def python_block_matches(text: str, name: str) -> list[tuple[int, str]]:
+    """(offset, dedented source) of every ```python block of a Markdown text, in order.
+
+    A block fenced as ``py``, ``python3``, ``pycon`` and the like fails here
+    rather than being left out: the docs tests run every Python example, so an
+    example must be tagged exactly ``python`` to be found.
+    """
+    blocks = []
+    for match in _FENCE.finditer(text):
+        info = match.group(2)
+        tag = (info.split() or [""])[0].lower()
+        if tag == "python":
+            blocks.append((match.start(), textwrap.dedent(match.group(3))))
+        elif tag in _PYTHON_ALIASES:
+            raise AssertionError(
+                f"{name}: a ```{info} block; fence Python examples as ```python so they run"
+            )
+    return blocks
+
+
+def python_blocks(path: Path) -> list[str]:
+    """The source of every ```python block of a Markdown file, in order."""
+    return [block for _, block in python_block_matches(path.read_text(encoding="utf-8"), path.name)]
+
+
+def reference_digest(
+    version: int, tenants: Iterable[tuple[str, int, int, int, int]], active_reservations: int
+) -> bytes:
+    """The ``calyldg1`` digest written from docs/digest.md alone, independently of ledger.finance.
+
+    ``tenants`` are (id, initial, remaining, reserved, committed) rows in any
+    order; they are sorted by the UTF-8 bytes of the id, as the format says.
+    Raises OverflowError for a value that does not fit its field.
+    """
+    rows = sorted(tenants, key=lambda row: row[0].encode("utf-8"))
+    message = b"calyldg1\x00"
+    for header in (version, len(rows), active_reservations):
+        message += header.to_bytes(8, "little", signed=False)
+    for tenant_id, *amounts in rows:
+        raw = tenant_id.encode("utf-8")
+        message += len(raw).to_bytes(4, "little") + raw
+        for value in amounts:
+            message += value.to_bytes(8, "little", signed=True)
+    return hashlib.sha256(message).digest()
 
 
 def state(conn: psycopg.Connection, schema: str = "ledger") -> dict[str, Any]:

@@ -22,17 +22,23 @@ from .test_database import Tracer
 TENANTS = ["a", "b", "c-é"]
 
 
+BIG = 2**62  # two of these overflow a tenant's reserved or committed total
+
+
 def seed_state(book: ledger.Ledger) -> list[int]:
     book.ensure_tenant("a", 1_000)
     book.ensure_tenant("b", 300)
     book.ensure_tenant("c-é", 50)
+    book.ensure_tenant("big", 2**63 - 1)
     book.set_max_reserved_microcents("b", 200)
     return [h.reservation_id for h in book.try_reserve_many([("a", 100), ("a", 200), ("b", 150)])]  # type: ignore[misc]
 
 
 reserve_items = st.lists(
     st.tuples(
-        st.sampled_from([*TENANTS, "ghost"]), st.sampled_from([-1, 0, 1, 10, 60, 150, 400, 2_000])
+        st.sampled_from([*TENANTS, "big", "ghost"]),
+        st.sampled_from([-1, 0, 1, 10, 60, 150, 400, 2_000, BIG - 1, BIG]),
+        st.sampled_from([None, None, 3600]),  # seconds to live
     ),
     max_size=25,
 )
@@ -40,7 +46,7 @@ settle_items = st.lists(
     st.tuples(
         st.sampled_from(["commit", "release"]),
         st.integers(0, 6),
-        st.sampled_from([-1, 0, 50, 100, 250, 5_000]),
+        st.sampled_from([-1, 0, 50, 100, 250, 5_000, BIG]),
     ),
     max_size=25,
 )
@@ -55,7 +61,7 @@ PROPERTY = settings(
 def apply_one_by_one(
     book: ledger.Ledger, reserves: list[Any], settles: list[Any], ids: list[int]
 ) -> list[Any]:
-    outs: list[Any] = [book.try_reserve(t, c) for t, c in reserves]
+    outs: list[Any] = [book.try_reserve(t, c, ttl=ttl) for t, c, ttl in reserves]
     known = ids + [o.reservation_id for o in outs if o.reservation_id is not None]
     for kind, pick, amount in settles:
         rid = known[pick % len(known)] if pick < 6 else 99_999
@@ -66,7 +72,7 @@ def apply_one_by_one(
 def apply_batched(
     book: ledger.Ledger, reserves: list[Any], settles: list[Any], ids: list[int]
 ) -> list[Any]:
-    outs: list[Any] = book.try_reserve_many(reserves)
+    outs: list[Any] = book.try_reserve_many(reserves)  # (tenant, cost, ttl) tuples
     known = ids + [o.reservation_id for o in outs if o.reservation_id is not None]
     # consecutive runs of the same kind go in one batch, preserving order
     i = 0
@@ -114,6 +120,30 @@ def test_a_large_item_does_not_block_a_later_small_one(book: ledger.Ledger) -> N
     out = book.try_reserve_many([("hot", 90), ("hot", 50), ("hot", 10), ("hot", 1)])
     assert [o.status for o in out] == ["reserved", "insufficient", "reserved", "insufficient"]
     assert book.remaining_microcents("hot") == 0
+
+
+@PROPERTY
+@given(reserves=reserve_items)
+def test_an_all_or_nothing_batch_applies_everything_or_nothing(
+    db_url: str, raw: psycopg.Connection, reserves: list[Any]
+) -> None:
+    with ledger.Ledger(db_url) as book:
+        reset(raw)
+        seed_state(book)
+        before = state(raw)
+        try:
+            outs = book.try_reserve_many(reserves, all_or_nothing=True)
+        except errors.BatchRefused as refused:
+            assert any(not o.ok for o in refused.outcomes)
+            after = state(raw)
+            # Nothing applied; only the id sequence may have moved.
+            after.pop("reservation_seq"), before.pop("reservation_seq")
+            assert after == before
+        else:
+            assert all(o.ok for o in outs)
+            assert book.active_reservations() == 3 + len(reserves)
+        assert holds_match_reserved(raw) == []
+        assert book.verify_journal().ok
 
 
 def test_round_trips_do_not_grow_with_the_batch(db_url: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -10,21 +9,19 @@ import pytest
 
 import ledger
 
+from .helpers import python_blocks
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-def python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
-
-
 def test_readme_has_examples() -> None:
-    assert len(python_blocks()) >= 4
+    assert len(python_blocks(README)) >= 4
 
 
 def test_readme_examples_run(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ledger.embedded, "start", lambda *a, **k: SimpleNamespace(url=db_url))
     namespace: dict[str, object] = {}
-    for block in python_blocks():
+    for block in python_blocks(README):
         exec(compile(block, str(README), "exec"), namespace)
     book = namespace["book"]
     assert isinstance(book, ledger.Ledger)

@@ -1,41 +1,133 @@
--- Batches lock up front, then run the single operations' own statements (spend.sql).
+-- Batches: a constant handful of statements per batch, whatever its size.
+--
+-- A batch locks everything it touches up front, in one fixed order (holds by
+-- id, then tenants by id: the order single settlements lock in too), so
+-- concurrent batches cannot deadlock, and reads what the decisions need. The
+-- items are then decided in order, in Python, by the same rules the single
+-- statements' probes apply (ledger/_batch.py), on the locked balances, which
+-- no one else can change until the batch commits. That is exactly sequential
+-- application. batch_apply then writes every tenant, hold and journal entry
+-- with set-based statements. Keyed items and lapsed holds take the
+-- item-by-item path instead, inside the same lock.
 
--- name: batch_lock_tenants
--- A batch locks everything it will touch up front, in one fixed order (holds
--- by id, then tenants by id), so concurrent batches cannot deadlock, and then
--- applies its items one by one inside that lock, which is exactly sequential
--- application. Also tells whether any touched tenant has a lapsed hold (then
--- the batch takes the slow, item-by-item path that expires them lazily).
+-- name: batch_reserve_begin
+-- Lock and read the batch's tenants, and say whether any has a lapsed hold
+-- (then the batch goes item by item, expiring lazily as single reserves do).
 WITH locked AS MATERIALIZED (
-    SELECT tenant_id FROM {schema}.tenants
+    SELECT tenant_id, initial_microcents, remaining_microcents, reserved_microcents,
+           committed_microcents, max_reserved_microcents, journal_seq, journal_head
+    FROM {schema}.tenants
     WHERE tenant_id = ANY(CAST(%(ids)s AS text[]))
     ORDER BY tenant_id
     FOR NO KEY UPDATE
 )
-SELECT (SELECT count(*) FROM locked) AS locked,
+SELECT now() AS at,
        EXISTS (SELECT 1 FROM {schema}.reservations AS r
                WHERE r.tenant_id IN (SELECT tenant_id FROM locked)
-                 AND r.expires_at <= now()) AS lapsed
+                 AND r.expires_at <= now()) AS lapsed,
+       l.*
+FROM (SELECT 1) AS one LEFT JOIN locked AS l ON true
+ORDER BY l.tenant_id
 
--- name: batch_lock_holds
--- As batch_lock_tenants, for settlements: the holds by id first, then their tenants.
+-- name: batch_draw_ids
+-- One reservation id per granted reserve, in item order, as the single
+-- statement draws one for each reserve it grants (and none for a refusal).
+SELECT ARRAY(
+    SELECT nextval('{schema}.reservation_id_seq')
+    FROM generate_series(1, CAST(%(count)s AS integer)) AS n
+    ORDER BY n
+) AS ids
+
+-- name: batch_settle_begin
+-- Lock the holds by id, then their tenants, and read both. A hold past its
+-- deadline sends the batch item by item (the single settlement expires it).
 WITH holds AS MATERIALIZED (
-    SELECT tenant_id FROM {schema}.reservations
+    SELECT tenant_id, reservation_id, amount_microcents,
+           COALESCE(expires_at <= now(), false) AS lapsed
+    FROM {schema}.reservations
     WHERE reservation_id = ANY(CAST(%(rids)s AS bigint[]))
     ORDER BY reservation_id
     FOR UPDATE
 ), locked AS MATERIALIZED (
-    SELECT tenant_id FROM {schema}.tenants
+    SELECT tenant_id, initial_microcents, remaining_microcents, reserved_microcents,
+           committed_microcents, max_reserved_microcents, journal_seq, journal_head
+    FROM {schema}.tenants
     WHERE tenant_id IN (SELECT tenant_id FROM holds)
     ORDER BY tenant_id
     FOR NO KEY UPDATE
 )
-SELECT (SELECT count(*) FROM locked) AS locked,
-       EXISTS (SELECT 1 FROM {schema}.reservations AS r
-               WHERE r.tenant_id IN (SELECT tenant_id FROM locked)
-                 AND r.expires_at <= now()) AS lapsed
+SELECT now() AS at, h.reservation_id, h.amount_microcents, h.lapsed, l.*
+FROM holds AS h JOIN locked AS l ON l.tenant_id = h.tenant_id
+ORDER BY h.reservation_id
+
+-- name: batch_apply
+-- Write a decided batch: each touched tenant's final balances and chain head
+-- (only if its chain is where the batch found it, which the lock guarantees),
+-- the holds it opens and closes, and one journal entry per change, hashed in
+-- order by the batch (ledger.journal.entry_hash, the same bytes as
+-- journal_hash). The guard rolls everything back if any count is off.
+WITH tenant_rows AS (
+    SELECT *
+    FROM unnest(CAST(%(t_id)s AS text[]), CAST(%(t_prev_seq)s AS bigint[]),
+                CAST(%(t_seq)s AS bigint[]), CAST(%(t_head)s AS bytea[]),
+                CAST(%(t_remaining)s AS bigint[]), CAST(%(t_reserved)s AS bigint[]),
+                CAST(%(t_committed)s AS bigint[]))
+         AS u(tenant_id, prev_seq, seq, head, remaining, reserved, committed)
+), applied AS (
+    UPDATE {schema}.tenants AS t
+    SET remaining_microcents = u.remaining,
+        reserved_microcents = u.reserved,
+        committed_microcents = u.committed,
+        journal_seq = u.seq,
+        journal_head = u.head
+    FROM tenant_rows AS u
+    WHERE t.tenant_id = u.tenant_id AND t.journal_seq = u.prev_seq
+    RETURNING t.tenant_id
+), opened AS (
+    INSERT INTO {schema}.reservations (tenant_id, reservation_id, amount_microcents, expires_at)
+    SELECT o.tenant_id, o.reservation_id, o.amount,
+           CASE WHEN o.ttl_us IS NOT NULL
+                THEN now() + o.ttl_us * interval '1 microsecond'
+                ELSE o.expires_at END
+    FROM unnest(CAST(%(o_tenant)s AS text[]), CAST(%(o_id)s AS bigint[]),
+                CAST(%(o_amount)s AS bigint[]), CAST(%(o_ttl_us)s AS bigint[]),
+                CAST(%(o_expires_at)s AS timestamptz[]))
+         AS o(tenant_id, reservation_id, amount, ttl_us, expires_at)
+    RETURNING 1
+), closed AS (
+    DELETE FROM {schema}.reservations AS r
+    USING unnest(CAST(%(c_tenant)s AS text[]), CAST(%(c_id)s AS bigint[]))
+          AS c(tenant_id, reservation_id)
+    WHERE r.tenant_id = c.tenant_id AND r.reservation_id = c.reservation_id
+    RETURNING 1
+), logged AS (
+    INSERT INTO {schema}.journal (
+        tenant_id, seq, op, reservation_id, amount_microcents, hold_microcents,
+        initial_microcents, remaining_microcents, reserved_microcents, committed_microcents,
+        max_reserved_microcents, idempotency_key, created_at, entry_hash)
+    SELECT j.tenant_id, j.seq, j.op, j.reservation_id, j.amount, j.hold, j.initial,
+           j.remaining, j.reserved, j.committed, j.cap, NULL, CAST(%(at)s AS timestamptz),
+           j.entry_hash
+    FROM unnest(CAST(%(j_tenant)s AS text[]), CAST(%(j_seq)s AS bigint[]),
+                CAST(%(j_op)s AS text[]), CAST(%(j_id)s AS bigint[]),
+                CAST(%(j_amount)s AS bigint[]), CAST(%(j_hold)s AS bigint[]),
+                CAST(%(j_initial)s AS bigint[]), CAST(%(j_remaining)s AS bigint[]),
+                CAST(%(j_reserved)s AS bigint[]), CAST(%(j_committed)s AS bigint[]),
+                CAST(%(j_cap)s AS bigint[]), CAST(%(j_hash)s AS bytea[]))
+         AS j(tenant_id, seq, op, reservation_id, amount, hold, initial, remaining, reserved,
+              committed, cap, entry_hash)
+    RETURNING 1
+)
+SELECT CASE WHEN (SELECT count(*) FROM applied) <> cardinality(CAST(%(t_id)s AS text[]))
+              OR (SELECT count(*) FROM closed) <> cardinality(CAST(%(c_id)s AS bigint[]))
+              OR (SELECT count(*) FROM opened) <> cardinality(CAST(%(o_id)s AS bigint[]))
+              OR (SELECT count(*) FROM logged) <> cardinality(CAST(%(j_seq)s AS bigint[]))
+            THEN {schema}.invariant_failed('a batch did not apply exactly as it was decided')
+       END AS guard
 
 -- name: expired_holds
+-- Which of these holds were expired (the journal says so), for settlements
+-- that found their hold gone.
 SELECT DISTINCT ON (reservation_id) reservation_id, amount_microcents AS returned
 FROM {schema}.journal
 WHERE reservation_id = ANY(CAST(%(rids)s AS bigint[])) AND op = 'expire'

@@ -103,10 +103,12 @@ BACKEND_TYPES = re.compile(
 )
 
 
-#: ledger.migrator asks whether alembic was handed a Connection (run inside a
-#: host's transaction) or must open its own; that picks a migration target, it
-#: does not run ledger statements.
-NOT_OPERATIONS = {"ledger._executor", "ledger.migrator"}
+#: The drivers: _executor (sync) and _async_executor (asyncio) each hold the
+#: one function that tells their back-ends apart. ledger.migrator asks whether
+#: alembic was handed a Connection (run inside a host's transaction) or must
+#: open its own; that picks a migration target, it does not run ledger
+#: statements.
+NOT_OPERATIONS = {"ledger._executor", "ledger._async_executor", "ledger.migrator"}
 
 
 def test_back_ends_are_told_apart_in_one_module_only() -> None:

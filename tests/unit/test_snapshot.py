@@ -1,17 +1,29 @@
-"""Snapshot values: JSON round trips and refusal of malformed documents."""
+"""Snapshot values (ledger/snapshot.py), without a database.
+
+JSON round trips (fixed and random), refusal of malformed documents with
+``MalformedSnapshot``, the conservation status, and the restore validation,
+which must accept exactly what the seed's engine (PyPI ``calybris``) accepts
+and refuse with the same error first.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import tempfile
 from typing import Any
 
 import pytest
+from calybris import _core as calybris
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 from ledger import BudgetSnapshot, TenantLedger, conservation_status_for_snapshot, errors
 from ledger.outcomes import Balance
 from ledger.snapshot import validate_for_restore
 
-from .helpers import I64_MAX, I64_MIN
+from ..helpers import I64_MAX, I64_MIN
 
 GOOD = {
     "version": 3,
@@ -131,3 +143,91 @@ def test_conservation_status_reports_first_offender_and_negative_remaining() -> 
         BudgetSnapshot(1, (t("a", I64_MIN, I64_MAX, 1, 0),), 0)
     )
     assert overflow.status is Balance.AGGREGATE_OVERFLOW
+
+
+# ------------------------------------------------------------ random documents
+
+tenant_ids = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1)
+i64 = st.integers(min_value=I64_MIN, max_value=I64_MAX)
+tenant_ledgers = st.builds(
+    TenantLedger, tenant_ids.filter(lambda t: len(t.encode()) <= 255), i64, i64, i64, i64
+)
+snapshots = st.builds(
+    BudgetSnapshot,
+    st.integers(0, 2**64 - 1),
+    st.lists(tenant_ledgers, max_size=5).map(tuple),
+    st.integers(0, 2**64 - 1),
+)
+
+
+@given(snapshots, st.sampled_from([None, 2]))
+def test_any_representable_snapshot_survives_json(
+    snapshot: BudgetSnapshot, indent: int | None
+) -> None:
+    text = snapshot.to_json(indent=indent)
+    assert BudgetSnapshot.from_json(text) == snapshot
+    assert BudgetSnapshot.from_json(text.encode("utf-8")) == snapshot
+    assert BudgetSnapshot.from_dict(json.loads(text)) == snapshot
+    assert json.loads(text)["tenants"] == [t.to_dict() for t in snapshot.tenants]
+
+
+# The seed's engine reports restore failures as text; classify them like our exceptions.
+SEED_RESTORE_ERRORS = [
+    (r"cannot restore snapshot with \d+ active reservations", errors.ActiveReservations),
+    (r"duplicate tenant_id", errors.DuplicateTenant),
+    (r"with no active reservations", errors.GhostReservation),
+    (r"has negative", errors.NegativeLedgerField),
+    (r"failed conservation", errors.ConservationViolation),
+]
+
+small = st.integers(-3, 12)
+near_edges = st.sampled_from([I64_MIN, -1, 0, 1, I64_MAX - 1, I64_MAX])
+mostly_zero = st.one_of(st.just(0), st.just(0), st.just(0), small)
+
+
+def candidate(tid: str, remaining: int, reserved: int, committed: int, skew: int) -> TenantLedger:
+    """A tenant that balances unless ``skew`` (or an i64 overflow) says otherwise."""
+    initial = remaining + reserved + committed + skew
+    return TenantLedger(tid, min(max(initial, I64_MIN), I64_MAX), remaining, reserved, committed)
+
+
+restore_candidates = st.builds(
+    BudgetSnapshot,
+    st.just(5),
+    st.lists(
+        st.builds(
+            candidate,
+            st.sampled_from(["a", "b", "é", "B", "a"]),
+            st.one_of(st.integers(0, 12), near_edges),
+            mostly_zero,
+            st.one_of(st.integers(0, 12), near_edges),
+            st.one_of(st.just(0), st.just(0), st.integers(-2, 2)),
+        ),
+        max_size=4,
+    ).map(tuple),
+    st.one_of(st.just(0), st.just(0), st.integers(1, 3)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(restore_candidates)
+def test_restore_validation_agrees_with_the_seed_engine(snapshot: BudgetSnapshot) -> None:
+    """Accepts exactly what the seed's restore accepts, refusing with the same error first."""
+    doc = {**snapshot.to_dict(), "version": 2**63 + 5, "wal_high_watermark": None}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "snapshot.json")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(doc, f)
+        try:
+            calybris.BudgetEngine().restore(path)
+            expected: type[Exception] | None = None
+        except Exception as exc:  # the binding's PersistenceError, a message to classify
+            found = [cls for pattern, cls in SEED_RESTORE_ERRORS if re.search(pattern, str(exc))]
+            assert found, str(exc)
+            expected = found[0]
+    event(f"seed engine: {expected.__name__ if expected else 'restored'}")
+    if expected is None:
+        validate_for_restore(snapshot)
+    else:
+        with pytest.raises(expected):
+            validate_for_restore(snapshot)

@@ -1,0 +1,464 @@
+"""The asyncio :class:`AsyncLedger`: the same operations as :class:`~ledger.Ledger`, awaited.
+
+Every method has the same name, arguments, outcomes and errors as its
+:class:`~ledger.Ledger` twin and runs the very same operation code
+(``ledger/_operations.py``); only the driver differs
+(:mod:`ledger._async_executor`). ``connection=`` takes a SQLAlchemy
+``AsyncConnection`` or ``AsyncSession`` to join the caller's transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from . import _batch, _validate, _verify, errors
+from . import _operations as ops
+from ._async_executor import AsyncDatabase
+from ._batch import CommitItem, ReleaseItem, ReserveItem
+from ._engine import normalise_url
+from ._executor import Op
+from ._hold import AsyncHold
+from ._ledger import DEFAULT_HOLD_TTL
+from ._queries import for_schema
+from .finance import FinancialCertificate
+from .journal import JournalReport
+from .outcomes import ConservationStatus, ReserveOutcome, SettlementOutcome, TopUpOutcome
+from .snapshot import BudgetSnapshot, TenantLedger
+
+if TYPE_CHECKING:
+    from sqlalchemy import URL
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+
+    AsyncConnectable = AsyncConnection | AsyncSession
+else:
+    AsyncConnectable = Any
+
+__all__ = ["AsyncLedger"]
+
+T = TypeVar("T")
+
+_I64_MAX = _validate.I64_MAX
+
+
+class AsyncLedger:
+    """Per-tenant budgets for asyncio apps: :class:`~ledger.Ledger`'s methods, as coroutines.
+
+    ``AsyncLedger(url, schema="ledger", pool_size=10, pool_timeout=30.0)`` keeps
+    its own psycopg connection pool (opened on first use; :meth:`close` closes
+    it; waiting longer than ``pool_timeout`` seconds for a connection raises
+    :class:`~ledger.errors.ConnectionLost`).
+    ``AsyncLedger(async_engine)`` shares a SQLAlchemy ``AsyncEngine``'s pool
+    instead, and leaves the engine to its owner.
+    """
+
+    def __init__(
+        self,
+        engine_or_url: AsyncEngine | URL | str,
+        schema: str = "ledger",
+        *,
+        pool_size: int = 10,
+        pool_timeout: float = 30.0,
+    ) -> None:
+        self.schema = _validate.schema_name(schema)
+        self._q = for_schema(self.schema)
+        if isinstance(engine_or_url, str) or type(engine_or_url).__name__ == "URL":
+            from psycopg_pool import AsyncConnectionPool
+
+            url = normalise_url(engine_or_url)  # type: ignore[arg-type]
+            self._url = url
+            conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+            pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+                conninfo,
+                open=False,
+                min_size=1,
+                max_size=_validate.positive_count("pool_size", pool_size),
+                timeout=pool_timeout,
+            )
+            self._db = AsyncDatabase(pool, owned=True)
+        else:
+            engine = _async_engine(engine_or_url)
+            self._url = engine.url
+            self._db = AsyncDatabase(engine, owned=False)
+
+    async def _run(self, op: Op[T], connection: AsyncConnectable | None) -> T:
+        return await self._db.run(op, connection)
+
+    async def close(self) -> None:
+        """Close the ledger's own pool (an engine passed in is left to its owner)."""
+        await self._db.close()
+
+    async def __aenter__(self) -> AsyncLedger:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        url = self._url.render_as_string(hide_password=True)
+        return f"AsyncLedger({url!r}, schema={self.schema!r})"
+
+    # ------------------------------------------------------------------ holds
+
+    @asynccontextmanager
+    async def hold(
+        self,
+        tenant_id: str,
+        estimate_microcents: int,
+        *,
+        ttl: timedelta | int = DEFAULT_HOLD_TTL,
+        idempotency_key: str | None = None,
+    ) -> AsyncIterator[AsyncHold]:
+        """Reserve now in a transaction of its own, run the block, then settle or release.
+
+        See :meth:`ledger.Ledger.hold`: ``async with book.hold(t, 500, ttl=30) as h:
+        ...; await h.settle(actual)``.
+        """
+        reserved = (
+            await self.try_reserve(
+                tenant_id, estimate_microcents, ttl=ttl, idempotency_key=idempotency_key
+            )
+        ).raise_for_status()
+        held = AsyncHold(self, tenant_id, reserved, estimate_microcents)
+        try:
+            yield held
+        except BaseException:
+            await held._close(failed=True)
+            raise
+        await held._close(failed=False)
+
+    # ------------------------------------------------------------- tenants
+
+    async def ensure_tenant(
+        self, tenant_id: str, budget_microcents: int, *, connection: AsyncConnectable | None = None
+    ) -> bool:
+        """Create a tenant with a budget; a no-op if it exists. Returns True if created.
+
+        Deviation from the seed: a negative budget raises ``ValueError``
+        instead of being silently ignored, because a typo should not look
+        like success.
+        """
+        return await self._run(ops.ensure_tenant(self._q, tenant_id, budget_microcents), connection)
+
+    async def top_up_tenant(
+        self,
+        tenant_id: str,
+        amount_microcents: int,
+        *,
+        idempotency_key: str | None = None,
+        connection: AsyncConnectable | None = None,
+    ) -> TopUpOutcome:
+        """Add funds: ``initial`` and ``remaining`` grow together, lifetime spend is kept."""
+        op = ops.top_up_tenant(self._q, tenant_id, amount_microcents, idempotency_key)
+        return await self._run(op, connection)
+
+    async def set_max_reserved_microcents(
+        self, tenant_id: str, max_microcents: int, *, connection: AsyncConnectable | None = None
+    ) -> None:
+        """Cap the total of a tenant's open holds; ``0`` (or less) removes the cap.
+
+        Deviation from the seed: an unknown tenant raises
+        :class:`~ledger.errors.TenantNotFound` instead of storing a cap for a
+        tenant that does not exist yet.
+        """
+        await self._run(ops.set_max_reserved(self._q, tenant_id, max_microcents), connection)
+
+    # --------------------------------------------------------- two-phase spend
+
+    async def try_reserve(
+        self,
+        tenant_id: str,
+        cost_microcents: int,
+        *,
+        ttl: timedelta | int | None = None,
+        expires_at: datetime | None = None,
+        idempotency_key: str | None = None,
+        connection: AsyncConnectable | None = None,
+    ) -> ReserveOutcome:
+        """Place a hold of ``cost_microcents`` if the balance and the cap allow it.
+
+        Checks run in the seed's order: non-positive cost (insufficient),
+        reserved-total overflow, exposure cap, then balance.
+
+        ``ttl`` (a ``timedelta`` or whole seconds, measured on the database
+        clock) or ``expires_at`` (an aware ``datetime``) make the hold expire:
+        its amount then returns to ``remaining`` through an ``expire`` journal
+        entry, by :meth:`expire_holds` or lazily, and a tenant's lapsed holds
+        never cause a reserve to be refused.
+        """
+        op = ops.try_reserve(self._q, tenant_id, cost_microcents, ttl, expires_at, idempotency_key)
+        return await self._run(op, connection)
+
+    async def commit(
+        self,
+        reservation_id: int,
+        actual_microcents: int,
+        *,
+        tenant_id: str | None = None,
+        idempotency_key: str | None = None,
+        connection: AsyncConnectable | None = None,
+    ) -> SettlementOutcome:
+        """Settle a hold at its actual cost: refund the surplus, or debit an affordable overrun.
+
+        An unaffordable overrun returns ``overrun`` and keeps the hold with
+        nothing refunded; a lifetime-spend overflow returns ``overflow`` and
+        also keeps the hold. A hold past its deadline is expired instead and
+        the answer is ``expired``. Passing ``tenant_id`` lets the lookup use
+        the tenant key (and, on a sharded deployment, a single shard); it is
+        required with ``idempotency_key``, since keys are scoped per tenant.
+        """
+        op = ops.commit(self._q, reservation_id, actual_microcents, tenant_id, idempotency_key)
+        return await self._run(op, connection)
+
+    async def release(
+        self,
+        reservation_id: int,
+        *,
+        tenant_id: str | None = None,
+        idempotency_key: str | None = None,
+        connection: AsyncConnectable | None = None,
+    ) -> SettlementOutcome:
+        """Cancel a hold, returning its full amount to ``remaining``."""
+        op = ops.release(self._q, reservation_id, tenant_id, idempotency_key)
+        return await self._run(op, connection)
+
+    # --------------------------------------------------------------- batches
+
+    async def try_reserve_many(
+        self,
+        items: Iterable[ReserveItem | tuple[Any, ...]],
+        *,
+        all_or_nothing: bool = False,
+        connection: AsyncConnectable | None = None,
+    ) -> list[ReserveOutcome]:
+        """Reserve for many items (``ReserveItem`` or ``(tenant_id, cost)``), in order.
+
+        One outcome per item, exactly as if each were a :meth:`AsyncLedger.try_reserve`
+        call, in a constant number of round trips. With ``all_or_nothing``,
+        a single refusal rolls every item back and raises
+        :class:`~ledger.errors.BatchRefused` (its ``outcomes`` say why).
+        """
+        return await self._run(_batch.try_reserve_many(self._q, items, all_or_nothing), connection)
+
+    async def commit_many(
+        self,
+        items: Iterable[CommitItem | tuple[Any, ...]],
+        *,
+        all_or_nothing: bool = False,
+        connection: AsyncConnectable | None = None,
+    ) -> list[SettlementOutcome]:
+        """Settle many holds (``CommitItem`` or ``(reservation_id, actual)``), in order."""
+        return await self._run(_batch.commit_many(self._q, items, all_or_nothing), connection)
+
+    async def release_many(
+        self,
+        items: Iterable[ReleaseItem | int | tuple[Any, ...]],
+        *,
+        all_or_nothing: bool = False,
+        connection: AsyncConnectable | None = None,
+    ) -> list[SettlementOutcome]:
+        """Release many holds (``ReleaseItem``, a reservation id, or a tuple), in order."""
+        return await self._run(_batch.release_many(self._q, items, all_or_nothing), connection)
+
+    # ---------------------------------------------------------------- expiry
+
+    async def expire_holds(
+        self, *, limit: int = 1000, connection: AsyncConnectable | None = None
+    ) -> int:
+        """Expire up to ``limit`` lapsed holds, oldest deadline first; returns how many.
+
+        Each hold is expired by its own statement, which locks it with
+        ``FOR UPDATE SKIP LOCKED``: any number of sweepers can run at once
+        (from cron, a worker loop, several processes) and never wait on each
+        other or expire a hold twice.
+        """
+        return await self._run(ops.expire_holds(self._q, limit), connection)
+
+    # ----------------------------------------------------------- idempotency
+
+    async def prune_idempotency_keys(
+        self, older_than: timedelta, *, connection: AsyncConnectable | None = None
+    ) -> int:
+        """Forget idempotency keys older than ``older_than``; returns how many.
+
+        Keys are kept until pruned. A retry with a pruned key is treated as a
+        new request, so keep keys at least as long as clients may retry
+        (24 hours is a common choice).
+        """
+        return await self._run(ops.prune_idempotency_keys(self._q, older_than), connection)
+
+    # --------------------------------------------------------------- reads
+
+    async def tenant(
+        self, tenant_id: str, *, connection: AsyncConnectable | None = None
+    ) -> TenantLedger | None:
+        """One tenant's balances, or None if it does not exist."""
+        row = await self._run(ops.tenant_row(self._q, tenant_id), connection)
+        if row is None:
+            return None
+        return TenantLedger(
+            tenant_id,
+            row.initial_microcents,
+            row.remaining_microcents,
+            row.reserved_microcents,
+            row.committed_microcents,
+        )
+
+    async def _tenant_row(self, tenant_id: str, connection: AsyncConnectable | None) -> Any:
+        return await self._run(ops.tenant_row(self._q, tenant_id), connection)
+
+    async def remaining_microcents(
+        self, tenant_id: str, *, connection: AsyncConnectable | None = None
+    ) -> int | None:
+        row = await self._tenant_row(tenant_id, connection)
+        return None if row is None else int(row.remaining_microcents)
+
+    async def reserved_microcents(
+        self, tenant_id: str, *, connection: AsyncConnectable | None = None
+    ) -> int:
+        """Sum of open holds; 0 for an unknown tenant, as in the seed."""
+        row = await self._tenant_row(tenant_id, connection)
+        return 0 if row is None else int(row.reserved_microcents)
+
+    async def committed_microcents(
+        self, tenant_id: str, *, connection: AsyncConnectable | None = None
+    ) -> int | None:
+        """Lifetime spend (monotonic), not the amount currently held."""
+        row = await self._tenant_row(tenant_id, connection)
+        return None if row is None else int(row.committed_microcents)
+
+    async def initial_microcents(
+        self, tenant_id: str, *, connection: AsyncConnectable | None = None
+    ) -> int | None:
+        """Total ever granted: the creation budget plus every top-up."""
+        row = await self._tenant_row(tenant_id, connection)
+        return None if row is None else int(row.initial_microcents)
+
+    async def max_reserved_microcents(
+        self, tenant_id: str, *, connection: AsyncConnectable | None = None
+    ) -> int | None:
+        """The cap on open holds (0 = none), or None for an unknown tenant."""
+        row = await self._tenant_row(tenant_id, connection)
+        return None if row is None else int(row.max_reserved_microcents)
+
+    async def _counts(self, connection: AsyncConnectable | None) -> Any:
+        return await self._run(ops.counts(self._q), connection)
+
+    async def tenant_count(self, *, connection: AsyncConnectable | None = None) -> int:
+        return int((await self._counts(connection)).tenants)
+
+    async def active_reservations(self, *, connection: AsyncConnectable | None = None) -> int:
+        """Number of open holds across all tenants."""
+        return int((await self._counts(connection)).reservations)
+
+    async def total_committed_microcents(
+        self, *, connection: AsyncConnectable | None = None
+    ) -> int:
+        """Lifetime spend summed over tenants, exactly (a Python int, never wrapped)."""
+        return int((await self._counts(connection)).committed)
+
+    async def committed_since_last_certificate(
+        self, *, connection: AsyncConnectable | None = None
+    ) -> int:
+        """Spend since the last certificate's baseline (negative after restoring an older state)."""
+        counts = await self._counts(connection)
+        delta = int(counts.committed) - int(counts.baseline)
+        return max(min(delta, _I64_MAX), _validate.I64_MIN)
+
+    async def snapshot_version(self, *, connection: AsyncConnectable | None = None) -> int:
+        """Version of the latest snapshot (0 before the first one)."""
+        return await self._run(ops.snapshot_version(self._q), connection)
+
+    # ------------------------------------------------------------ snapshots
+
+    async def snapshot(self, *, connection: AsyncConnectable | None = None) -> BudgetSnapshot:
+        """A consistent, versioned view of every tenant and the open-hold count.
+
+        Everything is read by a single statement in a REPEATABLE READ
+        transaction, so the snapshot balances even while writers are busy.
+        """
+        return await self._run(ops.snapshot(self._q), connection)
+
+    async def verify_conservation(
+        self, *, connection: AsyncConnectable | None = None
+    ) -> ConservationStatus:
+        """Check the invariant inside PostgreSQL, returning the first offending tenant.
+
+        Like the seed it advances the snapshot version. The scan runs in the
+        database, so its memory use does not grow with the number of tenants.
+        """
+        return await self._run(ops.verify_conservation(self._q), connection)
+
+    async def restore_from_snapshot(
+        self, snapshot: BudgetSnapshot, *, connection: AsyncConnectable | None = None
+    ) -> None:
+        """Replace every tenant's state with the snapshot's, atomically.
+
+        Validation follows the seed exactly and happens before anything is
+        touched. The tenant and hold tables are locked for the duration, so
+        it is safe while other processes work: they wait, then see either
+        the old state or the restored one, never a mix. Open holds are
+        voided; caps are kept.
+        """
+        await self._run(ops.restore_from_snapshot(self._q, snapshot), connection)
+
+    # --------------------------------------------------------- certificates
+
+    async def certify(self, *, connection: AsyncConnectable | None = None) -> FinancialCertificate:
+        """Snapshot, certify, rotate the baseline forward and store the certificate.
+
+        The certified snapshot and its checkpoint (every tenant's chain head,
+        balances and open holds) are written by one statement, so the
+        certificate's ``journal_root`` pins exactly the history behind its
+        digest. The baseline rotation is a second, short statement that locks
+        the baseline row, so concurrent certifiers serialise on it instead of
+        failing with serialization errors.
+        """
+        return await self._run(ops.certify(self._q), connection)
+
+    # --------------------------------------------------------------- journal
+
+    async def verify_journal(
+        self,
+        *,
+        since_certificate: int | None = None,
+        progress: Callable[[int], None] | None = None,
+        connection: AsyncConnectable | None = None,
+    ) -> JournalReport:
+        """Replay every tenant's journal and compare it with the live tables.
+
+        Recomputes every hash chain, rebuilds balances and open holds from the
+        entries, checks that the chains still pass through every certified
+        head and that every certificate's journal root still holds, and
+        compares the result with the tenant and hold tables, all within one
+        consistent snapshot. ``since_certificate`` starts the replay at that
+        certificate's checkpoint instead of at genesis. Rows are streamed, so
+        memory does not grow with the journal. ``progress``, if given, is
+        called with the number of tenants replayed so far.
+        """
+        if since_certificate is not None:
+            since_certificate = _validate.positive_count("since_certificate", since_certificate)
+        return await self._run(
+            _verify.verify_journal(self._q, since_certificate, progress), connection
+        )
+
+
+def _async_engine(candidate: object) -> AsyncEngine:
+    """A SQLAlchemy ``AsyncEngine`` on psycopg, or a typed error saying what to pass."""
+    try:
+        from sqlalchemy.ext.asyncio import AsyncEngine
+    except ImportError:  # SQLAlchemy's asyncio extension needs greenlet
+        AsyncEngine = None  # type: ignore[assignment,misc]
+    if AsyncEngine is None or not isinstance(candidate, AsyncEngine):
+        raise errors.InputError(
+            "AsyncLedger needs a database URL or a SQLAlchemy AsyncEngine, "
+            f"got {type(candidate).__name__}"
+        )
+    if candidate.dialect.name != "postgresql" or candidate.dialect.driver != "psycopg":
+        raise errors.InputError(
+            "AsyncLedger needs PostgreSQL through psycopg 3: create the engine with a "
+            f"postgresql+psycopg:// URL (got {candidate.dialect.name}+{candidate.dialect.driver})"
+        )
+    return candidate
