@@ -479,13 +479,10 @@ def _backoff(attempt: int) -> None:
 class Database:
     """Runs operations for one ledger, on the caller's connection or on one of ours."""
 
-    def __init__(self, engine: Engine, *, coalesce: bool = False) -> None:
+    def __init__(self, engine: Engine, *, coalescer: Coalescer | None = None) -> None:
         self.engine = engine
-        self._coalescer: Coalescer | None = None
-        if coalesce:
-            from ._coalesce import Coalescer
-
-            self._coalescer = Coalescer(engine)
+        #: Runs autocommit operations in shared rounds (``Ledger(coalesce=True)``).
+        self._coalescer = coalescer
 
     def close(self) -> None:
         if self._coalescer is not None:

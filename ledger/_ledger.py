@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from . import _batch, _validate, _verify
 from . import _operations as ops
 from ._batch import CommitItem, ReleaseItem, ReserveItem
+from ._coalesce import Coalescer
 from ._engine import EngineLike, as_engine
 from ._executor import Connectable, Database, Op
 from ._hold import Hold
@@ -58,7 +59,7 @@ class Ledger:
     ) -> None:
         self.schema = _validate.schema_name(schema)
         self.engine, self._owns_engine = as_engine(engine_or_url)
-        self._db = Database(self.engine, coalesce=coalesce)
+        self._db = Database(self.engine, coalescer=Coalescer(self.engine) if coalesce else None)
         self._q = for_schema(self.schema)
 
     #: Where operations run when no ``connection=`` is given: None means the

@@ -111,38 +111,16 @@ def _replay(
         if progress is not None and tenants_checked % 1000 == 0:
             progress(tenants_checked)
 
-        start = _first((yield from starts.take(tenant_id)))
-        state = _start_state(start)
+        state = _start_state(_first((yield from starts.take(tenant_id))))
         replayer = Replayer(tenant_id, state, report)
-        certified = [
-            (c.journal_seq, c.certificate_id, bytes(c.journal_head))
-            for c in (yield from checkpoints.take(tenant_id))
-        ]
-        by_seq: dict[int, list[tuple[int, bytes]]] = {}
-        for seq, version, head in certified:
-            if seq > state.seq:
-                by_seq.setdefault(seq, []).append((version, head))
-
+        pins = _Pins(state.seq, (yield from checkpoints.take(tenant_id)))
         while journal.peek_tenant() == tenant_id:
             entry = journal.head
             yield from journal.advance()
             entries_checked += 1
             replayer.apply(entry)
-            for version, head in by_seq.pop(state.seq, ()):
-                if head != state.head:
-                    replayer.flag(
-                        state.seq,
-                        "certificate_mismatch",
-                        "the chain no longer passes through the head certified "
-                        f"by certificate {version}",
-                    )
-        for seq, pins in by_seq.items():
-            for version, _ in pins:
-                replayer.flag(
-                    seq,
-                    "certificate_mismatch",
-                    f"certificate {version} certified entry {seq}, which is missing",
-                )
+            pins.check(replayer)
+        pins.check_missing(replayer)
 
         _compare_live(
             replayer,
@@ -162,6 +140,40 @@ def _replay(
         discrepancies=tuple(report[:MAX_DISCREPANCIES]),
         truncated=truncated,
     )
+
+
+class _Pins:
+    """The chain heads that certificates pinned for one tenant, checked as replay passes them."""
+
+    def __init__(self, start_seq: int, checkpoints: list[Any]) -> None:
+        self._by_seq: dict[int, list[tuple[int, bytes]]] = {}
+        for c in checkpoints:
+            if c.journal_seq > start_seq:
+                self._by_seq.setdefault(c.journal_seq, []).append(
+                    (c.certificate_id, bytes(c.journal_head))
+                )
+
+    def check(self, replayer: Replayer) -> None:
+        """After an entry: the chain must pass through every head pinned at this seq."""
+        state = replayer.state
+        for version, head in self._by_seq.pop(state.seq, ()):
+            if head != state.head:
+                replayer.flag(
+                    state.seq,
+                    "certificate_mismatch",
+                    "the chain no longer passes through the head certified "
+                    f"by certificate {version}",
+                )
+
+    def check_missing(self, replayer: Replayer) -> None:
+        """After the tenant's last entry: pins the replay never reached are missing entries."""
+        for seq, pins in self._by_seq.items():
+            for version, _ in pins:
+                replayer.flag(
+                    seq,
+                    "certificate_mismatch",
+                    f"certificate {version} certified entry {seq}, which is missing",
+                )
 
 
 def _first(rows: list[Any]) -> Any:

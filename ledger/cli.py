@@ -1,764 +1,105 @@
-"""The ``ledger`` command line.
+"""Entry point of the ``ledger`` command; importable without the ``[cli]`` extra.
 
-Every command works against ``--database-url`` / ``LEDGER_DATABASE_URL``, or,
-with neither, against the embedded PostgreSQL in a per-user data directory,
-started on demand and left running for the next command.
-
-Exit codes (also in README):
-
-====  ==========================================================
-0     success
-1     the ledger refused the operation (insufficient, cap, ...)
-2     bad input or usage
-3     database or environment error
-4     verification found the ledger out of balance
-====  ==========================================================
+The commands (:mod:`ledger._cli`) need click and rich, which the base install
+(the library alone) does not bring. :func:`run` checks for them first, so a
+user who installed only ``sql-ledger`` gets one line naming the extra to
+install and exit code 3, not a traceback. ``ledger.cli.main`` (the click
+group, which Django's ``manage.py ledger`` runs), the commands that
+``flask ledger`` reuses and the ``EXIT_*`` codes are loaded from
+:mod:`ledger._cli` on first use; without click that raises
+:class:`ledger.errors.MissingExtra`.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import os
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import click
+from .errors import MissingExtra
 
-from . import _validate, embedded, errors
-from . import migrator as migrations
-from ._ledger import Ledger
-from ._money import format_units, parse_units
-from .outcomes import Outcome, Status
-from .snapshot import BudgetSnapshot, TenantLedger
-
-EXIT_OK = 0
-EXIT_REFUSED = 1
-EXIT_BAD_INPUT = 2
-EXIT_DATABASE = 3
-EXIT_UNBALANCED = 4
-
-
-@dataclass
-class Context:
-    database_url: str | None
-    schema: str
-    data_dir: Path | None
-    as_json: bool
-
-    def raw_url(self) -> str:
-        """The database to use, starting the embedded server if needed (no migration)."""
-        return self.database_url or embedded.start(self.data_dir).url
-
-    def url(self) -> str:
-        """The database to use; starts the embedded server (and migrates it) if needed."""
-        if self.database_url:
-            return self.database_url
-        url = self.raw_url()
-        if migrations.current_revision(url, schema=self.schema) != migrations.head_revision():
-            migrations.migrate(url, schema=self.schema)
-        return url
-
-    @contextmanager
-    def ledger(self) -> Iterator[Ledger]:
-        with Ledger(self.url(), schema=self.schema) as book:
-            yield book
-
-
-pass_ctx = click.make_pass_decorator(Context)
-
-
-def _emit(ctx: Context, payload: dict[str, Any], human: Callable[[], None]) -> None:
-    if ctx.as_json:
-        click.echo(json.dumps(payload, ensure_ascii=False, default=str))
-    else:
-        human()
-
-
-def _fail(code: int, message: str, ctx: Context | None = None) -> NoReturn:
-    as_json = ctx.as_json if ctx is not None else "--json" in sys.argv
-    if as_json:
-        click.echo(json.dumps({"error": message, "exit_code": code}, ensure_ascii=False))
-    else:
-        click.echo(f"error: {message}", err=True)
-    sys.exit(code)
-
-
-def _amount(value: str, in_units: bool) -> int:
-    """Parse an amount argument: integer microcents, or currency units with --units."""
-    try:
-        if in_units:
-            return parse_units(value)
-        text = value.replace("_", "")
-        if not text.lstrip("-").isdigit():
-            raise ValueError(
-                f"{value!r} is not a whole number of microcents "
-                "(pass --units for 12.50-style amounts)"
-            )
-        return int(text)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
-
-
-def _money(microcents: int | None) -> str:
-    if microcents is None:
-        return "-"
-    return f"{microcents:,} µ¢ ({format_units(microcents)})"
-
-
-def _outcome(ctx: Context, outcome: Outcome) -> None:
-    payload = outcome.to_dict()
-
-    def human() -> None:
-        style = "green" if outcome.ok else "yellow"
-        click.secho(str(outcome.status), fg=style, bold=True)
-        for key, value in payload.items():
-            if key == "status" or value is None:
-                continue
-            shown = _money(value) if key.endswith("microcents") else value
-            click.echo(f"  {key}: {shown}")
-
-    _emit(ctx, payload, human)
-    if not outcome.ok:
-        sys.exit(EXIT_REFUSED)
-
-
-def _tenant_table(tenants: list[TenantLedger]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=None)
-    for name in ("tenant", "initial", "remaining", "reserved", "committed"):
-        table.add_column(name, justify="left" if name == "tenant" else "right")
-    for t in tenants:
-        table.add_row(
-            t.tenant_id,
-            *(
-                f"{v:,}\n{format_units(v)}"
-                for v in (
-                    t.initial_microcents,
-                    t.remaining_microcents,
-                    t.reserved_microcents,
-                    t.committed_microcents,
-                )
-            ),
-        )
-    Console().print(table)
-
-
-class LedgerGroup(click.Group):
-    """Turns ledger errors into one clear line and a documented exit code."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        obj = ctx.obj if isinstance(ctx.obj, Context) else None
-        try:
-            return super().invoke(ctx)
-        except (
-            errors.InputError,
-            errors.AmountTypeError,
-            errors.TenantNotFound,
-            errors.IdempotencyConflict,
-        ) as exc:
-            _fail(EXIT_BAD_INPUT, str(exc), _ctx_of(ctx, obj))
-        except errors.LedgerError as exc:
-            _fail(EXIT_DATABASE, str(exc), _ctx_of(ctx, obj))
-        except OSError as exc:
-            _fail(EXIT_DATABASE, f"{type(exc).__name__}: {exc}", _ctx_of(ctx, obj))
-        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
-            raise
-        except Exception as exc:
-            if os.environ.get("LEDGER_DEBUG"):
-                raise
-            _fail(
-                EXIT_DATABASE,
-                f"internal error ({type(exc).__name__}: {exc}); "
-                "rerun with LEDGER_DEBUG=1 for a traceback and please report it",
-                _ctx_of(ctx, obj),
-            )
-
-
-def _ctx_of(ctx: click.Context, fallback: Context | None) -> Context | None:
-    return ctx.obj if isinstance(ctx.obj, Context) else fallback
-
-
-@click.group(cls=LedgerGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--database-url",
-    envvar="LEDGER_DATABASE_URL",
-    help="PostgreSQL URL. Default: the embedded server (see `ledger embedded`).",
-)
-@click.option("--schema", default="ledger", show_default=True, help="Ledger schema name.")
-@click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    envvar="LEDGER_EMBEDDED_DIR",
-    help="Data directory of the embedded server.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
-@click.version_option(package_name="sql-ledger")
-@click.pass_context
-def main(
-    ctx: click.Context, database_url: str | None, schema: str, data_dir: Path | None, as_json: bool
-) -> None:
-    """Per-tenant budgets in PostgreSQL: reserve, commit, release, verify, certify.
-
-    Amounts are integer microcents (1 cent = 1,000,000); pass --units to give
-    currency units instead (12.50).
-    """
-    ctx.obj = Context(database_url, schema, data_dir, as_json)
-
-
-# ------------------------------------------------------------------ migrate
-
-
-@main.group(invoke_without_command=True)
-@pass_ctx
-@click.pass_context
-def migrate(click_ctx: click.Context, ctx: Context) -> None:
-    """Upgrade the schema to the newest revision (or: upgrade REV, downgrade REV, current)."""
-    if click_ctx.invoked_subcommand is None:
-        click_ctx.invoke(upgrade)
-
-
-@migrate.command()
-@click.argument("revision", default="head")
-@pass_ctx
-def upgrade(ctx: Context, revision: str) -> None:
-    """Upgrade to REVISION (default: head)."""
-    _move_schema(ctx, migrations.migrate, revision)
-
-
-@migrate.command()
-@click.argument("revision")
-@pass_ctx
-def downgrade(ctx: Context, revision: str) -> None:
-    """Downgrade to REVISION ("base" drops every ledger table)."""
-    _move_schema(ctx, migrations.downgrade, revision)
-
-
-def _move_schema(ctx: Context, action: Callable[..., None], revision: str) -> None:
-    url = ctx.raw_url()
-    action(url, revision, schema=ctx.schema)
-    at = migrations.current_revision(url, schema=ctx.schema)
-    _emit(ctx, {"revision": at}, lambda: click.echo(f"ledger schema {ctx.schema!r} at {at}"))
-
-
-@migrate.command()
-@pass_ctx
-def current(ctx: Context) -> None:
-    """Show the revision the database is at, and the newest one available."""
-    url = ctx.raw_url()
-    at = migrations.current_revision(url, schema=ctx.schema)
-    head = migrations.head_revision()
-    _emit(
-        ctx,
-        {"revision": at, "head": head},
-        lambda: click.echo(f"at {at or 'nothing (never migrated)'}; newest is {head}"),
+if TYPE_CHECKING:
+    # What other modules use (the Flask and Django integrations build on these).
+    from ._cli import (
+        EXIT_BAD_INPUT,
+        EXIT_DATABASE,
+        EXIT_OK,
+        EXIT_REFUSED,
+        EXIT_UNBALANCED,
+        Context,
+        LedgerGroup,
+        certify,
+        commit,
+        expire,
+        main,
+        migrate,
+        release,
+        reserve,
+        restore,
+        snapshot,
+        tenant,
+        verify,
     )
 
-
-# ------------------------------------------------------------------ tenants
-
-units_option = click.option("--units", "in_units", is_flag=True, help="Amounts are currency units.")
-
-
-@main.group()
-def tenant() -> None:
-    """Create, fund, cap and inspect tenants."""
-
-
-@tenant.command("create")
-@click.argument("tenant_id")
-@click.argument("budget")
-@click.option("--cap", default=None, help="Cap on the total of open holds.")
-@units_option
-@pass_ctx
-def tenant_create(
-    ctx: Context, tenant_id: str, budget: str, cap: str | None, in_units: bool
-) -> None:
-    """Create TENANT_ID with BUDGET (no-op if it exists)."""
-    amount = _amount(budget, in_units)
-    # Checked before anything is written: a bad --cap must not leave a new tenant behind.
-    max_reserved = None if cap is None else _validate.amount("--cap", _amount(cap, in_units))
-    with ctx.ledger() as book:
-        created = book.ensure_tenant(tenant_id, amount)
-        if max_reserved is not None:
-            book.set_max_reserved_microcents(tenant_id, max_reserved)
-        row = book.tenant(tenant_id)
-    assert row is not None
-    _emit(
-        ctx,
-        {"created": created, "tenant": row.to_dict()},
-        lambda: click.echo(f"{'created' if created else 'already existed'}: {tenant_id}"),
-    )
-
-
-@tenant.command("top-up")
-@click.argument("tenant_id")
-@click.argument("amount")
-@units_option
-@click.option("--idempotency-key", default=None, help="Retry-safe key.")
-@pass_ctx
-def tenant_top_up(
-    ctx: Context, tenant_id: str, amount: str, in_units: bool, idempotency_key: str | None
-) -> None:
-    """Add AMOUNT to TENANT_ID's budget."""
-    with ctx.ledger() as book:
-        _outcome(
-            ctx,
-            book.top_up_tenant(
-                tenant_id, _amount(amount, in_units), idempotency_key=idempotency_key
-            ),
-        )
-
-
-@tenant.command("limit")
-@click.argument("tenant_id")
-@click.argument("max_reserved")
-@units_option
-@pass_ctx
-def tenant_limit(ctx: Context, tenant_id: str, max_reserved: str, in_units: bool) -> None:
-    """Cap TENANT_ID's open holds at MAX_RESERVED (0 removes the cap)."""
-    cap = _amount(max_reserved, in_units)
-    with ctx.ledger() as book:
-        book.set_max_reserved_microcents(tenant_id, cap)
-    _emit(
-        ctx,
-        {"tenant_id": tenant_id, "max_reserved_microcents": max(cap, 0)},
-        lambda: click.echo(f"{tenant_id}: cap {'removed' if cap <= 0 else _money(cap)}"),
-    )
-
-
-@tenant.command("show")
-@click.argument("tenant_id")
-@pass_ctx
-def tenant_show(ctx: Context, tenant_id: str) -> None:
-    """Show one tenant's balances."""
-    with ctx.ledger() as book:
-        row = book.tenant(tenant_id)
-        cap = book.max_reserved_microcents(tenant_id)
-    if row is None:
-        raise errors.TenantNotFound(Outcome(Status.MISSING_TENANT), tenant_id=tenant_id)
-    payload = {**row.to_dict(), "max_reserved_microcents": cap}
-
-    def human() -> None:
-        _tenant_table([row])
-        click.echo(f"cap on open holds: {_money(cap) if cap else 'none'}")
-
-    _emit(ctx, payload, human)
-
-
-@tenant.command("list")
-@pass_ctx
-def tenant_list(ctx: Context) -> None:
-    """List every tenant (a consistent snapshot)."""
-    with ctx.ledger() as book:
-        snap = book.snapshot()
-    _emit(
-        ctx,
-        {"tenants": [t.to_dict() for t in snap.tenants]},
-        lambda: _tenant_table(list(snap.tenants)),
-    )
-
-
-# ------------------------------------------------------------- two-phase spend
-
-
-key_option = click.option(
-    "--idempotency-key",
-    default=None,
-    help="Retry-safe key: the same key returns the first outcome.",
-)
-
-
-@main.command()
-@click.argument("tenant_id")
-@click.argument("amount")
-@click.option(
-    "--ttl",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Seconds until the hold expires by itself.",
-)
-@key_option
-@units_option
-@pass_ctx
-def reserve(
-    ctx: Context,
-    tenant_id: str,
-    amount: str,
-    ttl: int | None,
-    idempotency_key: str | None,
-    in_units: bool,
-) -> None:
-    """Place a hold of AMOUNT on TENANT_ID; prints the reservation id."""
-    with ctx.ledger() as book:
-        _outcome(
-            ctx,
-            book.try_reserve(
-                tenant_id, _amount(amount, in_units), ttl=ttl, idempotency_key=idempotency_key
-            ),
-        )
-
-
-@main.command()
-@click.argument("reservation_id", type=int)
-@click.argument("actual")
-@click.option("--tenant", "tenant_id", default=None, help="The hold's tenant (faster lookup).")
-@key_option
-@units_option
-@pass_ctx
-def commit(
-    ctx: Context,
-    reservation_id: int,
-    actual: str,
-    tenant_id: str | None,
-    idempotency_key: str | None,
-    in_units: bool,
-) -> None:
-    """Settle RESERVATION_ID at ACTUAL cost (surplus refunded)."""
-    with ctx.ledger() as book:
-        outcome = book.commit(
-            reservation_id,
-            _amount(actual, in_units),
-            tenant_id=tenant_id,
-            idempotency_key=idempotency_key,
-        )
-    _outcome(ctx, outcome)
-
-
-@main.command()
-@click.argument("reservation_id", type=int)
-@click.option("--tenant", "tenant_id", default=None, help="The hold's tenant (faster lookup).")
-@key_option
-@pass_ctx
-def release(
-    ctx: Context, reservation_id: int, tenant_id: str | None, idempotency_key: str | None
-) -> None:
-    """Cancel RESERVATION_ID, returning its amount."""
-    with ctx.ledger() as book:
-        _outcome(
-            ctx, book.release(reservation_id, tenant_id=tenant_id, idempotency_key=idempotency_key)
-        )
-
-
-# ----------------------------------------------------- snapshots and audits
-
-
-@main.command()
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write the JSON here instead of standard output.",
-)
-@pass_ctx
-def snapshot(ctx: Context, output: Path | None) -> None:
-    """Take a consistent, versioned snapshot as JSON."""
-    with ctx.ledger() as book:
-        snap = book.snapshot()
-    text = snap.to_json(indent=2)
-    if output is None:
-        click.echo(text)
-        return
-    output.write_text(text + "\n", encoding="utf-8")
-    _emit(
-        ctx,
-        {"written": str(output), "version": snap.version, "tenants": len(snap.tenants)},
-        lambda: click.echo(f"snapshot v{snap.version} ({len(snap.tenants)} tenants) -> {output}"),
-    )
-
-
-@main.command()
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@pass_ctx
-def restore(ctx: Context, file: Path) -> None:
-    """Replace the ledger's state with the snapshot in FILE (validated first)."""
-    try:
-        text = file.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise errors.MalformedSnapshot(f"{file} is not UTF-8 text") from exc
-    snap = BudgetSnapshot.from_json(text)
-    with ctx.ledger() as book:
-        book.restore_from_snapshot(snap)
-    _emit(
-        ctx,
-        {"restored": str(file), "version": snap.version, "tenants": len(snap.tenants)},
-        lambda: click.echo(f"restored snapshot v{snap.version} ({len(snap.tenants)} tenants)"),
-    )
-
-
-@main.command()
-@click.option(
-    "--since-certificate",
-    type=int,
-    default=None,
-    help="Replay the journal from this certificate's checkpoint, not from genesis.",
-)
-@click.option("--no-journal", is_flag=True, help="Only check conservation; skip journal replay.")
-@pass_ctx
-def verify(ctx: Context, since_certificate: int | None, no_journal: bool) -> None:
-    """Check conservation and replay the journal (exit 4 if anything is off)."""
-    with ctx.ledger() as book:
-        status = book.verify_conservation()
-        report = None
-        if not no_journal:
-            if sys.stderr.isatty() and not ctx.as_json:
-                from rich.progress import Progress, SpinnerColumn, TextColumn
-
-                with Progress(
-                    SpinnerColumn(), TextColumn("{task.description}"), transient=True
-                ) as bar:
-                    task = bar.add_task("replaying journal", total=None)
-                    report = book.verify_journal(
-                        since_certificate=since_certificate,
-                        progress=lambda n: bar.update(
-                            task, description=f"replaying journal: {n:,} tenants"
-                        ),
-                    )
-            else:
-                report = book.verify_journal(since_certificate=since_certificate)
-    payload: dict[str, Any] = {"conservation": status.to_dict()}
-    if report is not None:
-        payload["journal"] = report.to_dict()
-
-    def human() -> None:
-        click.echo(str(status))
-        if report is None:
-            return
-        click.echo(
-            f"journal: {report.tenants_checked:,} tenants, {report.entries_checked:,} entries, "
-            f"{report.certificates_checked:,} certificates checked: "
-            + ("clean" if report.ok else f"{len(report.discrepancies)} discrepancies")
-        )
-        for d in report.discrepancies[:50]:
-            click.echo(f"  {d.kind} tenant={d.tenant_id} seq={d.seq}: {d.detail}")
-
-    _emit(ctx, payload, human)
-    if not status.is_balanced or (report is not None and not report.ok):
-        sys.exit(EXIT_UNBALANCED)
-
-
-@main.command()
-@click.option("--limit", default=1000, show_default=True, help="Most holds to expire.")
-@pass_ctx
-def expire(ctx: Context, limit: int) -> None:
-    """Expire holds past their deadline (safe to run from many processes)."""
-    with ctx.ledger() as book:
-        n = book.expire_holds(limit=limit)
-    _emit(ctx, {"expired": n}, lambda: click.echo(f"expired {n} holds"))
-
-
-@main.command("grant-auditor")
-@click.argument("role", default="ledger_auditor")
-@pass_ctx
-def grant_auditor(ctx: Context, role: str) -> None:
-    """Create ROLE (if missing) with SELECT on the audit views only."""
-    from .audit import AUDIT_VIEWS
-    from .audit import grant_auditor as grant
-
-    grant(ctx.url(), role, schema=ctx.schema)
-    _emit(
-        ctx,
-        {"role": role, "views": list(AUDIT_VIEWS)},
-        lambda: click.echo(f"{role}: SELECT on {', '.join(AUDIT_VIEWS)}"),
-    )
-
-
-@main.group()
-def roles() -> None:
-    """Least-privilege roles (run as the owner of the ledger schema)."""
-
-
-@roles.command("create")
-@click.option("--app", default="ledger_app", show_default=True, help="Application role.")
-@click.option("--auditor", default="ledger_auditor", show_default=True, help="Auditor role.")
-@pass_ctx
-def roles_create(ctx: Context, app: str, auditor: str) -> None:
-    """Create the application and auditor roles (NOLOGIN) with their grants."""
-    from .roles import create_roles
-
-    create_roles(ctx.url(), app=app, auditor=auditor, schema=ctx.schema)
-    _emit(
-        ctx,
-        {"app": app, "auditor": auditor},
-        lambda: click.echo(f"roles ready: {app} (ledger operations), {auditor} (audit views)"),
-    )
-
-
-@roles.command("isolate")
-@click.argument("role", default="ledger_tenant_app")
-@pass_ctx
-def roles_isolate(ctx: Context, role: str) -> None:
-    """Row-level security: ROLE sees only the tenant set by SET LOCAL ledger.tenant_id."""
-    from .roles import enable_row_level_security
-
-    enable_row_level_security(ctx.url(), role, schema=ctx.schema)
-    _emit(
-        ctx,
-        {"role": role},
-        lambda: click.echo(f"{role} is confined to current_setting('ledger.tenant_id')"),
-    )
-
-
-@main.command("prune-keys")
-@click.option(
-    "--older-than-hours",
-    default=24,
-    show_default=True,
-    type=int,
-    help="Forget idempotency keys older than this.",
-)
-@pass_ctx
-def prune_keys(ctx: Context, older_than_hours: int) -> None:
-    """Forget old idempotency keys."""
-    from datetime import timedelta
-
-    if older_than_hours < 0:
-        raise click.BadParameter("must be >= 0", param_hint="--older-than-hours")
-    with ctx.ledger() as book:
-        n = book.prune_idempotency_keys(timedelta(hours=older_than_hours))
-    _emit(ctx, {"pruned": n}, lambda: click.echo(f"pruned {n} idempotency keys"))
-
-
-@main.command()
-@pass_ctx
-def certify(ctx: Context) -> None:
-    """Issue and store a financial certificate (digest, totals, spend since last)."""
-    with ctx.ledger() as book:
-        cert = book.certify()
-    payload = cert.to_dict()
-
-    def human() -> None:
-        for key, value in payload.items():
-            shown = _money(value) if key.endswith("microcents") else value
-            click.echo(f"{key}: {shown}")
-
-    _emit(ctx, payload, human)
-
-
-@main.command()
-@click.option("--workers", default=8, show_default=True, help="Concurrent workers.")
-@click.option("--operations", default=60, show_default=True, help="Operations per worker.")
-@pass_ctx
-def demo(ctx: Context, workers: int, operations: int) -> None:
-    """Create demo tenants, run a concurrent load, print balances and a certificate."""
-    from . import _demo as demo_module
-
-    url = ctx.raw_url()
-    if not ctx.as_json and not ctx.database_url:
-        click.echo(f"embedded PostgreSQL, data in {embedded.status(ctx.data_dir)['data_dir']}")
-    total = workers * operations
-    show_progress = sys.stderr.isatty() and not ctx.as_json
-    if show_progress:
-        from rich.progress import Progress
-
-        with Progress(transient=True) as bar:
-            task = bar.add_task("reserve/commit/release", total=total)
-            result = demo_module.run(
-                url,
-                workers=workers,
-                operations_per_worker=operations,
-                progress=lambda n: bar.advance(task, n),
-            )
-    else:
-        result = demo_module.run(url, workers=workers, operations_per_worker=operations)
-    payload = {
-        "operations": result.operations,
-        "refused": result.refused,
-        "committed_microcents": result.committed_microcents,
-        "tenants": [t.to_dict() for t in result.snapshot.tenants],
-        "conservation": result.conservation.to_dict(),
-        "certificate": result.certificate.to_dict(),
-    }
-
-    def human() -> None:
-        click.echo(
-            f"{result.operations} operations by {workers} concurrent workers, "
-            f"{result.refused} refused, {_money(result.committed_microcents)} spent"
-        )
-        _tenant_table(list(result.snapshot.tenants))
-        click.secho(
-            str(result.conservation), fg="green" if result.conservation.is_balanced else "red"
-        )
-        cert = result.certificate
-        click.echo(
-            f"certificate: snapshot v{cert.snapshot_version}, digest {cert.ledger_digest_hex}"
-        )
-        click.echo(
-            f"  total initial {_money(cert.total_initial_microcents)}, "
-            f"committed {_money(cert.total_committed_microcents)}, "
-            f"balanced={cert.conservation_balanced}"
-        )
-
-    _emit(ctx, payload, human)
-    if not result.conservation.is_balanced:
-        sys.exit(EXIT_UNBALANCED)
-
-
-# ------------------------------------------------------------------ embedded
-
-
-@main.group("embedded")
-def embedded_group() -> None:
-    """Inspect or stop the embedded PostgreSQL server."""
-
-
-@embedded_group.command("status")
-@pass_ctx
-def embedded_status(ctx: Context) -> None:
-    """Where the data lives and whether the server runs."""
-    info = embedded.status(ctx.data_dir)
-
-    def human() -> None:
-        click.echo(f"data directory: {info['data_dir']}")
-        click.echo(f"running: {'yes, pid ' + str(info['pid']) if info['running'] else 'no'}")
-        click.echo(
-            "stop it with `ledger embedded stop`; wipe it by stopping, then deleting that directory"
-        )
-
-    _emit(ctx, info, human)
-
-
-@embedded_group.command("stop")
-@pass_ctx
-def embedded_stop(ctx: Context) -> None:
-    """Stop the embedded server (data is kept)."""
-    stopped = embedded.stop(ctx.data_dir)
-    _emit(
-        ctx, {"stopped": stopped}, lambda: click.echo("stopped" if stopped else "was not running")
-    )
-
-
-@embedded_group.command("path")
-@pass_ctx
-def embedded_path(ctx: Context) -> None:
-    """Print the data directory."""
-    path = embedded.status(ctx.data_dir)["data_dir"]
-    _emit(ctx, {"data_dir": path}, lambda: click.echo(path))
+__all__ = [
+    "EXIT_BAD_INPUT",
+    "EXIT_DATABASE",
+    "EXIT_OK",
+    "EXIT_REFUSED",
+    "EXIT_UNBALANCED",
+    "Context",
+    "LedgerGroup",
+    "certify",
+    "commit",
+    "expire",
+    "main",
+    "migrate",
+    "release",
+    "reserve",
+    "restore",
+    "run",
+    "snapshot",
+    "tenant",
+    "verify",
+]
+
+#: The packages the commands import (both in the [cli] extra).
+CLI_MODULES = ("click", "rich")
+
+#: "Database or environment error"; equal to _cli.EXIT_DATABASE (tests check),
+#: repeated here because that module cannot be imported when this code runs.
+_EXIT_ENVIRONMENT = 3
+
+_FEATURE = "the ledger command"
 
 
 def run() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: run the CLI, or say which extra to install."""
+    for module in CLI_MODULES:
+        if importlib.util.find_spec(module) is None:
+            _report_missing(MissingExtra(module, feature=_FEATURE))
+    from ._cli import run as run_commands
+
+    run_commands()
+
+
+def _report_missing(error: MissingExtra) -> NoReturn:
+    if "--json" in sys.argv:
+        print(json.dumps({"error": str(error), "exit_code": _EXIT_ENVIRONMENT}))
+    else:
+        print(f"error: {error}", file=sys.stderr)
+    sys.exit(_EXIT_ENVIRONMENT)
+
+
+def __getattr__(name: str) -> Any:
+    """The names in ``__all__`` (``cli.main``, ``cli.EXIT_*`` ...), from ledger._cli."""
+    if name not in __all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     try:
-        main.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        _fail(EXIT_BAD_INPUT, "aborted")
-    except click.ClickException as exc:
-        if "--json" in sys.argv:
-            click.echo(json.dumps({"error": exc.format_message(), "exit_code": EXIT_BAD_INPUT}))
-        else:
-            exc.show()
-        sys.exit(EXIT_BAD_INPUT)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    sys.exit(EXIT_OK)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    run()
+        from . import _cli
+    except ModuleNotFoundError as exc:
+        if exc.name not in CLI_MODULES:
+            raise
+        raise MissingExtra(exc.name, feature=_FEATURE) from exc
+    return getattr(_cli, name)

