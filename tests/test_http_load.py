@@ -64,6 +64,9 @@ def test_one_hot_tenant_under_load(app: str, db_url: str, tmp_path: Any) -> None
     body = {"estimate": ESTIMATE, "actual": PRICE, "work_ms": WORK_MS}
     with serve(app, db_url, threads=CLIENTS + 8, log_dir=tmp_path) as server:
         create_tenant(server, tenant, budget)
+        # Warm up as production would be: every thread's pooled connections open.
+        create_tenant(server, "warm-up", 10**12)
+        drive(server, "warm-up", CLIENTS, body, requests_each=2)
         solo = drive(server, tenant, 1, body, requests_each=SOLO_REQUESTS)
         crowd = drive(server, tenant, CLIENTS, body, until_refused=True)
 
