@@ -46,6 +46,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without FastAPI
     raise ImportError(
         "ledger.contrib.fastapi needs FastAPI: pip install 'sql-ledger[fastapi]'"
     ) from exc
+from sqlalchemy import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .. import AsyncLedger
@@ -56,7 +57,7 @@ URL_ENV = "LEDGER_DATABASE_URL"
 SCHEMA_ENV = "LEDGER_SCHEMA"
 
 
-def _database(app: FastAPI, database: str | AsyncEngine | None) -> str | AsyncEngine:
+def _database(app: FastAPI, database: str | URL | AsyncEngine | None) -> str | URL | AsyncEngine:
     if database is not None:
         return database
     configured: str | None = getattr(app.state, "ledger_database_url", None)
@@ -72,7 +73,7 @@ def _database(app: FastAPI, database: str | AsyncEngine | None) -> str | AsyncEn
 @asynccontextmanager
 async def ledger_lifespan(
     app: FastAPI,
-    database: str | AsyncEngine | None = None,
+    database: str | URL | AsyncEngine | None = None,
     *,
     schema: str | None = None,
 ) -> AsyncIterator[None]:
