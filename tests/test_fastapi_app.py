@@ -224,3 +224,16 @@ def serve_raising(app: FastAPI, scenario: Scenario) -> None:
             await scenario(c)
 
     asyncio.run(main())
+
+
+def test_without_fastapi_the_import_error_says_what_to_install() -> None:
+    import subprocess
+
+    code = (
+        "import sys; sys.modules['fastapi'] = None\n"
+        "import ledger  # the core never needs FastAPI\n"
+        "import ledger.contrib.fastapi\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "pip install 'sql-ledger[fastapi]'" in done.stderr
