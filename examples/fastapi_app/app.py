@@ -1,6 +1,6 @@
 """A FastAPI app that holds budget before slow work and settles it after, without blocking.
 
-    pip install -e ".[fastapi]"
+    pip install -e ".[fastapi,cli]"      # cli: the embedded PostgreSQL when no DATABASE_URL
     DATABASE_URL=postgresql://... uvicorn --app-dir examples/fastapi_app app:app
     python examples/fastapi_app/app.py        # embedded PostgreSQL, port 8000
 

@@ -1,6 +1,6 @@
 """A small Flask app that holds budget before slow work and settles it after.
 
-    pip install -e ".[flask]"
+    pip install -e ".[flask,cli]"        # cli: the embedded PostgreSQL when no DATABASE_URL
     python examples/flask_app/app.py          # embedded PostgreSQL, port 5000
     DATABASE_URL=postgresql://... python examples/flask_app/app.py
     DATABASE_URL=postgresql://... gunicorn -k gthread -w 2 --threads 16 \\
