@@ -4,6 +4,7 @@
     python -m bench.run --smoke         # seconds; proves the harness works (CI)
     python -m bench.run --database-url postgresql://...
     python -m bench.run --http          # the example apps under gunicorn/uvicorn (bench/http.py)
+    python -m bench.run --citus postgresql://...   # Citus routing + ratio to plain (bench/citus.py)
 
 Clients are separate processes, so Python's GIL does not hide the database.
 Every figure is reported next to a baseline from the same invocation, because
@@ -283,7 +284,18 @@ def targets(rows: list[Measurement]) -> str:
     return "\n".join(lines)
 
 
+def seconds_for(args: argparse.Namespace) -> float:
+    return 0.5 if args.smoke else float(args.seconds)
+
+
 def main(argv: list[str] | None = None) -> int:
+    args = arguments(argv)
+    if args.http:
+        return run_http(args)
+    return run_all(args)
+
+
+def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database-url", default=os.environ.get("LEDGER_BENCH_DATABASE_URL"))
     parser.add_argument(
@@ -306,9 +318,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--http-apps", default="flask,django,fastapi")
     parser.add_argument("--http-clients", default="1,32")
     parser.add_argument("--http-work-ms", default="200", help="simulated work per request")
-    args = parser.parse_args(argv)
-    if args.http:
-        return run_http(args)
+    parser.add_argument(
+        "--citus",
+        metavar="URL",
+        help="a Citus coordinator: report remote commands per operation and the "
+        "reserve->commit ratio to plain PostgreSQL (--spread tenants, 16 clients), then exit",
+    )
+    parser.add_argument("--plain", metavar="URL", help="with --citus: plain PostgreSQL to compare")
+    return parser.parse_args(argv)
+
+
+def run_all(args: argparse.Namespace) -> int:
+    """The throughput, batch and scale runs (or ``--citus``)."""
+    if args.citus:
+        from .citus import run as run_citus
+
+        clients_at = 2 if args.smoke else 16
+        report = run_citus(args.citus, args.plain, args.spread, clients_at, seconds_for(args))
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "citus.json").write_text(json.dumps(report, indent=2))
+        return 0
 
     clients = [1] if args.smoke else [int(c) for c in args.clients.split(",")]
     seconds = 0.5 if args.smoke else args.seconds

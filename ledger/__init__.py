@@ -25,6 +25,7 @@ from ._executor import Connectable
 from ._hold import AsyncHold, Hold
 from ._ledger import BoundLedger, Ledger
 from ._money import MICROCENTS_PER_CENT
+from .distribute import distribute
 from .finance import (
     ConservationProof,
     FinancialCertificate,
@@ -72,6 +73,7 @@ __all__ = [
     "certify_ledger",
     "certify_snapshot",
     "conservation_status_for_snapshot",
+    "distribute",
     "errors",
     "ledger_digest",
     "migrate",

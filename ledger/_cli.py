@@ -35,6 +35,7 @@ from . import _validate, embedded, errors
 from . import migrator as migrations
 from ._ledger import Ledger
 from ._money import format_units, parse_units
+from .distribute import distribute as distribute_schema
 from .outcomes import Outcome, Status
 from .snapshot import BudgetSnapshot, TenantLedger
 
@@ -765,3 +766,32 @@ def run() -> None:
 if __name__ == "__main__":  # pragma: no cover
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     run()
+
+
+@main.command()
+@click.option(
+    "--shard-count",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Shards per table when first distributed (default: citus.shard_count).",
+)
+@pass_ctx
+def distribute(ctx: Context, shard_count: int | None) -> None:
+    """Distribute the migrated schema on a Citus coordinator (safe to run again)."""
+    if not ctx.database_url:
+        _fail(EXIT_BAD_INPUT, "distribute needs --database-url (a Citus coordinator)", ctx)
+    done = distribute_schema(ctx.database_url, ctx.schema, shard_count=shard_count)
+
+    def human() -> None:
+        click.echo(
+            f"schema {done.schema!r} (revision {done.revision}) on Citus {done.citus_version}, "
+            f"{done.shard_count} shards per table"
+        )
+        click.echo(f"by tenant_id: {', '.join(done.distributed)}")
+        click.echo(f"reference:    {', '.join(done.reference) or '-'}")
+        if done.functions:
+            click.echo(f"delegated:    {', '.join(done.functions)}")
+        for change in done.changed or ["nothing to do: already distributed"]:
+            click.echo(f"  {change}")
+
+    _emit(ctx, done.to_dict(), human)

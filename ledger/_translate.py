@@ -43,7 +43,7 @@ def translate(exc: BaseException) -> errors.LedgerError:
     sqlstate = getattr(orig, "sqlstate", None)
     diag = getattr(orig, "diag", None)
     primary = getattr(diag, "message_primary", None) or str(orig).splitlines()[0]
-    if sqlstate in ("23514", "23502", "23503", "23505", "23P01"):
+    if sqlstate in ("23001", "23502", "23503", "23505", "23514", "23P01"):
         constraint = getattr(diag, "constraint_name", None)
         return errors.ConstraintViolation(
             constraint,

@@ -4,7 +4,7 @@ The migrations are the source of truth for the database; this module declares
 the same schema so tools can reason about it (alembic autogenerate in a host
 app, documentation, introspection) and so a test can prove the two agree:
 ``alembic`` autogenerate against a migrated database must find nothing.
-Statements never go through these objects; they live in ``_sql.py``.
+Statements never go through these objects; they live in ``ledger/sql/*.sql``.
 """
 
 from __future__ import annotations
@@ -177,6 +177,12 @@ def metadata(schema: str = "ledger") -> MetaData:
             "journal_reservation_id_idx",
             "reservation_id",
             postgresql_where=text("reservation_id IS NOT NULL"),
+        ),
+        Index(  # revision 0004
+            "journal_expired_holds_idx",
+            "reservation_id",
+            postgresql_include=["amount_microcents"],
+            postgresql_where=text("op = 'expire'"),
         ),
     )
     Table(

@@ -9,7 +9,10 @@
 #    (or on $LEDGER_TEST_DATABASE_URL if you set it);
 # 4. runs the benchmark harness in smoke mode;
 # 5. if Debian's PostgreSQL 15 server is installed (/usr/lib/postgresql/15/bin),
-#    starts a throwaway PostgreSQL 15 and runs pytest again against it.
+#    starts a throwaway PostgreSQL 15 and runs pytest again against it;
+# 6. in CI (CI=true) or with LEDGER_CITUS=1: builds Citus (first, since the build may
+#    upgrade Debian's postgresql-15) and runs tests/citus on a local coordinator with two
+#    workers (scripts/citus.sh).
 #
 # Extra arguments are passed to pytest, e.g. `bash scripts/test.sh -k concurrency`.
 set -euo pipefail
@@ -28,11 +31,20 @@ fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q -e ".[test]"
 
+CITUS=${LEDGER_CITUS:-$([ "${CI:-}" = "true" ] && echo 1 || echo 0)}
+if [ "$CITUS" = "1" ]; then
+    step "Citus build (before any PostgreSQL 15 server starts)"
+    bash scripts/citus.sh build
+fi
+
 step "ruff (lint, then format check)"
 "$VENV/bin/ruff" check ledger tests migrations scripts bench examples
 "$VENV/bin/ruff" format --check ledger tests migrations scripts bench examples
 step "mypy (strict, ledger/)"
 "$VENV/bin/mypy"
+step "squawk: offline SQL of the migrations after the last pre-rules revision (.squawk.toml)"
+"$VENV/bin/python" -c 'from ledger import migrator as m; print(m.sql(m.LINT_FROM + ":head"))' >"${TMPDIR:-/tmp}/ledger-new-migrations.sql"
+"$VENV/bin/squawk" --config .squawk.toml "${TMPDIR:-/tmp}/ledger-new-migrations.sql"
 
 step "pytest on ${LEDGER_TEST_DATABASE_URL:+the given URL}${LEDGER_TEST_DATABASE_URL:-PostgreSQL 18 (embedded wheel)}"
 "$VENV/bin/python" -m pytest "$@"
@@ -48,4 +60,9 @@ if [ -x "$PG15_BIN/postgres" ] && [ -z "${LEDGER_TEST_DATABASE_URL:-}" ]; then
 elif [ "${CI:-}" = "true" ] && [ -z "${LEDGER_TEST_DATABASE_URL:-}" ]; then
     echo "CI expects Debian's PostgreSQL 15 at $PG15_BIN; it is missing" >&2
     exit 1
+fi
+
+if [ "$CITUS" = "1" ]; then
+    step "pytest tests/citus on a Citus coordinator + 2 workers"
+    LEDGER_VENV=$VENV bash scripts/citus.sh test -q
 fi

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import os
 import subprocess
@@ -52,7 +53,10 @@ def test_manage_py_migrate_built_the_ledger(project: str) -> None:
         for a, m in MigrationRecorder.Migration.objects.values_list("app", "name")
         if a == "sql_ledger"
     }
-    assert applied == {"0001_core", "0002_journal", "0003_audit_views"}
+    twins = {
+        p.stem for p in (Path(ledger.__file__).parent / "contrib/django/migrations").glob("0*.py")
+    }
+    assert applied == twins and "0004_journal_expired_holds" in applied
 
 
 def test_every_alembic_revision_has_a_django_twin() -> None:
@@ -153,6 +157,59 @@ def test_manage_py_ledger_command(project: str) -> None:
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
 
 
+def test_makemigrations_check_finds_nothing_to_do(project: str) -> None:
+    """The admin's unmanaged models are in the migration state: no migration to write."""
+    from django.core.management import call_command
+
+    for apps in (["sql_ledger"], []):
+        out = io.StringIO()
+        call_command("makemigrations", *apps, "--check", "--dry-run", stdout=out)  # exits 1 if not
+        assert "No changes detected" in out.getvalue()
+
+
+def test_migrate_reports_no_unmigrated_model_changes(project: str) -> None:
+    from django.core.management import call_command
+
+    out = io.StringIO()
+    call_command("migrate", stdout=out)
+    assert "have changes that are not yet reflected" not in out.getvalue()
+    assert "No migrations to apply" in out.getvalue()
+
+
+def test_sqlmigrate_prints_the_sql_of_each_revision(
+    project: str, server_url: str, server_version: int
+) -> None:
+    """sqlmigrate gives alembic's offline SQL; all four scripts build the ledger through psql."""
+    from django.core.management import call_command
+
+    scripts = []
+    for name in sorted(
+        p.stem for p in (Path(ledger.__file__).parent / "contrib/django/migrations").glob("0*.py")
+    ):
+        out = io.StringIO()
+        call_command("sqlmigrate", "sql_ledger", name, stdout=out)
+        assert "CANNOT BE WRITTEN AS SQL" not in out.getvalue()
+        assert "lock_timeout" in out.getvalue()
+        scripts.append(out.getvalue())
+    assert "CREATE TABLE ledger.journal" in scripts[1]
+    assert "CREATE INDEX CONCURRENTLY" in scripts[3]
+    back = io.StringIO()
+    call_command("sqlmigrate", "sql_ledger", "0003_audit_views", "--backwards", stdout=back)
+    assert 'DROP VIEW "ledger".balances' in back.getvalue()
+
+    from .test_migrations import psql_apply
+
+    name = make_database(server_url, None)
+    try:
+        url = _database_url(server_url, name)
+        for script in scripts:
+            applied = psql_apply(url, script, server_version)
+            assert applied.returncode == 0, applied.stderr
+        assert current_revision(url) == head_revision()
+    finally:
+        drop_database(server_url, name)
+
+
 def test_django_migrations_go_backwards_and_forwards(project: str) -> None:
     from django.core.management import call_command
 
@@ -243,3 +300,19 @@ def test_wsgi_application_loads(project: str) -> None:
     wsgi = importlib.import_module("project.wsgi")
     assert callable(wsgi.application)
     assert settings.WSGI_APPLICATION == "project.wsgi.application"
+
+
+def test_migrate_to_zero_and_back(project: str) -> None:
+    """`migrate sql_ledger zero` drops the whole ledger; migrate builds it again, empty."""
+    from django.core.management import call_command
+
+    from ledger.contrib.django import get_ledger
+
+    get_ledger().ensure_tenant("doomed", 5)
+    call_command("migrate", "sql_ledger", "zero", verbosity=0)
+    assert current_revision(project) is None
+    call_command("migrate", verbosity=0)
+    assert current_revision(project) == head_revision()
+    assert get_ledger().tenant("doomed") is None
+    assert get_ledger().ensure_tenant("reborn", 5)
+    assert get_ledger().verify_journal().ok

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import multiprocessing
 import random
+import shutil
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -167,8 +170,24 @@ class CrashHarness:
         }
 
 
-def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Path, scale: str) -> None:
-    harness = CrashHarness(tmp_path)
+@pytest.fixture
+def server_dir() -> Iterator[Path]:
+    """A data-directory parent outside pytest's temp root.
+
+    The embedded server runs as its own unprivileged user when the tests run
+    as root, and every pytest session resets pytest's temp root to mode 0700;
+    a server kept there dies with "Permission denied" as soon as another
+    pytest session starts (CI runs one at a time, developers often don't).
+    """
+    path = Path(tempfile.mkdtemp(prefix="ledger-faults-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_kill_9_under_load_loses_nothing_acknowledged(server_dir: Path, scale: str) -> None:
+    harness = CrashHarness(server_dir)
     cycles = 20 if scale == "long" else 3
     try:
         for _ in range(cycles):
@@ -190,10 +209,10 @@ def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Path, scale: str
     assert report["restarts"] == cycles and report["broken_restarts"] == 0, report
 
 
-def test_negative_control_detects_loss_with_synchronous_commit_off(tmp_path: Path) -> None:
+def test_negative_control_detects_loss_with_synchronous_commit_off(server_dir: Path) -> None:
     """With commits acknowledged before WAL is flushed, the same audit must see the loss."""
     harness = CrashHarness(
-        tmp_path, settings={"synchronous_commit": "off", "wal_writer_delay": "10000"}
+        server_dir, settings={"synchronous_commit": "off", "wal_writer_delay": "10000"}
     )
     try:
         with psycopg.connect(_plain(harness.server.url), autocommit=True) as conn:

@@ -527,3 +527,23 @@ def test_any_injected_tampering_is_detected(
         assert book.verify_journal().ok
         how[1](raw)
         assert not book.verify_journal().ok, how[0]
+
+
+def test_the_journal_hash_is_inlined_into_the_writes(
+    book: ledger.Ledger, raw: psycopg.Connection
+) -> None:
+    """Revision 0005: PostgreSQL expands journal_hash into sha256(...) in the plan.
+
+    Declared IMMUTABLE over a STABLE body, it was called as a function for
+    every entry (about twice the cost per row in set-based use).
+    """
+    from ledger._queries import for_schema
+
+    book.ensure_tenant("t", 100)
+    params = {"tenant_id": "t", "amount": 5, "ttl_us": None, "expires_at": None, "ikey": None}
+    plan = "\n".join(
+        row[0]
+        for row in raw.execute("EXPLAIN VERBOSE " + for_schema("ledger").try_reserve, params)
+    )
+    assert "sha256(" in plan
+    assert "journal_hash(" not in plan

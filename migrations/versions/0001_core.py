@@ -22,6 +22,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import context, op
 
+from ledger import migrator
+
 revision: str = "0001"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
@@ -41,6 +43,10 @@ def _tenant_id(*args: object, **kw: object) -> sa.Column:  # type: ignore[type-a
 
 
 def upgrade() -> None:
+    migrator.locked(_upgrade)
+
+
+def _upgrade() -> None:
     s = _schema()
     op.execute(sa.text(f'CREATE SEQUENCE "{s}".reservation_id_seq AS bigint START WITH 1'))
     op.execute(
@@ -167,6 +173,10 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    migrator.locked(_downgrade)
+
+
+def _downgrade() -> None:
     s = _schema()
     op.execute(sa.text(f'DROP FUNCTION "{s}".invariant_failed(text)'))
     op.drop_table("certificates", schema=s)

@@ -14,7 +14,15 @@
   so replay can start there).
 
 Existing tenants get an ``open`` entry (and one ``open_hold`` entry per open
-hold), so a ledger upgraded with data in it replays cleanly.
+hold, chained in id order), so a ledger upgraded with data in it replays
+cleanly. Every entry carries one timestamp, taken when the backfill starts.
+
+How (changed after release; what it produces is not, see
+tests/test_migrations_upgrade.py): the DDL is metadata-only and commits at
+once; the opening entries are then written in batches of tenants, each its
+own short transaction that locks only its own tenants; the journal-head CHECK
+is added NOT VALID and validated last, without blocking reads or writes. It
+used to run all of it under the ALTER's exclusive lock on ``tenants``.
 
 Revision ID: 0002
 Revises: 0001
@@ -26,6 +34,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import context, op
 from sqlalchemy.dialects import postgresql
+
+from ledger import migrator
 
 revision: str = "0002"
 down_revision: str | None = "0001"
@@ -53,6 +63,28 @@ def _schema() -> str:
 
 
 def upgrade() -> None:
+    # A run whose backfill was interrupted committed the DDL but not the
+    # revision stamp: it resumes with the backfill.
+    if not _expanded():
+        migrator.locked(_expand)
+    migrator.backfill(_opening_entries(f'"{_schema()}"'), declare=OPENING_DECLARE)
+    migrator.online_step(
+        lambda: op.execute(
+            f'ALTER TABLE "{_schema()}".tenants VALIDATE CONSTRAINT tenants_journal_head_length'
+        )
+    )
+
+
+def _expanded() -> bool:
+    if context.is_offline_mode():
+        return False
+    found = op.get_bind().execute(
+        sa.text("SELECT to_regclass(:journal) IS NOT NULL"), {"journal": f'"{_schema()}".journal'}
+    )
+    return bool(found.scalar())
+
+
+def _expand() -> None:
     s = _schema()
     q = f'"{s}"'
 
@@ -100,8 +132,13 @@ def upgrade() -> None:
         ),
         schema=s,
     )
+    # Validated after the backfill (a scan under this lock would block traffic).
     op.create_check_constraint(
-        "tenants_journal_head_length", "tenants", "octet_length(journal_head) = 32", schema=s
+        "tenants_journal_head_length",
+        "tenants",
+        "octet_length(journal_head) = 32",
+        schema=s,
+        postgresql_not_valid=True,
     )
 
     op.rename_table("detached_caps", "detached_tenants", schema=s)
@@ -248,64 +285,70 @@ def upgrade() -> None:
     )
     op.create_index("certificates_checkpoint_idx", "certificates", ["checkpoint_id"], schema=s)
 
-    # Opening entries for a ledger that already holds data.
-    op.execute(
-        sa.text(f"""
-        WITH opened AS (
-            UPDATE {q}.tenants AS t
-            SET journal_seq = 1,
-                journal_head = {q}.journal_hash(
-                    t.journal_head, t.tenant_id, 1, 'open', NULL, NULL, NULL,
-                    t.initial_microcents, t.remaining_microcents, t.reserved_microcents,
-                    t.committed_microcents, t.max_reserved_microcents, now(), NULL)
-            RETURNING t.*
-        )
-        INSERT INTO {q}.journal (tenant_id, seq, op, initial_microcents, remaining_microcents,
-            reserved_microcents, committed_microcents, max_reserved_microcents, created_at,
-            entry_hash)
-        SELECT tenant_id, 1, 'open', initial_microcents, remaining_microcents,
-               reserved_microcents, committed_microcents, max_reserved_microcents, now(),
-               journal_head
-        FROM opened
-    """)
+
+OPENING_DECLARE = """at constant timestamptz := now();
+    last text COLLATE "C" := '';
+    last_seen text COLLATE "C";
+    got int;"""
+
+
+def _opening_entries(q: str) -> str:
+    """One batch of opening entries: ``open``, then ``open_hold`` per hold in id order.
+
+    The hold chain of each tenant is a recursive CTE (entry n+1 hashes entry
+    n); tenants are taken in key order, locked first, and skipped once they
+    have entries, so the backfill can be run again after an interruption.
+    """
+    balances = (
+        "t.initial_microcents, t.remaining_microcents, t.reserved_microcents,"
+        " t.committed_microcents, t.max_reserved_microcents"
     )
-    # One entry per hold that was open at upgrade time, chained in id order.
-    op.execute(
-        sa.text(f"""
-        DO $$
-        DECLARE h record;
-        BEGIN
-            FOR h IN SELECT r.tenant_id, r.reservation_id, r.amount_microcents
-                     FROM {q}.reservations r ORDER BY r.tenant_id, r.reservation_id
-            LOOP
-                WITH bumped AS (
-                    UPDATE {q}.tenants AS t
-                    SET journal_seq = t.journal_seq + 1,
-                        journal_head = {q}.journal_hash(
-                            t.journal_head, t.tenant_id, t.journal_seq + 1, 'open_hold',
-                            h.reservation_id, h.amount_microcents, NULL,
-                            t.initial_microcents, t.remaining_microcents,
-                            t.reserved_microcents, t.committed_microcents,
-                            t.max_reserved_microcents, now(), NULL)
-                    WHERE t.tenant_id = h.tenant_id
-                    RETURNING t.*
-                )
+    return f"""WITH RECURSIVE batch AS (
+                SELECT tenant_id FROM {q}.tenants
+                WHERE tenant_id > last AND journal_seq = 0
+                ORDER BY tenant_id LIMIT batch_size
+                FOR UPDATE
+            ), holds AS (
+                SELECT r.tenant_id, r.reservation_id, r.amount_microcents,
+                       row_number() OVER (PARTITION BY r.tenant_id ORDER BY r.reservation_id) AS n
+                FROM {q}.reservations AS r JOIN batch USING (tenant_id)
+            ), chain AS (
+                SELECT t.tenant_id, 1::bigint AS seq, 'open'::text AS op,
+                       NULL::bigint AS reservation_id, NULL::bigint AS amount_microcents,
+                       {q}.journal_hash(t.journal_head, t.tenant_id, 1, 'open', NULL, NULL, NULL,
+                           {balances}, at, NULL) AS head
+                FROM {q}.tenants AS t JOIN batch USING (tenant_id)
+                UNION ALL
+                SELECT c.tenant_id, c.seq + 1, 'open_hold'::text, h.reservation_id,
+                       h.amount_microcents,
+                       {q}.journal_hash(c.head, c.tenant_id, c.seq + 1, 'open_hold',
+                           h.reservation_id, h.amount_microcents, NULL, {balances}, at, NULL)
+                FROM chain AS c
+                JOIN holds AS h ON h.tenant_id = c.tenant_id AND h.n = c.seq
+                JOIN {q}.tenants AS t ON t.tenant_id = c.tenant_id
+            ), written AS (
                 INSERT INTO {q}.journal (tenant_id, seq, op, reservation_id, amount_microcents,
                     initial_microcents, remaining_microcents, reserved_microcents,
                     committed_microcents, max_reserved_microcents, created_at, entry_hash)
-                SELECT tenant_id, journal_seq, 'open_hold', h.reservation_id,
-                       h.amount_microcents, initial_microcents, remaining_microcents,
-                       reserved_microcents, committed_microcents, max_reserved_microcents,
-                       now(), journal_head
-                FROM bumped;
-            END LOOP;
-        END
-        $$
-    """)
-    )
+                SELECT c.tenant_id, c.seq, c.op, c.reservation_id, c.amount_microcents,
+                       {balances}, at, c.head
+                FROM chain AS c JOIN {q}.tenants AS t USING (tenant_id)
+            ), heads AS (
+                UPDATE {q}.tenants AS t SET journal_seq = l.seq, journal_head = l.head
+                FROM (SELECT DISTINCT ON (tenant_id) tenant_id, seq, head
+                      FROM chain ORDER BY tenant_id, seq DESC) AS l
+                WHERE t.tenant_id = l.tenant_id
+            )
+            SELECT count(*), max(tenant_id) INTO got, last_seen FROM batch;
+            more := got = batch_size;
+            last := coalesce(last_seen, last);"""
 
 
 def downgrade() -> None:
+    migrator.locked(_downgrade)
+
+
+def _downgrade() -> None:
     s = _schema()
     q = f'"{s}"'
     op.drop_table("certificate_checkpoints", schema=s)

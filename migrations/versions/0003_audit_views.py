@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import context, op
 
+from ledger import migrator
+
 revision: str = "0003"
 down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
@@ -34,6 +36,10 @@ def _schema() -> str:
 
 
 def upgrade() -> None:
+    migrator.locked(_upgrade)
+
+
+def _upgrade() -> None:
     q = f'"{_schema()}"'
     op.execute(
         sa.text(f"""
@@ -115,6 +121,10 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    migrator.locked(_downgrade)
+
+
+def _downgrade() -> None:
     q = f'"{_schema()}"'
     for view in reversed(VIEWS):
         op.execute(sa.text(f"DROP VIEW {q}.{view}"))

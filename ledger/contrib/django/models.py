@@ -1,17 +1,15 @@
-"""Read-only views of the ledger tables for the Django admin (Django never manages them)."""
+"""Read-only views of the ledger tables for the Django admin (Django never manages them).
+
+Migration 0001_core declares them (``managed = False``) so Django's migration
+state matches: ``makemigrations --check`` finds nothing to do. A change here
+needs a state-only migration in this app; tests/test_django.py fails until then.
+"""
 
 from __future__ import annotations
 
 from django.db import models
 
-from . import ledger_settings
-
-_SCHEMA = ledger_settings()["SCHEMA"]
-
-
-def _table(name: str) -> str:
-    # Django has no schema option; quoting the dot is the documented trick.
-    return f'{_SCHEMA}"."{name}'
+from .migration_ops import table_name as _table
 
 
 class Tenant(models.Model):

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Citus for the ledger's tests: build it, run a local cluster, run tests/citus against it.
+#
+#   bash scripts/citus.sh build          # apt deps + build/install Citus (cached; idempotent)
+#   bash scripts/citus.sh start          # coordinator + 2 workers under /tmp; prints the URL
+#   bash scripts/citus.sh stop
+#   bash scripts/citus.sh test [ARGS]    # build, start, pytest tests/citus ARGS, stop
+#   bash scripts/citus.sh available      # exit 0 if this machine can build or has Citus
+#
+# The build kit (Citus source and scripts) is not in this repository: it lives in
+# ../shared/citus next to the checkout (read-only; override with LEDGER_CITUS_KIT).
+# build.sh caches its build outside the repository and may upgrade Debian's
+# postgresql-15 (server and headers must be the same minor version), so run `build`
+# before any PostgreSQL 15 server starts; scripts/test.sh does.
+#
+# Environment (all optional):
+#   LEDGER_CITUS_KIT    the kit folder (default: <repo>/../shared/citus)
+#   LEDGER_CITUS_PORT   coordinator port (default 9760; workers use the next two)
+#   LEDGER_CITUS_DATA   cluster folder (default /tmp/ledger-citus-<port>)
+#   LEDGER_VENV         the virtualenv whose python runs pytest (default .venv)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+KIT=${LEDGER_CITUS_KIT:-$PWD/../shared/citus}
+PORT=${LEDGER_CITUS_PORT:-9760}
+DATA=${LEDGER_CITUS_DATA:-/tmp/ledger-citus-$PORT}
+VENV=${LEDGER_VENV:-.venv}
+PG_BIN=/usr/lib/postgresql/15/bin
+
+say() { echo "[scripts/citus.sh] $*"; }
+die() { echo "[scripts/citus.sh] ERROR: $*" >&2; exit 1; }
+
+installed() { [[ -f $("$PG_BIN/pg_config" --pkglibdir 2>/dev/null || echo /nonexistent)/citus.so ]]; }
+
+available() {
+    # Either Citus is already installed, or we have the kit and can install as root.
+    [[ -x $PG_BIN/postgres ]] || return 1
+    installed && return 0
+    [[ -f $KIT/build.sh && $(id -u) == 0 ]] && command -v apt-get >/dev/null
+}
+
+build() {
+    [[ -f $KIT/build.sh ]] || die "no Citus kit at $KIT (set LEDGER_CITUS_KIT)"
+    # build.sh reads package versions with dpkg-query under `set -e -o pipefail`; for a
+    # package dpkg has never heard of (postgresql-server-dev-15 on a fresh machine) that
+    # call fails and build.sh exits silently with status 1. Installing the server and
+    # its headers together first (what build.sh itself would do) avoids that path.
+    if ! dpkg-query -W postgresql-server-dev-15 >/dev/null 2>&1 ||
+       [[ $(dpkg-query -W -f='${Version}' postgresql-15) != $(dpkg-query -W -f='${Version}' postgresql-server-dev-15) ]] ||
+       [[ $(dpkg-query -W -f='${db:Status-Abbrev}' postgresql-server-dev-15) != ii* ]]; then
+        [[ $(id -u) == 0 ]] || die "not root: install postgresql-15 and postgresql-server-dev-15 first"
+        say "apt-get install postgresql-15 postgresql-server-dev-15 and the build tools"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >/dev/null
+        apt-get install -y -qq --no-install-recommends build-essential liblz4-dev libzstd-dev \
+            libkrb5-dev libssl-dev postgresql-15 postgresql-server-dev-15 >/dev/null
+    fi
+    bash "$KIT/build.sh"
+}
+
+cluster() {  # start|stop|status
+    CITUS_PORT=$PORT CITUS_WORKER_PORTS="$((PORT + 1)) $((PORT + 2))" CITUS_FSYNC=off \
+        bash "$KIT/cluster.sh" "$1" "$DATA"
+}
+
+run_tests() {
+    build
+    local url
+    url=$(cluster start | tail -n 1)
+    trap 'cluster stop >/dev/null || true' EXIT
+    say "pytest tests/citus against $url"
+    LEDGER_CITUS_URL=$url "$VENV/bin/python" -m pytest tests/citus "$@"
+}
+
+cmd=${1:-}
+[[ $# -gt 0 ]] && shift
+case $cmd in
+    build) build ;;
+    start) cluster start ;;
+    stop) cluster stop ;;
+    status) cluster status ;;
+    test) run_tests "$@" ;;
+    available) available ;;
+    *) echo "usage: $0 build|start|stop|status|test [pytest args]|available" >&2; exit 2 ;;
+esac

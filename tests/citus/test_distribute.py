@@ -1,0 +1,258 @@
+"""ledger.distribute and `ledger distribute`: placement, idempotence, refusals, the journal
+triggers on every shard, reservation ids across nodes, migrations after distribution."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import make_url
+
+import ledger
+from ledger import errors, migrator
+from ledger.cli import main
+from ledger.distribute import CitusNotAvailable, distribute
+
+from ..helpers import state
+from .conftest import SHARDS, Recorder, alchemy, fresh_schema, plain
+
+TENANT_KEYED = {
+    "tenants",
+    "reservations",
+    "detached_tenants",
+    "journal",
+    "idempotency_keys",
+    "certificate_checkpoints",
+}
+LEDGER_WIDE = {"certificates", "certificate_baseline"}
+
+
+def placement(raw: psycopg.Connection, schema: str) -> dict[str, tuple[str, str, int, int]]:
+    rows = raw.execute(
+        "SELECT table_name::text, citus_table_type, distribution_column, colocation_id,"
+        " shard_count FROM citus_tables WHERE table_name::text LIKE %s",
+        (f"{schema}.%",),
+    ).fetchall()
+    return {name.split(".", 1)[1]: tuple(rest) for name, *rest in rows}  # type: ignore[misc]
+
+
+def test_tables_are_placed_by_tenant(schema: str, raw: psycopg.Connection) -> None:
+    placed = placement(raw, schema)
+    assert set(placed) == TENANT_KEYED | LEDGER_WIDE  # alembic_version stays local
+    colocation = placed["tenants"][2]
+    for name in TENANT_KEYED:
+        assert placed[name] == ("distributed", "tenant_id", colocation, SHARDS), name
+    for name in LEDGER_WIDE:
+        assert placed[name][0] == "reference", name
+    # every worker holds shards of the tenant tables
+    nodes = raw.execute(
+        "SELECT count(DISTINCT nodeport) FROM citus_shards WHERE table_name = %s::regclass",
+        (f"{schema}.tenants",),
+    ).fetchone()
+    workers = raw.execute("SELECT count(*) FROM citus_get_active_worker_nodes()").fetchone()
+    assert nodes == workers
+
+
+def test_distribute_is_idempotent_and_keeps_data(citus_url: str, raw: psycopg.Connection) -> None:
+    with fresh_schema(citus_url, distributed=False) as s:
+        book = ledger.Ledger(alchemy(citus_url), schema=s)
+        book.ensure_tenant("acme", 1_000)
+        hold = book.try_reserve("acme", 100)
+        book.certify()
+        before = state(raw, s)
+        first = distribute(alchemy(citus_url), s, shard_count=SHARDS)
+        assert set(first.distributed) == TENANT_KEYED and set(first.reference) == LEDGER_WIDE
+        assert first.changed and first.shard_count == SHARDS
+        second = distribute(alchemy(citus_url), s)
+        assert second.changed == () and second.shard_count == SHARDS
+        after = state(raw, s)
+        after.pop("reservation_seq")
+        before.pop("reservation_seq")
+        assert after == before  # rows moved to the shards, none lost or doubled
+        assert book.release(hold.reservation_id, tenant_id="acme").ok  # type: ignore[arg-type]
+        assert book.verify_journal().ok
+        book.close()
+
+
+def test_cli_distribute(citus_url: str) -> None:
+    with fresh_schema(citus_url, distributed=False) as s:
+        runner = CliRunner()
+        args = ["--database-url", citus_url, "--schema", s, "--json", "distribute"]
+        result = runner.invoke(main, [*args, "--shard-count", str(SHARDS)])
+        assert result.exit_code == 0, result.output
+        payload = json.loads(result.output)
+        assert set(payload["distributed"]) == TENANT_KEYED and payload["changed"]
+        again = runner.invoke(main, args)
+        assert again.exit_code == 0 and json.loads(again.output)["changed"] == []
+
+
+def test_refused_without_citus(citus_url: str) -> None:
+    """A database without the extension gets a typed error, and nothing changes."""
+    name = f"plain_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(plain(citus_url), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = make_url(plain(citus_url)).set(database=name).render_as_string(hide_password=False)
+        ledger.migrate(alchemy(url))
+        with pytest.raises(CitusNotAvailable, match="no Citus extension"):
+            distribute(alchemy(url))
+        assert issubclass(CitusNotAvailable, errors.LedgerError)
+        result = CliRunner().invoke(main, ["--database-url", url, "distribute"])
+        assert result.exit_code == 3 and "no Citus extension" in result.output
+        with ledger.Ledger(alchemy(url)) as book:  # plain PostgreSQL keeps working
+            book.ensure_tenant("acme", 5)
+            assert book.try_reserve("acme", 5).ok
+    finally:
+        with psycopg.connect(plain(citus_url), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_refused_on_an_unmigrated_schema(citus_url: str) -> None:
+    with pytest.raises(errors.SchemaNotMigrated, match=r"ledger\.migrate"):
+        distribute(alchemy(citus_url), f"nothing_{uuid.uuid4().hex[:8]}")
+    with pytest.raises(errors.InvalidSchemaName):
+        distribute(alchemy(citus_url), "Bad-Name")
+
+
+def _workers(raw: psycopg.Connection, schema: str, table: str) -> list[tuple[str, int, str]]:
+    return raw.execute(
+        "SELECT nodename, nodeport, shard_name FROM citus_shards"
+        " WHERE table_name = %s::regclass ORDER BY shard_name",
+        (f"{schema}.{table}",),
+    ).fetchall()
+
+
+@pytest.mark.parametrize(
+    "sql",
+    ["UPDATE {t} SET amount_microcents = 1", "DELETE FROM {t}", "TRUNCATE {t}"],
+)
+def test_journal_refuses_changes_on_every_shard(
+    book: ledger.Ledger, schema: str, raw: psycopg.Connection, citus_url: str, sql: str
+) -> None:
+    for i in range(12):  # entries on every shard
+        book.ensure_tenant(f"t{i}", 10)
+    count = raw.execute(f'SELECT count(*) FROM "{schema}".journal').fetchone()
+    with pytest.raises(psycopg.DatabaseError, match="append-only") as caught:
+        raw.execute(sql.format(t=f'"{schema}".journal'))
+    assert caught.value.sqlstate == "LG002"
+    shards = _workers(raw, schema, "journal")
+    assert len(shards) == SHARDS
+    for host, port, shard in shards:
+        conninfo = make_url(plain(citus_url)).set(host=host, port=port)
+        with psycopg.connect(
+            conninfo.render_as_string(hide_password=False), autocommit=True
+        ) as worker:
+            # Citus guards shards from direct writes; with the guard off the trigger still refuses
+            worker.execute("SET citus.enable_manual_changes_to_shards = on")
+            with pytest.raises(psycopg.DatabaseError, match="append-only") as caught:
+                worker.execute(sql.format(t=f'"{schema}".{shard.split(".", 1)[1]}'))
+            assert caught.value.sqlstate == "LG002", (port, shard)
+    assert raw.execute(f'SELECT count(*) FROM "{schema}".journal').fetchone() == count
+    assert book.verify_journal().ok
+
+
+def test_reservation_ids_stay_unique_whichever_node_draws_them(
+    schema: str, raw: psycopg.Connection, citus_url: str
+) -> None:
+    seq = f'"{schema}".reservation_id_seq'
+    drawn = [raw.execute(f"SELECT nextval('{seq}')").fetchone()[0] for _ in range(3)]  # type: ignore[index]
+    nodes = raw.execute(
+        "SELECT node_name, node_port FROM citus_get_active_worker_nodes()"
+    ).fetchall()
+    for host, port in nodes:
+        url = make_url(plain(citus_url)).set(host=host, port=port)
+        with psycopg.connect(url.render_as_string(hide_password=False), autocommit=True) as worker:
+            drawn += [worker.execute(f"SELECT nextval('{seq}')").fetchone()[0] for _ in range(3)]  # type: ignore[index]
+    assert len(set(drawn)) == len(drawn) == 3 * (len(nodes) + 1)
+    # one range per node: a node would need 2**48 ids to reach the next one's
+    assert len({i >> 48 for i in drawn}) == len(nodes) + 1
+    with pytest.raises(psycopg.errors.InternalError_, match="distributed sequence"):
+        raw.execute(f"ALTER SEQUENCE {seq} RESTART WITH 1")  # Citus keeps the ranges apart
+
+
+def test_downgrade_and_upgrade_after_distribution(
+    citus_url: str, schema: str, raw: psycopg.Connection
+) -> None:
+    url = alchemy(citus_url)
+    with ledger.Ledger(url, schema=schema) as book:
+        book.ensure_tenant("acme", 1_000)
+        book.try_reserve("acme", 10)
+        migrator.downgrade(url, "0002", schema=schema)
+        migrator.migrate(url, schema=schema)
+        assert distribute(url, schema).changed == ()
+        assert raw.execute(f'SELECT open_holds FROM "{schema}".balances').fetchone() == (1,)
+        assert book.try_reserve("acme", 10).ok
+        assert book.verify_journal().ok
+
+
+def test_migrating_to_head_after_distributing_an_earlier_revision(citus_url: str) -> None:
+    url = alchemy(citus_url)
+    with fresh_schema(citus_url, distributed=False, revision="0001") as s:
+        first = distribute(url, s, shard_count=SHARDS)
+        assert set(first.distributed) == {"tenants", "reservations", "detached_caps"}
+        migrator.migrate(url, schema=s)
+        again = distribute(url, s)
+        assert set(again.distributed) == TENANT_KEYED
+        assert {c.split()[-3] for c in again.changed if c.startswith("distributed")} == {
+            "journal",
+            "idempotency_keys",
+            "certificate_checkpoints",
+        }
+        with ledger.Ledger(url, schema=s) as book:
+            book.ensure_tenant("acme", 1_000)
+            assert book.try_reserve("acme", 10).ok
+            assert book.verify_journal().ok
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="migration 0002 on distributed tables with open holds: the open_hold entry's hash "
+    "covers now() of the worker's transaction while created_at is the coordinator's now()",
+)
+def test_upgrading_a_distributed_ledger_with_open_holds_replays(citus_url: str) -> None:
+    url = alchemy(citus_url)
+    with fresh_schema(citus_url, distributed=False, revision="0001") as s:
+        distribute(url, s, shard_count=SHARDS)
+        with psycopg.connect(plain(citus_url), autocommit=True) as raw:
+            raw.execute(
+                f'INSERT INTO "{s}".tenants (tenant_id, initial_microcents, remaining_microcents,'
+                " reserved_microcents, committed_microcents) VALUES ('acme', 100, 90, 10, 0)"
+            )
+            raw.execute(
+                f'INSERT INTO "{s}".reservations (tenant_id, reservation_id, amount_microcents)'
+                " VALUES ('acme', 1, 10)"
+            )
+        migrator.migrate(url, schema=s)
+        distribute(url, s)
+        with ledger.Ledger(url, schema=s) as book:
+            report = book.verify_journal()
+            assert report.ok, report.discrepancies
+
+
+def test_functions_with_a_tenant_argument_are_delegated_to_the_tenants_worker(
+    citus_url: str, recorder: Recorder
+) -> None:
+    """The convention for the SQL redesign: a ``p_tenant_id`` argument means "run it there"."""
+    with fresh_schema(citus_url) as s:
+        with psycopg.connect(plain(citus_url), autocommit=True) as raw:
+            raw.execute(
+                f'CREATE FUNCTION "{s}".remaining_of(p_tenant_id text) RETURNS bigint'
+                " LANGUAGE plpgsql AS $$ BEGIN RETURN (SELECT remaining_microcents"
+                f' FROM "{s}".tenants WHERE tenant_id = p_tenant_id); END $$'
+            )
+        done = distribute(alchemy(citus_url), s)
+        assert done.functions == (f"{s}.remaining_of(text)",)
+        assert distribute(alchemy(citus_url), s).changed == ()
+        with ledger.Ledger(alchemy(citus_url), schema=s) as book:
+            book.ensure_tenant("acme", 42)
+        with psycopg.connect(
+            plain(citus_url), autocommit=True, options="-c citus.log_remote_commands=on"
+        ) as conn:
+            conn.add_notice_handler(recorder.notice)
+            with recorder.capture("delegated function call (autocommit)") as remote:
+                value = conn.execute(f"SELECT \"{s}\".remaining_of('acme')").fetchone()
+        assert value == (42,)
+        assert remote.one_round_trip(), remote.summary()
