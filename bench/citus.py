@@ -39,8 +39,7 @@ import psycopg
 from sqlalchemy import Engine, create_engine, event, make_url
 
 import ledger
-from ledger import BudgetSnapshot, TenantLedger
-from ledger.distribute import distribute
+from ledger import BudgetSnapshot, TenantLedger, distribute
 
 AMOUNT, ACTUAL = 1_000, 900
 BUDGET = 10**15

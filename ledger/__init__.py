@@ -21,11 +21,12 @@ from . import embedded as embedded  # `ledger.embedded`: the CLI's server (lazy 
 from . import errors
 from ._async_ledger import AsyncLedger
 from ._batch import CommitItem, ReleaseItem, ReserveItem
+from ._distribute import distribute
 from ._executor import Connectable
 from ._hold import AsyncHold, Hold
 from ._ledger import BoundLedger, Ledger
 from ._money import MICROCENTS_PER_CENT
-from .distribute import distribute
+from ._outside import CertificateCheck
 from .finance import (
     ConservationProof,
     FinancialCertificate,
@@ -55,6 +56,7 @@ __all__ = [
     "Balance",
     "BoundLedger",
     "BudgetSnapshot",
+    "CertificateCheck",
     "CommitItem",
     "Connectable",
     "ConservationProof",

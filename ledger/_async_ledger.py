@@ -9,12 +9,13 @@ Every method has the same name, arguments, outcomes and errors as its
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _batch, _validate, _verify, errors
+from . import _batch, _outside, _validate, _verify, errors
 from . import _operations as ops
 from ._async_executor import AsyncDatabase
 from ._batch import CommitItem, ReleaseItem, ReserveItem
@@ -22,6 +23,7 @@ from ._engine import normalise_url
 from ._executor import Op
 from ._hold import AsyncHold
 from ._ledger import DEFAULT_HOLD_TTL
+from ._outside import CertificateCheck
 from ._queries import for_schema
 from .finance import FinancialCertificate
 from .journal import JournalReport
@@ -417,6 +419,17 @@ class AsyncLedger:
         failing with serialization errors.
         """
         return await self._run(ops.certify(self._q), connection)
+
+    async def check_against_certificate(
+        self,
+        certificate: FinancialCertificate | Mapping[str, Any] | str | Path,
+        *,
+        connection: AsyncConnectable | None = None,
+    ) -> CertificateCheck:
+        """Is this database at or after a certificate kept outside it (not rolled back)?"""
+        return await self._run(
+            _outside.check_against_certificate(self._q, certificate), connection
+        )
 
     # --------------------------------------------------------------- journal
 

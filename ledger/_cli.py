@@ -33,9 +33,10 @@ import click
 
 from . import _validate, embedded, errors
 from . import migrator as migrations
+from ._distribute import distribute as distribute_schema
 from ._ledger import Ledger
 from ._money import format_units, parse_units
-from .distribute import distribute as distribute_schema
+from ._outside import load_certificate
 from .outcomes import Outcome, Status
 from .snapshot import BudgetSnapshot, TenantLedger
 
@@ -504,10 +505,22 @@ def restore(ctx: Context, file: Path) -> None:
     help="Replay the journal from this certificate's checkpoint, not from genesis.",
 )
 @click.option("--no-journal", is_flag=True, help="Only check conservation; skip journal replay.")
+@click.option(
+    "--certificate",
+    "certificate_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="A certificate kept outside the database (`ledger certify -o FILE`): "
+    "fail if the database is from before it (restored to an earlier point).",
+)
 @pass_ctx
-def verify(ctx: Context, since_certificate: int | None, no_journal: bool) -> None:
+def verify(
+    ctx: Context, since_certificate: int | None, no_journal: bool, certificate_file: Path | None
+) -> None:
     """Check conservation and replay the journal (exit 4 if anything is off)."""
+    outside = load_certificate(certificate_file) if certificate_file is not None else None
     with ctx.ledger() as book:
+        against = book.check_against_certificate(outside) if outside is not None else None
         status = book.verify_conservation()
         report = None
         if not no_journal:
@@ -529,8 +542,17 @@ def verify(ctx: Context, since_certificate: int | None, no_journal: bool) -> Non
     payload: dict[str, Any] = {"conservation": status.to_dict()}
     if report is not None:
         payload["journal"] = report.to_dict()
+    if against is not None:
+        payload["certificate"] = against.to_dict()
 
     def human() -> None:
+        if against is not None:
+            click.echo(
+                f"certificate {against.certificate_id} (kept outside): "
+                + ("the database is at or after it" if against.ok else "FAILED")
+            )
+            for problem in against.problems:
+                click.echo(f"  {problem}")
         click.echo(str(status))
         if report is None:
             return
@@ -543,7 +565,11 @@ def verify(ctx: Context, since_certificate: int | None, no_journal: bool) -> Non
             click.echo(f"  {d.kind} tenant={d.tenant_id} seq={d.seq}: {d.detail}")
 
     _emit(ctx, payload, human)
-    if not status.is_balanced or (report is not None and not report.ok):
+    if (
+        not status.is_balanced
+        or (report is not None and not report.ok)
+        or (against is not None and not against.ok)
+    ):
         sys.exit(EXIT_UNBALANCED)
 
 
@@ -630,12 +656,26 @@ def prune_keys(ctx: Context, older_than_hours: int) -> None:
 
 
 @main.command()
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Also write the certificate as JSON to this file, to keep outside the database "
+    "(check a restored database against it with `ledger verify --certificate FILE`).",
+)
 @pass_ctx
-def certify(ctx: Context) -> None:
+def certify(ctx: Context, output: Path | None) -> None:
     """Issue and store a financial certificate (digest, totals, spend since last)."""
+    if output is not None and output.exists():
+        raise click.BadParameter(f"{output} exists; certificates are never overwritten")
     with ctx.ledger() as book:
         cert = book.certify()
     payload = cert.to_dict()
+    if output is not None:
+        tmp = output.with_name(output.name + ".tmp")
+        tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(output)
 
     def human() -> None:
         for key, value in payload.items():

@@ -12,18 +12,20 @@ transaction: a single autocommitted statement for the hot-path operations.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
-from . import _batch, _validate, _verify
+from . import _batch, _outside, _validate, _verify
 from . import _operations as ops
 from ._batch import CommitItem, ReleaseItem, ReserveItem
 from ._coalesce import Coalescer
 from ._engine import EngineLike, as_engine
 from ._executor import Connectable, Database, Op
 from ._hold import Hold
+from ._outside import CertificateCheck
 from ._queries import for_schema
 from .finance import FinancialCertificate
 from .journal import JournalReport
@@ -408,6 +410,21 @@ class Ledger:
         failing with serialization errors.
         """
         return self._run(ops.certify(self._q), connection)
+
+    def check_against_certificate(
+        self,
+        certificate: FinancialCertificate | Mapping[str, Any] | str | Path,
+        *,
+        connection: Connectable | None = None,
+    ) -> CertificateCheck:
+        """Is this database at or after a certificate kept outside it (not rolled back)?
+
+        ``certificate`` is a :class:`FinancialCertificate`, its ``to_dict()``,
+        or a JSON file written by ``ledger certify -o FILE``. A database
+        restored to before the certificate fails with a ``rollback`` problem;
+        see :mod:`ledger._outside` and docs/deployment.md.
+        """
+        return self._run(_outside.check_against_certificate(self._q, certificate), connection)
 
     # --------------------------------------------------------------- journal
 

@@ -109,12 +109,43 @@ def idempotent(
             row = (yield Fetch(q.idempotency_read, ids))[0]
             if bytes(row.request_hash) != request_hash:
                 raise errors.IdempotencyConflict(tenant_id, key)
+            if row.outcome is None:  # claimed and committed without its outcome: impossible
+                raise errors.DatabaseError(
+                    f"idempotency key {key!r} of tenant {tenant_id!r} is claimed but has no "
+                    "recorded outcome; this is a bug: please report it",
+                    sqlstate="LG001",
+                )
             return outcome_from_dict(outcome_type, row.outcome)
         outcome = yield from steps()
-        yield Fetch(q.idempotency_record, {**ids, "outcome": json.dumps(outcome.to_dict())})
+        recorded = yield Fetch(
+            q.idempotency_record, {**ids, "outcome": json.dumps(outcome.to_dict())}
+        )
+        if len(recorded) != 1:  # the claim this transaction made must be there to update
+            raise errors.DatabaseError(
+                f"recording the outcome of idempotency key {key!r} touched {len(recorded)} "
+                "rows instead of 1; the operation was rolled back. This is a bug: please report it",
+                sqlstate="LG001",
+            )
         return outcome
 
     return Op(once, "READ COMMITTED")
+
+
+def ledger_wide(q: Queries, operation: str) -> Steps[None]:
+    """Refuse a ledger-wide operation to a role confined to one tenant.
+
+    ``ledger roles isolate`` gives a role a row-level security policy that
+    shows it one tenant. Operations on that tenant are fine; operations that
+    speak for the whole ledger are not: a certificate it issued would cover
+    one tenant yet enter the ledger's history and move its baseline; a
+    restore, an expiry sweep or key pruning would act on its slice only; and
+    ``verify_journal`` would see checkpoints of tenants whose journal it
+    cannot read and report false discrepancies. The check runs in the
+    operation's own transaction (``tenant_scoped`` in ledger/sql/reads.sql).
+    """
+    row = yield from first_row(q.tenant_scoped, {})
+    if row is not None and row.scoped:
+        raise errors.TenantScopedRole(operation)
 
 
 def _key_scope(tenant_id: str | None, key: str | None) -> str | None:
@@ -310,6 +341,7 @@ def expire_holds(q: Queries, limit: int) -> Op[int]:
     count = _validate.positive_count("limit", limit)
 
     def steps() -> Steps[int]:
+        yield from ledger_wide(q, "expire_holds")
         done = 0
         while done < count and (yield from expire_one(q.expire_any)) is not None:
             done += 1
@@ -324,6 +356,7 @@ def prune_idempotency_keys(q: Queries, older_than: timedelta) -> Op[int]:
     age_us = older_than // timedelta(microseconds=1)
 
     def steps() -> Steps[int]:
+        yield from ledger_wide(q, "prune_idempotency_keys")
         row = yield from first_row(q.idempotency_prune, {"age_us": age_us})
         return int(row.pruned)
 
@@ -429,6 +462,7 @@ def restore_from_snapshot(q: Queries, snapshot: BudgetSnapshot) -> Op[None]:
     }
 
     def steps() -> Steps[None]:
+        yield from ledger_wide(q, "restore_from_snapshot")
         yield Fetch(q.restore_lock, {})
         yield Fetch(q.restore_clear_holds, {})
         yield Fetch(q.restore_drop_tenants, params)
@@ -452,6 +486,7 @@ def certify(q: Queries) -> Op[FinancialCertificate]:
     """
 
     def snapshot_steps() -> Steps[tuple[FinancialCertificate, bytes, Any]]:
+        yield from ledger_wide(q, "certify")
         rows = yield Fetch(q.certify_snapshot, {})
         root = RootHasher()
         for r in rows:

@@ -96,10 +96,14 @@ class Queries:
     snapshot_version: str
     snapshot: str
     first_unbalanced: str
+    tenant_scoped: str
     # certificates.sql
     certify_snapshot: str
     certify: str
     certificate_checkpoint: str
+    outside_latest: str
+    outside_certificate: str
+    outside_chain: str
     # verify.sql
     verify_journal: str
     verify_journal_since: str

@@ -24,6 +24,7 @@ _SQLSTATE_ERRORS: dict[str, type[errors.DatabaseError]] = {
     "3F000": errors.SchemaNotMigrated,
     "42883": errors.SchemaNotMigrated,
     "42501": errors.PermissionDenied,
+    "25006": errors.ReadOnlyDatabase,
 }
 
 
@@ -66,6 +67,13 @@ def translate(exc: BaseException) -> errors.LedgerError:
         return cls(
             f"the ledger schema is missing or out of date ({primary}); "
             "run ledger.migrate(url) or `ledger migrate` first",
+            sqlstate=sqlstate,
+        )
+    if cls is errors.ReadOnlyDatabase:
+        return cls(
+            f"{primary}: this server is read-only (a hot standby or a read-only session) "
+            "and nothing was written; send writes to the primary, for example with every "
+            "server in the URL and target_session_attrs=read-write",
             sqlstate=sqlstate,
         )
     if cls is not None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from . import errors
 from ._executor import Fetch, Op, OpenStream, ReadStream, Steps
+from ._operations import ledger_wide
 from ._queries import Queries
 from .journal import (
     GENESIS,
@@ -80,6 +81,7 @@ def _replay(
     since_certificate: int | None,
     progress: Callable[[int], None] | None,
 ) -> Steps[JournalReport]:
+    yield from ledger_wide(q, "verify_journal")
     start_checkpoint = -1
     if since_certificate is not None:
         rows = yield Fetch(q.certificate_checkpoint, {"certificate_id": since_certificate})

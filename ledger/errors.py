@@ -243,6 +243,27 @@ class PermissionDenied(DatabaseError):
     """
 
 
+class TenantScopedRole(PermissionDenied):
+    """A role confined to one tenant may not run ledger-wide operations; nothing was done."""
+
+    def __init__(self, operation: str) -> None:
+        self.operation = operation
+        super().__init__(
+            f"{operation} acts on the whole ledger, but this role is confined to one tenant by "
+            "row-level security (ledger roles isolate); run it as the application role "
+            "(ledger_app) or the owner",
+            sqlstate="42501",
+        )
+
+
+class ReadOnlyDatabase(DatabaseError):
+    """This server only reads (a hot standby, or a read-only session); nothing was written.
+
+    Send writes to the primary: name every server in the URL with
+    ``target_session_attrs=read-write`` (docs/deployment.md).
+    """
+
+
 class SchemaNotMigrated(DatabaseError):
     """The ledger tables are missing: run ledger.migrate(url) (or `ledger migrate`) first."""
 
@@ -274,3 +295,15 @@ class MissingExtra(LedgerError, ImportError):
             f"install it with: pip install 'sql-ledger[{extra}]'"
         )
         self.name = module
+
+
+class CitusNotAvailable(DatabaseError):
+    """This server is not a Citus coordinator, so there is nothing to distribute.
+
+    On plain PostgreSQL the ledger needs no distribution step. On Citus, connect
+    to the coordinator, in the database where ``CREATE EXTENSION citus`` ran.
+    """
+
+
+class DistributionConflict(DatabaseError):
+    """A ledger table is already distributed in a way the ledger cannot use."""

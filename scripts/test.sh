@@ -3,6 +3,7 @@
 #
 #   bash scripts/test.sh
 #
+# 0. installs Debian's pgbouncer when it is missing and we are root (CI);
 # 1. creates .venv (or $LEDGER_VENV) and installs the package with its test extras;
 # 2. runs ruff (lint and format check) and mypy;
 # 3. runs pytest on PostgreSQL 18 from the embedded wheel
@@ -23,6 +24,15 @@ VENV=${LEDGER_VENV:-.venv}
 PG15_BIN=${LEDGER_PG15_BIN:-/usr/lib/postgresql/15/bin}
 
 step() { printf '\n==> %s\n' "$*"; }
+
+if ! command -v pgbouncer >/dev/null && [ ! -x /usr/sbin/pgbouncer ]; then
+    step "apt-get install pgbouncer (the connection-pooler tests start their own)"
+    if [ "$(id -u)" = 0 ]; then
+        apt-get install -y -q pgbouncer >/dev/null || { apt-get update -q && apt-get install -y -q pgbouncer; }
+    else
+        echo "pgbouncer is missing; its tests will be skipped (CI installs it as root)" >&2
+    fi
+fi
 
 step "python environment ($VENV)"
 if [ ! -x "$VENV/bin/python" ]; then

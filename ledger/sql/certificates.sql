@@ -66,3 +66,21 @@ SELECT certificate_id, committed_since_last_certificate FROM stored
 
 -- name: certificate_checkpoint
 SELECT checkpoint_id FROM {schema}.certificates WHERE certificate_id = CAST(%(certificate_id)s AS bigint)
+
+-- name: outside_latest
+-- For checking a database against a certificate kept outside it (ledger/_outside.py).
+SELECT max(certificate_id) AS latest FROM {schema}.certificates
+
+-- name: outside_certificate
+SELECT certificate_id, snapshot_version, ledger_digest, journal_root, checkpoint_id,
+       total_committed_microcents, tenant_count
+FROM {schema}.certificates WHERE certificate_id = CAST(%(certificate_id)s AS bigint)
+
+-- name: outside_chain
+-- Each checkpoint row next to the journal entry it names (none for an empty chain),
+-- in tenant byte order, as the journal root folds them.
+SELECT c.tenant_id, c.journal_seq, c.journal_head, j.entry_hash
+FROM {schema}.certificate_checkpoints AS c
+LEFT JOIN {schema}.journal AS j ON j.tenant_id = c.tenant_id AND j.seq = c.journal_seq
+WHERE c.checkpoint_id = CAST(%(checkpoint_id)s AS bigint)
+ORDER BY convert_to(c.tenant_id, 'UTF8')

@@ -13,6 +13,7 @@ WHERE tenant_id = %(tenant_id)s AND idempotency_key = %(ikey)s
 -- name: idempotency_record
 UPDATE {schema}.idempotency_keys SET outcome = CAST(%(outcome)s AS jsonb)
 WHERE tenant_id = %(tenant_id)s AND idempotency_key = %(ikey)s
+RETURNING true AS recorded
 
 -- name: idempotency_prune
 WITH pruned AS (

@@ -19,7 +19,13 @@ FROM {schema}.snapshot_version_seq
 -- One statement, so one MVCC snapshot: the version, the hold count and every
 -- tenant row are mutually consistent even under concurrent writes.
 WITH v AS MATERIALIZED (
-    SELECT nextval('{schema}.snapshot_version_seq') AS version
+    -- On a read-only server (a hot standby) no version can be drawn: report
+    -- the current one instead of failing (pg_sequence_last_value needs only the
+    -- USAGE the application role has; NULL before the first version).
+    SELECT CASE WHEN current_setting('transaction_read_only')::boolean
+                THEN COALESCE(pg_sequence_last_value('{schema}.snapshot_version_seq'), 0)
+                ELSE nextval('{schema}.snapshot_version_seq')
+           END AS version
 ), a AS MATERIALIZED (
     SELECT count(*) AS active FROM {schema}.reservations
 )
@@ -32,7 +38,13 @@ ORDER BY t.tenant_id
 -- The first tenant, in byte order, that breaks the invariant (numeric sums
 -- cannot overflow), plus a version bump as the seed's verify_conservation does.
 WITH v AS MATERIALIZED (
-    SELECT nextval('{schema}.snapshot_version_seq') AS version
+    -- On a read-only server (a hot standby) no version can be drawn: report
+    -- the current one instead of failing (pg_sequence_last_value needs only the
+    -- USAGE the application role has; NULL before the first version).
+    SELECT CASE WHEN current_setting('transaction_read_only')::boolean
+                THEN COALESCE(pg_sequence_last_value('{schema}.snapshot_version_seq'), 0)
+                ELSE nextval('{schema}.snapshot_version_seq')
+           END AS version
 )
 SELECT v.version, t.tenant_id, t.initial_microcents, t.remaining_microcents,
        t.reserved_microcents, t.committed_microcents
@@ -44,3 +56,19 @@ FROM v LEFT JOIN LATERAL (
     ORDER BY tenant_id
     LIMIT 1
 ) AS t ON true
+
+-- name: tenant_scoped
+-- Is the current role confined to one tenant by row-level security (`ledger
+-- roles isolate`)? True when row security is active for it on the tenants
+-- table and it is a member of a role with a policy of its own there (the
+-- catch-all policy for everyone else is granted to PUBLIC, oid 0). Owners and
+-- superusers bypass row security. Ledger-wide operations ask this first
+-- (ledger._operations.ledger_wide says why).
+SELECT row_security_active('{schema}.tenants') AND EXISTS (
+    SELECT 1
+    FROM pg_catalog.pg_policy AS p
+    CROSS JOIN LATERAL unnest(p.polroles) AS r(role_oid)
+    WHERE p.polrelid = '{schema}.tenants'::regclass
+      AND r.role_oid <> 0
+      AND pg_has_role(current_user, r.role_oid, 'MEMBER')
+) AS scoped

@@ -31,7 +31,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, event, make_url
 
 import ledger
-from ledger.distribute import distribute
+from ledger import distribute
 
 HERE = Path(__file__).resolve().parent
 SHARDS = int(os.environ.get("LEDGER_CITUS_SHARDS", "4"))

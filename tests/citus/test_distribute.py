@@ -1,4 +1,4 @@
-"""ledger.distribute and `ledger distribute`: placement, idempotence, refusals, the journal
+"""ledger.distribute() and `ledger distribute`: placement, idempotence, refusals, the journal
 triggers on every shard, reservation ids across nodes, migrations after distribution."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from click.testing import CliRunner
 from sqlalchemy import make_url
 
 import ledger
-from ledger import errors, migrator
+from ledger import distribute, errors, migrator
 from ledger.cli import main
-from ledger.distribute import CitusNotAvailable, distribute
+from ledger.errors import CitusNotAvailable
 
 from ..helpers import state
 from .conftest import SHARDS, Recorder, alchemy, fresh_schema, plain

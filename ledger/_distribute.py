@@ -49,7 +49,7 @@ from . import _validate, errors
 from ._engine import EngineLike, as_engine
 from ._translate import translate
 
-__all__ = ["CitusNotAvailable", "Distribution", "DistributionConflict", "distribute"]
+__all__ = ["Distribution", "distribute"]
 
 #: Distributed first; every other tenant-keyed table is colocated with it.
 ANCHOR = "tenants"
@@ -61,18 +61,6 @@ FUNCTION_ARGUMENT = "p_tenant_id"
 LOCAL_TABLES = frozenset({"alembic_version"})
 #: Sequences drawn per tenant operation, which may run on a worker: (sequence, table, column).
 WORKER_SEQUENCES = (("reservation_id_seq", "reservations", "reservation_id"),)
-
-
-class CitusNotAvailable(errors.DatabaseError):
-    """This server is not a Citus coordinator, so there is nothing to distribute.
-
-    On plain PostgreSQL the ledger needs no distribution step. On Citus, connect
-    to the coordinator, in the database where ``CREATE EXTENSION citus`` ran.
-    """
-
-
-class DistributionConflict(errors.DatabaseError):
-    """A ledger table is already distributed in a way the ledger cannot use."""
 
 
 @dataclass(frozen=True)
@@ -116,9 +104,9 @@ def distribute(
     first distributed (default: the server's ``citus.shard_count``, 32); the
     other tables follow ``tenants``.
 
-    Raises :class:`CitusNotAvailable` on a server without Citus or on a
+    Raises :class:`~ledger.errors.CitusNotAvailable` on a server without Citus or on a
     worker, :class:`~ledger.errors.SchemaNotMigrated` when the schema was
-    never migrated, and :class:`DistributionConflict` when a table is already
+    never migrated, and :class:`~ledger.errors.DistributionConflict` when a table is already
     distributed by another column or not colocated with ``tenants``.
     """
     schema = _validate.schema_name(schema)
@@ -148,7 +136,7 @@ def _create_distributed(
     """Distribute one tenant-keyed table by tenant_id, colocated with the tenants table."""
     q = f'"{schema}"'
     if _collation(conn, schema, name) != anchor_collation:
-        raise DistributionConflict(
+        raise errors.DistributionConflict(
             f"{schema}.{name}.{DISTRIBUTION_COLUMN} must have the same collation as "
             f'{schema}.{ANCHOR}.{DISTRIBUTION_COLUMN} (COLLATE "C") to be colocated '
             "with it; fix the migration that created it"
@@ -211,7 +199,7 @@ def _distribute(conn: Connection, schema: str, shard_count: int | None) -> Distr
             assert state is not None
         method, by, colocation = state
         if method != "h" or by != DISTRIBUTION_COLUMN:
-            raise DistributionConflict(
+            raise errors.DistributionConflict(
                 f"{schema}.{name} is already a Citus table ({_describe(method, by)}), not "
                 f"distributed by {DISTRIBUTION_COLUMN}; run "
                 f"SELECT undistribute_table('{q}.{name}') and distribute again"
@@ -219,7 +207,7 @@ def _distribute(conn: Connection, schema: str, shard_count: int | None) -> Distr
         if name == ANCHOR:
             anchor_colocation = colocation
         elif colocation != anchor_colocation:
-            raise DistributionConflict(
+            raise errors.DistributionConflict(
                 f"{schema}.{name} is distributed by {DISTRIBUTION_COLUMN} but not colocated with "
                 f"{schema}.{ANCHOR}; run SELECT update_distributed_table_colocation("
                 f"'{q}.{name}', colocate_with => '{q}.{ANCHOR}')"
@@ -234,7 +222,7 @@ def _distribute(conn: Connection, schema: str, shard_count: int | None) -> Distr
             copied.append(name)
             changed.append(f"made {name} a reference table")
         elif state[0] != "n" or not _is_reference(conn, schema, name):
-            raise DistributionConflict(
+            raise errors.DistributionConflict(
                 f"{schema}.{name} is ledger-wide and must be a reference table, but it is already "
                 f"a Citus table ({_describe(state[0], state[1])}); run SELECT undistribute_table("
                 f"'{q}.{name}') and distribute again"
@@ -271,13 +259,13 @@ def _citus_version(conn: Connection) -> str:
     if version is None:
         server = conn.execute(text("SHOW server_version")).scalar()
         database = conn.execute(text("SELECT current_database()")).scalar()
-        raise CitusNotAvailable(
+        raise errors.CitusNotAvailable(
             f"database {database!r} (PostgreSQL {server}) has no Citus extension, so there is "
             "nothing to distribute: on plain PostgreSQL the ledger needs no distribution step. "
             "On Citus, connect to the coordinator's database where CREATE EXTENSION citus ran"
         )
     if not conn.execute(text("SELECT citus_is_coordinator()")).scalar():
-        raise CitusNotAvailable(
+        raise errors.CitusNotAvailable(
             "this Citus node is a worker; run the distribution on the coordinator"
         )
     return str(version)
