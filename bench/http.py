@@ -5,10 +5,11 @@
 
 Each app runs as production would run it: Flask and Django under gunicorn
 (``gthread`` workers, threads enough for every client), FastAPI under uvicorn
-(one process, one event loop). The client is httpx on asyncio in this
-process. Every request holds budget, "works" for ``work_ms`` (a sleep: the
-stand-in for an LLM call), then settles in one transaction with the app's job
-row. ``tests/test_http_load.py`` drives the same servers with the same code.
+(as many worker processes as gunicorn gets, each with one event loop). The
+client is httpx on asyncio in this process. Every request holds budget,
+"works" for ``work_ms`` (a sleep: the stand-in for an LLM call), then settles
+in one transaction with the app's job row. ``tests/test_http_load.py`` drives
+the same servers with the same code.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class Server:
     log: Path
 
     def worker_pids(self) -> list[int]:
-        """The processes that serve requests: gunicorn's workers, or uvicorn itself."""
+        """The processes that serve requests: the workers under gunicorn's or uvicorn's master."""
         children = _children(self.process.pid)
         return children or [self.process.pid]
 
@@ -81,7 +82,8 @@ def command(app: str, port: int, threads: int, workers: int) -> tuple[list[str],
     if app == "fastapi":
         cwd = EXAMPLES / "fastapi_app"
         cmd = [sys.executable, "-m", "uvicorn", "app:app", "--host", "127.0.0.1"]
-        cmd += ["--port", str(port), "--log-level", "warning", "--no-access-log"]
+        cmd += ["--port", str(port), "--workers", str(workers)]
+        cmd += ["--log-level", "warning", "--no-access-log"]
         return cmd, cwd
     cwd = EXAMPLES / ("flask_app" if app == "flask" else "django_project")
     target = "app:create_app()" if app == "flask" else "project.wsgi:application"
