@@ -3,6 +3,7 @@
     python -m bench.run                 # full run (a few minutes)
     python -m bench.run --smoke         # seconds; proves the harness works (CI)
     python -m bench.run --database-url postgresql://...
+    python -m bench.run --http          # the example apps under gunicorn/uvicorn (bench/http.py)
     python -m bench.run --citus postgresql://...   # Citus routing + ratio to plain (bench/citus.py)
 
 Clients are separate processes, so Python's GIL does not hide the database.
@@ -288,6 +289,13 @@ def seconds_for(args: argparse.Namespace) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = arguments(argv)
+    if args.http:
+        return run_http(args)
+    return run_all(args)
+
+
+def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database-url", default=os.environ.get("LEDGER_BENCH_DATABASE_URL"))
     parser.add_argument(
@@ -303,13 +311,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-scale", action="store_true")
     parser.add_argument("--scale-only", action="store_true", help="skip the throughput runs")
     parser.add_argument(
+        "--http",
+        action="store_true",
+        help="only the example apps under their real servers: requests/s, p50, p99",
+    )
+    parser.add_argument("--http-apps", default="flask,django,fastapi")
+    parser.add_argument("--http-clients", default="1,32")
+    parser.add_argument("--http-work-ms", default="200", help="simulated work per request")
+    parser.add_argument(
         "--citus",
         metavar="URL",
         help="a Citus coordinator: report remote commands per operation and the "
         "reserve->commit ratio to plain PostgreSQL (--spread tenants, 16 clients), then exit",
     )
     parser.add_argument("--plain", metavar="URL", help="with --citus: plain PostgreSQL to compare")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def run_all(args: argparse.Namespace) -> int:
+    """The throughput, batch and scale runs (or ``--citus``)."""
     if args.citus:
         from .citus import run as run_citus
 
@@ -399,6 +419,50 @@ def main(argv: list[str] | None = None) -> int:
                 f"{p['operation']:<22}{p['size']:>10}{p['seconds']:>10.3f}"
                 f"{p['per_item_us']:>10.2f}{p['peak_mib']:>10.2f}"
             )
+    print(f"results: {out}")
+    return 0
+
+
+def run_http(args: argparse.Namespace) -> int:
+    """``--http``: each example app under its real server, driven over HTTP."""
+    from . import http
+
+    seconds = 1.0 if args.smoke else args.seconds
+    server = None
+    url = args.database_url
+    if url is None:
+        server = embedded.start(
+            Path(tempfile.mkdtemp(prefix="ledger-bench-http-")) / "data",
+            cleanup="delete",
+            settings={"max_connections": "300"},
+        )
+        url = server.url
+    rows: list[dict[str, Any]] = []
+    try:
+        ledger.migrate(url)
+        for work_ms in (int(w) for w in args.http_work_ms.split(",")):
+            rows += http.bench(
+                url,
+                apps=args.http_apps.split(","),
+                clients=[int(c) for c in args.http_clients.split(",")],
+                seconds=seconds,
+                work_ms=work_ms,
+            )
+        settings_ = settings(url)
+    finally:
+        if server is not None:
+            server.stop()
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / ("http-smoke.json" if args.smoke else "http.json")
+    report = {
+        "settings": settings_,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "seconds_per_run": seconds,
+        "measurements": rows,
+    }
+    out.write_text(json.dumps(report, indent=2))
+    print("server:", ", ".join(f"{k}={v}" for k, v in settings_.items()))
+    print(http.table(rows))
     print(f"results: {out}")
     return 0
 

@@ -219,6 +219,89 @@ def test_django_migrations_go_backwards_and_forwards(project: str) -> None:
     assert current_revision(project) == head_revision()
 
 
+def _journal_ops(url: str, tenant: str) -> list[str]:
+    import psycopg
+
+    from .conftest import _plain
+
+    with psycopg.connect(_plain(url)) as conn:
+        rows = conn.execute(
+            "SELECT op FROM ledger.journal WHERE tenant_id = %s ORDER BY seq", (tenant,)
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _post(path: str, body: dict[str, object]) -> object:
+    from django.test import Client
+
+    client = Client(raise_request_exception=False)
+    return client.post(path, json.dumps(body), content_type="application/json")
+
+
+def test_failed_work_releases_a_hold_that_was_committed_before_it(project: str) -> None:
+    from shop.models import Job
+
+    from ledger.contrib.django import get_ledger
+
+    assert _post("/tenants/failing", {"budget": 1_000}).status_code == 201  # type: ignore[attr-defined]
+    failed = _post("/jobs/failing", {"estimate": 300, "actual": 250, "fail": True})
+    assert failed.status_code == 500  # type: ignore[attr-defined]
+    # The hold was committed on its own before the work, then released by the failure.
+    assert _journal_ops(project, "failing")[-2:] == ["reserve", "release"]
+    assert not Job.objects.filter(tenant="failing").exists()
+    book = get_ledger()
+    # nothing held: the database is shared by this module's tests, so ask per tenant
+    assert book.tenant("failing") == ledger.TenantLedger("failing", 1_000, 1_000, 0, 0)
+    assert book.verify_journal().ok
+
+
+def test_the_tenant_is_not_locked_while_a_request_works(project: str) -> None:
+    import threading
+    import time
+
+    from django.db import connections
+
+    from ledger.contrib.django import get_ledger
+
+    _post("/tenants/busy", {"budget": 1_000})
+    answers: list[int] = []
+
+    def slow() -> None:
+        try:
+            answer = _post("/jobs/busy", {"estimate": 300, "actual": 200, "work_ms": 3_000})
+            answers.append(answer.status_code)  # type: ignore[attr-defined]
+        finally:
+            connections.close_all()
+
+    worker = threading.Thread(target=slow)
+    worker.start()
+    book = get_ledger().ledger
+    deadline = time.monotonic() + 30
+    while book.reserved_microcents("busy") != 300:  # committed at once, seen from outside
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    quick = _post("/jobs/busy", {"estimate": 300, "actual": 100})
+    assert quick.status_code == 201  # type: ignore[attr-defined]
+    assert worker.is_alive(), "the quick request waited for the slow one's work"
+    worker.join(60)
+    assert answers == [201]
+    assert book.tenant("busy") == ledger.TenantLedger("busy", 1_000, 700, 0, 300)
+
+
+def test_shop_has_no_migration_drift(project: str) -> None:
+    from django.core.management import call_command
+
+    call_command("makemigrations", "shop", "--check", "--dry-run", verbosity=0)
+
+
+def test_wsgi_application_loads(project: str) -> None:
+    from django.conf import settings
+
+    wsgi = importlib.import_module("project.wsgi")
+    assert callable(wsgi.application)
+    assert settings.WSGI_APPLICATION == "project.wsgi.application"
+
+
 def test_migrate_to_zero_and_back(project: str) -> None:
     """`migrate sql_ledger zero` drops the whole ledger; migrate builds it again, empty."""
     from django.core.management import call_command

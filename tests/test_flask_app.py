@@ -5,14 +5,19 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from flask import Flask
 
 import ledger
 from ledger.contrib.flask import FlaskLedger
+
+from .conftest import _plain
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,6 +75,58 @@ def test_a_view_that_fails_after_reserving_keeps_nothing(example: Any) -> None:
         assert module.db.session.query(module.Job).count() == 0
         book = ledger.Ledger(module.db.engine)
         assert book.active_reservations() == 0
+        assert book.verify_journal().ok
+
+
+def journal_ops(db_url: str, tenant: str) -> list[str]:
+    with psycopg.connect(_plain(db_url)) as conn:
+        rows = conn.execute(
+            "SELECT op FROM ledger.journal WHERE tenant_id = %s ORDER BY seq", (tenant,)
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def test_failed_work_releases_a_hold_that_was_committed_before_it(
+    example: Any, db_url: str
+) -> None:
+    app, module = example
+    client = app.test_client()
+    client.post("/tenants/acme", json={"budget": 1_000})
+    failed = client.post("/jobs/acme", json={"estimate": 300, "actual": 250, "fail": True})
+    assert failed.status_code == 500
+    # The hold was real (committed on its own before the work) and then released:
+    # not merely rolled back with a long transaction that held the tenant's row lock.
+    assert journal_ops(db_url, "acme")[-2:] == ["reserve", "release"]
+    assert client.get("/tenants/acme").get_json()["remaining_microcents"] == 1_000
+    with app.app_context():
+        assert module.db.session.query(module.Job).count() == 0
+        assert ledger.Ledger(module.db.engine).active_reservations() == 0
+
+
+def test_the_tenant_is_not_locked_while_a_request_works(example: Any, db_url: str) -> None:
+    app, _ = example
+    app.test_client().post("/tenants/acme", json={"budget": 1_000})
+    slow_answer: list[int] = []
+    slow = threading.Thread(
+        target=lambda: slow_answer.append(
+            app.test_client()
+            .post("/jobs/acme", json={"estimate": 300, "actual": 200, "work_ms": 3_000})
+            .status_code
+        )
+    )
+    slow.start()
+    with ledger.Ledger(db_url) as book:
+        deadline = time.monotonic() + 30
+        while book.reserved_microcents("acme") != 300:  # committed at once, seen from outside
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        # Mid-work: another request of the same tenant goes through at once.
+        quick = app.test_client().post("/jobs/acme", json={"estimate": 300, "actual": 100})
+        assert quick.status_code == 201
+        assert slow.is_alive(), "the quick request waited for the slow one's work"
+        slow.join(60)
+        assert slow_answer == [201]
+        assert book.tenant("acme") == ledger.TenantLedger("acme", 1_000, 700, 0, 300)
         assert book.verify_journal().ok
 
 

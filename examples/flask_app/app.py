@@ -1,28 +1,44 @@
-"""A small Flask app that reserves budget before work and settles it after.
+"""A small Flask app that holds budget before slow work and settles it after.
 
-    pip install -e ".[flask]"
+    pip install -e ".[flask,cli]"        # cli: the embedded PostgreSQL when no DATABASE_URL
     python examples/flask_app/app.py          # embedded PostgreSQL, port 5000
     DATABASE_URL=postgresql://... python examples/flask_app/app.py
+    DATABASE_URL=postgresql://... gunicorn -k gthread -w 2 --threads 16 \\
+        --chdir examples/flask_app 'app:create_app()'
 
     curl -X POST localhost:5000/tenants/acme -d '{"budget": 5000000}' -H 'Content-Type: application/json'
-    curl -X POST localhost:5000/jobs/acme -d '{"estimate": 300000, "actual": 250000}' -H 'Content-Type: application/json'
+    curl -X POST localhost:5000/jobs/acme -d '{"estimate": 300000, "actual": 250000, "work_ms": 200}' \\
+        -H 'Content-Type: application/json'
 
-The job row and the ledger writes share one transaction: if the work fails
-after the reserve, neither the job nor the hold is kept.
+The pattern (see ``run_job``):
+
+1. ``hold()`` commits the reserve at once, in its own short transaction, so
+   the tenant's row is locked for milliseconds, not for the whole work; its
+   TTL returns the money if this process dies before settling;
+2. the work runs outside any database transaction;
+3. ``settle()`` joins ``db.session``'s transaction, so the job row and the
+   commit of the hold land together or not at all;
+4. an exception (or leaving without settling) releases the hold.
 """
 
 from __future__ import annotations
 
 import os
+import time
+from datetime import timedelta
 from typing import Any
 
 from flask import Flask, abort, jsonify, request
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import BigInteger, String
+from sqlalchemy import BigInteger, String, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import ledger
 from ledger.contrib.flask import FlaskLedger
+from ledger.errors import RefusedError, TenantNotFound
+
+#: How long a hold may outlive a crashed worker before its money comes back.
+HOLD_TTL = timedelta(seconds=int(os.environ.get("HOLD_TTL_SECONDS", "30")))
 
 
 class Base(DeclarativeBase):
@@ -41,7 +57,15 @@ class Job(db.Model):  # type: ignore[name-defined,misc]
 
 
 class WorkFailed(RuntimeError):
-    """The (simulated) expensive work failed after the budget was reserved."""
+    """The (simulated) expensive work failed after the budget was held."""
+
+
+def do_the_work(body: dict[str, Any]) -> int:
+    """Stands for the slow, costly call (an LLM, a payment); returns what it cost."""
+    time.sleep(int(body.get("work_ms", 0)) / 1000)
+    if body.get("fail"):
+        raise WorkFailed("the work failed after the budget was held")
+    return int(body["actual"])
 
 
 def create_app(database_url: str | None = None) -> Flask:
@@ -50,11 +74,21 @@ def create_app(database_url: str | None = None) -> Flask:
     if url is None:  # no server of your own: use the embedded one
         url = ledger.embedded.start().url
     app.config["SQLALCHEMY_DATABASE_URI"] = url.replace("postgresql://", "postgresql+psycopg://", 1)
+    # one connection per concurrent request at most, never a wait for the pool
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {"pool_size": 8, "max_overflow": 32}
     db.init_app(app)
     budgets.init_app(app)
-    with app.app_context():
+    with app.app_context():  # serialised: gunicorn's workers may all start at once
         ledger.migrate(db.engine)
-        db.create_all()
+        with db.engine.begin() as conn:
+            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('flask_app setup'))"))
+            db.metadata.create_all(conn)
+
+    @app.errorhandler(RefusedError)
+    def refused(error: RefusedError) -> Any:
+        # 404 for an unknown tenant; 402 (Payment Required) for every other refusal
+        status = 404 if isinstance(error, TenantNotFound) else 402
+        return jsonify(error.outcome.to_dict()), status
 
     @app.post("/tenants/<tenant>")
     def create_tenant(tenant: str) -> Any:
@@ -73,19 +107,16 @@ def create_app(database_url: str | None = None) -> Flask:
     @app.post("/jobs/<tenant>")
     def run_job(tenant: str) -> Any:
         body = request.get_json(force=True)
-        hold = budgets.ledger.try_reserve(tenant, int(body["estimate"]))
-        if not hold.ok:
-            return jsonify(hold.to_dict()), 402
-        job = Job(tenant=tenant, cost_microcents=int(body["actual"]))
-        db.session.add(job)
-        db.session.flush()
-        if body.get("fail"):
-            raise WorkFailed("the work failed after reserving")
-        settled = budgets.ledger.commit(hold.reservation_id, job.cost_microcents, tenant_id=tenant)
-        if not settled.ok:
-            db.session.rollback()
-            return jsonify(settled.to_dict()), 402
-        db.session.commit()
+        # A refusal raises RefusedError (answered 402 above); nothing was held.
+        with budgets.ledger.hold(tenant, int(body["estimate"]), ttl=HOLD_TTL) as hold:
+            cost = do_the_work(body)  # no transaction open, no lock held
+            job = Job(tenant=tenant, cost_microcents=cost)
+            db.session.add(job)
+            settled = hold.settle(cost)  # joins db.session: one commit for both
+            if not settled.ok:  # e.g. an overrun the balance cannot cover
+                db.session.rollback()  # no job row; leaving the block releases the hold
+                return jsonify(settled.to_dict()), 402
+            db.session.commit()
         return jsonify(job=job.id, settlement=settled.to_dict()), 201
 
     return app

@@ -8,15 +8,22 @@
 
     @app.post("/work/<tenant>")
     def work(tenant):
-        hold = budgets.ledger.try_reserve(tenant, 250_000).raise_for_status()
-        ...                                   # the work, the app's own writes
-        budgets.ledger.commit(hold.reservation_id, actual, tenant_id=tenant)
-        db.session.commit()                   # one commit for both
+        with budgets.ledger.hold(tenant, 250_000, ttl=30) as h:  # committed at once
+            actual = call_the_model()          # slow work: no transaction, no lock
+            db.session.add(Job(tenant=tenant, cost=actual))
+            h.settle(actual)                   # joins db.session's transaction
+            db.session.commit()                # one commit for the job and the spend
 
-With Flask-SQLAlchemy, operations join ``db.session``'s transaction. Without
-it (``LEDGER_DATABASE_URL`` in the config), each app context gets one
+``hold()`` places the reserve in its own short transaction, so the tenant's
+row is locked for milliseconds, not for the work; an exception (or leaving
+without settling) releases it, and its TTL returns the money if the process
+dies first. Every other operation, ``settle()`` included, joins
+``db.session``'s transaction. Without Flask-SQLAlchemy
+(``LEDGER_DATABASE_URL`` in the config) each app context gets one
 connection in one transaction, committed at teardown unless the request
-failed. Either way a view that raises after reserving keeps nothing.
+failed. Use ``try_reserve``/``commit`` in that transaction directly only for
+short work that must be atomic with the reserve itself: its row lock lasts
+until the request ends.
 
 ``flask ledger ...`` offers the CLI's commands (migrate, tenant, snapshot,
 verify, certify, ...) against the app's database.

@@ -5,9 +5,11 @@ import os
 from sqlalchemy import make_url
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "example-only-not-a-secret")
-DEBUG = True
+DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
 ALLOWED_HOSTS = ["*"]
 ROOT_URLCONF = "project.urls"
+WSGI_APPLICATION = "project.wsgi.application"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"  # what shop's migrations were made with
 USE_TZ = True
 
 INSTALLED_APPS = [
@@ -56,6 +58,9 @@ def _database() -> dict[str, object]:
         "PASSWORD": u.password or "",
         "HOST": host if isinstance(host, str) else host[0],
         "PORT": str(u.port or ""),
+        # keep each worker thread's connection between requests (no reconnect per request)
+        "CONN_MAX_AGE": 60,
+        "CONN_HEALTH_CHECKS": True,
     }
 
 

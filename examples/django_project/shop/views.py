@@ -1,18 +1,42 @@
-"""Reserve before the work, settle after: one transaction with the app's own writes."""
+"""Hold budget before slow work, settle after, in one transaction with the job row.
+
+``hold()`` commits the reserve at once, in its own short transaction (the
+tenant's row is locked for milliseconds, not for the work), with a TTL that
+returns the money if the process dies mid-work. The work runs outside any
+transaction. ``settle()`` runs on Django's connection, so inside
+``transaction.atomic()`` it commits or rolls back with the ``Job`` row. An
+exception, or leaving the block without settling, releases the hold.
+"""
 
 import json
+import os
+import time
+from datetime import timedelta
+from typing import Any
 
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from ledger.contrib.django import get_ledger
+from ledger.errors import RefusedError, TenantNotFound
 
 from .models import Job
 
+#: How long a hold may outlive a crashed worker before its money comes back.
+HOLD_TTL = timedelta(seconds=int(os.environ.get("HOLD_TTL_SECONDS", "30")))
+
 
 class WorkFailed(RuntimeError):
-    """The (simulated) work failed after the budget was reserved."""
+    """The (simulated) work failed after the budget was held."""
+
+
+def do_the_work(body: dict[str, Any]) -> int:
+    """Stands for the slow, costly call (an LLM, a payment); returns what it cost."""
+    time.sleep(int(body.get("work_ms", 0)) / 1000)
+    if body.get("fail"):
+        raise WorkFailed("the work failed after the budget was held")
+    return int(body["actual"])
 
 
 @csrf_exempt
@@ -31,15 +55,17 @@ def tenant(request: HttpRequest, tenant: str) -> HttpResponse:
 def run_job(request: HttpRequest, tenant: str) -> HttpResponse:
     body = json.loads(request.body)
     book = get_ledger()
-    with transaction.atomic():
-        hold = book.try_reserve(tenant, int(body["estimate"]))
-        if not hold.ok:
-            return JsonResponse(hold.to_dict(), status=402)
-        job = Job.objects.create(tenant=tenant, cost_microcents=int(body["actual"]))
-        if body.get("fail"):
-            raise WorkFailed("the work failed after reserving")
-        settled = book.commit(hold.reservation_id, job.cost_microcents, tenant_id=tenant)
-        if not settled.ok:
-            transaction.set_rollback(True)
-            return JsonResponse(settled.to_dict(), status=402)
+    try:
+        with book.hold(tenant, int(body["estimate"]), ttl=HOLD_TTL) as hold:
+            cost = do_the_work(body)  # no transaction open, no lock held
+            with transaction.atomic():
+                job = Job.objects.create(tenant=tenant, cost_microcents=cost)
+                settled = hold.settle(cost)  # on Django's connection: atomic with the job row
+                if not settled.ok:  # e.g. an overrun the balance cannot cover
+                    transaction.set_rollback(True)  # no job row; leaving releases the hold
+                    return JsonResponse(settled.to_dict(), status=402)
+    except RefusedError as refused:  # entering the hold was refused: nothing is held
+        # 404 for an unknown tenant; 402 (Payment Required) for every other refusal
+        status = 404 if isinstance(refused, TenantNotFound) else 402
+        return JsonResponse(refused.outcome.to_dict(), status=status)
     return JsonResponse({"job": job.id, "settlement": settled.to_dict()}, status=201)

@@ -11,8 +11,23 @@ Settings (all optional), in one prefixed object::
 migration of this app runs the alembic revision it mirrors).
 :func:`get_ledger` returns a ledger whose operations run on Django's own
 database connection, so they commit or roll back with ``transaction.atomic()``
-and the app's model writes. ``manage.py ledger ...`` offers the CLI's
-commands, and the admin shows tenants, open holds and certificates read-only.
+and the app's model writes. For slow work, hold first, work outside any
+transaction, and settle atomically with the app's rows::
+
+    book = get_ledger()
+    with book.hold(tenant, 250_000, ttl=30) as h:   # own short transaction
+        actual = call_the_model()                   # no transaction, no lock
+        with transaction.atomic():
+            Job.objects.create(tenant=tenant, cost=actual)
+            h.settle(actual)                        # on Django's connection
+
+An exception, or leaving without settling, releases the hold; its TTL
+returns the money if the process dies first. Reserving inside
+``transaction.atomic()`` keeps the tenant's row locked until the block ends:
+right only for short work that must be atomic with the reserve.
+
+``manage.py ledger ...`` offers the CLI's commands, and the admin shows
+tenants, open holds and certificates read-only.
 """
 
 from __future__ import annotations
