@@ -427,9 +427,7 @@ class AsyncLedger:
         connection: AsyncConnectable | None = None,
     ) -> CertificateCheck:
         """Is this database at or after a certificate kept outside it (not rolled back)?"""
-        return await self._run(
-            _outside.check_against_certificate(self._q, certificate), connection
-        )
+        return await self._run(_outside.check_against_certificate(self._q, certificate), connection)
 
     # --------------------------------------------------------------- journal
 

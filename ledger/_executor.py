@@ -565,7 +565,6 @@ class Database:
         _hand_back(raw, dbapi, isolation)
         return result
 
-
     def _checkout(self) -> Any:
         """A pooled connection; failing to connect is a ledger error, not a driver one."""
         try:

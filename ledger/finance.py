@@ -33,6 +33,7 @@ class _Certifies(Protocol):
 
     def certify(self, *, connection: Any = None) -> FinancialCertificate: ...
 
+
 DIGEST_TAG = b"calyldg1\x00"
 
 _HEADER = struct.Struct("<QQQ")
@@ -174,9 +175,7 @@ def certify_snapshot(
     )
 
 
-def certify_ledger(
-    ledger: _Certifies, *, connection: Any = None
-) -> FinancialCertificate:
+def certify_ledger(ledger: _Certifies, *, connection: Any = None) -> FinancialCertificate:
     """Snapshot the ledger, rotate its baseline monotonically, and store the certificate.
 
     Two processes certifying at once never count the same spend twice: the

@@ -181,7 +181,9 @@ class PgBouncer:
         )
         cmd = [binary, "-d", str(root / "pgbouncer.ini")]
         if os.geteuid() == 0:
-            owner = os.stat(host).st_uid if host.startswith("/") else pwd.getpwnam("postgres").pw_uid
+            owner = (
+                os.stat(host).st_uid if host.startswith("/") else pwd.getpwnam("postgres").pw_uid
+            )
             for path in (root, *root.iterdir()):
                 os.chown(path, owner, -1)
             cmd[1:1] = ["-u", pwd.getpwuid(owner).pw_name]

@@ -65,6 +65,7 @@ OPS: list[tuple[str, str, Op]] = [
 
 ROLES = ["owner", "ledger_app", "ledger_tenant_app", "ledger_auditor"]
 
+
 def _cells() -> Iterator[Any]:
     for role in ROLES:
         for name, kind, op in OPS:

@@ -542,8 +542,7 @@ def test_the_journal_hash_is_inlined_into_the_writes(
     book.ensure_tenant("t", 100)
     params = {"tenant_id": "t", "amount": 5, "ttl_us": None, "expires_at": None, "ikey": None}
     plan = "\n".join(
-        row[0]
-        for row in raw.execute("EXPLAIN VERBOSE " + for_schema("ledger").try_reserve, params)
+        row[0] for row in raw.execute("EXPLAIN VERBOSE " + for_schema("ledger").try_reserve, params)
     )
     assert "sha256(" in plan
     assert "journal_hash(" not in plan
