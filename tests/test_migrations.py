@@ -52,9 +52,19 @@ def schema_dump(url: str, server_version: int) -> str:
         text=True,
         check=True,
     ).stdout
-    # pg_dump's \restrict key is random per run; comments carry nothing.
-    lines = [ln for ln in out.splitlines() if not ln.startswith(("\\restrict", "\\unrestrict"))]
+    # pg_dump's \restrict key is random per run; comments carry nothing. Recent
+    # minor releases (seen on Debian's 15.20) store a per-database version of
+    # each collatable column (attoptions pg_attver=N), which pg_dump emits as an
+    # ALTER COLUMN ... SET; like an OID it differs between two identical schemas.
+    lines = [
+        ln
+        for ln in out.splitlines()
+        if not ln.startswith(("\\restrict", "\\unrestrict")) and not _ATTVER.search(ln)
+    ]
     return "\n".join(ln for ln in lines if not ln.startswith("--"))
+
+
+_ATTVER = re.compile(r"^ALTER TABLE ONLY \S+ ALTER COLUMN \S+ SET \(pg_attver=\d+\);$")
 
 
 def psql_apply(url: str, script: str, server_version: int) -> subprocess.CompletedProcess[str]:
