@@ -130,6 +130,24 @@ def distribute(
             engine.dispose()
 
 
+_JOURNAL_HASH = (
+    "{q}.journal_hash(bytea, text, bigint, text, bigint, bigint, bigint, bigint, bigint, "
+    "bigint, bigint, bigint, timestamptz, text)"
+)
+
+
+def _journal_hash_immutable(conn: Connection, q: str) -> None:
+    """Revision 0005 declares journal_hash STABLE so plain PostgreSQL inlines it.
+
+    Citus refuses STABLE functions called with column references in UPDATEs,
+    which is how every journaled write calls it; on a distributed schema it is
+    IMMUTABLE again (the bytes it computes are the same).
+    """
+    function = _JOURNAL_HASH.format(q=q)
+    if conn.execute(text("SELECT to_regprocedure(:f) IS NOT NULL"), {"f": function}).scalar():
+        conn.execute(text(f"ALTER FUNCTION {function} IMMUTABLE"))
+
+
 def _create_distributed(
     conn: Connection, schema: str, name: str, anchor_collation: str | None, shard_count: int | None
 ) -> None:
@@ -173,6 +191,7 @@ def _distribute(conn: Connection, schema: str, shard_count: int | None) -> Distr
     changed: list[str] = []
     # Only for this transaction: lets Citus distribute the journal with its triggers.
     conn.execute(text("SET LOCAL citus.enable_unsafe_triggers = on"))
+    _journal_hash_immutable(conn, q)
 
     tenant_keyed = sorted(
         (name for name, has_key in tables.items() if has_key and name not in LOCAL_TABLES),

@@ -10,6 +10,10 @@ on IMMUTABLE (no index or generated column uses the function), and the bytes
 it computes do not change. Measured with ``python -m bench.journal_cost``
 (docs/benchmarks.md).
 
+On a Citus coordinator the function stays IMMUTABLE: Citus refuses STABLE
+functions called with column references in UPDATEs, which is how every
+journaled write calls it (``ledger.distribute`` enforces the same).
+
 Zero-downtime: ALTER FUNCTION takes no lock on any table.
 
 Revision ID: 0005
@@ -44,8 +48,23 @@ def _volatility(label: str) -> None:
     op.execute(sa.text(f'ALTER FUNCTION "{_schema()}".journal_hash({SIGNATURE}) {label}'))
 
 
+def _stable_unless_citus() -> None:
+    # A DO block, so the offline script makes the same choice when it runs.
+    op.execute(
+        sa.text(f"""
+        DO $$
+        BEGIN
+            IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+                ALTER FUNCTION "{_schema()}".journal_hash({SIGNATURE}) STABLE;
+            END IF;
+        END
+        $$
+        """)
+    )
+
+
 def upgrade() -> None:
-    migrator.locked(lambda: _volatility("STABLE"))
+    migrator.locked(_stable_unless_citus)
 
 
 def downgrade() -> None:

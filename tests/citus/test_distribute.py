@@ -189,18 +189,21 @@ def test_downgrade_and_upgrade_after_distribution(
 
 
 def test_migrating_to_head_after_distributing_an_earlier_revision(citus_url: str) -> None:
+    """Distribute at 0002 (the journal's revision), then migrate to head.
+
+    The later revisions (audit views, an index built CONCURRENTLY, a function
+    change) run on the distributed schema. 0002 itself must run before
+    distributing: its backfill walks each tenant's holds with a recursive CTE,
+    which Citus cannot plan on a distributed table (docs/scale-out.md).
+    """
     url = alchemy(citus_url)
-    with fresh_schema(citus_url, distributed=False, revision="0001") as s:
+    with fresh_schema(citus_url, distributed=False, revision="0002") as s:
         first = distribute(url, s, shard_count=SHARDS)
-        assert set(first.distributed) == {"tenants", "reservations", "detached_caps"}
+        assert set(first.distributed) == TENANT_KEYED
         migrator.migrate(url, schema=s)
         again = distribute(url, s)
         assert set(again.distributed) == TENANT_KEYED
-        assert {c.split()[-3] for c in again.changed if c.startswith("distributed")} == {
-            "journal",
-            "idempotency_keys",
-            "certificate_checkpoints",
-        }
+        assert not [c for c in again.changed if c.startswith("distributed")]
         with ledger.Ledger(url, schema=s) as book:
             book.ensure_tenant("acme", 1_000)
             assert book.try_reserve("acme", 10).ok
