@@ -195,6 +195,8 @@ def _start_state(start: Any) -> TenantState:
         committed=start.committed_microcents,
         cap=start.max_reserved_microcents,
         holds=dict(zip(start.hold_ids, start.hold_amounts, strict=True)),
+        period=start.period_index,
+        from_genesis=False,
     )
 
 

@@ -51,8 +51,14 @@ def entry_hash(
     cap: int,
     at: datetime,
     idempotency_key: str | None,
+    period_index: int | None = None,
+    reason: str | None = None,
 ) -> bytes:
-    """SHA-256 of the canonical v1 encoding; the SQL ``journal_hash`` mirrors it."""
+    """SHA-256 of the canonical v1 encoding; the SQL ``journal_hash`` mirrors it.
+
+    ``period_index`` and ``reason`` (revision 0006) are appended only when
+    either is present, so every entry written before them hashes as it did.
+    """
     tid = tenant_id.encode("utf-8")
     name = op.encode("utf-8")
     key = (idempotency_key or "").encode("utf-8")
@@ -67,6 +73,10 @@ def entry_hash(
         h.update(_I64.pack(value))
     h.update(_I64.pack(microseconds(at)))
     h.update(_U32.pack(len(key)) + key)
+    if period_index is not None or reason is not None:
+        note = (reason or "").encode("utf-8")
+        h.update(_I64.pack(-1 if period_index is None else period_index))
+        h.update(_U32.pack(len(note)) + note)
     return h.digest()
 
 
@@ -149,7 +159,15 @@ class JournalReport:
 
 @dataclass
 class TenantState:
-    """A tenant as replayed from its journal."""
+    """A tenant as replayed from its journal.
+
+    ``period`` is the budget period the tenant is in (None without an
+    allowance), ``hold_periods`` the period each hold was opened in (known for
+    holds opened during the replay), ``refundable`` what each commit seen
+    during the replay can still refund. ``from_genesis`` says the replay saw
+    the tenant's whole history, so a refund of a commit it never saw is an
+    error rather than a commit before the checkpoint.
+    """
 
     exists: bool = False
     seq: int = 0
@@ -160,6 +178,10 @@ class TenantState:
     committed: int = 0
     cap: int = 0
     holds: dict[int, int] = field(default_factory=dict)
+    period: int | None = None
+    hold_periods: dict[int, int | None] = field(default_factory=dict)
+    refundable: dict[int, int] = field(default_factory=dict)
+    from_genesis: bool = True
 
     def balances(self) -> tuple[int, int, int, int, int]:
         return (self.initial, self.remaining, self.reserved, self.committed, self.cap)
@@ -196,6 +218,8 @@ class Replayer:
             e.max_reserved_microcents,
             e.created_at,
             e.idempotency_key,
+            getattr(e, "period_index", None),
+            getattr(e, "reason", None),
         )
         if bytes(e.entry_hash) != expected:
             self.flag(
@@ -242,6 +266,8 @@ class Replayer:
         s = self.state
         s.exists = True
         s.holds.clear()
+        s.hold_periods.clear()
+        s.period = getattr(e, "period_index", None)
         s.initial, s.remaining, s.reserved, s.committed, s.cap = (
             e.initial_microcents,
             e.remaining_microcents,
@@ -264,6 +290,8 @@ class Replayer:
         s = self.state
         s.exists = False
         s.holds.clear()
+        s.hold_periods.clear()
+        s.period = None
         s.initial = s.remaining = s.reserved = s.committed = 0
 
     # Entries that change an existing tenant.
@@ -283,9 +311,31 @@ class Replayer:
         s, rid, amount = self.state, e.reservation_id, e.amount_microcents or 0
         if rid in s.holds:
             self.flag(e.seq, "invalid_entry", f"hold {rid} reserved twice")
+        period = getattr(e, "period_index", None)
+        if period != s.period:
+            self.flag(
+                e.seq, "invalid_entry", f"hold {rid} opened in period {period}, not {s.period}"
+            )
         s.holds[rid] = amount
+        s.hold_periods[rid] = s.period
         s.remaining -= amount
         s.reserved += amount
+
+    def _closed_period(self, e: Any, rid: int) -> bool:
+        """Does this settlement close a hold opened in an earlier period?
+
+        Settlement entries carry the hold's period. A hold settles against its
+        own period: what it leaves unspent after that period ended is
+        forfeited (docs/periods.md).
+        """
+        s = self.state
+        period = getattr(e, "period_index", None)
+        known = s.hold_periods.pop(rid, period)
+        if known != period:
+            self.flag(
+                e.seq, "invalid_entry", f"hold {rid} settled as period {period}, opened in {known}"
+            )
+        return period is not None and period != s.period
 
     def _committed(self, e: Any) -> None:
         s, rid, amount = self.state, e.reservation_id, e.amount_microcents or 0
@@ -293,9 +343,12 @@ class Replayer:
         if hold is None or hold != e.hold_microcents:
             self.flag(e.seq, "invalid_entry", f"commit of unknown or altered hold {rid}")
             hold = e.hold_microcents or 0
-        s.remaining -= amount - hold
+        forfeit = max(hold - amount, 0) if self._closed_period(e, rid) else 0
+        s.remaining -= amount - hold + forfeit
+        s.initial -= forfeit
         s.reserved -= hold
         s.committed += amount
+        s.refundable[rid] = amount
 
     def _returned(self, e: Any) -> None:  # release, expire: the hold's amount goes back
         s, rid, amount = self.state, e.reservation_id, e.amount_microcents or 0
@@ -303,8 +356,48 @@ class Replayer:
         if hold is None or hold != amount:
             self.flag(e.seq, "invalid_entry", f"{e.op} of unknown or altered hold {rid}")
             hold = amount
-        s.remaining += hold
+        if self._closed_period(e, rid):
+            s.initial -= hold
+        else:
+            s.remaining += hold
         s.reserved -= hold
+
+    def _renewed(self, e: Any) -> None:
+        """renew: the tenant enters ``period_index``; amount is the allowance, hold the carry.
+
+        ``remaining`` becomes carry + allowance and ``initial`` moves by the
+        same difference, so conservation holds across the boundary.
+        """
+        s = self.state
+        period = getattr(e, "period_index", None)
+        if period is not None and s.period is not None and period <= s.period:
+            self.flag(e.seq, "invalid_entry", f"renewal to period {period} from period {s.period}")
+        carry, allowance = e.hold_microcents or 0, e.amount_microcents or 0
+        if carry < 0 or allowance < 0:
+            self.flag(e.seq, "invalid_entry", "renewal with a negative carry or allowance")
+        now_remaining = carry + allowance
+        s.initial += now_remaining - s.remaining
+        s.remaining = now_remaining
+        s.period = period
+
+    def _refunded(self, e: Any) -> None:
+        """refund: part of commit ``reservation_id`` goes back from committed to remaining."""
+        s, rid, amount = self.state, e.reservation_id, e.amount_microcents or 0
+        left = s.refundable.get(rid)
+        if amount <= 0 or (left is None and s.from_genesis) or (left is not None and amount > left):
+            self.flag(e.seq, "invalid_entry", f"refund of {amount} exceeds what commit {rid} left")
+        if left is not None:
+            s.refundable[rid] = left - amount
+        s.committed -= amount
+        s.remaining += amount
+
+    def _adjusted(self, e: Any) -> None:
+        """adjust: a signed change of the budget (initial and remaining), with a reason."""
+        amount = e.amount_microcents or 0
+        if not getattr(e, "reason", None):
+            self.flag(e.seq, "invalid_entry", "adjustment without a reason")
+        self.state.initial += amount
+        self.state.remaining += amount
 
 
 _LIFECYCLE: dict[str, Callable[[Replayer, Any], None]] = {
@@ -321,4 +414,7 @@ _CHANGES: dict[str, Callable[[Replayer, Any], None]] = {
     "commit": Replayer._committed,
     "release": Replayer._returned,
     "expire": Replayer._returned,
+    "renew": Replayer._renewed,
+    "refund": Replayer._refunded,
+    "adjust": Replayer._adjusted,
 }

@@ -62,6 +62,8 @@ def metadata(schema: str = "ledger") -> MetaData:
         _created_at(),
         _amount("journal_seq", server_default=text("0")),
         Column("journal_head", LargeBinary, nullable=False, server_default=_ZERO_HEAD),
+        Column("period_index", BigInteger, nullable=True),  # revision 0006
+        Column("renews_at", DateTime(timezone=True), nullable=True),
         CheckConstraint(
             "octet_length(tenant_id) BETWEEN 1 AND 255", name="tenants_tenant_id_length"
         ),
@@ -76,6 +78,7 @@ def metadata(schema: str = "ledger") -> MetaData:
             name="tenants_conservation",
         ),
         CheckConstraint("octet_length(journal_head) = 32", name="tenants_journal_head_length"),
+        Index("tenants_renews_at_idx", "renews_at", postgresql_where=text("renews_at IS NOT NULL")),
     )
     Table(
         "reservations",
@@ -85,6 +88,7 @@ def metadata(schema: str = "ledger") -> MetaData:
         _amount("amount_microcents"),
         _created_at(),
         Column("expires_at", DateTime(timezone=True), nullable=True),
+        Column("period_index", BigInteger, nullable=True),  # revision 0006
         PrimaryKeyConstraint("tenant_id", "reservation_id", name="reservations_pkey"),
         ForeignKeyConstraint(
             ["tenant_id"],
@@ -152,6 +156,7 @@ def metadata(schema: str = "ledger") -> MetaData:
         _amount("max_reserved_microcents"),
         Column("hold_ids", ARRAY(BigInteger), nullable=False),
         Column("hold_amounts", ARRAY(BigInteger), nullable=False),
+        Column("period_index", BigInteger, nullable=True),  # revision 0006
         PrimaryKeyConstraint("tenant_id", "checkpoint_id", name="certificate_checkpoints_pkey"),
         Index("certificate_checkpoints_checkpoint_idx", "checkpoint_id"),
     )
@@ -172,6 +177,8 @@ def metadata(schema: str = "ledger") -> MetaData:
         Column("idempotency_key", Text, nullable=True),
         Column("created_at", DateTime(timezone=True), nullable=False),
         Column("entry_hash", LargeBinary, nullable=False),
+        Column("period_index", BigInteger, nullable=True),  # revision 0006
+        Column("reason", Text, nullable=True),
         PrimaryKeyConstraint("tenant_id", "seq", name="journal_pkey"),
         Index(
             "journal_reservation_id_idx",
@@ -195,5 +202,37 @@ def metadata(schema: str = "ledger") -> MetaData:
         _created_at(),
         PrimaryKeyConstraint("tenant_id", "idempotency_key", name="idempotency_keys_pkey"),
         Index("idempotency_keys_created_at_idx", "created_at"),
+    )
+    Table(  # revision 0006: docs/periods.md
+        "allowances",
+        md,
+        _tenant_id(primary_key=True),
+        _amount("allowance_microcents"),
+        _amount("period_months", server_default=text("0")),
+        _amount("period_days", server_default=text("0")),
+        Column("anchor", DateTime(timezone=True), nullable=False),
+        Column("time_zone", Text, nullable=False),
+        _amount("min_rollover_microcents", server_default=text("0")),
+        _amount("max_rollover_microcents", server_default=text("0")),
+        _created_at(),
+        CheckConstraint("allowance_microcents >= 0", name="allowances_amount_nonnegative"),
+        CheckConstraint(
+            "period_months >= 0 AND period_days >= 0 AND (period_months > 0) <> (period_days > 0)",
+            name="allowances_period_one_unit",
+        ),
+        CheckConstraint(
+            "min_rollover_microcents >= 0 AND max_rollover_microcents >= min_rollover_microcents",
+            name="allowances_rollover_range",
+        ),
+    )
+    Table(  # revision 0006: refused spend, for ``ledger stats``
+        "refusals",
+        md,
+        _tenant_id(),
+        Column("op", Text, nullable=False),
+        Column("status", Text, nullable=False),
+        Column("amount_microcents", BigInteger, nullable=True),
+        _created_at(),
+        Index("refusals_created_at_idx", "created_at"),
     )
     return md

@@ -126,6 +126,42 @@ def test_python_and_sql_hash_agree(raw: psycopg.Connection) -> None:
         assert bytes(sql[0]) == entry_hash(prev, *args, at, key)  # type: ignore[arg-type]
 
 
+def test_python_and_sql_hash_agree_with_period_and_reason(raw: psycopg.Connection) -> None:
+    """Revision 0006's overload: the trailer only when a period or a reason is there."""
+    rng = random.Random(6)
+    at = datetime(2026, 11, 30, 1, 2, 3, 456789, tzinfo=UTC)
+    for period, reason in [
+        (None, None),
+        (0, None),
+        (None, "goodwill"),
+        (2**40, "refund: ticket #42 → ünïcode"),
+        (-1, ""),
+    ]:
+        prev = rng.randbytes(32)
+        args = (
+            "t",
+            7,
+            rng.choice(["renew", "refund", "adjust", "commit"]),
+            3,
+            -5,
+            9,
+            1,
+            2,
+            3,
+            4,
+            0,
+        )
+        sql = raw.execute(
+            "SELECT ledger.journal_hash(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+            " %s, %s)",
+            (prev, *args, at, "key", period, reason),
+        ).fetchone()
+        assert sql is not None
+        assert bytes(sql[0]) == entry_hash(prev, *args, at, "key", period, reason)
+        if period is None and reason is None:
+            assert bytes(sql[0]) == entry_hash(prev, *args, at, "key")
+
+
 @pytest.mark.parametrize(
     "sql",
     [

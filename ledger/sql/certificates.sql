@@ -13,10 +13,11 @@ WITH v AS MATERIALIZED (
     INSERT INTO {schema}.certificate_checkpoints (
         checkpoint_id, tenant_id, journal_seq, journal_head, initial_microcents,
         remaining_microcents, reserved_microcents, committed_microcents,
-        max_reserved_microcents, hold_ids, hold_amounts)
+        max_reserved_microcents, hold_ids, hold_amounts, period_index)
     SELECT v.checkpoint_id, t.tenant_id, t.journal_seq, t.journal_head, t.initial_microcents,
            t.remaining_microcents, t.reserved_microcents, t.committed_microcents,
-           t.max_reserved_microcents, COALESCE(h.ids, '{}'), COALESCE(h.amounts, '{}')
+           t.max_reserved_microcents, COALESCE(h.ids, '{}'), COALESCE(h.amounts, '{}'),
+           t.period_index
     FROM v CROSS JOIN {schema}.tenants AS t
     LEFT JOIN LATERAL (
         SELECT array_agg(r.reservation_id ORDER BY r.reservation_id) AS ids,

@@ -6,7 +6,7 @@
 SELECT j.tenant_id, j.seq, j.op, j.reservation_id, j.amount_microcents,
        j.hold_microcents, j.initial_microcents, j.remaining_microcents,
        j.reserved_microcents, j.committed_microcents, j.max_reserved_microcents,
-       j.idempotency_key, j.created_at, j.entry_hash
+       j.idempotency_key, j.created_at, j.entry_hash, j.period_index, j.reason
 FROM {schema}.journal AS j
 ORDER BY j.tenant_id, j.seq
 
@@ -15,7 +15,7 @@ ORDER BY j.tenant_id, j.seq
 SELECT j.tenant_id, j.seq, j.op, j.reservation_id, j.amount_microcents,
        j.hold_microcents, j.initial_microcents, j.remaining_microcents,
        j.reserved_microcents, j.committed_microcents, j.max_reserved_microcents,
-       j.idempotency_key, j.created_at, j.entry_hash
+       j.idempotency_key, j.created_at, j.entry_hash, j.period_index, j.reason
 FROM {schema}.journal AS j
 WHERE j.seq > COALESCE((
     SELECT c.journal_seq FROM {schema}.certificate_checkpoints AS c
@@ -46,7 +46,7 @@ ORDER BY c.tenant_id, c.journal_seq, k.certificate_id
 -- name: verify_start
 SELECT c.tenant_id, c.journal_seq, c.journal_head, c.initial_microcents,
        c.remaining_microcents, c.reserved_microcents, c.committed_microcents,
-       c.max_reserved_microcents, c.hold_ids, c.hold_amounts
+       c.max_reserved_microcents, c.hold_ids, c.hold_amounts, c.period_index
 FROM {schema}.certificate_checkpoints AS c
 WHERE c.checkpoint_id = CAST(%(start_checkpoint)s AS bigint)
 ORDER BY c.tenant_id

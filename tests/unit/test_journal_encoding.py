@@ -204,6 +204,61 @@ def test_entry_hash_matches_the_documented_layout(
     assert entry_hash(prev, tenant_id, seq, op, rid, amount, hold, *balances, at, key) == expected
 
 
+@given(
+    period=st.one_of(st.none(), I64),
+    reason=st.one_of(st.none(), st.text(alphabet=st.characters(codec="utf-8"), max_size=60)),
+)
+def test_period_and_reason_are_a_trailer_present_only_when_given(
+    period: int | None, reason: str | None
+) -> None:
+    """Revision 0006: entries without either hash exactly as v1 entries always did."""
+    at = COMMIT_ARGS[12]
+    assert isinstance(at, datetime)
+    v1 = doc_encoding(
+        COMMIT_ARGS[0],  # type: ignore[arg-type]
+        "t",
+        3,
+        "refund",
+        5,
+        10,
+        None,
+        (1, 2, 3, 4, 5),
+        (at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1),
+        "k",
+    )
+    trailer = b""
+    if period is not None or reason is not None:
+        note = (reason or "").encode("utf-8")
+        trailer = (-1 if period is None else period).to_bytes(8, "big", signed=True)
+        trailer += len(note).to_bytes(4, "big") + note
+    got = entry_hash(
+        COMMIT_ARGS[0],  # type: ignore[arg-type]
+        "t",
+        3,
+        "refund",
+        5,
+        10,
+        None,
+        1,
+        2,
+        3,
+        4,
+        5,
+        at,
+        "k",
+        period,
+        reason,
+    )
+    assert got == hashlib.sha256(v1 + trailer).digest()
+
+
+def test_a_reason_or_a_period_changes_the_hash() -> None:
+    base = entry_hash(*COMMIT_ARGS)
+    assert entry_hash(*COMMIT_ARGS, 0, None) != base  # type: ignore[misc]
+    assert entry_hash(*COMMIT_ARGS, None, "") != base  # type: ignore[misc]
+    assert entry_hash(*COMMIT_ARGS, 1, "x") != entry_hash(*COMMIT_ARGS, 1, "y")  # type: ignore[misc]
+
+
 def test_every_field_is_covered_by_the_hash() -> None:
     base = entry_hash(*COMMIT_ARGS)
     for index, value in enumerate(COMMIT_ARGS):

@@ -1,0 +1,252 @@
+"""Production budgets: recurring allowances, corrections, a refusal log.
+
+Schema for issue 14 (docs/periods.md, docs/corrections.md):
+
+- ``allowances``: a tenant's recurring allowance. Period ``k`` starts at
+  ``anchor + k * (period_months months + period_days days)``, the arithmetic
+  done in the tenant's ``time_zone`` (so "every calendar month in
+  Europe/Berlin" keeps its local midnight across DST). At each boundary
+  ``remaining`` becomes ``least(greatest(remaining, min_rollover), max_rollover)
+  + allowance`` (OpenMeter's rollover rule; min = max = 0 is a plain reset).
+- ``tenants.period_index`` / ``tenants.renews_at``: the tenant's current
+  period and when it ends. NULL for tenants without an allowance, so the
+  seed's operations are untouched for them.
+- ``reservations.period_index``: the period a hold was opened in. A hold
+  settles against that period: what it does not spend after its period has
+  closed is forfeited, never carried into the new one.
+- ``journal.period_index`` / ``journal.reason``: new entry fields, hashed only
+  when present (docs/journal.md: the v1 encoding of an entry without them is
+  unchanged, so every existing chain still verifies). New entry kinds:
+  ``renew``, ``refund``, ``adjust``.
+- ``certificate_checkpoints.period_index``: replay from a checkpoint knows the
+  tenant's period.
+- ``refusals``: one row per refused spend, so ``ledger stats`` can say what was
+  refused lately. Not chained: a refusal changes no balance.
+
+Zero-downtime: new columns are nullable without defaults (metadata only), the
+new CHECK on ``journal.op`` is added NOT VALID and validated online, the
+``tenants.renews_at`` index is built CONCURRENTLY.
+
+Revision ID: 0006
+Revises: 0005
+Create Date: 2026-11-30
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import context, op
+
+from ledger import migrator
+
+revision: str = "0006"
+down_revision: str | None = "0005"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+OLD_OPS = (
+    "open",
+    "open_hold",
+    "create",
+    "top_up",
+    "cap",
+    "reserve",
+    "commit",
+    "release",
+    "expire",
+    "restore",
+    "remove",
+)
+OPS = (*OLD_OPS, "renew", "refund", "adjust")
+
+HASH_SIGNATURE = (
+    "bytea, text, bigint, text, bigint, bigint, bigint, bigint, bigint, bigint, bigint, bigint, "
+    "timestamptz, text, bigint, text"
+)
+RENEWS_AT_INDEX = "tenants_renews_at_idx"
+
+
+def _schema() -> str:
+    schema: str = context.config.attributes["ledger_schema"]
+    return schema
+
+
+def _op_check(ops: tuple[str, ...]) -> str:
+    return "op IN (" + ", ".join(f"'{o}'" for o in ops) + ")"
+
+
+def upgrade() -> None:
+    migrator.locked(_expand)
+    migrator.online_step(
+        lambda: op.execute(
+            f'ALTER TABLE "{_schema()}".journal VALIDATE CONSTRAINT journal_op_known'
+        )
+    )
+    migrator.create_index(RENEWS_AT_INDEX, "tenants", "(renews_at) WHERE renews_at IS NOT NULL")
+
+
+def _expand() -> None:
+    s = _schema()
+    q = f'"{s}"'
+    _journal(s, q)
+    _periods(s, q)
+    _refusals(s)
+    _functions(q)
+
+
+def _journal(s: str, q: str) -> None:
+    op.add_column("journal", sa.Column("period_index", sa.BigInteger(), nullable=True), schema=s)
+    op.add_column("journal", sa.Column("reason", sa.Text(), nullable=True), schema=s)
+    # Replaced by a wider check at once (NOT VALID, validated online): no
+    # client loses a guarantee, it only gains three entry kinds.
+    op.execute(
+        sa.text(
+            "-- squawk-ignore ban-drop-constraint\n"
+            f"ALTER TABLE {q}.journal DROP CONSTRAINT journal_op_known"
+        )
+    )
+    op.create_check_constraint(
+        "journal_op_known", "journal", _op_check(OPS), schema=s, postgresql_not_valid=True
+    )
+    # The v1 encoding, then (only when either is present) the period index
+    # (-1 when absent) and the reason, length-prefixed. journal.entry_hash
+    # mirrors it byte for byte; STABLE for the reason revision 0005 gives.
+    op.execute(
+        sa.text(f"""
+        CREATE FUNCTION {q}.journal_hash(
+            prev bytea, tenant text, seq bigint, op text, reservation bigint,
+            amount bigint, hold bigint, initial bigint, remaining bigint,
+            reserved bigint, committed bigint, cap bigint, at timestamptz, ikey text,
+            period bigint, reason text
+        ) RETURNS bytea
+        LANGUAGE sql STABLE PARALLEL SAFE AS $$
+            SELECT sha256(
+                '\\x73716c6c65646765722f6a6f75726e616c2f763100'::bytea
+                || prev
+                || int4send(octet_length(convert_to(tenant, 'UTF8'))) || convert_to(tenant, 'UTF8')
+                || int8send(seq)
+                || int2send(octet_length(op)::smallint) || convert_to(op, 'UTF8')
+                || int8send(coalesce(reservation, 0))
+                || int8send(coalesce(amount, 0))
+                || int8send(coalesce(hold, 0))
+                || int8send(initial) || int8send(remaining) || int8send(reserved)
+                || int8send(committed) || int8send(cap)
+                || int8send((extract(epoch FROM at) * 1000000)::bigint)
+                || int4send(octet_length(convert_to(coalesce(ikey, ''), 'UTF8')))
+                || convert_to(coalesce(ikey, ''), 'UTF8')
+                || CASE WHEN period IS NULL AND reason IS NULL THEN ''::bytea
+                        ELSE int8send(coalesce(period, -1))
+                             || int4send(octet_length(convert_to(coalesce(reason, ''), 'UTF8')))
+                             || convert_to(coalesce(reason, ''), 'UTF8')
+                   END
+            )
+        $$
+    """)
+    )
+    # On Citus the hash functions stay IMMUTABLE (revision 0005 says why).
+    op.execute(
+        sa.text(f"""
+        DO $$
+        BEGIN
+            IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+                ALTER FUNCTION {q}.journal_hash({HASH_SIGNATURE}) IMMUTABLE;
+            END IF;
+        END
+        $$
+    """)
+    )
+
+
+def _periods(s: str, q: str) -> None:
+    op.add_column("tenants", sa.Column("period_index", sa.BigInteger(), nullable=True), schema=s)
+    op.add_column(
+        "tenants", sa.Column("renews_at", sa.DateTime(timezone=True), nullable=True), schema=s
+    )
+    op.add_column(
+        "reservations", sa.Column("period_index", sa.BigInteger(), nullable=True), schema=s
+    )
+    op.add_column(
+        "certificate_checkpoints",
+        sa.Column("period_index", sa.BigInteger(), nullable=True),
+        schema=s,
+    )
+    op.create_table(
+        "allowances",
+        sa.Column("tenant_id", sa.Text(collation="C"), nullable=False),
+        sa.Column("allowance_microcents", sa.BigInteger(), nullable=False),
+        sa.Column("period_months", sa.BigInteger(), nullable=False, server_default="0"),
+        sa.Column("period_days", sa.BigInteger(), nullable=False, server_default="0"),
+        sa.Column("anchor", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("time_zone", sa.Text(), nullable=False),
+        sa.Column("min_rollover_microcents", sa.BigInteger(), nullable=False, server_default="0"),
+        sa.Column("max_rollover_microcents", sa.BigInteger(), nullable=False, server_default="0"),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
+        sa.PrimaryKeyConstraint("tenant_id", name="allowances_pkey"),
+        sa.CheckConstraint("allowance_microcents >= 0", name="allowances_amount_nonnegative"),
+        sa.CheckConstraint(
+            "period_months >= 0 AND period_days >= 0 AND (period_months > 0) <> (period_days > 0)",
+            name="allowances_period_one_unit",
+        ),
+        sa.CheckConstraint(
+            "min_rollover_microcents >= 0 AND max_rollover_microcents >= min_rollover_microcents",
+            name="allowances_rollover_range",
+        ),
+        schema=s,
+    )
+
+
+def _refusals(s: str) -> None:
+    op.create_table(
+        "refusals",
+        sa.Column("tenant_id", sa.Text(collation="C"), nullable=False),
+        sa.Column("op", sa.Text(), nullable=False),
+        sa.Column("status", sa.Text(), nullable=False),
+        sa.Column("amount_microcents", sa.BigInteger(), nullable=True),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
+        schema=s,
+    )
+    op.create_index("refusals_created_at_idx", "refusals", ["created_at"], schema=s)
+
+
+def _functions(q: str) -> None:
+    """Period arithmetic, shared by renewal, the sweeper and the as-of views."""
+    op.execute(
+        sa.text(f"""
+        CREATE FUNCTION {q}.period_start(
+            anchor timestamptz, time_zone text, months bigint, days bigint, k bigint
+        ) RETURNS timestamptz
+        LANGUAGE sql STABLE PARALLEL SAFE AS $$
+            SELECT ((anchor AT TIME ZONE time_zone)
+                    + make_interval(months => (months * k)::int, days => (days * k)::int))
+                   AT TIME ZONE time_zone
+        $$
+    """)
+    )
+
+
+def downgrade() -> None:
+    migrator.locked(_contract)
+
+
+def _contract() -> None:
+    s = _schema()
+    q = f'"{s}"'
+    op.execute(
+        sa.text(f"DROP FUNCTION {q}.period_start(timestamptz, text, bigint, bigint, bigint)")
+    )
+    op.drop_table("refusals", schema=s)
+    op.drop_table("allowances", schema=s)
+    op.execute(sa.text(f"DROP INDEX IF EXISTS {q}.{RENEWS_AT_INDEX}"))
+    op.drop_column("certificate_checkpoints", "period_index", schema=s)
+    op.drop_column("reservations", "period_index", schema=s)
+    op.drop_column("tenants", "renews_at", schema=s)
+    op.drop_column("tenants", "period_index", schema=s)
+    op.execute(sa.text(f"DROP FUNCTION {q}.journal_hash({HASH_SIGNATURE})"))
+    op.execute(sa.text(f"ALTER TABLE {q}.journal DROP CONSTRAINT journal_op_known"))
+    op.create_check_constraint("journal_op_known", "journal", _op_check(OLD_OPS), schema=s)
+    op.drop_column("journal", "reason", schema=s)
+    op.drop_column("journal", "period_index", schema=s)
