@@ -3,7 +3,9 @@
 #
 #   bash scripts/test.sh
 #
-# 0. installs Debian's pgbouncer when it is missing and we are root (CI);
+# 0. installs Debian's pgbouncer when it is missing and we are root (CI), and builds a
+#    PgBouncer >= 1.21 (scripts/pgbouncer.sh, cached outside the repo) for the
+#    prepared-statements variant of the pooler tests;
 # 1. creates .venv (or $LEDGER_VENV) and installs the package with its test extras;
 # 2. runs ruff (lint and format check) and mypy;
 # 3. runs pytest on PostgreSQL 18 from the embedded wheel
@@ -32,6 +34,12 @@ if ! command -v pgbouncer >/dev/null && [ ! -x /usr/sbin/pgbouncer ]; then
     else
         echo "pgbouncer is missing; its tests will be skipped (CI installs it as root)" >&2
     fi
+fi
+
+if [ -z "${LEDGER_PGBOUNCER:-}" ] && [ "$(id -u)" = 0 ]; then
+    step "PgBouncer >= 1.21 (Debian 13's source, built against Debian 12; cached)"
+    LEDGER_PGBOUNCER=$(bash scripts/pgbouncer.sh build | tail -n1)
+    export LEDGER_PGBOUNCER
 fi
 
 step "python environment ($VENV)"

@@ -120,6 +120,10 @@ def free_port() -> int:
 
 
 def pgbouncer_binary() -> str | None:
+    """$LEDGER_PGBOUNCER (scripts/pgbouncer.sh builds one >= 1.21), else the installed one."""
+    built = os.environ.get("LEDGER_PGBOUNCER")
+    if built:
+        return built
     return shutil.which("pgbouncer") or next(
         (p for p in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer") if os.path.exists(p)), None
     )
