@@ -130,9 +130,12 @@ def distribute(
             engine.dispose()
 
 
-_JOURNAL_HASH = (
+_JOURNAL_HASHES = (
     "{q}.journal_hash(bytea, text, bigint, text, bigint, bigint, bigint, bigint, bigint, "
-    "bigint, bigint, bigint, timestamptz, text)"
+    "bigint, bigint, bigint, timestamptz, text)",
+    # revision 0006: the overload with a period index and a reason
+    "{q}.journal_hash(bytea, text, bigint, text, bigint, bigint, bigint, bigint, bigint, "
+    "bigint, bigint, bigint, timestamptz, text, bigint, text)",
 )
 
 
@@ -143,9 +146,10 @@ def _journal_hash_immutable(conn: Connection, q: str) -> None:
     which is how every journaled write calls it; on a distributed schema it is
     IMMUTABLE again (the bytes it computes are the same).
     """
-    function = _JOURNAL_HASH.format(q=q)
-    if conn.execute(text("SELECT to_regprocedure(:f) IS NOT NULL"), {"f": function}).scalar():
-        conn.execute(text(f"ALTER FUNCTION {function} IMMUTABLE"))
+    for signature in _JOURNAL_HASHES:
+        function = signature.format(q=q)
+        if conn.execute(text("SELECT to_regprocedure(:f) IS NOT NULL"), {"f": function}).scalar():
+            conn.execute(text(f"ALTER FUNCTION {function} IMMUTABLE"))
 
 
 def _create_distributed(

@@ -88,10 +88,32 @@ def upgrade() -> None:
 def _expand() -> None:
     s = _schema()
     q = f'"{s}"'
+    _one_connection_per_node_on_citus()
     _journal(s, q)
     _periods(s, q)
     _refusals(s)
     _functions(q)
+
+
+def _one_connection_per_node_on_citus() -> None:
+    """On a distributed schema, run this revision's shard DDL over one connection per node.
+
+    Citus refuses to create a function in a transaction that already changed
+    distributed tables in parallel; sequential mode lets the new columns and
+    the new functions share the revision's transaction. A DO block, so the
+    offline script makes the same choice when it runs; no-op without Citus.
+    """
+    op.execute(
+        sa.text("""
+        DO $$
+        BEGIN
+            IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+                PERFORM set_config('citus.multi_shard_modify_mode', 'sequential', true);
+            END IF;
+        END
+        $$
+    """)
+    )
 
 
 def _journal(s: str, q: str) -> None:
