@@ -3,6 +3,7 @@
 #
 #   bash scripts/citus.sh build          # apt deps + build/install Citus (cached; idempotent)
 #   bash scripts/citus.sh start          # coordinator + 2 workers under /tmp; prints the URL
+#                                        # (+ a spare worker on port+3, outside the cluster)
 #   bash scripts/citus.sh stop
 #   bash scripts/citus.sh test [ARGS]    # build, start, pytest tests/citus ARGS, stop
 #   bash scripts/citus.sh available      # exit 0 if this machine can build or has Citus
@@ -15,7 +16,8 @@
 #
 # Environment (all optional):
 #   LEDGER_CITUS_KIT    the kit folder (default: <repo>/../shared/citus)
-#   LEDGER_CITUS_PORT   coordinator port (default 9760; workers use the next two)
+#   LEDGER_CITUS_PORT   coordinator port (default 9760; workers use the next two, the spare
+#                       the third)
 #   LEDGER_CITUS_DATA   cluster folder (default /tmp/ledger-citus-<port>)
 #   LEDGER_VENV         the virtualenv whose python runs pytest (default .venv)
 set -euo pipefail
@@ -23,6 +25,7 @@ cd "$(dirname "$0")/.."
 
 KIT=${LEDGER_CITUS_KIT:-$PWD/../shared/citus}
 PORT=${LEDGER_CITUS_PORT:-9760}
+SPARE_PORT=$((PORT + 3))
 DATA=${LEDGER_CITUS_DATA:-/tmp/ledger-citus-$PORT}
 VENV=${LEDGER_VENV:-.venv}
 PG_BIN=/usr/lib/postgresql/15/bin
@@ -59,24 +62,64 @@ build() {
 }
 
 cluster() {  # start|stop|status
-    CITUS_PORT=$PORT CITUS_WORKER_PORTS="$((PORT + 1)) $((PORT + 2))" CITUS_FSYNC=off \
+    # Three workers are started; the third is taken out of the cluster again by
+    # prepare_spare, so tests can add it and rebalance onto it under load.
+    CITUS_PORT=$PORT CITUS_WORKER_PORTS="$((PORT + 1)) $((PORT + 2)) $SPARE_PORT" CITUS_FSYNC=off \
         bash "$KIT/cluster.sh" "$1" "$DATA"
+}
+
+at() {  # port sql: psql as the servers' OS user (cluster.sh runs them as postgres under root)
+    local run=()
+    [[ $(id -u) == 0 ]] && run=(runuser -u postgres --)
+    (cd / && "${run[@]}" "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$1" -U postgres \
+        -d postgres -Atc "$2")
+}
+
+prepare_spare() {
+    # Online shard moves use logical replication, which needs wal_level = logical
+    # (a restart, once per cluster folder).
+    local p restart=0
+    for p in "$PORT" "$((PORT + 1))" "$((PORT + 2))" "$SPARE_PORT"; do
+        if [[ $(at "$p" "SHOW wal_level") != logical ]]; then
+            at "$p" "ALTER SYSTEM SET wal_level = logical" >/dev/null
+            restart=1
+        fi
+    done
+    if (( restart )); then
+        cluster stop >/dev/null
+        cluster start >/dev/null
+    fi
+    # The spare leaves the cluster unless shards already live on it (a run that stopped
+    # half way); then it stays an ordinary worker and the rebalance test drains it.
+    if [[ -z $(at "$PORT" "SELECT 1 FROM citus_shards WHERE nodeport = $SPARE_PORT LIMIT 1") ]]; then
+        at "$PORT" "SELECT citus_remove_node('127.0.0.1', $SPARE_PORT)
+                    WHERE EXISTS (SELECT 1 FROM pg_dist_node WHERE nodeport = $SPARE_PORT)" >/dev/null
+    fi
+}
+
+start_cluster() {  # prints the coordinator's URL on its last line
+    local url
+    url=$(cluster start | tail -n 1)
+    prepare_spare
+    say "spare worker (not in the cluster): 127.0.0.1:$SPARE_PORT"
+    echo "$url"
 }
 
 run_tests() {
     build
     local url
-    url=$(cluster start | tail -n 1)
+    url=$(start_cluster | tail -n 1)
     trap 'cluster stop >/dev/null || true' EXIT
     say "pytest tests/citus against $url"
-    LEDGER_CITUS_URL=$url "$VENV/bin/python" -m pytest tests/citus "$@"
+    LEDGER_CITUS_URL=$url LEDGER_CITUS_SPARE_PORT=$SPARE_PORT \
+        "$VENV/bin/python" -m pytest tests/citus "$@"
 }
 
 cmd=${1:-}
 [[ $# -gt 0 ]] && shift
 case $cmd in
     build) build ;;
-    start) cluster start ;;
+    start) start_cluster ;;
     stop) cluster stop ;;
     status) cluster status ;;
     test) run_tests "$@" ;;

@@ -232,6 +232,9 @@ def _refusals(s: str) -> None:
         schema=s,
     )
     op.create_index("refusals_created_at_idx", "refusals", ["created_at"], schema=s)
+    # A log has no natural key. Online shard moves on Citus replicate tables
+    # logically, which needs a replica identity; the whole row serves.
+    op.execute(sa.text(f'ALTER TABLE "{s}".refusals REPLICA IDENTITY FULL'))
 
 
 def _functions(q: str) -> None:
