@@ -126,6 +126,7 @@ def test_period_start_keeps_local_midnight_across_dst(raw: psycopg.Connection) -
     assert start(1, 0, -1) == datetime(2025, 12, 31, tzinfo=berlin)
     # Every day from March 28: the day of the spring change has 23 hours.
     mar28 = datetime(2026, 3, 28, tzinfo=berlin)
+
     def hours(k: int) -> timedelta:  # real elapsed time (aware datetimes in UTC)
         return start(0, 1, k + 1, mar28).astimezone(UTC) - start(0, 1, k, mar28).astimezone(UTC)
 
@@ -583,6 +584,39 @@ def test_threads_race_one_tenant_across_boundaries_exactly_once(
         t.join()
     assert len(results) == 12
     _settle_race(book, raw, k, sum(results))
+
+
+def test_many_first_writes_of_a_period_renew_it_once(raw: psycopg.Connection, db_url: str) -> None:
+    """Round after round, a dozen threads released at once all make the period's first write."""
+    engine = create_engine(db_url, pool_size=12, max_overflow=0)
+    book = ledger.Ledger(engine)
+    k = daily(book, "hot", 0, 100, low=0, high=10**9)  # carry everything
+    threads_n, rounds = 12, 8
+    barrier = threading.Barrier(threads_n)
+    granted = [0] * threads_n
+
+    def run(i: int) -> None:
+        for _ in range(rounds):
+            barrier.wait()
+            if i == 0:
+                backdate(raw, "hot", 2)
+            barrier.wait()
+            if i % 4 == 0:
+                book.renew_periods()
+            elif book.try_reserve("hot", 1).ok:
+                granted[i] += 1
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(threads_n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert renewals(raw, "hot") == list(range(k, k + 2 * rounds + 1))
+    total = sum(granted)
+    assert total == 9 * rounds
+    assert balances(book, "hot") == (100 * 2 * rounds, 100 * 2 * rounds - total, total, 0)
+    clean(book)
+    engine.dispose()
 
 
 def test_processes_race_one_tenant_across_boundaries_exactly_once(
