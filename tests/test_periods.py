@@ -16,18 +16,21 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import multiprocessing
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import create_engine
 
 import ledger
-from ledger import CommitItem, ReleaseItem, Status, errors
+from ledger import CommitItem, ReleaseItem, Status, cli, errors
 
 DAY = timedelta(days=1)
 
@@ -752,3 +755,73 @@ def test_async_ledger_has_the_same_period_operations(db_url: str, raw: psycopg.C
             assert (await book.verify_journal()).ok
 
     asyncio.run(main())
+
+
+# --------------------------------------------------------------------- CLI
+
+
+def _cli(url: str, *args: str) -> tuple[int, Any]:
+    result = CliRunner().invoke(cli.main, ["--database-url", url, "--json", *args])
+    return result.exit_code, json.loads(result.output.strip().splitlines()[-1])
+
+
+def test_cli_sets_an_allowance_renews_and_shows_period_spend(
+    db_url: str, raw: psycopg.Connection
+) -> None:
+    assert _cli(db_url, "tenant", "create", "acme", "500")[0] == 0
+    code, out = _cli(
+        db_url, "allowance", "set", "acme", "1.00", "--units", "--months", "1",
+        "--time-zone", "Europe/Berlin", "--max-rollover", "0.50", "--idempotency-key", "a1",
+    )  # fmt: skip
+    assert code == 0 and out["status"] == "allowance_set" and out["remaining_microcents"] == 500
+    anchor = raw.execute("SELECT anchor, time_zone FROM ledger.allowances").fetchone()
+    assert anchor is not None and anchor[1] == "Europe/Berlin"
+    local = anchor[0].astimezone(ZoneInfo("Europe/Berlin"))
+    assert (local.day, local.hour, local.minute) == (1, 0, 0)  # start of this local month
+    code, spent = _cli(db_url, "period", "acme")
+    assert code == 0 and spent["period_index"] == spent["current_period_index"] == 0
+    assert spent["allowance_microcents"] == 0 and spent["remaining_microcents"] == 500
+    assert _cli(db_url, "renew") == (0, {"tenants": 0, "periods": 0})
+    # A month later (the schedule moved back one month): the sweeper renews once.
+    with raw.transaction():
+        raw.execute("UPDATE ledger.allowances SET anchor = anchor - interval '1 month'")
+        raw.execute(
+            "UPDATE ledger.tenants SET renews_at = ledger.period_start(a.anchor, a.time_zone, "
+            "a.period_months, a.period_days, 1) FROM ledger.allowances AS a"
+        )
+    assert _cli(db_url, "renew", "--limit", "5") == (0, {"tenants": 1, "periods": 1})
+    code, spent = _cli(db_url, "period", "acme", "--index", "1")
+    assert code == 0 and spent["allowance_microcents"] == 100_000_000
+    assert spent["remaining_microcents"] == 100_000_000 + 500
+    human = CliRunner().invoke(cli.main, ["--database-url", db_url, "period", "acme"])
+    assert human.exit_code == 0 and "period 1 (current)" in human.output
+    code, out = _cli(db_url, "allowance", "clear", "acme")
+    assert code == 0 and out["status"] == "allowance_cleared"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("allowance", "set", "acme", "100", "--months", "1", "--days", "1"),
+        ("allowance", "set", "acme", "100", "--days", "1", "--time-zone", "Nowhere/Else"),
+        ("allowance", "set", "acme", "--days", "1", "--", "-5"),
+        ("period", "acme"),
+        ("period", "nobody"),
+        ("renew", "--limit", "0"),
+    ],
+)
+def test_cli_refuses_bad_period_input_with_exit_2(db_url: str, args: tuple[str, ...]) -> None:
+    assert _cli(db_url, "tenant", "create", "acme", "5")[0] == 0
+    code, out = _cli(db_url, *args)
+    assert code == 2 and out["exit_code"] == 2 and out["error"]
+
+
+def test_cli_refuses_an_anchor_that_is_not_a_date(db_url: str) -> None:
+    args = ["--database-url", db_url, "allowance", "set", "a", "1", "--days", "1", "--anchor", "x"]
+    result = CliRunner().invoke(cli.main, args)
+    assert result.exit_code == 2 and "ISO 8601" in result.output
+
+
+def test_cli_refused_allowance_for_a_missing_tenant_exits_1(db_url: str) -> None:
+    code, out = _cli(db_url, "allowance", "set", "ghost", "100", "--days", "1")
+    assert code == 1 and out["status"] == "missing_tenant"
