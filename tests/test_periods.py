@@ -27,10 +27,11 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, pool, text
 
 import ledger
 from ledger import CommitItem, ReleaseItem, Status, cli, errors
+from ledger.roles import create_roles, enable_row_level_security
 
 DAY = timedelta(days=1)
 
@@ -825,3 +826,49 @@ def test_cli_refuses_an_anchor_that_is_not_a_date(db_url: str) -> None:
 def test_cli_refused_allowance_for_a_missing_tenant_exits_1(db_url: str) -> None:
     code, out = _cli(db_url, "allowance", "set", "ghost", "100", "--days", "1")
     assert code == 1 and out["status"] == "missing_tenant"
+
+
+# ------------------------------------------------------------------- roles
+
+
+def test_the_application_and_tenant_scoped_roles_run_periods(
+    db_url: str, raw: psycopg.Connection
+) -> None:
+    create_roles(db_url)
+    enable_row_level_security(db_url)
+    engine = create_engine(db_url, poolclass=pool.NullPool)
+    book = ledger.Ledger(engine)
+    anchor = datetime.now(UTC) - DAY / 2
+    try:
+        with engine.connect() as conn:
+            conn.execute(text('SET ROLE "ledger_app"'))
+            conn.commit()
+            with conn.begin():
+                book.ensure_tenant("a", 100, connection=conn)
+                book.ensure_tenant("b", 100, connection=conn)
+                for name in "ab":
+                    assert book.set_allowance(name, 50, days=1, anchor=anchor, connection=conn).ok
+        backdate(raw, "a", 1)
+        backdate(raw, "b", 1)
+        with engine.connect() as conn:
+            conn.execute(text('SET ROLE "ledger_tenant_app"'))
+            conn.commit()
+            with conn.begin():
+                conn.execute(text("SET LOCAL ledger.tenant_id = 'a'"))
+                assert book.try_reserve("a", 10, connection=conn).remaining_microcents == 40
+                assert book.try_reserve("a", 100, connection=conn).status is Status.INSUFFICIENT
+                assert book.period_spend("a", connection=conn).allowance_microcents == 50
+                with pytest.raises(errors.TenantScopedRole):
+                    book.renew_periods(connection=conn)
+        with engine.connect() as conn:
+            conn.execute(text('SET ROLE "ledger_app"'))
+            conn.commit()
+            with conn.begin():
+                assert book.renew_periods(connection=conn) == ledger.Renewals(1, 1)
+                assert book.clear_allowance("b", connection=conn).ok
+        assert raw.execute("SELECT tenant_id, status FROM ledger.refusals").fetchall() == [
+            ("a", "insufficient")
+        ]
+        clean(book)
+    finally:
+        engine.dispose()
