@@ -31,6 +31,9 @@ from sqlalchemy import create_engine, pool, text
 
 import ledger
 from ledger import CommitItem, ReleaseItem, Status, cli, errors
+from ledger import _operations as ops
+from ledger._executor import Fetch, Op, PsycopgExecutor, drive
+from ledger._queries import for_schema
 from ledger.roles import create_roles, enable_row_level_security
 
 DAY = timedelta(days=1)
@@ -872,3 +875,40 @@ def test_the_application_and_tenant_scoped_roles_run_periods(
         clean(book)
     finally:
         engine.dispose()
+
+
+# ------------------------------------------------------------------- costs
+
+
+class _Counting(PsycopgExecutor):
+    def __init__(self, conn: psycopg.Connection) -> None:
+        super().__init__(conn)
+        self.sent: list[str] = []
+
+    def handle(self, request: object) -> object:
+        if isinstance(request, Fetch):
+            self.sent.append(request.sql)
+        return super().handle(request)  # type: ignore[arg-type]
+
+
+def test_only_the_first_write_of_a_period_costs_extra_statements(
+    book: ledger.Ledger, raw: psycopg.Connection
+) -> None:
+    """One statement per write, as before, except the period's first: renew, then again."""
+    q = for_schema("ledger")
+    book.ensure_tenant("plain", 1000)
+    daily(book, "t", 1000, 100)
+    raw.autocommit = True
+
+    def sent(op: Op[object]) -> list[str]:
+        executor = _Counting(raw)
+        drive(executor, op.steps())
+        return executor.sent
+
+    for tenant in ("plain", "t"):
+        assert sent(ops.try_reserve(q, tenant, 10, None, None, None)) == [q.try_reserve]
+        assert sent(ops.top_up_tenant(q, tenant, 10, None)) == [q.top_up]
+    backdate(raw, "t", 4)
+    assert sent(ops.top_up_tenant(q, "t", 10, None)) == [q.top_up, q.renew_tenant, q.top_up]
+    assert sent(ops.top_up_tenant(q, "t", 10, None)) == [q.top_up]
+    assert len(renewals(raw, "t")) == 5
