@@ -40,7 +40,7 @@ def _unit(name: str, value: object, limit: int) -> int:
 
 
 def time_zone(value: object) -> str:
-    """An IANA zone name Python knows (the server is asked too, in the operation)."""
+    """An IANA zone name Python knows (``set_allowance`` in SQL asks the server too)."""
     if not isinstance(value, str) or not value or len(value) > 100:
         raise errors.InputError(
             f"time_zone must be an IANA zone name such as 'Europe/Berlin', got {value!r}"
@@ -118,13 +118,12 @@ def set_allowance(
     }
 
     def steps() -> Steps[AllowanceOutcome]:
-        known = yield from first_row(q.known_time_zone, {"time_zone": zone})
-        if not known.known:
+        row = yield from first_row(q.set_allowance, params)
+        if row.status == "unknown_time_zone":
             raise errors.InputError(
                 f"the database server does not know the time zone {zone!r}; "
                 "update its time zone data or pick another IANA name"
             )
-        row = yield from first_row(q.set_allowance, params)
         return _allowance_outcome(row)
 
     request = {

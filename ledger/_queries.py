@@ -126,7 +126,6 @@ class Queries:
     renew_due: str
     set_allowance: str
     clear_allowance: str
-    known_time_zone: str
     period_spend: str
 
 

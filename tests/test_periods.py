@@ -291,6 +291,19 @@ def test_set_allowance_refuses_bad_input_and_changes_nothing(
     assert raw.execute("SELECT count(*) FROM ledger.allowances").fetchone() == (0,)
 
 
+def test_a_zone_the_server_does_not_know_changes_nothing(
+    book: ledger.Ledger, raw: psycopg.Connection
+) -> None:
+    """Python's zone list passed it (say, newer tzdata): the SQL function still refuses."""
+    book.ensure_tenant("t", 10)
+    row = raw.execute(
+        "SELECT * FROM ledger.set_allowance('t', 1, 0, 1, now(), 'Mars/Olympus', 0, 0, NULL)"
+    ).fetchone()
+    assert row == ("unknown_time_zone", None, None)
+    assert raw.execute("SELECT count(*) FROM ledger.allowances").fetchone() == (0,)
+    assert raw.execute("SELECT count(*) FROM ledger.journal").fetchone() == (1,)
+
+
 def test_refusals_of_the_period_operations(book: ledger.Ledger, raw: psycopg.Connection) -> None:
     out = book.set_allowance("ghost", 100, days=1, anchor=NOW)
     assert out.status is Status.MISSING_TENANT and not out.ok

@@ -39,10 +39,6 @@ FROM {schema}.set_allowance(
 SELECT status, period_index, remaining
 FROM {schema}.clear_allowance(CAST(%(tenant_id)s AS text), CAST(%(ikey)s AS text))
 
--- name: known_time_zone
--- PostgreSQL's own zone list can differ from Python's: ask the server.
-SELECT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = CAST(%(time_zone)s AS text)) AS known
-
 -- name: period_spend
 -- One period of one tenant: its bounds on the current schedule, what was
 -- credited at its start, what holds opened in it have spent (commit entries

@@ -368,6 +368,11 @@ def _period_functions(q: str) -> None:
             prev {q}.allowances;
             k bigint;
         BEGIN
+            -- The server's zone list can differ from the client's: ask it.
+            IF NOT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = zone) THEN
+                RETURN QUERY SELECT 'unknown_time_zone'::text, NULL::bigint, NULL::bigint;
+                RETURN;
+            END IF;
             PERFORM {q}.renew_tenant(tenant);  -- periods already due renew on the old terms
             SELECT * INTO t FROM {q}.tenants AS x WHERE x.tenant_id = tenant FOR NO KEY UPDATE;
             IF NOT FOUND THEN
