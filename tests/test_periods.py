@@ -925,3 +925,26 @@ def test_only_the_first_write_of_a_period_costs_extra_statements(
     assert sent(ops.top_up_tenant(q, "t", 10, None)) == [q.top_up, q.renew_tenant, q.top_up]
     assert sent(ops.top_up_tenant(q, "t", 10, None)) == [q.top_up]
     assert len(renewals(raw, "t")) == 5
+
+
+def test_coalesced_rounds_renew_once(db_url: str, raw: psycopg.Connection) -> None:
+    """With coalesce=True the renewal is one more statement in the next round."""
+    with ledger.Ledger(db_url, coalesce=True) as book:
+        k = daily(book, "hot", 0, 500)
+        backdate(raw, "hot", 2)
+        barrier = threading.Barrier(8)
+        outs: list[ledger.ReserveOutcome] = []
+
+        def run() -> None:
+            barrier.wait()
+            outs.append(book.try_reserve("hot", 10))
+
+        threads = [threading.Thread(target=run) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(outs) == 8 and all(o.ok for o in outs)
+        assert renewals(raw, "hot") == [k, k + 1, k + 2]
+        assert balances(book, "hot") == (500, 420, 80, 0)
+        clean(book)
