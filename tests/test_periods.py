@@ -322,6 +322,14 @@ def test_refusals_of_the_period_operations(book: ledger.Ledger, raw: psycopg.Con
     for bad in (0, -1, True, 1.0):
         with pytest.raises(errors.InputError):
             book.renew_periods(limit=bad)  # type: ignore[arg-type]
+    with pytest.raises(errors.InvalidTenantId):
+        book.clear_allowance("")
+    with pytest.raises(errors.InvalidTenantId):
+        book.period_spend(7)  # type: ignore[arg-type]
+    with pytest.raises(errors.InputError):
+        book.clear_allowance("plain", idempotency_key="")
+    with pytest.raises(errors.InputError):
+        book.clear_allowance("plain", idempotency_key="\x00")
     assert raw.execute("SELECT count(*) FROM ledger.allowances").fetchone() == (0,)
     assert raw.execute("SELECT count(*) FROM ledger.journal").fetchone() == (1,)
 
