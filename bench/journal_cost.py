@@ -56,7 +56,7 @@ def _cycles(conn: psycopg.Connection, reserve: str, commit: str, cycles: int) ->
         params = {"tenant_id": tenant, "amount": 1000, "ttl_us": None, "expires_at": None}
         row = conn.execute(reserve, {**params, "ikey": None}).fetchone()
         assert row is not None
-        rid = row[-2] if len(row) > 2 else row[0]
+        rid = row[4] if len(row) > 2 else row[0]  # try_reserve: reservation_id is 5th
         conn.execute(
             commit, {"reservation_id": rid, "tenant_id": tenant, "actual": 900, "ikey": None}
         ).fetchall()

@@ -38,8 +38,11 @@ from .finance import (
 from .journal import JournalReport
 from .migrator import migrate
 from .outcomes import (
+    AllowanceOutcome,
     Balance,
     ConservationStatus,
+    PeriodSpend,
+    Renewals,
     ReserveOutcome,
     SettlementOutcome,
     Status,
@@ -51,6 +54,7 @@ __version__ = _version("sql-ledger")
 
 __all__ = [
     "MICROCENTS_PER_CENT",
+    "AllowanceOutcome",
     "AsyncHold",
     "AsyncLedger",
     "Balance",
@@ -65,7 +69,9 @@ __all__ = [
     "Hold",
     "JournalReport",
     "Ledger",
+    "PeriodSpend",
     "ReleaseItem",
+    "Renewals",
     "ReserveItem",
     "ReserveOutcome",
     "SettlementOutcome",

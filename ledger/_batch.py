@@ -122,6 +122,9 @@ def try_reserve_many(
     def steps() -> Steps[list[ReserveOutcome]]:
         tenants = sorted({p[0] for p in prepared})
         rows = (yield Fetch(q.batch_reserve_begin, {"ids": tenants})) if tenants else []
+        if _renew_due(rows):
+            yield Fetch(q.renew_tenants, {"ids": _renew_due(rows)})
+            rows = yield Fetch(q.batch_reserve_begin, {"ids": tenants})
         if keyed or (rows and rows[0].lapsed):
             return (yield from _one_by_one(singles)())
         plan = _Plan(rows[0].at if rows else None, rows)
@@ -188,6 +191,11 @@ def release_many(
 Settlement = tuple[int, int, str | None, str | None]  # (rid, actual or 0, tenant, key)
 
 
+def _renew_due(rows: list[Any]) -> list[str]:
+    """The locked tenants whose budget period has ended (docs/periods.md), by id."""
+    return sorted({r.tenant_id for r in rows if r.tenant_id is not None and r.due})
+
+
 def _settlements(batch: list[Any]) -> list[Settlement]:
     """Validate commit or release items the way the single operations do."""
     prepared: list[Settlement] = []
@@ -217,10 +225,15 @@ def _settle_op(
 
     def steps() -> Steps[list[SettlementOutcome]]:
         rows = (yield Fetch(q.batch_settle_begin, {"rids": rids})) if rids else []
+        if _renew_due(rows):
+            yield Fetch(q.renew_tenants, {"ids": _renew_due(rows)})
+            rows = yield Fetch(q.batch_settle_begin, {"rids": rids})
         if keyed or any(r.lapsed for r in rows):
             return (yield from _one_by_one(singles)())
         plan = _Plan(rows[0].at if rows else None, rows)
-        plan.holds = {r.reservation_id: (r.tenant_id, r.amount_microcents) for r in rows}
+        plan.holds = {
+            r.reservation_id: (r.tenant_id, r.amount_microcents, r.hold_period) for r in rows
+        }
         decided = [decide(plan, p) for p in prepared]
         # A hold that was not there: expired (the journal says so) or never was.
         gone = sorted({p[0] for p, o in zip(prepared, decided, strict=True) if o is None})
@@ -269,16 +282,22 @@ def _decide_reserve(
     t = plan.tenants.get(tenant_id)
     if t is None:
         return reserve_outcome(None, cost)
-    if t.reserved > _I64_MAX - cost:
-        return reserve_outcome(_row("overflow", t), cost)
-    if t.cap > 0 and t.reserved > t.cap - cost:
-        return reserve_outcome(_row("exposure_limit_exceeded", t), cost)
-    if t.remaining < cost:
-        return reserve_outcome(_row("insufficient", t), cost)
+    refusal = (
+        "overflow"
+        if t.reserved > _I64_MAX - cost
+        else "exposure_limit_exceeded"
+        if t.cap > 0 and t.reserved > t.cap - cost
+        else "insufficient"
+        if t.remaining < cost
+        else None
+    )
+    if refusal is not None:
+        plan.refused(t, "reserve", refusal, cost)
+        return reserve_outcome(_row(refusal, t), cost)
     t.remaining -= cost
     t.reserved += cost
     plan.open(t, cost, ttl_us, deadline)
-    plan.entry(t, "reserve", None, cost, None)  # its reservation id comes with seal()
+    plan.entry(t, "reserve", None, cost, None, t.period)  # its id comes with seal()
     return _Granted(len(plan.opened) - 1, t.remaining)
 
 
@@ -288,16 +307,20 @@ def _decide_commit(plan: _Plan, rid: int, actual: int) -> SettlementOutcome | No
     if held is None:
         return None
     t = plan.tenants[held[0]]
-    amount = held[1]
+    amount, period = held[1], held[2]
     if t.committed > _I64_MAX - actual:
+        plan.refused(t, "commit", "overflow", actual)
         return commit_outcome(_row("overflow", t), actual)
     if actual > amount and t.remaining < actual - amount:
+        plan.refused(t, "commit", "overrun", actual)
         return commit_outcome(_row("overrun", t), actual)
-    t.remaining -= actual - amount
+    forfeit = _forfeited(period, t, amount - actual)
+    t.initial -= forfeit
+    t.remaining -= actual - amount + forfeit
     t.reserved -= amount
     t.committed += actual
     plan.close(t, rid)
-    plan.entry(t, "commit", rid, actual, amount)
+    plan.entry(t, "commit", rid, actual, amount, period)
     return commit_outcome(_row("committed", t), actual)
 
 
@@ -306,12 +329,21 @@ def _decide_release(plan: _Plan, rid: int) -> SettlementOutcome | None:
     if held is None:
         return None
     t = plan.tenants[held[0]]
-    amount = held[1]
-    t.remaining += amount
+    amount, period = held[1], held[2]
+    forfeit = _forfeited(period, t, amount)
+    t.initial -= forfeit
+    t.remaining += amount - forfeit
     t.reserved -= amount
     plan.close(t, rid)
-    plan.entry(t, "release", rid, amount, None)
+    plan.entry(t, "release", rid, amount, None, period)
     return release_outcome(_Row("released", t.remaining, None, None, None, amount))
+
+
+def _forfeited(hold_period: int | None, t: _Tenant, unspent: int) -> int:
+    """What settling a hold from a closed period gives up (SQL ``forfeited``)."""
+    if hold_period is not None and hold_period != t.period:
+        return max(unspent, 0)
+    return 0
 
 
 # ------------------------------------------------------------------ the plan
@@ -330,6 +362,7 @@ class _Tenant:
     seq: int
     head: bytes
     locked_seq: int
+    period: int | None
 
 
 @dataclass
@@ -339,10 +372,11 @@ class _Plan:
     at: datetime | None
     rows: list[Any]
     tenants: dict[str, _Tenant] = field(init=False)
-    holds: dict[int, tuple[str, int]] = field(default_factory=dict)
+    holds: dict[int, tuple[str, int, int | None]] = field(default_factory=dict)
     opened: list[list[Any]] = field(default_factory=list)
     closed: list[tuple[str, int]] = field(default_factory=list)
     entries: list[list[Any]] = field(default_factory=list)
+    refusals: list[tuple[str, str, str, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.tenants = {
@@ -356,6 +390,7 @@ class _Plan:
                 r.journal_seq,
                 bytes(r.journal_head),
                 r.journal_seq,
+                r.period_index,
             )
             for r in self.rows
             if r.tenant_id is not None
@@ -363,14 +398,24 @@ class _Plan:
 
     def open(self, t: _Tenant, amount: int, ttl_us: int | None, deadline: datetime | None) -> None:
         """A new hold; its reservation id is drawn once the batch is decided (seal)."""
-        self.opened.append([t.tenant_id, None, amount, ttl_us, deadline])
+        self.opened.append([t.tenant_id, None, amount, ttl_us, deadline, t.period])
 
     def close(self, t: _Tenant, rid: int) -> None:
         del self.holds[rid]
         self.closed.append((t.tenant_id, rid))
 
+    def refused(self, t: _Tenant, op: str, status: str, amount: int) -> None:
+        """Log a refusal (the refusals table, as the single statements do)."""
+        self.refusals.append((t.tenant_id, op, status, amount))
+
     def entry(
-        self, t: _Tenant, op: str, rid: int | None, amount: int | None, hold: int | None
+        self,
+        t: _Tenant,
+        op: str,
+        rid: int | None,
+        amount: int | None,
+        hold: int | None,
+        period: int | None,
     ) -> None:
         """Record one journal entry for ``t``, after its balances changed."""
         t.seq += 1
@@ -388,6 +433,7 @@ class _Plan:
                 t.committed,
                 t.cap,
                 None,
+                period,
             ]
         )
 
@@ -404,6 +450,7 @@ class _Plan:
             tenant, seq, op, rid, amount, hold, initial, remaining, reserved, committed, cap = e[
                 :11
             ]
+            period = e[12]
             e[11] = heads[tenant] = entry_hash(
                 heads[tenant],
                 tenant,
@@ -419,31 +466,37 @@ class _Plan:
                 cap,
                 self.at,
                 None,
+                period,
+                None,
             )
         for t in self.tenants.values():
             t.head = heads[t.tenant_id]
 
     def params(self) -> dict[str, Any]:
         changed = [t for t in self.tenants.values() if t.seq != t.locked_seq]
-        entries = list(zip(*self.entries, strict=True)) or [()] * 12
-        opened = list(zip(*self.opened, strict=True)) or [()] * 5
+        entries = list(zip(*self.entries, strict=True)) or [()] * 13
+        opened = list(zip(*self.opened, strict=True)) or [()] * 6
         closed = list(zip(*self.closed, strict=True)) or [()] * 2
+        refused = list(zip(*self.refusals, strict=True)) or [()] * 4
         return {
             "at": self.at,
             "t_id": [t.tenant_id for t in changed],
             "t_prev_seq": [t.locked_seq for t in changed],
             "t_seq": [t.seq for t in changed],
             "t_head": [t.head for t in changed],
+            "t_initial": [t.initial for t in changed],
             "t_remaining": [t.remaining for t in changed],
             "t_reserved": [t.reserved for t in changed],
             "t_committed": [t.committed for t in changed],
             **{f"o_{k}": list(v) for k, v in zip(_OPENED, opened, strict=True)},
             **{f"c_{k}": list(v) for k, v in zip(("tenant", "id"), closed, strict=True)},
             **{f"j_{k}": list(v) for k, v in zip(_ENTRY, entries, strict=True)},
+            **{f"r_{k}": list(v) for k, v in zip(_REFUSED, refused, strict=True)},
         }
 
 
-_OPENED = ("tenant", "id", "amount", "ttl_us", "expires_at")
+_OPENED = ("tenant", "id", "amount", "ttl_us", "expires_at", "period")
+_REFUSED = ("tenant", "op", "status", "amount")
 _ENTRY = (
     "tenant",
     "seq",
@@ -457,6 +510,7 @@ _ENTRY = (
     "committed",
     "cap",
     "hash",
+    "period",
 )
 
 
@@ -466,9 +520,9 @@ def _finish(
     """Refuse the whole batch, or write it in one statement."""
     if all_or_nothing and not all(o.ok for o in outcomes):
         raise errors.BatchRefused(list(outcomes))
-    if plan.entries:
-        if not plan.opened:
-            plan.seal([])
+    if plan.entries and not plan.opened:
+        plan.seal([])
+    if plan.entries or plan.refusals:
         yield Fetch(q.batch_apply, plan.params())
     return outcomes
 

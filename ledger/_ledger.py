@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import _batch, _outside, _validate, _verify
+from . import _batch, _outside, _periods, _validate, _verify
 from . import _operations as ops
 from ._batch import CommitItem, ReleaseItem, ReserveItem
 from ._coalesce import Coalescer
@@ -29,7 +29,15 @@ from ._outside import CertificateCheck
 from ._queries import for_schema
 from .finance import FinancialCertificate
 from .journal import JournalReport
-from .outcomes import ConservationStatus, ReserveOutcome, SettlementOutcome, TopUpOutcome
+from .outcomes import (
+    AllowanceOutcome,
+    ConservationStatus,
+    PeriodSpend,
+    Renewals,
+    ReserveOutcome,
+    SettlementOutcome,
+    TopUpOutcome,
+)
 from .snapshot import BudgetSnapshot, TenantLedger
 
 __all__ = ["Ledger"]
@@ -276,6 +284,96 @@ class Ledger:
         other or expire a hold twice.
         """
         return self._run(ops.expire_holds(self._q, limit), connection)
+
+    # ---------------------------------------------------------------- periods
+
+    def set_allowance(
+        self,
+        tenant_id: str,
+        allowance_microcents: int,
+        *,
+        anchor: datetime,
+        months: int = 0,
+        days: int = 0,
+        time_zone: str = "UTC",
+        min_rollover_microcents: int = 0,
+        max_rollover_microcents: int = 0,
+        idempotency_key: str | None = None,
+        connection: Connectable | None = None,
+    ) -> AllowanceOutcome:
+        """Give a tenant a recurring allowance: ``allowance_microcents`` every period.
+
+        Pass exactly one of ``months=N`` (calendar months) or ``days=N``;
+        period ``k`` starts at ``anchor + k * N`` computed in ``time_zone``
+        (any boundary of the schedule, past or future, may serve as the
+        anchor). At each boundary ``remaining`` becomes
+        ``clamp(remaining, min_rollover, max_rollover) + allowance``: the
+        defaults (0, 0) reset it to the allowance. Setting an allowance starts
+        the period containing now *without* crediting anything (what the
+        tenant has is kept); the first allowance arrives at the next boundary.
+        Changing only the amounts takes effect at the next boundary; changing
+        the schedule starts a new period now (docs/periods.md).
+        """
+        op = _periods.set_allowance(
+            self._q,
+            tenant_id,
+            allowance_microcents,
+            months,
+            days,
+            anchor,
+            time_zone,
+            min_rollover_microcents,
+            max_rollover_microcents,
+            idempotency_key,
+        )
+        return self._run(op, connection)
+
+    def clear_allowance(
+        self,
+        tenant_id: str,
+        *,
+        idempotency_key: str | None = None,
+        connection: Connectable | None = None,
+    ) -> AllowanceOutcome:
+        """Stop renewing a tenant: it leaves its periods and keeps its ``remaining``.
+
+        Holds opened in its last period then settle as holds from a closed
+        period (their unspent part is forfeited, docs/periods.md).
+        """
+        op = _periods.clear_allowance(self._q, tenant_id, idempotency_key)
+        return self._run(op, connection)
+
+    def renew_periods(
+        self, *, limit: int = 1000, connection: Connectable | None = None
+    ) -> Renewals:
+        """Renew up to ``limit`` tenants whose period has ended (the sweeper).
+
+        Writes renew every tenant lazily on their first operation of a new
+        period; this is for tenants nobody writes to, so that their balances
+        and journals show each period. Tenants are picked ``SKIP LOCKED``, so
+        sweepers and lazy renewals never renew a period twice or wait on each
+        other. Returns ``Renewals(tenants, periods)``; call again while
+        ``tenants == limit``.
+        """
+        tenants, periods = self._run(_periods.renew_periods(self._q, limit), connection)
+        return Renewals(tenants, periods)
+
+    def period_spend(
+        self,
+        tenant_id: str,
+        period_index: int | None = None,
+        *,
+        connection: Connectable | None = None,
+    ) -> PeriodSpend:
+        """What a tenant spent in one period: the current one by default.
+
+        Spend is attributed to the period a hold was opened in (commit entries
+        carry it), so a hold committed after its period ended still counts
+        there. Raises :class:`~ledger.errors.NoAllowance` for a tenant without
+        an allowance and :class:`~ledger.errors.TenantNotFound` for no tenant.
+        """
+        op = _periods.period_spend(self._q, tenant_id, period_index)
+        return self._run(op, connection)
 
     # ----------------------------------------------------------- idempotency
 

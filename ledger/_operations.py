@@ -59,23 +59,42 @@ def first_row(sql: str, params: dict[str, Any]) -> Steps[Any]:
     return rows[0] if rows else None
 
 
-def cas(sql: str, params: dict[str, Any]) -> Steps[Any]:
+def cas(sql: str, params: dict[str, Any], renew: str | None = None) -> Steps[Any]:
     """Run a compare-and-swap statement; re-run it while its probe answers 'retry'.
 
     'retry' means the row changed between the refused UPDATE and the probe
     that explains the refusal, so neither answer is current. Each retry
     implies another writer made progress, so the loop terminates.
+
+    'renew' means the tenant has entered a new budget period that nobody has
+    renewed yet (docs/periods.md): ``renew`` (the ``renew_tenant``
+    statement) renews it, then the statement runs again. That happens once
+    per tenant and period, on its first write.
     """
     for _ in range(_CAS_ATTEMPTS):
         rows = yield Fetch(sql, params)
         if not rows:
             return None
-        if rows[0].status != "retry":
+        status = rows[0].status
+        if status == "renew":
+            yield from renew_first(renew, rows[0].tenant_id)
+        elif status != "retry":
             return rows[0]
     raise errors.RetryableError(
         f"the tenant row changed {_CAS_ATTEMPTS} times while this operation was being "
         "decided; retry it"
     )
+
+
+def renew_first(renew: str | None, tenant_id: str) -> Steps[None]:
+    """Renew a tenant a statement found due (``renew_tenant``: exactly once per period)."""
+    if renew is None:
+        raise errors.DatabaseError(
+            f"tenant {tenant_id!r} is due for renewal but this operation cannot renew it; "
+            "this is a bug: please report it",
+            sqlstate="LG001",
+        )
+    yield Fetch(renew, {"tenant_id": tenant_id})
 
 
 def idempotent(
@@ -187,7 +206,7 @@ def top_up_tenant(
     def steps() -> Steps[TopUpOutcome]:
         if amount <= 0:
             return TopUpOutcome(Status.INVALID_AMOUNT)
-        row = yield from cas(q.top_up, params)
+        row = yield from cas(q.top_up, params, q.renew_tenant)
         return top_up_outcome(row, amount)
 
     request = {"op": "top_up", "amount": amount}
@@ -200,7 +219,7 @@ def set_max_reserved(q: Queries, tenant_id: str, max_microcents: int) -> Op[None
     params = {"tenant_id": tenant_id, "cap": cap, "ikey": None}
 
     def steps() -> Steps[None]:
-        if (yield from first_row(q.set_cap, params)) is None:
+        if (yield from cas(q.set_cap, params, q.renew_tenant)) is None:
             raise errors.TenantNotFound(Outcome(Status.MISSING_TENANT), tenant_id=tenant_id)
 
     return Op(steps)
@@ -234,12 +253,12 @@ def try_reserve(
             return ReserveOutcome(
                 Status.INSUFFICIENT, remaining_microcents=0, required_microcents=cost
             )
-        row = yield from cas(q.try_reserve, params)
+        row = yield from cas(q.try_reserve, params, q.renew_tenant)
         if row is not None and row.lapsed_holds:
             # Lapsed holds must never block a reserve: expire them, decide again.
-            while (yield from expire_one(q.expire_for_tenant, tenant_id=tenant_id)) is not None:
+            while (yield from expire_one(q, q.expire_for_tenant, tenant_id=tenant_id)) is not None:
                 pass
-            row = yield from cas(q.try_reserve, params)
+            row = yield from cas(q.try_reserve, params, q.renew_tenant)
         return reserve_outcome(row, cost)
 
     request = {
@@ -271,7 +290,7 @@ def commit(
             return SettlementOutcome(Status.INVALID_AMOUNT)
         if rid > I64_MAX:
             return SettlementOutcome(Status.MISSING_RESERVATION)
-        row = yield from cas(sql, params)
+        row = yield from cas(sql, params, q.renew_tenant)
         if row is None:
             return (yield from missing(q, rid))
         if row.status == "lapsed":
@@ -295,7 +314,7 @@ def release(
     def steps() -> Steps[SettlementOutcome]:
         if rid > I64_MAX:
             return SettlementOutcome(Status.MISSING_RESERVATION)
-        row = yield from first_row(sql, params)
+        row = yield from cas(sql, params, q.renew_tenant)
         if row is None:
             return (yield from missing(q, rid))
         if row.status == "lapsed":
@@ -309,15 +328,24 @@ def release(
 # ---------------------------------------------------------------------- expiry
 
 
-def expire_one(sql: str, **params: Any) -> Steps[Any]:
-    """Expire one lapsed hold picked by ``sql``; its row, or None if there was none."""
+def expire_one(q: Queries, sql: str, **params: Any) -> Steps[Any]:
+    """Expire one lapsed hold picked by ``sql``; its row, or None if there was none.
+
+    A hold whose tenant is due for renewal is expired after the renewal (the
+    statement answers 'renew'), so it settles against the right period.
+    """
     params.setdefault("ikey", None)
-    return (yield from first_row(sql, params))
+    for _ in range(_CAS_ATTEMPTS):
+        row = yield from first_row(sql, params)
+        if row is None or row.status != "renew":
+            return row
+        yield from renew_first(q.renew_tenant, row.tenant_id)
+    raise errors.RetryableError("a tenant kept entering new periods during an expiry; retry it")
 
 
 def expire_lapsed(q: Queries, rid: int) -> Steps[SettlementOutcome]:
     """A settlement found its hold past the deadline: expire it, report ``expired``."""
-    row = yield from expire_one(q.expire_hold, reservation_id=rid)
+    row = yield from expire_one(q, q.expire_hold, reservation_id=rid)
     if row is None:  # a sweeper got there first
         return (yield from missing(q, rid))
     return SettlementOutcome(
@@ -343,7 +371,7 @@ def expire_holds(q: Queries, limit: int) -> Op[int]:
     def steps() -> Steps[int]:
         yield from ledger_wide(q, "expire_holds")
         done = 0
-        while done < count and (yield from expire_one(q.expire_any)) is not None:
+        while done < count and (yield from expire_one(q, q.expire_any)) is not None:
             done += 1
         return done
 

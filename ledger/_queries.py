@@ -120,6 +120,13 @@ class Queries:
     restore_update: str
     restore_insert: str
     restore_version: str
+    # periods.sql
+    renew_tenant: str
+    renew_tenants: str
+    renew_due: str
+    set_allowance: str
+    clear_allowance: str
+    period_spend: str
 
 
 @functools.cache

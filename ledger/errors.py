@@ -165,6 +165,17 @@ class HoldExpiredError(RefusedError):
     """The hold passed its deadline and was expired; its amount went back to the tenant"""
 
 
+class NoAllowance(InputError, LookupError):
+    """The tenant has no recurring allowance, so it has no budget periods."""
+
+    def __init__(self, tenant_id: str) -> None:
+        self.tenant_id = tenant_id
+        super().__init__(
+            f"tenant {tenant_id!r} has no recurring allowance; give it one with "
+            "set_allowance() (or `ledger allowance set`) first"
+        )
+
+
 class IdempotencyConflict(LedgerError):
     """The idempotency key was already used for a different request."""
 

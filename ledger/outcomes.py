@@ -13,8 +13,9 @@ Fields carry the seed's names; a field the seed's variant does not have is
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from datetime import datetime
 from enum import StrEnum
-from typing import Any, Self, TypeVar
+from typing import Any, NamedTuple, Self, TypeVar
 
 from . import errors
 
@@ -34,9 +35,14 @@ class Status(StrEnum):
     RELEASED = "released"
     OVERRUN = "overrun"
     EXPIRED = "expired"
+    # periods (docs/periods.md)
+    ALLOWANCE_SET = "allowance_set"
+    ALLOWANCE_CLEARED = "allowance_cleared"
 
 
 _SUCCESS = frozenset({Status.RESERVED, Status.TOPPED_UP, Status.COMMITTED, Status.RELEASED})
+# periods
+_SUCCESS |= {Status.ALLOWANCE_SET, Status.ALLOWANCE_CLEARED}
 
 _REFUSAL_ERRORS: dict[Status, type[errors.RefusedError]] = {
     Status.INSUFFICIENT: errors.InsufficientFundsError,
@@ -110,6 +116,72 @@ class TopUpOutcome(Outcome):
     added_microcents: int | None = None
     new_initial_microcents: int | None = None
     remaining_microcents: int | None = None
+
+
+# ------------------------------------------------------------------ periods
+
+
+@dataclass(frozen=True, slots=True)
+class AllowanceOutcome(Outcome):
+    """Result of :meth:`Ledger.set_allowance` and :meth:`Ledger.clear_allowance`.
+
+    ``period_index`` is the period the tenant is in afterwards (None once
+    cleared); ``remaining_microcents`` is unchanged by either call
+    (docs/periods.md says why).
+    """
+
+    period_index: int | None = None
+    remaining_microcents: int | None = None
+
+
+class Renewals(NamedTuple):
+    """Result of :meth:`Ledger.renew_periods`: tenants renewed and renew entries written."""
+
+    tenants: int
+    periods: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodSpend:
+    """One budget period of one tenant (:meth:`Ledger.period_spend`).
+
+    ``starts_at``/``ends_at`` bound the period on the tenant's current
+    schedule; ``allowance_microcents`` is what its start credited (the renew
+    entry's amount; the allowance it will credit if it has not been renewed
+    yet); ``spent_microcents`` what holds opened in it have committed (a hold
+    settles against its own period, even after it ended); ``held_microcents``
+    what holds opened in it still hold; ``remaining_microcents`` the tenant's
+    remaining budget if this is the period it is in, else None.
+    """
+
+    tenant_id: str
+    period_index: int
+    current_period_index: int
+    starts_at: datetime
+    ends_at: datetime
+    allowance_microcents: int
+    spent_microcents: int
+    held_microcents: int
+    remaining_microcents: int | None
+    renewed: bool
+
+    @property
+    def is_current(self) -> bool:
+        return self.period_index == self.current_period_index
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tenant_id": self.tenant_id,
+            "period_index": self.period_index,
+            "current_period_index": self.current_period_index,
+            "starts_at": self.starts_at.isoformat(),
+            "ends_at": self.ends_at.isoformat(),
+            "allowance_microcents": self.allowance_microcents,
+            "spent_microcents": self.spent_microcents,
+            "held_microcents": self.held_microcents,
+            "remaining_microcents": self.remaining_microcents,
+            "renewed": self.renewed,
+        }
 
 
 class Balance(StrEnum):

@@ -28,11 +28,22 @@ WRITABLE = (
     "detached_tenants",
     "idempotency_keys",
     "certificate_baseline",
+    # periods: set_allowance / clear_allowance write a tenant's allowance
+    "allowances",
 )
 #: Tables it may only append to and read.
-APPEND_ONLY = ("journal", "certificates", "certificate_checkpoints")
+#: (``refusals``: the spend statements log refusals there; nothing rewrites them.)
+APPEND_ONLY = ("journal", "certificates", "certificate_checkpoints", "refusals")
 #: Tables carrying tenant_id, isolated by row-level security when enabled.
-TENANT_SCOPED = ("tenants", "reservations", "journal", "idempotency_keys", "detached_tenants")
+TENANT_SCOPED = (
+    "tenants",
+    "reservations",
+    "journal",
+    "idempotency_keys",
+    "detached_tenants",
+    "allowances",
+    "refusals",
+)
 
 
 def _role(name: str) -> str:

@@ -16,9 +16,12 @@
 -- name: batch_reserve_begin
 -- Lock and read the batch's tenants, and say whether any has a lapsed hold
 -- (then the batch goes item by item, expiring lazily as single reserves do).
+-- A tenant that is due for renewal is renewed first (renew_tenants), then the
+-- batch begins again: a batch never spends from an unrenewed period.
 WITH locked AS MATERIALIZED (
     SELECT tenant_id, initial_microcents, remaining_microcents, reserved_microcents,
-           committed_microcents, max_reserved_microcents, journal_seq, journal_head
+           committed_microcents, max_reserved_microcents, journal_seq, journal_head,
+           period_index, COALESCE(renews_at <= now(), false) AS due
     FROM {schema}.tenants
     WHERE tenant_id = ANY(CAST(%(ids)b AS text[]))
     ORDER BY tenant_id
@@ -45,7 +48,7 @@ SELECT ARRAY(
 -- Lock the holds by id, then their tenants, and read both. A hold past its
 -- deadline sends the batch item by item (the single settlement expires it).
 WITH holds AS MATERIALIZED (
-    SELECT tenant_id, reservation_id, amount_microcents,
+    SELECT tenant_id, reservation_id, amount_microcents, period_index AS hold_period,
            COALESCE(expires_at <= now(), false) AS lapsed
     FROM {schema}.reservations
     WHERE reservation_id = ANY(CAST(%(rids)b AS bigint[]))
@@ -53,13 +56,14 @@ WITH holds AS MATERIALIZED (
     FOR UPDATE
 ), locked AS MATERIALIZED (
     SELECT tenant_id, initial_microcents, remaining_microcents, reserved_microcents,
-           committed_microcents, max_reserved_microcents, journal_seq, journal_head
+           committed_microcents, max_reserved_microcents, journal_seq, journal_head,
+           period_index, COALESCE(renews_at <= now(), false) AS due
     FROM {schema}.tenants
     WHERE tenant_id IN (SELECT tenant_id FROM holds)
     ORDER BY tenant_id
     FOR NO KEY UPDATE
 )
-SELECT now() AS at, h.reservation_id, h.amount_microcents, h.lapsed, l.*
+SELECT now() AS at, h.reservation_id, h.amount_microcents, h.hold_period, h.lapsed, l.*
 FROM holds AS h JOIN locked AS l ON l.tenant_id = h.tenant_id
 ORDER BY h.reservation_id
 
@@ -73,12 +77,14 @@ WITH tenant_rows AS (
     SELECT *
     FROM unnest(CAST(%(t_id)b AS text[]), CAST(%(t_prev_seq)b AS bigint[]),
                 CAST(%(t_seq)b AS bigint[]), CAST(%(t_head)b AS bytea[]),
+                CAST(%(t_initial)b AS bigint[]),
                 CAST(%(t_remaining)b AS bigint[]), CAST(%(t_reserved)b AS bigint[]),
                 CAST(%(t_committed)b AS bigint[]))
-         AS u(tenant_id, prev_seq, seq, head, remaining, reserved, committed)
+         AS u(tenant_id, prev_seq, seq, head, initial, remaining, reserved, committed)
 ), applied AS (
     UPDATE {schema}.tenants AS t
-    SET remaining_microcents = u.remaining,
+    SET initial_microcents = u.initial,
+        remaining_microcents = u.remaining,
         reserved_microcents = u.reserved,
         committed_microcents = u.committed,
         journal_seq = u.seq,
@@ -87,15 +93,17 @@ WITH tenant_rows AS (
     WHERE t.tenant_id = u.tenant_id AND t.journal_seq = u.prev_seq
     RETURNING t.tenant_id
 ), opened AS (
-    INSERT INTO {schema}.reservations (tenant_id, reservation_id, amount_microcents, expires_at)
+    INSERT INTO {schema}.reservations (tenant_id, reservation_id, amount_microcents, expires_at,
+                                       period_index)
     SELECT o.tenant_id, o.reservation_id, o.amount,
            CASE WHEN o.ttl_us IS NOT NULL
                 THEN now() + o.ttl_us * interval '1 microsecond'
-                ELSE o.expires_at END
+                ELSE o.expires_at END,
+           o.period_index
     FROM unnest(CAST(%(o_tenant)b AS text[]), CAST(%(o_id)b AS bigint[]),
                 CAST(%(o_amount)b AS bigint[]), CAST(%(o_ttl_us)b AS bigint[]),
-                CAST(%(o_expires_at)b AS timestamptz[]))
-         AS o(tenant_id, reservation_id, amount, ttl_us, expires_at)
+                CAST(%(o_expires_at)b AS timestamptz[]), CAST(%(o_period)b AS bigint[]))
+         AS o(tenant_id, reservation_id, amount, ttl_us, expires_at, period_index)
     RETURNING 1
 ), closed AS (
     DELETE FROM {schema}.reservations AS r
@@ -107,19 +115,25 @@ WITH tenant_rows AS (
     INSERT INTO {schema}.journal (
         tenant_id, seq, op, reservation_id, amount_microcents, hold_microcents,
         initial_microcents, remaining_microcents, reserved_microcents, committed_microcents,
-        max_reserved_microcents, idempotency_key, created_at, entry_hash)
+        max_reserved_microcents, idempotency_key, created_at, entry_hash, period_index)
     SELECT j.tenant_id, j.seq, j.op, j.reservation_id, j.amount, j.hold, j.initial,
            j.remaining, j.reserved, j.committed, j.cap, NULL, CAST(%(at)s AS timestamptz),
-           j.entry_hash
+           j.entry_hash, j.period_index
     FROM unnest(CAST(%(j_tenant)b AS text[]), CAST(%(j_seq)b AS bigint[]),
                 CAST(%(j_op)b AS text[]), CAST(%(j_id)b AS bigint[]),
                 CAST(%(j_amount)b AS bigint[]), CAST(%(j_hold)b AS bigint[]),
                 CAST(%(j_initial)b AS bigint[]), CAST(%(j_remaining)b AS bigint[]),
                 CAST(%(j_reserved)b AS bigint[]), CAST(%(j_committed)b AS bigint[]),
-                CAST(%(j_cap)b AS bigint[]), CAST(%(j_hash)b AS bytea[]))
+                CAST(%(j_cap)b AS bigint[]), CAST(%(j_hash)b AS bytea[]),
+                CAST(%(j_period)b AS bigint[]))
          AS j(tenant_id, seq, op, reservation_id, amount, hold, initial, remaining, reserved,
-              committed, cap, entry_hash)
+              committed, cap, entry_hash, period_index)
     RETURNING 1
+), refused AS (
+    -- The refusal log (not chained: a refusal changes no balance).
+    INSERT INTO {schema}.refusals (tenant_id, op, status, amount_microcents)
+    SELECT * FROM unnest(CAST(%(r_tenant)b AS text[]), CAST(%(r_op)b AS text[]),
+                         CAST(%(r_status)b AS text[]), CAST(%(r_amount)b AS bigint[]))
 )
 SELECT CASE WHEN (SELECT count(*) FROM applied) <> cardinality(CAST(%(t_id)b AS text[]))
               OR (SELECT count(*) FROM closed) <> cardinality(CAST(%(c_id)b AS bigint[]))

@@ -9,10 +9,13 @@ DELETE FROM {schema}.reservations
 -- name: restore_drop_tenants
 -- Tenants the snapshot drops get a 'remove' entry; their cap and chain head are
 -- parked, so re-creating one continues its chain and gets its cap back (the
--- seed's cap map survives a restore).
+-- seed's cap map survives a restore). Their allowance goes with them
+-- (docs/periods.md): a re-created tenant starts without periods.
 WITH gone AS (
     DELETE FROM {schema}.tenants WHERE NOT (tenant_id = ANY(CAST(%(ids)s AS text[])))
     RETURNING *
+), unallowed AS (
+    DELETE FROM {schema}.allowances WHERE tenant_id IN (SELECT tenant_id FROM gone)
 ), removed AS MATERIALIZED (
     SELECT g.tenant_id, g.max_reserved_microcents, g.journal_seq + 1 AS journal_seq,
            0::bigint AS initial_microcents, 0::bigint AS remaining_microcents,
@@ -43,6 +46,8 @@ SELECT count(*) AS removed FROM removed
 
 -- name: restore_update
 -- Tenants the snapshot keeps: their balances become the snapshot's, with a 'restore' entry.
+-- Their allowance and period state are kept; the entry carries the period, so a
+-- replay knows which period the restored tenant is in (docs/periods.md).
 WITH u AS (
 SELECT * FROM unnest(CAST(%(ids)s AS text[]), CAST(%(initials)s AS bigint[]),
                      CAST(%(remainings)s AS bigint[]), CAST(%(committeds)s AS bigint[]))
@@ -57,18 +62,19 @@ SELECT * FROM unnest(CAST(%(ids)s AS text[]), CAST(%(initials)s AS bigint[]),
         journal_seq = t.journal_seq + 1,
         journal_head = {schema}.journal_hash(
             t.journal_head, t.tenant_id, t.journal_seq + 1, 'restore', NULL, NULL, NULL,
-            u.initial, u.remaining, 0::bigint, u.committed, t.max_reserved_microcents, now(), CAST(%(ikey)s AS text))
+            u.initial, u.remaining, 0::bigint, u.committed, t.max_reserved_microcents, now(), CAST(%(ikey)s AS text),
+            t.period_index, NULL)
     FROM u WHERE t.tenant_id = u.tenant_id
     RETURNING t.*
 ), logged AS (
     INSERT INTO {schema}.journal (
         tenant_id, seq, op, reservation_id, amount_microcents, hold_microcents,
         initial_microcents, remaining_microcents, reserved_microcents, committed_microcents,
-        max_reserved_microcents, idempotency_key, created_at, entry_hash)
+        max_reserved_microcents, idempotency_key, created_at, entry_hash, period_index)
     SELECT j.tenant_id, j.journal_seq, 'restore', NULL, NULL, NULL,
            j.initial_microcents, j.remaining_microcents, j.reserved_microcents,
            j.committed_microcents, j.max_reserved_microcents, CAST(%(ikey)s AS text), now(),
-           j.journal_head
+           j.journal_head, j.period_index
     FROM applied AS j
 )
 SELECT count(*) AS updated FROM applied

@@ -31,6 +31,9 @@
 -- name: try_reserve
 -- A reservation id is drawn before the UPDATE because the chain hash covers it;
 -- a refused reserve therefore leaves a gap in the ids (they stay unique).
+-- A tenant due for renewal is never spent from: the probe answers 'renew' and
+-- the operation renews it first (ledger/sql/periods.sql). The hold and its
+-- entry carry the tenant's period. A final refusal is also logged in refusals.
 WITH rid AS MATERIALIZED (
     SELECT nextval('{schema}.reservation_id_seq') AS id
 ), applied AS (
@@ -43,34 +46,39 @@ WITH rid AS MATERIALIZED (
         journal_seq = t.journal_seq + 1,
         journal_head = {schema}.journal_hash(
             t.journal_head, t.tenant_id, t.journal_seq + 1, 'reserve', (SELECT id FROM rid), CAST(%(amount)s AS bigint), NULL,
-            t.initial_microcents, t.remaining_microcents - CAST(%(amount)s AS bigint), t.reserved_microcents + CAST(%(amount)s AS bigint), t.committed_microcents, t.max_reserved_microcents, now(), CAST(%(ikey)s AS text))
+            t.initial_microcents, t.remaining_microcents - CAST(%(amount)s AS bigint), t.reserved_microcents + CAST(%(amount)s AS bigint), t.committed_microcents, t.max_reserved_microcents, now(), CAST(%(ikey)s AS text),
+            t.period_index, NULL)
     WHERE t.tenant_id = %(tenant_id)s
+      AND (t.renews_at IS NULL OR t.renews_at > now())
       AND t.remaining_microcents >= CAST(%(amount)s AS bigint)
       AND t.reserved_microcents <= 9223372036854775807 - CAST(%(amount)s AS bigint)
       AND (t.max_reserved_microcents = 0
            OR t.reserved_microcents <= t.max_reserved_microcents - CAST(%(amount)s AS bigint))
     RETURNING t.*
 ), hold AS (
-    INSERT INTO {schema}.reservations (tenant_id, reservation_id, amount_microcents, expires_at)
+    INSERT INTO {schema}.reservations (tenant_id, reservation_id, amount_microcents, expires_at,
+                                       period_index)
     SELECT a.tenant_id, (SELECT id FROM rid), CAST(%(amount)s AS bigint),
            CASE WHEN CAST(%(ttl_us)s AS bigint) IS NOT NULL
                 THEN now() + CAST(%(ttl_us)s AS bigint) * interval '1 microsecond'
-                ELSE CAST(%(expires_at)s AS timestamptz) END
+                ELSE CAST(%(expires_at)s AS timestamptz) END,
+           a.period_index
     FROM applied AS a
     RETURNING reservation_id
 ), logged AS (
     INSERT INTO {schema}.journal (
         tenant_id, seq, op, reservation_id, amount_microcents, hold_microcents,
         initial_microcents, remaining_microcents, reserved_microcents, committed_microcents,
-        max_reserved_microcents, idempotency_key, created_at, entry_hash)
+        max_reserved_microcents, idempotency_key, created_at, entry_hash, period_index)
     SELECT j.tenant_id, j.journal_seq, 'reserve', (SELECT id FROM rid), CAST(%(amount)s AS bigint), NULL,
            j.initial_microcents, j.remaining_microcents, j.reserved_microcents,
            j.committed_microcents, j.max_reserved_microcents, CAST(%(ikey)s AS text), now(),
-           j.journal_head
+           j.journal_head, j.period_index
     FROM applied AS j
 ), probe AS MATERIALIZED (
-    SELECT remaining_microcents AS remaining, reserved_microcents AS reserved,
+    SELECT tenant_id, remaining_microcents AS remaining, reserved_microcents AS reserved,
            max_reserved_microcents AS cap, CASE
+        WHEN renews_at <= now() THEN 'renew'
         WHEN reserved_microcents > 9223372036854775807 - CAST(%(amount)s AS bigint) THEN 'overflow'
         WHEN max_reserved_microcents > 0
              AND reserved_microcents > max_reserved_microcents - CAST(%(amount)s AS bigint)
@@ -81,16 +89,23 @@ WITH rid AS MATERIALIZED (
     FROM {schema}.tenants
     WHERE tenant_id = %(tenant_id)s AND NOT EXISTS (SELECT 1 FROM applied)
     FOR NO KEY UPDATE
+), decided AS MATERIALIZED (
+    SELECT p.*, p.status NOT IN ('retry', 'renew') AND EXISTS (
+               SELECT 1 FROM {schema}.reservations
+               WHERE tenant_id = %(tenant_id)s AND expires_at <= now()) AS lapsed_holds
+    FROM probe AS p
+), refused AS (
+    -- Lapsed holds are expired and the reserve decided again: not final yet.
+    INSERT INTO {schema}.refusals (tenant_id, op, status, amount_microcents)
+    SELECT d.tenant_id, 'reserve', d.status, CAST(%(amount)s AS bigint)
+    FROM decided AS d WHERE d.status NOT IN ('retry', 'renew') AND NOT d.lapsed_holds
 )
 SELECT 'reserved' AS status, a.remaining_microcents AS remaining, NULL::bigint AS reserved,
-       NULL::bigint AS cap, h.reservation_id, false AS lapsed_holds
+       NULL::bigint AS cap, h.reservation_id, false AS lapsed_holds, a.tenant_id
 FROM applied AS a CROSS JOIN hold AS h
 UNION ALL
-SELECT p.status, p.remaining, p.reserved, p.cap, NULL,
-       p.status <> 'retry' AND EXISTS (
-           SELECT 1 FROM {schema}.reservations
-           WHERE tenant_id = %(tenant_id)s AND expires_at <= now())
-FROM probe AS p
+SELECT d.status, d.remaining, d.reserved, d.cap, NULL, d.lapsed_holds, d.tenant_id
+FROM decided AS d
 
 -- name: commit
 -- Settlements lock the hold row first (holds are only ever inserted and
@@ -101,24 +116,26 @@ FROM probe AS p
 -- (EXPIRED_HOLD, a fresh snapshot) whether it expired.
 WITH
 hold AS MATERIALIZED (
-    SELECT tenant_id, amount_microcents AS amount,
+    SELECT tenant_id, amount_microcents AS amount, period_index AS period,
            COALESCE(expires_at <= now(), false) AS lapsed
     FROM {schema}.reservations
     WHERE reservation_id = CAST(%(reservation_id)s AS bigint)
     FOR UPDATE
 ), applied AS (
     UPDATE {schema}.tenants AS t
-    SET initial_microcents = t.initial_microcents,
-        remaining_microcents = t.remaining_microcents - (CAST(%(actual)s AS bigint) - (SELECT amount FROM hold)),
+    SET initial_microcents = t.initial_microcents - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold) - CAST(%(actual)s AS bigint)),
+        remaining_microcents = t.remaining_microcents - (CAST(%(actual)s AS bigint) - (SELECT amount FROM hold)) - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold) - CAST(%(actual)s AS bigint)),
         reserved_microcents = t.reserved_microcents - (SELECT amount FROM hold),
         committed_microcents = t.committed_microcents + CAST(%(actual)s AS bigint),
         max_reserved_microcents = t.max_reserved_microcents,
         journal_seq = t.journal_seq + 1,
         journal_head = {schema}.journal_hash(
             t.journal_head, t.tenant_id, t.journal_seq + 1, 'commit', CAST(%(reservation_id)s AS bigint), CAST(%(actual)s AS bigint), (SELECT amount FROM hold),
-            t.initial_microcents, t.remaining_microcents - (CAST(%(actual)s AS bigint) - (SELECT amount FROM hold)), t.reserved_microcents - (SELECT amount FROM hold), t.committed_microcents + CAST(%(actual)s AS bigint), t.max_reserved_microcents, now(), CAST(%(ikey)s AS text))
+            t.initial_microcents - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold) - CAST(%(actual)s AS bigint)), t.remaining_microcents - (CAST(%(actual)s AS bigint) - (SELECT amount FROM hold)) - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold) - CAST(%(actual)s AS bigint)), t.reserved_microcents - (SELECT amount FROM hold), t.committed_microcents + CAST(%(actual)s AS bigint), t.max_reserved_microcents, now(), CAST(%(ikey)s AS text),
+            (SELECT period FROM hold), NULL)
     WHERE t.tenant_id = (SELECT tenant_id FROM hold)
       AND NOT (SELECT lapsed FROM hold)
+      AND (t.renews_at IS NULL OR t.renews_at > now())
       AND t.committed_microcents <= 9223372036854775807 - CAST(%(actual)s AS bigint)
       AND t.remaining_microcents >= CAST(%(actual)s AS bigint) - (SELECT amount FROM hold)
     RETURNING t.*
@@ -131,14 +148,15 @@ hold AS MATERIALIZED (
     INSERT INTO {schema}.journal (
         tenant_id, seq, op, reservation_id, amount_microcents, hold_microcents,
         initial_microcents, remaining_microcents, reserved_microcents, committed_microcents,
-        max_reserved_microcents, idempotency_key, created_at, entry_hash)
+        max_reserved_microcents, idempotency_key, created_at, entry_hash, period_index)
     SELECT j.tenant_id, j.journal_seq, 'commit', CAST(%(reservation_id)s AS bigint), CAST(%(actual)s AS bigint), (SELECT amount FROM hold),
            j.initial_microcents, j.remaining_microcents, j.reserved_microcents,
            j.committed_microcents, j.max_reserved_microcents, CAST(%(ikey)s AS text), now(),
-           j.journal_head
+           j.journal_head, (SELECT period FROM hold)
     FROM applied AS j
 ), probe AS MATERIALIZED (
-    SELECT t.remaining_microcents AS remaining, CASE
+    SELECT t.tenant_id, t.remaining_microcents AS remaining, CASE
+        WHEN t.renews_at <= now() THEN 'renew'
         WHEN (SELECT lapsed FROM hold) THEN 'lapsed'
         WHEN t.committed_microcents > 9223372036854775807 - CAST(%(actual)s AS bigint) THEN 'overflow'
         WHEN CAST(%(actual)s AS bigint) > (SELECT amount FROM hold)
@@ -149,36 +167,43 @@ hold AS MATERIALIZED (
     FROM {schema}.tenants AS t
     WHERE t.tenant_id = (SELECT tenant_id FROM hold) AND NOT EXISTS (SELECT 1 FROM applied)
     FOR NO KEY UPDATE
+), refused AS (
+    INSERT INTO {schema}.refusals (tenant_id, op, status, amount_microcents)
+    SELECT p.tenant_id, 'commit', p.status, CAST(%(actual)s AS bigint)
+    FROM probe AS p WHERE p.status IN ('overflow', 'overrun')
 )
 SELECT 'committed' AS status, a.remaining_microcents AS remaining, NULL::bigint AS returned,
        CASE WHEN (SELECT count(*) FROM gone) <> 1
-            THEN {schema}.invariant_failed('commit settled a tenant without removing its hold') END AS guard
+            THEN {schema}.invariant_failed('commit settled a tenant without removing its hold') END AS guard,
+       a.tenant_id
 FROM applied AS a
 UNION ALL
-SELECT p.status, p.remaining, NULL, NULL FROM probe AS p
+SELECT p.status, p.remaining, NULL, NULL, p.tenant_id FROM probe AS p
 
 -- name: commit_for_tenant
 -- As commit, with the tenant named by the caller: the hold lookup uses the tenant key.
 WITH
 hold AS MATERIALIZED (
-    SELECT tenant_id, amount_microcents AS amount,
+    SELECT tenant_id, amount_microcents AS amount, period_index AS period,
            COALESCE(expires_at <= now(), false) AS lapsed
     FROM {schema}.reservations
     WHERE reservation_id = CAST(%(reservation_id)s AS bigint) AND tenant_id = %(tenant_id)s
     FOR UPDATE
 ), applied AS (
     UPDATE {schema}.tenants AS t
-    SET initial_microcents = t.initial_microcents,
-        remaining_microcents = t.remaining_microcents - (CAST(%(actual)s AS bigint) - (SELECT amount FROM hold)),
+    SET initial_microcents = t.initial_microcents - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold) - CAST(%(actual)s AS bigint)),
+        remaining_microcents = t.remaining_microcents - (CAST(%(actual)s AS bigint) - (SELECT amount FROM hold)) - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold) - CAST(%(actual)s AS bigint)),
         reserved_microcents = t.reserved_microcents - (SELECT amount FROM hold),
         committed_microcents = t.committed_microcents + CAST(%(actual)s AS bigint),
         max_reserved_microcents = t.max_reserved_microcents,
         journal_seq = t.journal_seq + 1,
         journal_head = {schema}.journal_hash(
             t.journal_head, t.tenant_id, t.journal_seq + 1, 'commit', CAST(%(reservation_id)s AS bigint), CAST(%(actual)s AS bigint), (SELECT amount FROM hold),
-            t.initial_microcents, t.remaining_microcents - (CAST(%(actual)s AS bigint) - (SELECT amount FROM hold)), t.reserved_microcents - (SELECT amount FROM hold), t.committed_microcents + CAST(%(actual)s AS bigint), t.max_reserved_microcents, now(), CAST(%(ikey)s AS text))
+            t.initial_microcents - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold) - CAST(%(actual)s AS bigint)), t.remaining_microcents - (CAST(%(actual)s AS bigint) - (SELECT amount FROM hold)) - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold) - CAST(%(actual)s AS bigint)), t.reserved_microcents - (SELECT amount FROM hold), t.committed_microcents + CAST(%(actual)s AS bigint), t.max_reserved_microcents, now(), CAST(%(ikey)s AS text),
+            (SELECT period FROM hold), NULL)
     WHERE t.tenant_id = (SELECT tenant_id FROM hold)
       AND NOT (SELECT lapsed FROM hold)
+      AND (t.renews_at IS NULL OR t.renews_at > now())
       AND t.committed_microcents <= 9223372036854775807 - CAST(%(actual)s AS bigint)
       AND t.remaining_microcents >= CAST(%(actual)s AS bigint) - (SELECT amount FROM hold)
     RETURNING t.*
@@ -191,14 +216,15 @@ hold AS MATERIALIZED (
     INSERT INTO {schema}.journal (
         tenant_id, seq, op, reservation_id, amount_microcents, hold_microcents,
         initial_microcents, remaining_microcents, reserved_microcents, committed_microcents,
-        max_reserved_microcents, idempotency_key, created_at, entry_hash)
+        max_reserved_microcents, idempotency_key, created_at, entry_hash, period_index)
     SELECT j.tenant_id, j.journal_seq, 'commit', CAST(%(reservation_id)s AS bigint), CAST(%(actual)s AS bigint), (SELECT amount FROM hold),
            j.initial_microcents, j.remaining_microcents, j.reserved_microcents,
            j.committed_microcents, j.max_reserved_microcents, CAST(%(ikey)s AS text), now(),
-           j.journal_head
+           j.journal_head, (SELECT period FROM hold)
     FROM applied AS j
 ), probe AS MATERIALIZED (
-    SELECT t.remaining_microcents AS remaining, CASE
+    SELECT t.tenant_id, t.remaining_microcents AS remaining, CASE
+        WHEN t.renews_at <= now() THEN 'renew'
         WHEN (SELECT lapsed FROM hold) THEN 'lapsed'
         WHEN t.committed_microcents > 9223372036854775807 - CAST(%(actual)s AS bigint) THEN 'overflow'
         WHEN CAST(%(actual)s AS bigint) > (SELECT amount FROM hold)
@@ -209,13 +235,18 @@ hold AS MATERIALIZED (
     FROM {schema}.tenants AS t
     WHERE t.tenant_id = (SELECT tenant_id FROM hold) AND NOT EXISTS (SELECT 1 FROM applied)
     FOR NO KEY UPDATE
+), refused AS (
+    INSERT INTO {schema}.refusals (tenant_id, op, status, amount_microcents)
+    SELECT p.tenant_id, 'commit', p.status, CAST(%(actual)s AS bigint)
+    FROM probe AS p WHERE p.status IN ('overflow', 'overrun')
 )
 SELECT 'committed' AS status, a.remaining_microcents AS remaining, NULL::bigint AS returned,
        CASE WHEN (SELECT count(*) FROM gone) <> 1
-            THEN {schema}.invariant_failed('commit settled a tenant without removing its hold') END AS guard
+            THEN {schema}.invariant_failed('commit settled a tenant without removing its hold') END AS guard,
+       a.tenant_id
 FROM applied AS a
 UNION ALL
-SELECT p.status, p.remaining, NULL, NULL FROM probe AS p
+SELECT p.status, p.remaining, NULL, NULL, p.tenant_id FROM probe AS p
 
 -- name: release
 -- Settlements lock the hold row first (holds are only ever inserted and
@@ -226,23 +257,25 @@ SELECT p.status, p.remaining, NULL, NULL FROM probe AS p
 -- (EXPIRED_HOLD, a fresh snapshot) whether it expired.
 WITH
 hold AS MATERIALIZED (
-    SELECT tenant_id, amount_microcents AS amount,
+    SELECT tenant_id, amount_microcents AS amount, period_index AS period,
            COALESCE(expires_at <= now(), false) AS lapsed
     FROM {schema}.reservations
     WHERE reservation_id = CAST(%(reservation_id)s AS bigint)
     FOR UPDATE
 ), applied AS (
     UPDATE {schema}.tenants AS t
-    SET initial_microcents = t.initial_microcents,
-        remaining_microcents = t.remaining_microcents + (SELECT amount FROM hold),
+    SET initial_microcents = t.initial_microcents - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)),
+        remaining_microcents = t.remaining_microcents + (SELECT amount FROM hold) - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)),
         reserved_microcents = t.reserved_microcents - (SELECT amount FROM hold),
         committed_microcents = t.committed_microcents,
         max_reserved_microcents = t.max_reserved_microcents,
         journal_seq = t.journal_seq + 1,
         journal_head = {schema}.journal_hash(
             t.journal_head, t.tenant_id, t.journal_seq + 1, 'release', CAST(%(reservation_id)s AS bigint), (SELECT amount FROM hold), NULL,
-            t.initial_microcents, t.remaining_microcents + (SELECT amount FROM hold), t.reserved_microcents - (SELECT amount FROM hold), t.committed_microcents, t.max_reserved_microcents, now(), CAST(%(ikey)s AS text))
+            t.initial_microcents - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.remaining_microcents + (SELECT amount FROM hold) - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.reserved_microcents - (SELECT amount FROM hold), t.committed_microcents, t.max_reserved_microcents, now(), CAST(%(ikey)s AS text),
+            (SELECT period FROM hold), NULL)
     WHERE t.tenant_id = (SELECT tenant_id FROM hold) AND NOT (SELECT lapsed FROM hold)
+      AND (t.renews_at IS NULL OR t.renews_at > now())
     RETURNING t.*
 ), gone AS (
     DELETE FROM {schema}.reservations AS r
@@ -253,42 +286,49 @@ hold AS MATERIALIZED (
     INSERT INTO {schema}.journal (
         tenant_id, seq, op, reservation_id, amount_microcents, hold_microcents,
         initial_microcents, remaining_microcents, reserved_microcents, committed_microcents,
-        max_reserved_microcents, idempotency_key, created_at, entry_hash)
+        max_reserved_microcents, idempotency_key, created_at, entry_hash, period_index)
     SELECT j.tenant_id, j.journal_seq, 'release', CAST(%(reservation_id)s AS bigint), (SELECT amount FROM hold), NULL,
            j.initial_microcents, j.remaining_microcents, j.reserved_microcents,
            j.committed_microcents, j.max_reserved_microcents, CAST(%(ikey)s AS text), now(),
-           j.journal_head
+           j.journal_head, (SELECT period FROM hold)
     FROM applied AS j
 )
 SELECT 'released' AS status, a.remaining_microcents AS remaining,
        (SELECT amount FROM hold) AS returned,
        CASE WHEN (SELECT count(*) FROM gone) <> 1
-            THEN {schema}.invariant_failed('release refunded a tenant without removing its hold') END AS guard
+            THEN {schema}.invariant_failed('release refunded a tenant without removing its hold') END AS guard,
+       a.tenant_id
 FROM applied AS a
 UNION ALL
-SELECT 'lapsed', NULL, NULL, NULL FROM hold WHERE lapsed
+SELECT 'lapsed', NULL, NULL, NULL, tenant_id FROM hold WHERE lapsed
+UNION ALL
+-- The hold is live and not lapsed, so only a due renewal stopped the UPDATE.
+SELECT 'renew', NULL, NULL, NULL, tenant_id FROM hold
+WHERE NOT lapsed AND NOT EXISTS (SELECT 1 FROM applied)
 
 -- name: release_for_tenant
 -- As release, with the tenant named by the caller.
 WITH
 hold AS MATERIALIZED (
-    SELECT tenant_id, amount_microcents AS amount,
+    SELECT tenant_id, amount_microcents AS amount, period_index AS period,
            COALESCE(expires_at <= now(), false) AS lapsed
     FROM {schema}.reservations
     WHERE reservation_id = CAST(%(reservation_id)s AS bigint) AND tenant_id = %(tenant_id)s
     FOR UPDATE
 ), applied AS (
     UPDATE {schema}.tenants AS t
-    SET initial_microcents = t.initial_microcents,
-        remaining_microcents = t.remaining_microcents + (SELECT amount FROM hold),
+    SET initial_microcents = t.initial_microcents - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)),
+        remaining_microcents = t.remaining_microcents + (SELECT amount FROM hold) - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)),
         reserved_microcents = t.reserved_microcents - (SELECT amount FROM hold),
         committed_microcents = t.committed_microcents,
         max_reserved_microcents = t.max_reserved_microcents,
         journal_seq = t.journal_seq + 1,
         journal_head = {schema}.journal_hash(
             t.journal_head, t.tenant_id, t.journal_seq + 1, 'release', CAST(%(reservation_id)s AS bigint), (SELECT amount FROM hold), NULL,
-            t.initial_microcents, t.remaining_microcents + (SELECT amount FROM hold), t.reserved_microcents - (SELECT amount FROM hold), t.committed_microcents, t.max_reserved_microcents, now(), CAST(%(ikey)s AS text))
+            t.initial_microcents - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.remaining_microcents + (SELECT amount FROM hold) - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.reserved_microcents - (SELECT amount FROM hold), t.committed_microcents, t.max_reserved_microcents, now(), CAST(%(ikey)s AS text),
+            (SELECT period FROM hold), NULL)
     WHERE t.tenant_id = (SELECT tenant_id FROM hold) AND NOT (SELECT lapsed FROM hold)
+      AND (t.renews_at IS NULL OR t.renews_at > now())
     RETURNING t.*
 ), gone AS (
     DELETE FROM {schema}.reservations AS r
@@ -299,20 +339,25 @@ hold AS MATERIALIZED (
     INSERT INTO {schema}.journal (
         tenant_id, seq, op, reservation_id, amount_microcents, hold_microcents,
         initial_microcents, remaining_microcents, reserved_microcents, committed_microcents,
-        max_reserved_microcents, idempotency_key, created_at, entry_hash)
+        max_reserved_microcents, idempotency_key, created_at, entry_hash, period_index)
     SELECT j.tenant_id, j.journal_seq, 'release', CAST(%(reservation_id)s AS bigint), (SELECT amount FROM hold), NULL,
            j.initial_microcents, j.remaining_microcents, j.reserved_microcents,
            j.committed_microcents, j.max_reserved_microcents, CAST(%(ikey)s AS text), now(),
-           j.journal_head
+           j.journal_head, (SELECT period FROM hold)
     FROM applied AS j
 )
 SELECT 'released' AS status, a.remaining_microcents AS remaining,
        (SELECT amount FROM hold) AS returned,
        CASE WHEN (SELECT count(*) FROM gone) <> 1
-            THEN {schema}.invariant_failed('release refunded a tenant without removing its hold') END AS guard
+            THEN {schema}.invariant_failed('release refunded a tenant without removing its hold') END AS guard,
+       a.tenant_id
 FROM applied AS a
 UNION ALL
-SELECT 'lapsed', NULL, NULL, NULL FROM hold WHERE lapsed
+SELECT 'lapsed', NULL, NULL, NULL, tenant_id FROM hold WHERE lapsed
+UNION ALL
+-- The hold is live and not lapsed, so only a due renewal stopped the UPDATE.
+SELECT 'renew', NULL, NULL, NULL, tenant_id FROM hold
+WHERE NOT lapsed AND NOT EXISTS (SELECT 1 FROM applied)
 
 -- name: expired_hold
 SELECT amount_microcents AS returned FROM {schema}.journal

@@ -1,5 +1,6 @@
 -- Tenant writes: create, cap, top up. Each is one statement that also appends its
--- journal entry (see spend.sql for the shape every write shares).
+-- journal entry (see spend.sql for the shape every write shares). Cap and
+-- top-up never apply to a tenant due for renewal: they answer 'renew' first.
 
 -- name: ensure_tenant
 WITH parked AS (
@@ -45,6 +46,7 @@ WITH applied AS (
             t.journal_head, t.tenant_id, t.journal_seq + 1, 'cap', NULL, CAST(%(cap)s AS bigint), NULL,
             t.initial_microcents, t.remaining_microcents, t.reserved_microcents, t.committed_microcents, CAST(%(cap)s AS bigint), now(), CAST(%(ikey)s AS text))
     WHERE t.tenant_id = %(tenant_id)s
+      AND (t.renews_at IS NULL OR t.renews_at > now())
     RETURNING t.*
 ), logged AS (
     INSERT INTO {schema}.journal (
@@ -57,7 +59,11 @@ WITH applied AS (
            j.journal_head
     FROM applied AS j
 )
-SELECT tenant_id FROM applied
+SELECT 'capped' AS status, tenant_id FROM applied
+UNION ALL
+-- Not applied to an existing tenant: it is due for renewal (renew, then run again).
+SELECT 'renew', tenant_id FROM {schema}.tenants
+WHERE tenant_id = %(tenant_id)s AND renews_at <= now() AND NOT EXISTS (SELECT 1 FROM applied)
 
 -- name: top_up
 WITH applied AS (
@@ -72,6 +78,7 @@ WITH applied AS (
             t.journal_head, t.tenant_id, t.journal_seq + 1, 'top_up', NULL, CAST(%(amount)s AS bigint), NULL,
             t.initial_microcents + CAST(%(amount)s AS bigint), t.remaining_microcents + CAST(%(amount)s AS bigint), t.reserved_microcents, t.committed_microcents, t.max_reserved_microcents, now(), CAST(%(ikey)s AS text))
     WHERE t.tenant_id = %(tenant_id)s
+      AND (t.renews_at IS NULL OR t.renews_at > now())
       AND t.initial_microcents <= 9223372036854775807 - CAST(%(amount)s AS bigint)
       AND t.remaining_microcents <= 9223372036854775807 - CAST(%(amount)s AS bigint)
     RETURNING t.*
@@ -86,7 +93,8 @@ WITH applied AS (
            j.journal_head
     FROM applied AS j
 ), probe AS MATERIALIZED (
-    SELECT CASE
+    SELECT tenant_id, CASE
+        WHEN renews_at <= now() THEN 'renew'
         WHEN initial_microcents > 9223372036854775807 - CAST(%(amount)s AS bigint) THEN 'overflow'
         WHEN remaining_microcents > 9223372036854775807 - CAST(%(amount)s AS bigint) THEN 'overflow'
         ELSE 'retry'
@@ -96,7 +104,7 @@ WITH applied AS (
     FOR NO KEY UPDATE
 )
 SELECT 'topped_up' AS status, a.initial_microcents AS new_initial,
-       a.remaining_microcents AS new_remaining
+       a.remaining_microcents AS new_remaining, a.tenant_id
 FROM applied AS a
 UNION ALL
-SELECT p.status, NULL, NULL FROM probe AS p
+SELECT p.status, NULL, NULL, p.tenant_id FROM probe AS p

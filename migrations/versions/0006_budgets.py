@@ -93,6 +93,7 @@ def _expand() -> None:
     _periods(s, q)
     _refusals(s)
     _functions(q)
+    _period_functions(q)
 
 
 def _one_connection_per_node_on_citus() -> None:
@@ -253,6 +254,242 @@ def _functions(q: str) -> None:
     )
 
 
+def _period_functions(q: str) -> None:
+    """Renewal, allowance changes and the crossing rule (docs/periods.md).
+
+    ``enter_period`` appends one ``renew`` entry to a locked tenant;
+    ``renew_tenant`` locks a tenant and renews every period that has begun
+    since its last renewal, once per period index, in order (the row lock makes
+    concurrent callers wait, then find nothing due); ``set_allowance`` and
+    ``clear_allowance`` start and end a tenant's periods; ``forfeited`` is what a
+    settlement of a hold from a closed period gives up (inlined, like
+    ``journal_hash``). All of them read the clock through ``now()``: the
+    transaction's start, so a retried statement sees the same boundary.
+    """
+    op.execute(
+        sa.text(f"""
+        CREATE FUNCTION {q}.forfeited(hold_period bigint, tenant_period bigint, unspent bigint)
+        RETURNS bigint
+        LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+            SELECT CASE WHEN hold_period IS NOT NULL AND hold_period IS DISTINCT FROM tenant_period
+                        THEN greatest(unspent, 0) ELSE 0 END
+        $$
+    """)
+    )
+    op.execute(
+        sa.text(f"""
+        CREATE FUNCTION {q}.period_index_at(
+            anchor timestamptz, time_zone text, months bigint, days bigint, at timestamptz
+        ) RETURNS bigint
+        LANGUAGE plpgsql STABLE AS $$
+        DECLARE
+            local_at timestamp := at AT TIME ZONE time_zone;
+            local_anchor timestamp := anchor AT TIME ZONE time_zone;
+            k bigint;
+        BEGIN
+            -- An estimate from the local calendar, then exact steps either way.
+            IF months > 0 THEN
+                k := ((extract(year FROM local_at) - extract(year FROM local_anchor)) * 12
+                      + extract(month FROM local_at) - extract(month FROM local_anchor))::bigint
+                     / months;
+            ELSE
+                k := floor(extract(epoch FROM local_at - local_anchor) / 86400 / days)::bigint;
+            END IF;
+            WHILE {q}.period_start(anchor, time_zone, months, days, k) > at LOOP
+                k := k - 1;
+            END LOOP;
+            WHILE {q}.period_start(anchor, time_zone, months, days, k + 1) <= at LOOP
+                k := k + 1;
+            END LOOP;
+            RETURN k;
+        END
+        $$
+    """)
+    )
+    op.execute(
+        sa.text(f"""
+        CREATE FUNCTION {q}.enter_period(
+            tenant text, period bigint, allowance bigint, carry bigint, next_renewal timestamptz,
+            at timestamptz, ikey text, why text
+        ) RETURNS {q}.tenants
+        LANGUAGE plpgsql AS $$
+        DECLARE
+            t {q}.tenants;
+        BEGIN
+            -- remaining := carry + allowance; initial moves by the same difference.
+            UPDATE {q}.tenants AS x
+            SET initial_microcents = x.initial_microcents
+                    + (carry + allowance - x.remaining_microcents),
+                remaining_microcents = carry + allowance,
+                journal_seq = x.journal_seq + 1,
+                journal_head = {q}.journal_hash(
+                    x.journal_head, x.tenant_id, x.journal_seq + 1, 'renew', NULL, allowance,
+                    carry, x.initial_microcents + (carry + allowance - x.remaining_microcents),
+                    carry + allowance, x.reserved_microcents, x.committed_microcents,
+                    x.max_reserved_microcents, at, ikey, period, why),
+                period_index = period,
+                renews_at = next_renewal
+            WHERE x.tenant_id = tenant
+            RETURNING x.* INTO t;
+            INSERT INTO {q}.journal (
+                tenant_id, seq, op, reservation_id, amount_microcents, hold_microcents,
+                initial_microcents, remaining_microcents, reserved_microcents,
+                committed_microcents, max_reserved_microcents, idempotency_key, created_at,
+                entry_hash, period_index, reason)
+            VALUES (t.tenant_id, t.journal_seq, 'renew', NULL, allowance, carry,
+                    t.initial_microcents, t.remaining_microcents, t.reserved_microcents,
+                    t.committed_microcents, t.max_reserved_microcents, ikey, at,
+                    t.journal_head, period, why);
+            RETURN t;
+        END
+        $$
+    """)
+    )
+    op.execute(
+        sa.text(f"""
+        CREATE FUNCTION {q}.renew_tenant(tenant text) RETURNS integer
+        LANGUAGE plpgsql AS $$
+        DECLARE
+            t {q}.tenants;
+            a {q}.allowances;
+            k bigint;
+            renewed integer := 0;
+        BEGIN
+            SELECT * INTO t FROM {q}.tenants WHERE tenant_id = tenant FOR NO KEY UPDATE;
+            IF NOT FOUND OR t.renews_at IS NULL OR t.renews_at > now() THEN
+                RETURN 0;  -- nothing due, or a concurrent caller renewed first
+            END IF;
+            SELECT * INTO a FROM {q}.allowances WHERE tenant_id = tenant;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'tenant % is due for renewal but has no allowance', tenant
+                    USING ERRCODE = 'LG001';
+            END IF;
+            -- Each period that has begun: its own entry, keyed by its index,
+            -- dated at its boundary (so as-of answers do not depend on when it ran).
+            WHILE t.renews_at <= now() LOOP
+                k := t.period_index + 1;
+                t := {q}.enter_period(
+                    tenant, k, a.allowance_microcents,
+                    least(greatest(t.remaining_microcents, a.min_rollover_microcents),
+                          a.max_rollover_microcents),
+                    {q}.period_start(a.anchor, a.time_zone, a.period_months, a.period_days, k + 1),
+                    t.renews_at, NULL, NULL);
+                renewed := renewed + 1;
+            END LOOP;
+            RETURN renewed;
+        END
+        $$
+    """)
+    )
+    op.execute(
+        sa.text(f"""
+        CREATE FUNCTION {q}.set_allowance(
+            tenant text, allowance bigint, months bigint, days bigint, anchor_at timestamptz,
+            zone text, min_rollover bigint, max_rollover bigint, ikey text
+        ) RETURNS TABLE (status text, period_index bigint, remaining bigint)
+        LANGUAGE plpgsql AS $$
+        DECLARE
+            t {q}.tenants;
+            prev {q}.allowances;
+            k bigint;
+        BEGIN
+            -- The server's zone list can differ from the client's: ask it.
+            IF NOT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = zone) THEN
+                RETURN QUERY SELECT 'unknown_time_zone'::text, NULL::bigint, NULL::bigint;
+                RETURN;
+            END IF;
+            PERFORM {q}.renew_tenant(tenant);  -- periods already due renew on the old terms
+            SELECT * INTO t FROM {q}.tenants AS x WHERE x.tenant_id = tenant FOR NO KEY UPDATE;
+            IF NOT FOUND THEN
+                RETURN QUERY SELECT 'missing_tenant'::text, NULL::bigint, NULL::bigint;
+                RETURN;
+            END IF;
+            SELECT * INTO prev FROM {q}.allowances AS x WHERE x.tenant_id = tenant;
+            INSERT INTO {q}.allowances AS x (
+                tenant_id, allowance_microcents, period_months, period_days, anchor, time_zone,
+                min_rollover_microcents, max_rollover_microcents)
+            VALUES (tenant, allowance, months, days, anchor_at, zone, min_rollover, max_rollover)
+            ON CONFLICT (tenant_id) DO UPDATE
+            SET allowance_microcents = EXCLUDED.allowance_microcents,
+                period_months = EXCLUDED.period_months, period_days = EXCLUDED.period_days,
+                anchor = EXCLUDED.anchor, time_zone = EXCLUDED.time_zone,
+                min_rollover_microcents = EXCLUDED.min_rollover_microcents,
+                max_rollover_microcents = EXCLUDED.max_rollover_microcents;
+            IF prev.tenant_id IS NOT NULL AND t.period_index IS NOT NULL
+               AND prev.anchor = anchor_at AND prev.time_zone = zone
+               AND prev.period_months = months AND prev.period_days = days THEN
+                -- Same schedule: new amounts apply from the next boundary on.
+                RETURN QUERY SELECT 'allowance_set'::text, t.period_index, t.remaining_microcents;
+                RETURN;
+            END IF;
+            k := {q}.period_index_at(anchor_at, zone, months, days, now());
+            IF t.period_index IS NOT NULL AND k <= t.period_index THEN
+                -- A new schedule whose index does not move forward: leave the old periods first.
+                t := {q}.enter_period(tenant, NULL, 0, t.remaining_microcents, NULL, now(), NULL,
+                                      'schedule changed');
+            END IF;
+            -- The period containing now() starts with nothing credited: what the
+            -- tenant has is carried unchanged; the first allowance comes at the
+            -- next boundary.
+            t := {q}.enter_period(
+                tenant, k, 0, t.remaining_microcents,
+                {q}.period_start(anchor_at, zone, months, days, k + 1), now(), ikey,
+                'allowance set');
+            RETURN QUERY SELECT 'allowance_set'::text, t.period_index, t.remaining_microcents;
+        END
+        $$
+    """)
+    )
+    op.execute(
+        sa.text(f"""
+        CREATE FUNCTION {q}.clear_allowance(tenant text, ikey text)
+        RETURNS TABLE (status text, period_index bigint, remaining bigint)
+        LANGUAGE plpgsql AS $$
+        DECLARE
+            t {q}.tenants;
+        BEGIN
+            PERFORM {q}.renew_tenant(tenant);  -- periods already due are still owed
+            SELECT * INTO t FROM {q}.tenants AS x WHERE x.tenant_id = tenant FOR NO KEY UPDATE;
+            IF NOT FOUND THEN
+                RETURN QUERY SELECT 'missing_tenant'::text, NULL::bigint, NULL::bigint;
+                RETURN;
+            END IF;
+            DELETE FROM {q}.allowances AS x WHERE x.tenant_id = tenant;
+            IF t.period_index IS NOT NULL THEN
+                -- The tenant leaves its periods; remaining is kept as it is.
+                t := {q}.enter_period(tenant, NULL, 0, t.remaining_microcents, NULL, now(), ikey,
+                                      'allowance cleared');
+            END IF;
+            RETURN QUERY SELECT 'allowance_cleared'::text, NULL::bigint, t.remaining_microcents;
+        END
+        $$
+    """)
+    )
+
+
+def _drop_period_functions(q: str) -> None:
+    op.execute(sa.text(f"DROP FUNCTION {q}.clear_allowance(text, text)"))
+    op.execute(
+        sa.text(
+            f"DROP FUNCTION {q}.set_allowance("
+            "text, bigint, bigint, bigint, timestamptz, text, bigint, bigint, text)"
+        )
+    )
+    op.execute(sa.text(f"DROP FUNCTION {q}.renew_tenant(text)"))
+    op.execute(
+        sa.text(
+            f"DROP FUNCTION {q}.enter_period("
+            "text, bigint, bigint, bigint, timestamptz, timestamptz, text, text)"
+        )
+    )
+    op.execute(
+        sa.text(
+            f"DROP FUNCTION {q}.period_index_at(timestamptz, text, bigint, bigint, timestamptz)"
+        )
+    )
+    op.execute(sa.text(f"DROP FUNCTION {q}.forfeited(bigint, bigint, bigint)"))
+
+
 def downgrade() -> None:
     migrator.locked(_contract)
 
@@ -260,6 +497,7 @@ def downgrade() -> None:
 def _contract() -> None:
     s = _schema()
     q = f'"{s}"'
+    _drop_period_functions(q)
     op.execute(
         sa.text(f"DROP FUNCTION {q}.period_start(timestamptz, text, bigint, bigint, bigint)")
     )
