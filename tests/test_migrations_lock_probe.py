@@ -8,8 +8,9 @@ on a shared machine. Wall-clock latencies and sampled lock waits are measured
 too and printed (docs/migrations.md quotes them).
 
 Two upgrades are probed:
-- previous head to head (today 0003 -> 0004: an index built CONCURRENTLY on
-  the journal) with the library's own reserve/commit writer and balance reader;
+- previous head to head (today 0005 -> 0006) with the previous release's
+  reserve/commit writer (its statements, kept verbatim in tests/released/) and
+  a balance reader: what a rolling deploy runs while the migration does;
 - 0001 -> 0003, the once-blocking revision 0002 (DDL, then its backfill in
   batches), with a plain reader of ``tenants``. No writer there: writes by
   a pre-journal application during that upgrade would go unjournaled,
@@ -29,10 +30,10 @@ import psycopg
 import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, make_url
 
 import ledger
 from ledger import errors, migrator
+from ledger._queries import parse
 from ledger.migrator import current_revision, head_revision
 
 from .conftest import _plain
@@ -115,19 +116,6 @@ def probe_url(url: str, name: str) -> str:
     )
 
 
-def probe_sqlalchemy_url(url: str, name: str) -> str:
-    return (
-        make_url(url)
-        .update_query_dict(
-            {
-                "application_name": f"probe-{name}",
-                "options": f"-c lock_timeout={int(WAIT_BOUND_S * 1000)}ms",
-            }
-        )
-        .render_as_string(hide_password=False)
-    )
-
-
 def load_ledger(url: str) -> None:
     """100,000 tenants, every fifth with an open hold, written as revision 0001 stored them."""
     with psycopg.connect(_plain(url)) as conn:
@@ -202,6 +190,41 @@ def tenant_reader(url: str, name: str) -> tuple[Loop, psycopg.Connection]:
     return Loop(name, read_tenant), conn
 
 
+#: The revision the previous release ran on; tests/released/ holds its writer's statements.
+RELEASED_WRITER = "0005"
+
+
+def released_writer(url: str, name: str) -> tuple[Loop, psycopg.Connection]:
+    """The previous release's reserve and commit, as it sent them (raw SQL, autocommit)."""
+    statements = parse((Path(__file__).parent / "released" / "spend_0005.sql").read_text())
+    reserve, commit = (
+        statements[n].replace("{schema}", '"ledger"') for n in ("try_reserve", "commit_for_tenant")
+    )
+    conn = psycopg.connect(probe_url(url, name), autocommit=True)
+    rng = random.Random(4)
+
+    def until_answered(sql: str, params: dict[str, object]) -> tuple[object, ...]:
+        while True:  # 'retry' is the statement's own compare-and-swap loop
+            row = conn.execute(sql, params).fetchone()
+            assert row is not None
+            if row[0] != "retry":
+                return tuple(row)
+
+    def reserve_and_commit() -> None:
+        tenant = f"t{rng.randint(1, TENANTS):06d}"
+        hold = until_answered(
+            reserve,
+            {"tenant_id": tenant, "amount": 50, "ikey": None, "ttl_us": None, "expires_at": None},
+        )
+        assert hold[0] == "reserved", hold
+        done = until_answered(
+            commit, {"reservation_id": hold[4], "tenant_id": tenant, "actual": 20, "ikey": None}
+        )
+        assert done[0] == "committed", done
+
+    return Loop(name, reserve_and_commit), conn
+
+
 @pytest.fixture
 def big_ledger(empty_db_url: str) -> Iterator[str]:
     ledger.migrate(empty_db_url, "0001")
@@ -225,42 +248,36 @@ def test_upgrades_of_a_busy_ledger_make_no_one_wait_over_a_second(
     assert reader.lock_timeouts == 0, figures
     assert reader.during(window), "the reader made no progress during the upgrade"
 
-    # Previous head -> head, reader and writer through the library.
+    # Previous head -> head while the previous release runs: its reader and writer
+    # (the released statements, verbatim) must never wait.
     previous = ScriptDirectory.from_config(migrator._config("ledger")).get_revision("head")
     assert previous is not None and isinstance(previous.down_revision, str)
+    assert previous.down_revision == RELEASED_WRITER, "refresh tests/released/ for this release"
     ledger.migrate(url, previous.down_revision)
-    read_engine = create_engine(probe_sqlalchemy_url(url, "reader"))
-    write_engine = create_engine(probe_sqlalchemy_url(url, "writer"))
-    with ledger.Ledger(read_engine) as rbook, ledger.Ledger(write_engine) as wbook:
-        r_rng, w_rng = random.Random(3), random.Random(4)
-
-        def read_balance() -> None:
-            rbook.tenant(f"t{r_rng.randint(1, TENANTS):06d}")
-
-        def reserve_and_commit() -> None:
-            tenant = f"t{w_rng.randint(1, TENANTS):06d}"
-            hold = wbook.try_reserve(tenant, 50).raise_for_status()
-            wbook.commit(hold.reservation_id, 20, tenant_id=tenant)
-
-        loops = [Loop("reader", read_balance), Loop("writer", reserve_and_commit)]
-        title = f"{previous.down_revision} -> {head_revision()} (previous head -> head)"
-        lines, window = run_probe(title, url, "head", loops)
-        figures += lines
-        for loop in loops:
-            assert loop.failures == [], loop.failures
-            assert loop.lock_timeouts == 0, figures
-            assert loop.during(window), f"the {loop.name} made no progress during the upgrade"
-        assert current_revision(url) == head_revision()
-        with psycopg.connect(_plain(url)) as conn:  # no CONCURRENTLY build left half-done
-            assert conn.execute(
-                "SELECT count(*) FILTER (WHERE NOT i.indisvalid), count(*) FROM pg_index AS i"
-                " JOIN pg_class AS c ON c.oid = i.indexrelid"
-                " WHERE c.relnamespace = 'ledger'::regnamespace"
-            ).fetchone()[:1] == (0,)  # type: ignore[index]
-        report_ = wbook.verify_journal()
+    reader, reader_conn = tenant_reader(url, "reader")
+    writer, writer_conn = released_writer(url, "writer")
+    loops = [reader, writer]
+    title = f"{previous.down_revision} -> {head_revision()} (previous head -> head)"
+    lines, window = run_probe(title, url, "head", loops)
+    reader_conn.close()
+    writer_conn.close()
+    figures += lines
+    for loop in loops:
+        assert loop.failures == [], loop.failures
+        assert loop.lock_timeouts == 0, figures
+        assert loop.during(window), f"the {loop.name} made no progress during the upgrade"
+    assert current_revision(url) == head_revision()
+    with psycopg.connect(_plain(url)) as conn:  # no CONCURRENTLY build left half-done
+        assert conn.execute(
+            "SELECT count(*) FILTER (WHERE NOT i.indisvalid), count(*) FROM pg_index AS i"
+            " JOIN pg_class AS c ON c.oid = i.indexrelid"
+            " WHERE c.relnamespace = 'ledger'::regnamespace"
+        ).fetchone()[:1] == (0,)  # type: ignore[index]
+    # What the previous release wrote, before and during the upgrade, replays under head.
+    with ledger.Ledger(url) as book:
+        report_ = book.verify_journal()
         assert report_.ok, report_
-    read_engine.dispose()
-    write_engine.dispose()
+        assert book.verify_conservation().is_balanced
     with capsys.disabled():
         print(f"\nlock probe ({TENANTS} tenants, {HOLDS} open holds):")
         for line in figures:

@@ -89,11 +89,32 @@ def _expand() -> None:
     s = _schema()
     q = f'"{s}"'
     _one_connection_per_node_on_citus()
+    _lock_in_traffic_order(q)
     _journal(s, q)
     _periods(s, q)
     _refusals(s)
     _functions(q)
     _period_functions(q)
+
+
+def _lock_in_traffic_order(q: str) -> None:
+    """Take every table this revision alters at once, in the order writes lock them.
+
+    A reserve or a settlement locks ``tenants``, then ``reservations``, then
+    ``journal`` (the order of its statement's CTEs). Altering ``journal`` first
+    and ``tenants`` second would meet a write holding ``tenants`` and waiting
+    for ``journal``: a lock cycle, which the lock probe
+    (tests/test_migrations_lock_probe.py) hit as lock timeouts on every try.
+    Taken up front in the same order, a write either finishes before the
+    revision or queues behind it holding nothing; the revision's transaction
+    is metadata-only, so the queue clears in milliseconds.
+    """
+    op.execute(
+        sa.text(
+            f"LOCK TABLE {q}.tenants, {q}.reservations, {q}.journal,"
+            f" {q}.certificate_checkpoints IN ACCESS EXCLUSIVE MODE"
+        )
+    )
 
 
 def _one_connection_per_node_on_citus() -> None:
