@@ -38,8 +38,10 @@ from .finance import (
 from .journal import JournalReport
 from .migrator import migrate
 from .outcomes import (
+    AdjustOutcome,
     Balance,
     ConservationStatus,
+    RefundOutcome,
     ReserveOutcome,
     SettlementOutcome,
     Status,
@@ -51,6 +53,7 @@ __version__ = _version("sql-ledger")
 
 __all__ = [
     "MICROCENTS_PER_CENT",
+    "AdjustOutcome",
     "AsyncHold",
     "AsyncLedger",
     "Balance",
@@ -65,6 +68,7 @@ __all__ = [
     "Hold",
     "JournalReport",
     "Ledger",
+    "RefundOutcome",
     "ReleaseItem",
     "ReserveItem",
     "ReserveOutcome",

@@ -120,6 +120,9 @@ class Queries:
     restore_update: str
     restore_insert: str
     restore_version: str
+    # corrections.sql
+    refund: str
+    adjust: str
 
 
 @functools.cache
