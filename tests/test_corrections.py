@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, pool, text
 import ledger
 from ledger import errors
 from ledger.journal import entry_hash
-from ledger.roles import create_roles
+from ledger.roles import create_roles, enable_row_level_security
 
 from .helpers import I64_MAX, I64_MIN, state
 from .test_journal import kinds, tamper
@@ -742,3 +742,49 @@ def test_the_application_role_may_refund_and_adjust(db_url: str) -> None:
             engine.dispose()
         assert book.tenant("a") == ledger.TenantLedger("a", 990, 840, 0, 150)
         assert book.verify_journal().ok
+
+
+def test_a_tenant_scoped_role_refunds_only_its_own_tenant(db_url: str) -> None:
+    """Row-level security applies inside refund_commit (SECURITY INVOKER)."""
+    enable_row_level_security(db_url)
+    engine = create_engine(db_url, poolclass=pool.NullPool)
+    with ledger.Ledger(db_url) as book:
+        book.ensure_tenant("mine", 1_000)
+        book.ensure_tenant("theirs", 1_000)
+        mine = committed(book, "mine", 100, 100)
+        theirs = committed(book, "theirs", 100, 100)
+        try:
+            with engine.connect() as conn:
+                conn.execute(text('SET ROLE "ledger_tenant_app"'))
+                conn.commit()
+                with conn.begin():
+                    conn.execute(text("SET LOCAL ledger.tenant_id = 'mine'"))
+                    assert book.refund("mine", mine, 10, reason="r", connection=conn).ok
+                    other = book.refund("theirs", theirs, 10, reason="r", connection=conn)
+                    assert other.status == "missing_tenant"
+                    assert book.adjust("theirs", 5, reason="r", connection=conn).status == (
+                        "missing_tenant"
+                    )
+        finally:
+            engine.dispose()
+        assert book.committed_microcents("mine") == 90
+        assert book.tenant("theirs") == ledger.TenantLedger("theirs", 1_000, 900, 0, 100)
+
+
+def test_certificates_and_checkpoint_replay_with_refunds(book: ledger.Ledger) -> None:
+    """The certified high-water mark never moves back (docs/corrections.md, Certificates)."""
+    book.ensure_tenant("a", 10_000)
+    rid = committed(book, "a", 1_000, 1_000)
+    first = book.certify()
+    assert first.committed_since_last_certificate == 1_000
+    book.refund("a", rid, 400, reason="r")
+    committed(book, "a", 300, 300)  # replaces refunded spend: not certified again
+    assert book.certify().committed_since_last_certificate == 0
+    committed(book, "a", 500, 500)  # 1,400 lifetime: 400 above the mark
+    third = book.certify()
+    assert third.committed_since_last_certificate == 400
+    # a refund of a commit from before the checkpoint replays from that checkpoint
+    assert book.refund("a", rid, 600, reason="r").ok
+    assert third.certificate_id is not None
+    assert book.verify_journal(since_certificate=third.certificate_id).ok
+    assert book.verify_journal().ok
