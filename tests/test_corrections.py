@@ -13,6 +13,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import create_engine, pool, text
 
 import ledger
@@ -20,7 +22,7 @@ from ledger import errors
 from ledger.journal import entry_hash
 from ledger.roles import create_roles, enable_row_level_security
 
-from .helpers import I64_MAX, I64_MIN, state
+from .helpers import I64_MAX, I64_MIN, reset, state
 from .test_journal import kinds, tamper
 
 THREADS = 12
@@ -788,3 +790,100 @@ def test_certificates_and_checkpoint_replay_with_refunds(book: ledger.Ledger) ->
     assert third.certificate_id is not None
     assert book.verify_journal(since_certificate=third.certificate_id).ok
     assert book.verify_journal().ok
+
+
+CORRECTION_SETTINGS = settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+@CORRECTION_SETTINGS
+@given(
+    steps=st.lists(
+        st.tuples(
+            # weighted towards refunds of commits, the interesting case
+            st.sampled_from(["reserve", "commit", "refund", "reserve", "commit", "refund"])
+            | st.sampled_from(["release", "adjust", "refund"]),
+            st.integers(0, 1),  # tenant
+            st.integers(0, 255),  # which hold or commit
+            st.one_of(st.integers(1, 400_000), st.integers(-400_000, -1), st.sampled_from([1, -1])),
+        ),
+        min_size=20,
+        max_size=60,
+    )
+)
+def test_property_corrections_interleaved_with_spend(
+    db_url: str, raw: psycopg.Connection, steps: list[tuple[str, int, int, int]]
+) -> None:
+    """Hypothesis drives every write on three tenants; a model predicts each outcome.
+
+    After every step: the tenant rows equal the model, conservation holds and
+    the journal replays without a discrepancy.
+    """
+    reset(raw)
+    tenants = ["p-0", "p-é"]
+    model = {t: [1_000_000, 1_000_000, 0, 0] for t in tenants}  # initial, remaining, res, com
+    holds: dict[int, tuple[str, int]] = {}
+    left: dict[int, tuple[str, int]] = {}
+    charged: dict[int, int] = {}
+    with ledger.Ledger(db_url) as book:
+        for t in tenants:
+            book.ensure_tenant(t, 1_000_000)
+        for op, ti, sel, amount in steps:
+            t = tenants[ti]
+            m = model[t]
+            if op == "reserve":
+                out: Any = book.try_reserve(t, abs(amount))
+                assert out.ok == (abs(amount) <= m[1])
+                if out.ok:
+                    holds[out.reservation_id] = (t, abs(amount))
+                    m[1] -= abs(amount)
+                    m[2] += abs(amount)
+            elif op in ("commit", "release") and holds:
+                rid = sorted(holds)[sel % len(holds)]
+                owner, hold = holds.pop(rid)
+                mo = model[owner]
+                actual = 0 if op == "release" else min(abs(amount), hold)
+                out = book.release(rid) if op == "release" else book.commit(rid, actual)
+                assert out.ok
+                mo[1] += hold - actual
+                mo[2] -= hold
+                mo[3] += actual
+                if op == "commit":
+                    left[rid] = (owner, actual)
+                    charged[rid] = actual
+            elif op == "refund":
+                known = sorted(left) + sorted(holds)
+                rid = known[sel % len(known)] if known else 10**6 + sel
+                # at most the whole commit each time, so that it takes several to exceed it
+                want = 1 + abs(amount) % charged[rid] if charged.get(rid) else abs(amount)
+                if rid in left and sel % 4:  # mostly the commit's own tenant
+                    t, m = left[rid][0], model[left[rid][0]]
+                out = book.refund(t, rid, want, reason="property")
+                if rid not in left or left[rid][0] != t:
+                    assert out.status == "unknown_commit"
+                elif want > left[rid][1]:
+                    assert (out.status, out.left_microcents) == (
+                        "refund_exceeds_commit",
+                        left[rid][1],
+                    )
+                else:
+                    assert out.ok and out.left_microcents == left[rid][1] - want
+                    left[rid] = (t, left[rid][1] - want)
+                    m[1] += want
+                    m[3] -= want
+            elif op == "adjust":
+                out = book.adjust(t, amount, reason="property")
+                assert out.ok == (m[1] + amount >= 0)
+                if out.ok:
+                    m[0] += amount
+                    m[1] += amount
+            for name in tenants:
+                row = book.tenant(name)
+                assert row is not None
+                assert list(row.to_dict().values())[1:] == model[name], (name, op)
+            assert book.verify_conservation().is_balanced
+            report = book.verify_journal()
+            assert report.ok, report.discrepancies
