@@ -38,10 +38,12 @@ from .finance import (
 from .journal import JournalReport
 from .migrator import migrate
 from .outcomes import (
+    AdjustOutcome,
     AllowanceOutcome,
     Balance,
     ConservationStatus,
     PeriodSpend,
+    RefundOutcome,
     Renewals,
     ReserveOutcome,
     SettlementOutcome,
@@ -54,6 +56,7 @@ __version__ = _version("sql-ledger")
 
 __all__ = [
     "MICROCENTS_PER_CENT",
+    "AdjustOutcome",
     "AllowanceOutcome",
     "AsyncHold",
     "AsyncLedger",
@@ -70,6 +73,7 @@ __all__ = [
     "JournalReport",
     "Ledger",
     "PeriodSpend",
+    "RefundOutcome",
     "ReleaseItem",
     "Renewals",
     "ReserveItem",

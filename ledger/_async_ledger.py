@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _batch, _outside, _periods, _validate, _verify, errors
+from . import _batch, _corrections, _outside, _periods, _validate, _verify, errors
 from . import _operations as ops
 from ._async_executor import AsyncDatabase
 from ._batch import CommitItem, ReleaseItem, ReserveItem
@@ -28,9 +28,11 @@ from ._queries import for_schema
 from .finance import FinancialCertificate
 from .journal import JournalReport
 from .outcomes import (
+    AdjustOutcome,
     AllowanceOutcome,
     ConservationStatus,
     PeriodSpend,
+    RefundOutcome,
     Renewals,
     ReserveOutcome,
     SettlementOutcome,
@@ -232,6 +234,51 @@ class AsyncLedger:
     ) -> SettlementOutcome:
         """Cancel a hold, returning its full amount to ``remaining``."""
         op = ops.release(self._q, reservation_id, tenant_id, idempotency_key)
+        return await self._run(op, connection)
+
+    # ------------------------------------------------------------ corrections
+
+    async def refund(
+        self,
+        tenant_id: str,
+        reservation_id: int,
+        amount_microcents: int,
+        *,
+        reason: str,
+        idempotency_key: str | None = None,
+        connection: AsyncConnectable | None = None,
+    ) -> RefundOutcome:
+        """Give back part or all of the tenant's commit of hold ``reservation_id``.
+
+        ``committed`` falls and ``remaining`` grows by ``amount_microcents``
+        (``initial`` is unchanged). The refunds of one commit never add up
+        to more than its amount, however many run at once; a refused refund
+        (``unknown_commit``, ``refund_exceeds_commit``, ``missing_tenant``)
+        changes nothing. ``reason`` (required, at most 1000 UTF-8 bytes) is
+        journaled with the entry. See docs/corrections.md.
+        """
+        op = _corrections.refund(
+            self._q, tenant_id, reservation_id, amount_microcents, reason, idempotency_key
+        )
+        return await self._run(op, connection)
+
+    async def adjust(
+        self,
+        tenant_id: str,
+        amount_microcents: int,
+        *,
+        reason: str,
+        idempotency_key: str | None = None,
+        connection: AsyncConnectable | None = None,
+    ) -> AdjustOutcome:
+        """Change the tenant's budget by a signed amount, with a journaled ``reason``.
+
+        ``initial`` and ``remaining`` move together; ``reserved`` and
+        ``committed`` are never touched. A negative adjustment that would take
+        ``remaining`` below zero is refused (``insufficient``); so is one that
+        would overflow. ``0`` is bad input. See docs/corrections.md.
+        """
+        op = _corrections.adjust(self._q, tenant_id, amount_microcents, reason, idempotency_key)
         return await self._run(op, connection)
 
     # --------------------------------------------------------------- batches

@@ -127,6 +127,9 @@ class Queries:
     set_allowance: str
     clear_allowance: str
     period_spend: str
+    # corrections.sql
+    refund: str
+    adjust: str
 
 
 @functools.cache

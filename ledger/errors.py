@@ -176,6 +176,14 @@ class NoAllowance(InputError, LookupError):
         )
 
 
+class UnknownCommitError(RefusedError, LookupError):
+    """No commit of this tenant has that reservation id; nothing was refunded"""
+
+
+class RefundExceedsCommitError(RefusedError):
+    """The refund exceeds what the commit has left after earlier refunds; nothing was refunded"""
+
+
 class IdempotencyConflict(LedgerError):
     """The idempotency key was already used for a different request."""
 

@@ -38,11 +38,18 @@ class Status(StrEnum):
     # periods (docs/periods.md)
     ALLOWANCE_SET = "allowance_set"
     ALLOWANCE_CLEARED = "allowance_cleared"
+    # corrections (refund, adjust)
+    REFUNDED = "refunded"
+    ADJUSTED = "adjusted"
+    UNKNOWN_COMMIT = "unknown_commit"
+    REFUND_EXCEEDS_COMMIT = "refund_exceeds_commit"
 
 
-_SUCCESS = frozenset({Status.RESERVED, Status.TOPPED_UP, Status.COMMITTED, Status.RELEASED})
-# periods
-_SUCCESS |= {Status.ALLOWANCE_SET, Status.ALLOWANCE_CLEARED}
+_SUCCESS = frozenset(
+    {Status.RESERVED, Status.TOPPED_UP, Status.COMMITTED, Status.RELEASED}
+    | {Status.ALLOWANCE_SET, Status.ALLOWANCE_CLEARED}  # periods
+    | {Status.REFUNDED, Status.ADJUSTED}  # corrections
+)
 
 _REFUSAL_ERRORS: dict[Status, type[errors.RefusedError]] = {
     Status.INSUFFICIENT: errors.InsufficientFundsError,
@@ -53,6 +60,8 @@ _REFUSAL_ERRORS: dict[Status, type[errors.RefusedError]] = {
     Status.INVALID_AMOUNT: errors.InvalidAmountError,
     Status.OVERRUN: errors.OverrunError,
     Status.EXPIRED: errors.HoldExpiredError,
+    Status.UNKNOWN_COMMIT: errors.UnknownCommitError,
+    Status.REFUND_EXCEEDS_COMMIT: errors.RefundExceedsCommitError,
 }
 
 
@@ -184,6 +193,38 @@ class PeriodSpend:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class RefundOutcome(Outcome):
+    """Result of :meth:`Ledger.refund`.
+
+    ``left_microcents`` is what the commit can still refund: after this
+    refund when ``refunded``, or (when ``refund_exceeds_commit``) the most a
+    refund could give back now. ``remaining_microcents`` and
+    ``committed_microcents`` are the tenant's balances after the refund (or
+    unchanged, when refused).
+    """
+
+    reservation_id: int | None = None
+    refunded_microcents: int | None = None
+    left_microcents: int | None = None
+    remaining_microcents: int | None = None
+    committed_microcents: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AdjustOutcome(Outcome):
+    """Result of :meth:`Ledger.adjust`; ``adjusted_microcents`` is signed.
+
+    When ``insufficient``, ``remaining_microcents`` is the tenant's remaining
+    budget and ``required_microcents`` what a negative adjustment needs.
+    """
+
+    adjusted_microcents: int | None = None
+    new_initial_microcents: int | None = None
+    remaining_microcents: int | None = None
+    required_microcents: int | None = None
+
+
 class Balance(StrEnum):
     """Conservation check results, as in the seed's ``ConservationStatus``."""
 
@@ -285,6 +326,40 @@ def top_up_outcome(row: Any, amount: int) -> TopUpOutcome:
         new_initial_microcents=row.new_initial,
         remaining_microcents=row.new_remaining,
     )
+
+
+def refund_outcome(row: Any, reservation_id: int, amount: int) -> RefundOutcome:
+    """Outcome of a ``refund`` row (ledger/sql/corrections.sql)."""
+    status = Status(row.status)
+    if status is Status.MISSING_TENANT:
+        return RefundOutcome(status, reservation_id=reservation_id)
+    return RefundOutcome(
+        status,
+        reservation_id=reservation_id,
+        refunded_microcents=amount if status is Status.REFUNDED else None,
+        left_microcents=row.left_microcents,
+        remaining_microcents=row.remaining,
+        committed_microcents=row.committed,
+    )
+
+
+def adjust_outcome(row: Any, amount: int) -> AdjustOutcome:
+    """Outcome of an ``adjust`` row (None: the tenant does not exist)."""
+    if row is None:
+        return AdjustOutcome(Status.MISSING_TENANT)
+    status = Status(row.status)
+    if status is Status.ADJUSTED:
+        return AdjustOutcome(
+            status,
+            adjusted_microcents=amount,
+            new_initial_microcents=row.new_initial,
+            remaining_microcents=row.remaining,
+        )
+    if status is Status.INSUFFICIENT:
+        return AdjustOutcome(
+            status, remaining_microcents=row.remaining, required_microcents=-amount
+        )
+    return AdjustOutcome(status)
 
 
 def outcome_from_dict(outcome_type: type[OutcomeT], data: dict[str, Any]) -> OutcomeT:

@@ -33,6 +33,11 @@ def populate(book: ledger.Ledger, raw: psycopg.Connection) -> None:
     book.try_reserve("globex", 1_000)
     book.try_reserve("initech", 95)
     book.certify()
+    # a refund of acme's first commit (docs/audit.md: "Refunds of a commit")
+    first = raw.execute(
+        "SELECT min(reservation_id) FROM ledger.journal WHERE tenant_id = 'acme' AND op = 'commit'"
+    ).fetchone()
+    book.refund("acme", first[0], 1_000, reason="audit cookbook")  # type: ignore[index]
 
 
 def sql_blocks() -> list[tuple[str, str]]:

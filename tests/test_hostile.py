@@ -90,6 +90,10 @@ CALLS = {
     "release_many": lambda b, t, a, r: b.release_many([r]),
     "expire_holds": lambda b, t, a, r: b.expire_holds(limit=a),
     "verify_journal": lambda b, t, a, r: b.verify_journal(since_certificate=r),
+    "refund": lambda b, t, a, r: b.refund(t, r, a, reason="fuzz"),
+    "refund(reason)": lambda b, t, a, r: b.refund("seed", r, 1, reason=t),
+    "adjust": lambda b, t, a, r: b.adjust(t, a, reason="fuzz"),
+    "adjust(reason)": lambda b, t, a, r: b.adjust("seed", -1, reason=t),
 }
 
 FUZZ = settings(
@@ -172,6 +176,9 @@ cli_tokens = st.one_of(
             "reserve",
             "commit",
             "release",
+            "refund",
+            "adjust",
+            "--reason",
             "--units",
             "--ttl",
             "--json",
@@ -223,6 +230,8 @@ COMMANDS: list[tuple[list[str], list[st.SearchStrategy[str]]]] = [
     (["restore"], [st.text(max_size=10)]),
     (["verify"], []),
     (["certify"], []),
+    (["refund"], [cli_tenants, cli_ids, cli_amounts]),
+    (["adjust"], [cli_tenants, cli_amounts]),
 ]
 cli_options = st.lists(
     st.one_of(
@@ -230,6 +239,8 @@ cli_options = st.lists(
         st.tuples(st.just("--ttl"), cli_ids).map(list),
         st.tuples(st.just("--cap"), cli_amounts).map(list),
         st.tuples(st.just("--idempotency-key"), st.text(max_size=300)).map(list),
+        st.tuples(st.just("--reason"), st.text(max_size=1100)).map(list),
+        st.tuples(st.just("--reason"), st.just("fuzz")).map(list),
     ),
     max_size=2,
 ).map(lambda groups: [token for group in groups for token in group])

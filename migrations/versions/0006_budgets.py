@@ -95,6 +95,7 @@ def _expand() -> None:
     _refusals(s)
     _functions(q)
     _period_functions(q)
+    _corrections(q)
 
 
 def _lock_in_traffic_order(q: str) -> None:
@@ -511,6 +512,110 @@ def _drop_period_functions(q: str) -> None:
     op.execute(sa.text(f"DROP FUNCTION {q}.forfeited(bigint, bigint, bigint)"))
 
 
+REFUND_SIGNATURE = "text, bigint, bigint, text, text"
+
+
+def _corrections(q: str) -> None:
+    """``refund_commit``: give back part of a commit, never more than it left (docs/corrections.md).
+
+    A function rather than one data-modifying statement because the limit
+    depends on other rows (the commit and every earlier refund of it, in the
+    journal) that a concurrent refund may be adding. Under READ COMMITTED a
+    single statement reads those rows from its starting snapshot and does not
+    read them again when its UPDATE waits for the tenant row's lock, so two
+    refunds could both see the same "left" and together exceed the commit.
+    Here the tenant row is locked first (every journal write of the tenant
+    takes that lock), and only then are the commit and its refunds summed, by
+    a new statement with a new snapshot that sees every refund committed
+    before the lock was granted. Still one round trip for the client.
+
+    ``SECURITY INVOKER`` (the caller's grants and row-level security apply) and
+    a fixed search_path: every name inside is schema-qualified.
+    """
+    op.execute(
+        sa.text(f"""
+        CREATE FUNCTION {q}.refund_commit(
+            p_tenant text, p_reservation bigint, p_amount bigint, p_reason text, p_ikey text
+        ) RETURNS TABLE (
+            status text, remaining bigint, committed bigint, left_microcents bigint
+        )
+        LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+        SET search_path = pg_catalog, pg_temp
+        AS $$
+        DECLARE
+            tenant {q}.tenants%ROWTYPE;
+            spent bigint;
+            period bigint;
+            refunded bigint;
+            can_refund bigint;
+            stamp timestamptz := now();
+        BEGIN
+            -- 1. The lock every write of this tenant takes; refunds of it queue here.
+            SELECT * INTO tenant FROM {q}.tenants AS t
+            WHERE t.tenant_id = p_tenant FOR NO KEY UPDATE;
+            IF NOT FOUND THEN
+                RETURN QUERY SELECT 'missing_tenant', NULL::bigint, NULL::bigint, NULL::bigint;
+                RETURN;
+            END IF;
+
+            -- 2. With the lock held, new snapshots: the commit and every refund of it.
+            SELECT j.amount_microcents, j.period_index INTO spent, period
+            FROM {q}.journal AS j
+            WHERE j.reservation_id = p_reservation AND j.tenant_id = p_tenant AND j.op = 'commit';
+            IF NOT FOUND THEN
+                RETURN QUERY SELECT 'unknown_commit', tenant.remaining_microcents,
+                                    tenant.committed_microcents, NULL::bigint;
+                RETURN;
+            END IF;
+            SELECT COALESCE(sum(j.amount_microcents), 0) INTO refunded
+            FROM {q}.journal AS j
+            WHERE j.reservation_id = p_reservation AND j.tenant_id = p_tenant AND j.op = 'refund';
+
+            -- Never below zero committed either (a restore may have reset it).
+            can_refund := least(spent - refunded, tenant.committed_microcents);
+            IF p_amount > can_refund THEN
+                RETURN QUERY SELECT 'refund_exceeds_commit', tenant.remaining_microcents,
+                                    tenant.committed_microcents, can_refund;
+                RETURN;
+            END IF;
+            -- remaining + amount <= remaining + committed <= initial (tenants_conservation):
+            -- a refund cannot overflow, so there is no overflow branch to take.
+
+            -- 3. Apply, chain and journal. The entry carries the commit's period.
+            UPDATE {q}.tenants AS t
+            SET remaining_microcents = t.remaining_microcents + p_amount,
+                committed_microcents = t.committed_microcents - p_amount,
+                journal_seq = t.journal_seq + 1,
+                journal_head = {q}.journal_hash(
+                    t.journal_head, t.tenant_id, t.journal_seq + 1, 'refund', p_reservation,
+                    p_amount, NULL, t.initial_microcents, t.remaining_microcents + p_amount,
+                    t.reserved_microcents, t.committed_microcents - p_amount,
+                    t.max_reserved_microcents, stamp, p_ikey, period, p_reason)
+            WHERE t.tenant_id = p_tenant
+            RETURNING t.* INTO tenant;
+            INSERT INTO {q}.journal (
+                tenant_id, seq, op, reservation_id, amount_microcents, hold_microcents,
+                initial_microcents, remaining_microcents, reserved_microcents,
+                committed_microcents, max_reserved_microcents, idempotency_key, created_at,
+                entry_hash, period_index, reason)
+            VALUES (
+                tenant.tenant_id, tenant.journal_seq, 'refund', p_reservation, p_amount, NULL,
+                tenant.initial_microcents, tenant.remaining_microcents,
+                tenant.reserved_microcents, tenant.committed_microcents,
+                tenant.max_reserved_microcents, p_ikey, stamp, tenant.journal_head,
+                period, p_reason);
+            RETURN QUERY SELECT 'refunded', tenant.remaining_microcents,
+                                tenant.committed_microcents, can_refund - p_amount;
+        END
+        $$
+    """)
+    )
+
+
+def _drop_corrections(q: str) -> None:
+    op.execute(sa.text(f"DROP FUNCTION {q}.refund_commit({REFUND_SIGNATURE})"))
+
+
 def downgrade() -> None:
     migrator.locked(_contract)
 
@@ -519,6 +624,7 @@ def _contract() -> None:
     s = _schema()
     q = f'"{s}"'
     _drop_period_functions(q)
+    _drop_corrections(q)
     op.execute(
         sa.text(f"DROP FUNCTION {q}.period_start(timestamptz, text, bigint, bigint, bigint)")
     )
