@@ -115,7 +115,7 @@ def adjust(
     params = {"tenant_id": tenant_id, "amount": amount, "reason": why, "ikey": key}
 
     def steps() -> Steps[AdjustOutcome]:
-        row = yield from cas(q.adjust, params)
+        row = yield from cas(q.adjust, params, q.renew_tenant)
         return adjust_outcome(row, amount)
 
     request = {"op": "adjust", "amount": amount, "reason": why}

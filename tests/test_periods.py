@@ -403,7 +403,9 @@ def test_an_idle_tenant_renews_each_missed_period_once_in_order(
     clean(book)
 
 
-@pytest.mark.parametrize("operation", ["reserve", "commit", "release", "top_up", "cap", "expire"])
+@pytest.mark.parametrize(
+    "operation", ["reserve", "commit", "release", "top_up", "cap", "expire", "adjust", "refund"]
+)
 def test_every_write_renews_a_due_tenant_first(
     book: ledger.Ledger, raw: psycopg.Connection, operation: str
 ) -> None:
@@ -411,6 +413,8 @@ def test_every_write_renews_a_due_tenant_first(
     hold = book.try_reserve("t", 40, ttl=1 if operation == "expire" else None).reservation_id
     assert hold is not None
     fresh = book.try_reserve("t", 5).reservation_id
+    spent = book.try_reserve("t", 10).reservation_id
+    assert spent is not None and book.commit(spent, 10, tenant_id="t").ok
     backdate(raw, "t", 2)
     if operation == "expire":
         time.sleep(1.1)
@@ -424,6 +428,12 @@ def test_every_write_renews_a_due_tenant_first(
         assert book.top_up_tenant("t", 7).remaining_microcents == 107
     elif operation == "cap":
         book.set_max_reserved_microcents("t", 1000)
+    elif operation == "adjust":
+        assert book.adjust("t", 9, reason="goodwill").remaining_microcents == 109
+    elif operation == "refund":  # a commit of the closed period, refunded into this one
+        assert book.refund("t", spent, 4, reason="partial").remaining_microcents == 104
+        assert book.period_spend("t", k).spent_microcents == 10 - 4  # netted in its period
+        assert book.period_spend("t", k + 2).spent_microcents == 0
     else:
         assert book.expire_holds() == 1
     log = entries(raw, "t")
@@ -432,7 +442,9 @@ def test_every_write_renews_a_due_tenant_first(
     assert renews[-1] == len(log) - 2  # renewed just before the operation's own entry
     # Holds from the closed period: the released/expired one forfeits its 40, so
     # remaining stays at the renewed 100; a commit forfeits 15 of its 40.
-    expected_remaining = {"reserve": 70, "top_up": 107}.get(operation, 100)
+    expected_remaining = {"reserve": 70, "top_up": 107, "adjust": 109, "refund": 104}.get(
+        operation, 100
+    )
     assert balances(book, "t")[1] == expected_remaining
     assert book.release(fresh).ok  # the other crossing hold
     clean(book)

@@ -18,7 +18,9 @@ FROM {schema}.refund_commit(
 -- in a CASE branch that would not be taken): a positive amount must fit under
 -- 2^63 - 1, a negative one must leave remaining >= 0 (reserved and committed
 -- are never touched). The entry carries the reason; an adjustment belongs to
--- no budget period, so its period_index is NULL.
+-- no budget period, so its period_index is NULL. A tenant due for renewal is
+-- renewed first (probe answers 'renew'; docs/periods.md), so an adjustment
+-- always lands in the period it was made in.
 WITH applied AS (
     UPDATE {schema}.tenants AS t
     SET initial_microcents = t.initial_microcents + CAST(%(amount)s AS bigint),
@@ -34,6 +36,7 @@ WITH applied AS (
     WHERE t.tenant_id = %(tenant_id)s
       AND t.initial_microcents <= 9223372036854775807 - greatest(CAST(%(amount)s AS bigint), 0)
       AND t.remaining_microcents + least(CAST(%(amount)s AS bigint), 0) >= 0
+      AND (t.renews_at IS NULL OR t.renews_at > now())
     RETURNING t.*
 ), logged AS (
     INSERT INTO {schema}.journal (
@@ -46,7 +49,8 @@ WITH applied AS (
            j.journal_head, NULL, CAST(%(reason)s AS text)
     FROM applied AS j
 ), probe AS MATERIALIZED (
-    SELECT remaining_microcents AS remaining, CASE
+    SELECT tenant_id, remaining_microcents AS remaining, CASE
+        WHEN renews_at <= now() THEN 'renew'
         WHEN initial_microcents > 9223372036854775807 - greatest(CAST(%(amount)s AS bigint), 0)
             THEN 'overflow'
         WHEN remaining_microcents + least(CAST(%(amount)s AS bigint), 0) < 0 THEN 'insufficient'
@@ -57,7 +61,7 @@ WITH applied AS (
     FOR NO KEY UPDATE
 )
 SELECT 'adjusted' AS status, a.initial_microcents AS new_initial,
-       a.remaining_microcents AS remaining
+       a.remaining_microcents AS remaining, a.tenant_id
 FROM applied AS a
 UNION ALL
-SELECT p.status, NULL, p.remaining FROM probe AS p
+SELECT p.status, NULL, p.remaining, p.tenant_id FROM probe AS p

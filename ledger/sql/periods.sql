@@ -42,7 +42,8 @@ FROM {schema}.clear_allowance(CAST(%(tenant_id)s AS text), CAST(%(ikey)s AS text
 -- name: period_spend
 -- One period of one tenant: its bounds on the current schedule, what was
 -- credited at its start, what holds opened in it have spent (commit entries
--- carry their hold's period) and what they still hold. Without %(period)s,
+-- carry their hold's period; refunds carry their commit's and are netted,
+-- docs/corrections.md) and what they still hold. Without %(period)s,
 -- the period the clock is in (which may not be renewed yet: then nothing is
 -- spent in it and the allowance shown is the one it will credit).
 WITH t AS MATERIALIZED (
@@ -66,8 +67,11 @@ SELECT t.tenant_id, t.allowance_microcents IS NOT NULL AS has_allowance, p.curre
            AS starts_at,
        {schema}.period_start(p.anchor, p.time_zone, p.period_months, p.period_days, p.period + 1)
            AS ends_at,
-       (SELECT COALESCE(sum(j.amount_microcents), 0) FROM {schema}.journal AS j
-        WHERE j.tenant_id = p.tenant_id AND j.op = 'commit' AND j.period_index = p.period)
+       (SELECT COALESCE(sum(CASE j.op WHEN 'refund' THEN -j.amount_microcents
+                                       ELSE j.amount_microcents END), 0)
+        FROM {schema}.journal AS j
+        WHERE j.tenant_id = p.tenant_id AND j.op IN ('commit', 'refund')
+          AND j.period_index = p.period)
            AS spent,
        (SELECT j.amount_microcents FROM {schema}.journal AS j
         WHERE j.tenant_id = p.tenant_id AND j.op = 'renew' AND j.period_index = p.period

@@ -550,6 +550,9 @@ def _corrections(q: str) -> None:
             can_refund bigint;
             stamp timestamptz := now();
         BEGIN
+            -- 0. A tenant whose budget period has ended is renewed first (it locks
+            --    the row), so the refund lands in the period it is made in.
+            PERFORM {q}.renew_tenant(p_tenant);
             -- 1. The lock every write of this tenant takes; refunds of it queue here.
             SELECT * INTO tenant FROM {q}.tenants AS t
             WHERE t.tenant_id = p_tenant FOR NO KEY UPDATE;
