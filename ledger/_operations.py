@@ -18,7 +18,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from . import _validate, errors
+from . import _telemetry, _validate, errors
 from ._executor import Fetch, Op, Steps
 from ._queries import Queries
 from .finance import FinancialCertificate, certify_snapshot
@@ -72,6 +72,7 @@ def cas(sql: str, params: dict[str, Any]) -> Steps[Any]:
             return None
         if rows[0].status != "retry":
             return rows[0]
+        _telemetry.cas_retry()
     raise errors.RetryableError(
         f"the tenant row changed {_CAS_ATTEMPTS} times while this operation was being "
         "decided; retry it"
@@ -115,7 +116,9 @@ def idempotent(
                     "recorded outcome; this is a bug: please report it",
                     sqlstate="LG001",
                 )
-            return outcome_from_dict(outcome_type, row.outcome)
+            replay = outcome_from_dict(outcome_type, row.outcome)
+            _telemetry.replayed(replay.status)
+            return replay
         outcome = yield from steps()
         recorded = yield Fetch(
             q.idempotency_record, {**ids, "outcome": json.dumps(outcome.to_dict())}
@@ -312,7 +315,10 @@ def release(
 def expire_one(sql: str, **params: Any) -> Steps[Any]:
     """Expire one lapsed hold picked by ``sql``; its row, or None if there was none."""
     params.setdefault("ikey", None)
-    return (yield from first_row(sql, params))
+    row = yield from first_row(sql, params)
+    if row is not None:
+        _telemetry.expired(row.tenant_id, row.reservation_id, row.returned)
+    return row
 
 
 def expire_lapsed(q: Queries, rid: int) -> Steps[SettlementOutcome]:

@@ -120,6 +120,10 @@ class Queries:
     restore_update: str
     restore_insert: str
     restore_version: str
+    # stats.sql
+    stats_holds: str
+    stats_drift: str
+    stats: str
 
 
 @functools.cache
