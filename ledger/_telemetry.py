@@ -138,6 +138,9 @@ _RECORD: ContextVar[_Record | None] = ContextVar("ledger_operation", default=Non
 class _Instruments:
     """The tracer and the instruments, from the configured (or global) providers."""
 
+    #: False while the global providers are the API's placeholders (see _active).
+    live = False
+
     def __init__(self, tracer_provider: Any, meter_provider: Any) -> None:
         from importlib.metadata import version
 
@@ -203,19 +206,58 @@ def configure(
     turn spans and metrics off (log records stay). A no-op without the
     ``opentelemetry-api`` package.
     """
-    global _instruments, _enabled, _providers, _configured
+    global _instruments, _enabled, _providers, _configured, _next_check
     _enabled = enabled and _OTEL
     _providers = (tracer_provider, meter_provider)
     _instruments = None
     _configured = False
+    _next_check = 0.0
 
 
 def _current() -> _Instruments | None:
     global _instruments, _configured
     if not _configured:
         _instruments = _Instruments(*_providers) if _enabled else None
+        if _instruments is not None and _providers != (None, None):
+            _instruments.live = True
         _configured = True
     return _instruments
+
+
+def _active() -> _Instruments | None:
+    """The instruments, or None while nothing would record what they report.
+
+    With the API installed but no SDK configured, the global providers are
+    OpenTelemetry's proxies: every span and measurement would be dropped, yet
+    creating them costs ~20 us per operation. Until the application sets a
+    real provider (it can only do so once), operations take the light path.
+    Asking the API costs ~2 us (it consults the environment), so it is asked
+    at most once a second: operations in the first second after the SDK is
+    set up may go unrecorded (set it up before the ledger's first operation).
+    """
+    global _next_check
+    inst = _instruments if _configured else _current()
+    if inst is None or inst.live:
+        return inst
+    now = time.monotonic()
+    if now < _next_check:
+        return None
+    _next_check = now + 1.0
+    if type(_otel_trace.get_tracer_provider()).__name__ in _PLACEHOLDERS and (
+        type(_otel_metrics.get_meter_provider()).__name__ in _PLACEHOLDERS
+    ):
+        return None
+    inst.live = True  # a real provider, for good: the API refuses to replace it
+    return inst
+
+
+_next_check = 0.0
+
+
+#: The API's stand-ins for a provider that was never set (or set to no-op).
+_PLACEHOLDERS = frozenset(
+    {"ProxyTracerProvider", "NoOpTracerProvider", "_ProxyMeterProvider", "NoOpMeterProvider"}
+)
 
 
 # --------------------------------------------------------------- operations
@@ -237,7 +279,7 @@ def _caller(depth: int) -> tuple[str, dict[str, Any]]:
 
 def run(call: Callable[[A, C], T], op: A, connection: C) -> T:
     """Run ``call(op, connection)`` (the facade's database) as one instrumented operation."""
-    inst = _instruments if _configured else _current()
+    inst = _active()
     if inst is None:
         result = call(op, connection)
         if log.isEnabledFor(logging.DEBUG) or _failed_check(result):
@@ -256,7 +298,7 @@ def run(call: Callable[[A, C], T], op: A, connection: C) -> T:
 
 async def arun(call: Callable[[A, C], Awaitable[T]], op: A, connection: C) -> T:
     """:func:`run` for :class:`~ledger.AsyncLedger` (the span stays current across awaits)."""
-    inst = _instruments if _configured else _current()
+    inst = _active()
     if inst is None:
         result = await call(op, connection)
         if log.isEnabledFor(logging.DEBUG) or _failed_check(result):
@@ -308,16 +350,18 @@ def _end(
     _detach(tokens)
     statuses = _statuses(result)
     outcome = statuses[0] if len(statuses) == 1 else ("batch" if statuses else "ok")
-    op_attr = {"ledger.operation": record.name}
-    inst.duration.record(elapsed, {**op_attr, "ledger.outcome": outcome})
-    for status, count in Counter(statuses).items():
-        inst.outcomes.add(count, {**op_attr, "ledger.outcome": status})
-    events = Counter(_HOLD_EVENTS[s] for s in statuses if s in _HOLD_EVENTS)
-    events.subtract(_HOLD_EVENTS[s] for s in record.replays if s in _HOLD_EVENTS)
-    events["expired"] += record.expired
-    for event, count in events.items():
-        if count > 0:
-            inst.holds[event].add(count, op_attr)
+    op_attr = _attributes(record.name, None)
+    inst.duration.record(elapsed, _attributes(record.name, outcome))
+    counts = Counter(statuses) if len(statuses) > 1 else {s: 1 for s in statuses}
+    for status, count in counts.items():
+        inst.outcomes.add(count, _attributes(record.name, status))
+        event = _HOLD_EVENTS.get(status)
+        if event is not None:
+            count -= sum(1 for s in record.replays if s == status)
+            if count > 0:
+                inst.holds[event].add(count, op_attr)
+    if record.expired:
+        inst.holds["expired"].add(record.expired, op_attr)
     if record.replays:
         inst.replays.add(len(record.replays), op_attr)
     if span.is_recording():
@@ -334,6 +378,21 @@ def _end(
     span.end()
     if log.isEnabledFor(logging.DEBUG) or _failed_check(result):
         _log_result(result, record.name, args)
+
+
+_ATTRIBUTES: dict[tuple[str, str | None], dict[str, str]] = {}
+
+
+def _attributes(name: str, outcome: str | None) -> dict[str, str]:
+    """Metric attributes, made once per (operation, outcome) and shared (never mutated)."""
+    attributes = _ATTRIBUTES.get((name, outcome))
+    if attributes is None:
+        attributes = {"ledger.operation": name}
+        if outcome is not None:
+            attributes["ledger.outcome"] = outcome
+        if len(_ATTRIBUTES) < 10_000:  # operations x statuses: a few hundred at most
+            _ATTRIBUTES[(name, outcome)] = attributes
+    return attributes
 
 
 def _end_error(
@@ -417,7 +476,7 @@ def cas_retry() -> None:
     record = _RECORD.get()
     if record is not None:
         record.cas_retries += 1
-    inst = _instruments if _configured else _current()
+    inst = _active()
     if inst is not None:
         inst.cas_retries.add(1, {"ledger.operation": record.name if record else "unknown"})
 
@@ -442,7 +501,7 @@ def retry(error: BaseException, *, whole: bool) -> None:
         "transaction" if whole else "statement",
         type(error).__name__,
     )
-    inst = _instruments if _configured else _current()
+    inst = _active()
     if inst is not None:
         inst.retries.add(1, {"ledger.operation": name, "error.type": type(error).__name__})
 
@@ -453,7 +512,7 @@ def replayed(status: str) -> None:
     if record is not None:
         record.replays.append(status)
         return
-    inst = _instruments if _configured else _current()
+    inst = _active()
     if inst is not None:
         inst.replays.add(1, {"ledger.operation": "unknown"})
 
@@ -467,7 +526,7 @@ def expired(tenant_id: str, reservation_id: int, returned: int) -> None:
     if record is not None:
         record.expired += 1
         return
-    inst = _instruments if _configured else _current()
+    inst = _active()
     if inst is not None:
         inst.holds["expired"].add(1, {"ledger.operation": "unknown"})
 

@@ -32,7 +32,7 @@ import ledger
 import ledger.telemetry
 from ledger import _cli, errors
 from ledger._executor import Fetch, Op
-from ledger._operations import cas
+from ledger._operations import cas, expire_one
 
 PAST = datetime(2000, 1, 1, tzinfo=UTC)
 
@@ -250,6 +250,43 @@ def test_cas_and_serialization_retries_reach_span_metrics_and_log(
     assert "transaction after SerializationConflict" in retries[0].getMessage()
     assert "statement after SerializationConflict" in retries[1].getMessage()
 
+    # What a rolled-back attempt reported is forgotten: one expiry, not two.
+    book.ensure_tenant("t", 100)
+    book.try_reserve("t", 40, expires_at=PAST)
+    raw.execute("SELECT setval('fails', 1, false)")
+
+    def expire_then_conflict() -> Any:
+        yield from expire_one(book._q.expire_any)
+        return (yield Fetch("SELECT conflict_once() AS status", {}))[0].status
+
+    assert probe(book, Op(expire_then_conflict, "READ COMMITTED")) == "done"
+    assert attrs(telemetry.spans.get_finished_spans()[-1])["ledger.retries"] == 1
+    assert telemetry.total("ledger.holds.expired") == 1
+    assert book.tenant("t") == ledger.TenantLedger("t", 100, 100, 0, 0)
+
+
+def test_async_retries(telemetry: Telemetry, db_url: str, raw: psycopg.Connection) -> None:
+    raw.execute("CREATE SEQUENCE fails")
+    raw.execute(
+        "CREATE FUNCTION conflict_once() RETURNS text LANGUAGE plpgsql AS $$ BEGIN "
+        "IF nextval('fails') = 1 THEN RAISE EXCEPTION 'conflict' USING ERRCODE = '40001'; "
+        "END IF; RETURN 'done'; END $$"
+    )
+
+    def conflict_steps() -> Any:
+        return (yield Fetch("SELECT conflict_once() AS status", {}))[0].status
+
+    async def main() -> None:
+        async with ledger.AsyncLedger(db_url) as book:
+            assert await book._run(Op(conflict_steps, "SERIALIZABLE"), None) == "done"
+            raw.execute("SELECT setval('fails', 1, false)")
+            assert await book._run(Op(conflict_steps), None) == "done"
+
+    asyncio.run(main())
+    spans = [attrs(s) for s in telemetry.spans.get_finished_spans()]
+    assert [s["ledger.retries"] for s in spans] == [1, 1]
+    assert telemetry.total("ledger.transaction.retries") == 2
+
 
 # ---------------------------------------------------------- observed gauges
 
@@ -257,8 +294,19 @@ def test_cas_and_serialization_retries_reach_span_metrics_and_log(
 def test_observed_gauges_run_only_when_collected(
     telemetry: Telemetry, book: ledger.Ledger, raw: psycopg.Connection, caplog: Any
 ) -> None:
-    book.ensure_tenant("t", 1_000)
     book.ensure_tenant("u", 1_000)
+    book.ensure_tenant("gone", 5)
+    # Every kind of write keeps rows and journal heads together: drift stays 0.
+    book.restore_from_snapshot(
+        ledger.BudgetSnapshot(7, (ledger.TenantLedger("u", 1_000, 1_000, 0, 0),), 0)
+    )
+    book.ensure_tenant("t", 1_000)
+    book.top_up_tenant("t", 500, idempotency_key="top")
+    book.set_max_reserved_microcents("t", 10_000)
+    spent = book.try_reserve("t", 300)
+    book.commit(spent.reservation_id, 200)  # type: ignore[arg-type]
+    book.commit_many([(book.try_reserve("t", 10).reservation_id, 10)])
+    book.certify()
     book.try_reserve("t", 100, expires_at=PAST)
     book.try_reserve("t", 100, ttl=timedelta(hours=1))
     raw.execute("UPDATE ledger.reservations SET created_at = now() - interval '1 hour'")
@@ -314,7 +362,7 @@ def test_log_records_at_their_levels_and_no_secrets(
     )
     failures = [r for r in mine if r.levelno == logging.ERROR]
     assert len(failures) == 1 and failures[0].getMessage().startswith("verify_journal failed")
-    text = caplog.text + "".join(str(r.args) for r in caplog.records)
+    text = caplog.text + "".join(str(vars(r)) for r in caplog.records)
     assert secret not in text
     assert "secret-key" not in text
 
@@ -347,6 +395,40 @@ with ledger.Ledger(sys.argv[1]) as book:
     assert done.stdout.strip() == (
         "40 ['try_reserve refused: insufficient (tenant t, reservation -)']"
     )
+
+
+def test_global_providers_are_used_once_the_application_sets_them(db_url: str) -> None:
+    """The default path: no configure(), the API's placeholders until the SDK is set."""
+    script = """
+import sys
+import ledger
+from ledger import _telemetry
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+with ledger.Ledger(sys.argv[1]) as book:
+    book.ensure_tenant("t", 100)
+    assert _telemetry._active() is None  # nothing would record: the light path
+    reader = InMemoryMetricReader()
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    _telemetry._next_check = 0.0  # the next operation asks again (else within a second)
+    book.try_reserve("t", 10)
+    book.try_reserve("t", 10)
+points = [
+    (m.name, p.count)
+    for rm in reader.get_metrics_data().resource_metrics
+    for sm in rm.scope_metrics
+    for m in sm.metrics
+    for p in m.data.data_points
+    if m.name == "ledger.operation.duration"
+]
+print(points)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script, db_url], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[('ledger.operation.duration', 2)]"
 
 
 # -------------------------------------------------------------------- stats
