@@ -39,6 +39,7 @@ request payloads.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
@@ -286,13 +287,15 @@ def run(call: Callable[[A, C], T], op: A, connection: C) -> T:
             _log_result(result, *_caller(2))
         return result
     name, args = _caller(2)
-    span, record, tokens, start = _begin(inst, name, args)
+    begun = _begin(inst, name, args)
+    if begun is None:
+        return call(op, connection)
     try:
         result = call(op, connection)
     except BaseException as exc:
-        _end_error(inst, span, record, tokens, start, exc)
+        _end_error(inst, *begun, exc)
         raise
-    _end(inst, span, record, tokens, start, result, args)
+    _end(inst, *begun, result, args)
     return result
 
 
@@ -305,17 +308,44 @@ async def arun(call: Callable[[A, C], Awaitable[T]], op: A, connection: C) -> T:
             _log_result(result, *_caller(2))
         return result
     name, args = _caller(2)
-    span, record, tokens, start = _begin(inst, name, args)
+    begun = _begin(inst, name, args)
+    if begun is None:
+        return await call(op, connection)
     try:
         result = await call(op, connection)
     except BaseException as exc:
-        _end_error(inst, span, record, tokens, start, exc)
+        _end_error(inst, *begun, exc)
         raise
-    _end(inst, span, record, tokens, start, result, args)
+    _end(inst, *begun, result, args)
     return result
 
 
-def _begin(inst: _Instruments, name: str, args: dict[str, Any]) -> tuple[Any, _Record, Any, float]:
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _never_raises(fn: F) -> F:
+    """Telemetry must not change what an operation does.
+
+    A failing exporter, processor or SDK must not turn a spend that happened
+    into an exception (the caller would retry it) or abort an operation
+    midway: the failure is logged and the operation goes on.
+    """
+
+    @functools.wraps(fn)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception:
+            log.warning("ledger telemetry failed; the operation is unaffected", exc_info=True)
+            return None
+
+    return guarded  # type: ignore[return-value]
+
+
+@_never_raises
+def _begin(
+    inst: _Instruments, name: str, args: dict[str, Any]
+) -> tuple[Any, _Record, Any, float] | None:
     attributes: dict[str, Any] = {"ledger.operation": name, "db.system.name": "postgresql"}
     tenant = args.get("tenant_id")
     if isinstance(tenant, str):
@@ -325,10 +355,8 @@ def _begin(inst: _Instruments, name: str, args: dict[str, Any]) -> tuple[Any, _R
         attributes["ledger.reservation_id"] = rid
     span = inst.tracer.start_span(f"ledger.{name}", attributes=attributes)
     record = _Record(name)
-    tokens = (
-        _RECORD.set(record),
-        _otel_context.attach(_otel_trace.set_span_in_context(span)),
-    )
+    attached = _otel_context.attach(_otel_trace.set_span_in_context(span))
+    tokens = (_RECORD.set(record), attached)
     return span, record, tokens, time.perf_counter()
 
 
@@ -337,6 +365,7 @@ def _detach(tokens: Any) -> None:
     _RECORD.reset(tokens[0])
 
 
+@_never_raises
 def _end(
     inst: _Instruments,
     span: Any,
@@ -395,6 +424,7 @@ def _attributes(name: str, outcome: str | None) -> dict[str, str]:
     return attributes
 
 
+@_never_raises
 def _end_error(
     inst: _Instruments, span: Any, record: _Record, tokens: Any, start: float, exc: BaseException
 ) -> None:
@@ -471,6 +501,7 @@ def _problems(result: Any) -> str:
 # -------------------------------------------------------------------- hooks
 
 
+@_never_raises
 def cas_retry() -> None:
     """A compare-and-swap probe answered 'retry': another writer changed the row."""
     record = _RECORD.get()
@@ -481,6 +512,7 @@ def cas_retry() -> None:
         inst.cas_retries.add(1, {"ledger.operation": record.name if record else "unknown"})
 
 
+@_never_raises
 def retry(error: BaseException, *, whole: bool) -> None:
     """A serialization failure or deadlock is being retried.
 
@@ -506,6 +538,7 @@ def retry(error: BaseException, *, whole: bool) -> None:
         inst.retries.add(1, {"ledger.operation": name, "error.type": type(error).__name__})
 
 
+@_never_raises
 def replayed(status: str) -> None:
     """An idempotency key answered with its recorded outcome (nothing was applied again)."""
     record = _RECORD.get()
@@ -517,6 +550,7 @@ def replayed(status: str) -> None:
         inst.replays.add(1, {"ledger.operation": "unknown"})
 
 
+@_never_raises
 def expired(tenant_id: str, reservation_id: int, returned: int) -> None:
     """A lapsed hold was expired and its amount returned to the tenant."""
     log.info(

@@ -23,7 +23,7 @@ import pytest
 from click.testing import CliRunner
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy import make_url
@@ -124,6 +124,34 @@ def test_an_error_ends_its_span_with_the_error_type(
     assert attrs(span)["error.type"] == "TenantNotFound"
     assert span.status.status_code.name == "ERROR"
     assert telemetry.total("ledger.operation.outcomes", **{"ledger.outcome": "error"}) == 1
+
+
+class BrokenProcessor(SpanProcessor):
+    """A span processor that fails (the SDK passes its exception on to span.end())."""
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        if span.name == "ledger.ensure_tenant":
+            raise RuntimeError("processor broken at start")
+
+    def on_end(self, span: Any) -> None:
+        raise RuntimeError("processor broken at end")
+
+
+def test_failing_telemetry_does_not_change_what_an_operation_does(
+    telemetry: Telemetry, book: ledger.Ledger, caplog: Any
+) -> None:
+    """A spend that happened must not look failed (the caller would retry it)."""
+    telemetry.tracer_provider.add_span_processor(BrokenProcessor())
+    caplog.set_level(logging.WARNING, logger="ledger")
+    assert book.ensure_tenant("t", 1_000) is True  # the span could not even start
+    hold = book.try_reserve("t", 100)
+    assert hold.status == "reserved"
+    assert book.commit(hold.reservation_id, 100).status == "committed"  # type: ignore[arg-type]
+    assert book.tenant("t") == ledger.TenantLedger("t", 1_000, 900, 0, 100)
+    assert telemetry.total("ledger.holds.opened") == 1  # metrics still recorded
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 4  # ensure_tenant's start, then three span ends
+    assert all("operation is unaffected" in r.getMessage() for r in warned)
 
 
 # ------------------------------------------------------------------ metrics
