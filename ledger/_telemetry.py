@@ -507,6 +507,11 @@ def cas_retry() -> None:
     record = _RECORD.get()
     if record is not None:
         record.cas_retries += 1
+    # DEBUG, not INFO: under contention on a hot tenant this is routine.
+    log.debug(
+        "%s: the tenant row changed under a compare-and-swap; deciding again",
+        record.name if record else "-",
+    )
     inst = _active()
     if inst is not None:
         inst.cas_retries.add(1, {"ledger.operation": record.name if record else "unknown"})

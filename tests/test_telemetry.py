@@ -273,6 +273,8 @@ def test_cas_and_serialization_retries_reach_span_metrics_and_log(
     assert telemetry.total("ledger.cas.retries") == 1
     assert telemetry.total("ledger.transaction.retries") == 2
     assert telemetry.total("ledger.transaction.retries", **{"error.type": "SerializationConflict"})
+    cas_logged = [r for r in caplog.records if "compare-and-swap" in r.getMessage()]
+    assert cas_logged == []  # DEBUG: routine under contention
     retries = [r for r in caplog.records if "retrying" in r.getMessage()]
     assert [r.levelno for r in retries] == [logging.INFO, logging.INFO]
     assert "transaction after SerializationConflict" in retries[0].getMessage()
