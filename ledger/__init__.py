@@ -27,6 +27,7 @@ from ._hold import AsyncHold, Hold
 from ._ledger import BoundLedger, Ledger
 from ._money import MICROCENTS_PER_CENT
 from ._outside import CertificateCheck
+from ._stats import LedgerStats
 from .finance import (
     ConservationProof,
     FinancialCertificate,
@@ -72,6 +73,7 @@ __all__ = [
     "Hold",
     "JournalReport",
     "Ledger",
+    "LedgerStats",
     "PeriodSpend",
     "RefundOutcome",
     "ReleaseItem",

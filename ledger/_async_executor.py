@@ -28,7 +28,7 @@ import psycopg
 from psycopg import IsolationLevel
 from psycopg.rows import namedtuple_row
 
-from . import errors
+from . import _telemetry, errors
 from ._executor import (
     Fetch,
     FetchEach,
@@ -91,6 +91,7 @@ class AsyncPsycopgExecutor:
                     attempt >= _RETRY_ATTEMPTS
                 ):
                     raise error from exc
+                _telemetry.retry(error, whole=False)
             await _backoff(attempt)
 
     async def fetch_each(self, sql: str, params: Sequence[Params]) -> list[list[Any]]:
@@ -223,10 +224,11 @@ class AsyncDatabase:
         while True:
             try:
                 return await self._own(op)
-            except _TRANSIENT:
+            except _TRANSIENT as error:
                 attempt += 1
                 if op.isolation == "AUTOCOMMIT" or attempt >= _RETRY_ATTEMPTS:
                     raise
+                _telemetry.retry(error, whole=True)
                 await _backoff(attempt)
 
     async def _own(self, op: Op[Any]) -> Any:

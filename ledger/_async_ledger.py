@@ -15,7 +15,17 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _batch, _corrections, _outside, _periods, _validate, _verify, errors
+from . import (
+    _batch,
+    _corrections,
+    _outside,
+    _periods,
+    _stats,
+    _telemetry,
+    _validate,
+    _verify,
+    errors,
+)
 from . import _operations as ops
 from ._async_executor import AsyncDatabase
 from ._batch import CommitItem, ReleaseItem, ReserveItem
@@ -25,6 +35,7 @@ from ._hold import AsyncHold
 from ._ledger import DEFAULT_HOLD_TTL
 from ._outside import CertificateCheck
 from ._queries import for_schema
+from ._stats import LedgerStats
 from .finance import FinancialCertificate
 from .journal import JournalReport
 from .outcomes import (
@@ -96,7 +107,7 @@ class AsyncLedger:
             self._db = AsyncDatabase(engine, owned=False)
 
     async def _run(self, op: Op[T], connection: AsyncConnectable | None) -> T:
-        return await self._db.run(op, connection)
+        return await _telemetry.arun(self._db.run, op, connection)
 
     async def close(self) -> None:
         """Close the ledger's own pool (an engine passed in is left to its owner)."""
@@ -599,6 +610,14 @@ class AsyncLedger:
         return await self._run(
             _verify.verify_journal(self._q, since_certificate, progress), connection
         )
+
+    # --------------------------------------------------------- observability
+
+    async def stats(
+        self, *, minutes: int = 60, top: int = 5, connection: AsyncConnectable | None = None
+    ) -> LedgerStats:
+        """See :meth:`Ledger.stats`."""
+        return await self._run(_stats.stats(self._q, minutes, top), connection)
 
 
 def _async_engine(candidate: object) -> AsyncEngine:

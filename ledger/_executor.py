@@ -41,7 +41,7 @@ from psycopg.rows import namedtuple_row
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, scoped_session
 
-from . import errors
+from . import _telemetry, errors
 from ._translate import _driver_error, translate
 
 if TYPE_CHECKING:
@@ -267,6 +267,7 @@ class PsycopgExecutor(Executor):
                     attempt >= _RETRY_ATTEMPTS
                 ):
                     raise error from exc
+                _telemetry.retry(error, whole=False)
             _backoff(attempt)
 
     def fetch_each(self, sql: str, params: Sequence[Params]) -> list[list[Any]]:
@@ -525,11 +526,12 @@ class Database:
         while True:
             try:
                 return self._own(op)
-            except _TRANSIENT:
+            except _TRANSIENT as error:
                 # Autocommit statements were retried one by one already.
                 attempt += 1
                 if op.isolation == "AUTOCOMMIT" or attempt >= _RETRY_ATTEMPTS:
                     raise
+                _telemetry.retry(error, whole=True)
                 _backoff(attempt)
 
     def _own(self, op: Op[Any]) -> Any:

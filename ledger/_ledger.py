@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import _batch, _corrections, _outside, _periods, _validate, _verify
+from . import _batch, _corrections, _outside, _periods, _stats, _telemetry, _validate, _verify
 from . import _operations as ops
 from ._batch import CommitItem, ReleaseItem, ReserveItem
 from ._coalesce import Coalescer
@@ -27,6 +27,7 @@ from ._executor import Connectable, Database, Op
 from ._hold import Hold
 from ._outside import CertificateCheck
 from ._queries import for_schema
+from ._stats import LedgerStats
 from .finance import FinancialCertificate
 from .journal import JournalReport
 from .outcomes import (
@@ -81,7 +82,7 @@ class Ledger:
     def _run(self, op: Op[T], connection: Connectable | None) -> T:
         if connection is None and self._default_connection is not None:
             connection = self._default_connection()
-        return self._db.run(op, connection)
+        return _telemetry.run(self._db.run, op, connection)
 
     def close(self) -> None:
         """Stop coalescing, and dispose of the engine if the ledger created it."""
@@ -594,6 +595,19 @@ class Ledger:
         if since_certificate is not None:
             since_certificate = _validate.positive_count("since_certificate", since_certificate)
         return self._run(_verify.verify_journal(self._q, since_certificate, progress), connection)
+
+    # --------------------------------------------------------- observability
+
+    def stats(
+        self, *, minutes: int = 60, top: int = 5, connection: Connectable | None = None
+    ) -> LedgerStats:
+        """A quick look at the live ledger, read by one statement (``ledger stats``).
+
+        Open and lapsed holds and the oldest hold's age; refused spends of the
+        last ``minutes`` by operation and status (the ``refusals`` table);
+        the ``top`` tenants by lifetime spend; tenants whose renewal is due.
+        """
+        return self._run(_stats.stats(self._q, minutes, top), connection)
 
 
 class BoundLedger(Ledger):

@@ -18,7 +18,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from . import _validate, errors
+from . import _telemetry, _validate, errors
 from ._executor import Fetch, Op, Steps
 from ._queries import Queries
 from .finance import FinancialCertificate, certify_snapshot
@@ -80,6 +80,7 @@ def cas(sql: str, params: dict[str, Any], renew: str | None = None) -> Steps[Any
             yield from renew_first(renew, rows[0].tenant_id)
         elif status != "retry":
             return rows[0]
+        _telemetry.cas_retry()
     raise errors.RetryableError(
         f"the tenant row changed {_CAS_ATTEMPTS} times while this operation was being "
         "decided; retry it"
@@ -134,7 +135,9 @@ def idempotent(
                     "recorded outcome; this is a bug: please report it",
                     sqlstate="LG001",
                 )
-            return outcome_from_dict(outcome_type, row.outcome)
+            replay = outcome_from_dict(outcome_type, row.outcome)
+            _telemetry.replayed(replay.status)
+            return replay
         outcome = yield from steps()
         recorded = yield Fetch(
             q.idempotency_record, {**ids, "outcome": json.dumps(outcome.to_dict())}
@@ -338,6 +341,8 @@ def expire_one(q: Queries, sql: str, **params: Any) -> Steps[Any]:
     for _ in range(_CAS_ATTEMPTS):
         row = yield from first_row(sql, params)
         if row is None or row.status != "renew":
+            if row is not None:
+                _telemetry.expired(row.tenant_id, row.reservation_id, row.returned)
             return row
         yield from renew_first(q.renew_tenant, row.tenant_id)
     raise errors.RetryableError("a tenant kept entering new periods during an expiry; retry it")

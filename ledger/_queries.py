@@ -130,6 +130,10 @@ class Queries:
     # corrections.sql
     refund: str
     adjust: str
+    # stats.sql
+    stats_holds: str
+    stats_drift: str
+    stats: str
 
 
 @functools.cache
