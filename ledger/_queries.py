@@ -120,6 +120,12 @@ class Queries:
     restore_update: str
     restore_insert: str
     restore_version: str
+    # asof.sql
+    asof_balance: str
+    asof_balances: str
+    asof_spend: str
+    asof_spends: str
+    asof_checkpoint: str
 
 
 @functools.cache

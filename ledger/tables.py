@@ -225,6 +225,17 @@ def metadata(schema: str = "ledger") -> MetaData:
             name="allowances_rollover_range",
         ),
     )
+    Table(  # revision 0006: as-of checkpoints, a cache (docs/asof.md)
+        "asof_checkpoints",
+        md,
+        _tenant_id(),
+        Column("journal_seq", BigInteger, nullable=False),
+        Column("effective_at", DateTime(timezone=True), nullable=False),
+        _created_at(),
+        PrimaryKeyConstraint("tenant_id", "journal_seq", name="asof_checkpoints_pkey"),
+        CheckConstraint("journal_seq > 0", name="asof_checkpoints_seq_positive"),
+        Index("asof_checkpoints_effective_idx", "tenant_id", "effective_at", "journal_seq"),
+    )
     Table(  # revision 0006: refused spend, for ``ledger stats``
         "refusals",
         md,

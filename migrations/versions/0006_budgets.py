@@ -92,6 +92,7 @@ def _expand() -> None:
     _periods(s, q)
     _refusals(s)
     _functions(q)
+    _asof(s, q)
 
 
 def _journal(s: str, q: str) -> None:
@@ -235,6 +236,7 @@ def downgrade() -> None:
 def _contract() -> None:
     s = _schema()
     q = f'"{s}"'
+    _asof_contract(s, q)
     op.execute(
         sa.text(f"DROP FUNCTION {q}.period_start(timestamptz, text, bigint, bigint, bigint)")
     )
@@ -250,3 +252,138 @@ def _contract() -> None:
     op.create_check_constraint("journal_op_known", "journal", _op_check(OLD_OPS), schema=s)
     op.drop_column("journal", "reason", schema=s)
     op.drop_column("journal", "period_index", schema=s)
+
+
+# ---------------------------------------------------------------- as-of queries
+
+#: The as-of audit functions (docs/asof.md), with their signatures.
+ASOF_FUNCTIONS = (
+    "balances_at(timestamptz)",
+    "spend_between(timestamptz, timestamptz)",
+    "asof_cut(text, bigint, bigint, timestamptz)",
+)
+
+
+def _asof(s: str, q: str) -> None:
+    """As-of checkpoints and the auditor's ``balances_at`` / ``spend_between`` functions.
+
+    ``asof_checkpoints`` is a cache (``Ledger.asof_checkpoint()``): per
+    tenant, a chain position and the latest stamp of every entry up to it.
+    The functions are the SQL twins of ``asof_balances`` / ``asof_spends`` in
+    ledger/sql/asof.sql (tests/test_asof.py checks they agree). They are
+    SECURITY DEFINER, like the audit views run with their owner's rights, so
+    an auditor needs EXECUTE on them and nothing on the tables; EXECUTE is
+    revoked from PUBLIC and granted by ``grant_auditor`` / ``grant_application``.
+    """
+    op.create_table(
+        "asof_checkpoints",
+        sa.Column("tenant_id", sa.Text(collation="C"), nullable=False),
+        sa.Column("journal_seq", sa.BigInteger(), nullable=False),
+        sa.Column("effective_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
+        sa.PrimaryKeyConstraint("tenant_id", "journal_seq", name="asof_checkpoints_pkey"),
+        sa.CheckConstraint("journal_seq > 0", name="asof_checkpoints_seq_positive"),
+        schema=s,
+    )
+    op.create_index(
+        "asof_checkpoints_effective_idx",
+        "asof_checkpoints",
+        ["tenant_id", "effective_at", "journal_seq"],
+        schema=s,
+    )
+    # The seq just before the first entry after `from_seq` stamped later than
+    # `as_of` (or the head): the end of the longest prefix stamped at or
+    # before `as_of`, provided every entry up to `from_seq` is.
+    op.execute(
+        sa.text(f"""
+        CREATE FUNCTION {q}.asof_cut(tenant text, head bigint, from_seq bigint, as_of timestamptz)
+        RETURNS bigint
+        LANGUAGE sql STABLE AS $$
+            SELECT COALESCE((
+                SELECT j.seq - 1 FROM {q}.journal AS j
+                WHERE j.tenant_id = tenant
+                  AND j.seq > GREATEST(from_seq, COALESCE((
+                      SELECT m.journal_seq FROM {q}.asof_checkpoints AS m
+                      WHERE m.tenant_id = tenant AND m.effective_at <= as_of
+                      ORDER BY m.effective_at DESC, m.journal_seq DESC LIMIT 1), 0))
+                  AND j.created_at > as_of
+                ORDER BY j.seq LIMIT 1), head)
+        $$
+    """)
+    )
+    op.execute(
+        sa.text(f"""
+        CREATE FUNCTION {q}.balances_at(as_of timestamptz)
+        RETURNS TABLE (
+            tenant_id text, journal_seq bigint, entry_created_at timestamptz,
+            initial_microcents bigint, remaining_microcents bigint,
+            reserved_microcents bigint, committed_microcents bigint,
+            max_reserved_microcents bigint
+        )
+        LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+            WITH ids AS (
+                SELECT t.tenant_id, t.journal_seq AS head FROM {q}.tenants AS t
+                UNION ALL
+                SELECT d.tenant_id, d.journal_seq FROM {q}.detached_tenants AS d
+            )
+            SELECT j.tenant_id, j.seq, j.created_at, j.initial_microcents,
+                   j.remaining_microcents, j.reserved_microcents, j.committed_microcents,
+                   j.max_reserved_microcents
+            FROM ids AS i
+            CROSS JOIN LATERAL (SELECT {q}.asof_cut(i.tenant_id, i.head, 0, as_of) AS seq) AS c
+            JOIN {q}.journal AS j ON j.tenant_id = i.tenant_id AND j.seq = c.seq
+            WHERE j.op <> 'remove'
+            ORDER BY j.tenant_id
+        $$
+    """)
+    )
+    op.execute(
+        sa.text(f"""
+        CREATE FUNCTION {q}.spend_between(start_at timestamptz, end_at timestamptz)
+        RETURNS TABLE (
+            tenant_id text, spent_microcents numeric, committed_microcents numeric,
+            refunded_microcents numeric, commits bigint, refunds bigint,
+            from_seq bigint, to_seq bigint
+        )
+        LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+            WITH ids AS (
+                SELECT t.tenant_id, t.journal_seq AS head FROM {q}.tenants AS t
+                UNION ALL
+                SELECT d.tenant_id, d.journal_seq FROM {q}.detached_tenants AS d
+            ), lo AS MATERIALIZED (
+                SELECT i.tenant_id, i.head, {q}.asof_cut(i.tenant_id, i.head, 0, start_at) AS seq
+                FROM ids AS i
+                WHERE start_at <= end_at
+            ), w AS MATERIALIZED (
+                SELECT l.tenant_id, l.seq AS lo,
+                       {q}.asof_cut(l.tenant_id, l.head, l.seq, end_at) AS hi
+                FROM lo AS l
+            )
+            SELECT w.tenant_id,
+                   COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'commit'), 0)
+                   - COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'refund'), 0),
+                   COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'commit'), 0),
+                   COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'refund'), 0),
+                   count(*) FILTER (WHERE j.op = 'commit'),
+                   count(*) FILTER (WHERE j.op = 'refund'),
+                   w.lo, w.hi
+            FROM w
+            JOIN {q}.journal AS j
+              ON j.tenant_id = w.tenant_id AND j.seq > w.lo AND j.seq <= w.hi
+             AND j.op IN ('commit', 'refund')
+            GROUP BY w.tenant_id, w.lo, w.hi
+            ORDER BY w.tenant_id
+        $$
+    """)
+    )
+    for function in ASOF_FUNCTIONS:
+        op.execute(sa.text(f"REVOKE ALL ON FUNCTION {q}.{function} FROM PUBLIC"))
+
+
+def _asof_contract(s: str, q: str) -> None:
+    for function in ("balances_at(timestamptz)", "spend_between(timestamptz, timestamptz)"):
+        op.execute(sa.text(f"DROP FUNCTION {q}.{function}"))
+    op.execute(sa.text(f"DROP FUNCTION {q}.asof_cut(text, bigint, bigint, timestamptz)"))
+    op.drop_table("asof_checkpoints", schema=s)
