@@ -19,6 +19,7 @@ from importlib.metadata import version as _version
 
 from . import embedded as embedded  # `ledger.embedded`: the CLI's server (lazy imports)
 from . import errors
+from ._asof import AsOfCheckpoint, BalanceAt, SpendReport, TenantSpend
 from ._async_ledger import AsyncLedger
 from ._batch import CommitItem, ReleaseItem, ReserveItem
 from ._distribute import distribute
@@ -51,9 +52,11 @@ __version__ = _version("sql-ledger")
 
 __all__ = [
     "MICROCENTS_PER_CENT",
+    "AsOfCheckpoint",
     "AsyncHold",
     "AsyncLedger",
     "Balance",
+    "BalanceAt",
     "BoundLedger",
     "BudgetSnapshot",
     "CertificateCheck",
@@ -69,8 +72,10 @@ __all__ = [
     "ReserveItem",
     "ReserveOutcome",
     "SettlementOutcome",
+    "SpendReport",
     "Status",
     "TenantLedger",
+    "TenantSpend",
     "TopUpOutcome",
     "certify_ledger",
     "certify_snapshot",
