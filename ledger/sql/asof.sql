@@ -27,7 +27,7 @@ WITH ids AS (
     UNION ALL
     SELECT tenant_id, journal_seq FROM {schema}.detached_tenants
     WHERE tenant_id = %(tenant_id)s
-), cut AS (
+), cut AS MATERIALIZED (
     SELECT i.tenant_id, COALESCE((
         SELECT j.seq - 1 FROM {schema}.journal AS j
         WHERE j.tenant_id = i.tenant_id
@@ -42,7 +42,10 @@ WITH ids AS (
 SELECT c.tenant_id, c.seq, j.op, j.created_at, j.initial_microcents, j.remaining_microcents,
        j.reserved_microcents, j.committed_microcents, j.max_reserved_microcents
 FROM cut AS c
-LEFT JOIN {schema}.journal AS j ON j.tenant_id = c.tenant_id AND j.seq = c.seq
+LEFT JOIN LATERAL (
+    SELECT * FROM {schema}.journal AS e WHERE e.tenant_id = c.tenant_id AND e.seq = c.seq
+    LIMIT 1  -- a primary key lookup per tenant, never a hash of the journal
+) AS j ON true
 
 -- name: asof_balances
 -- Every tenant that existed at T, in tenant id (byte) order; read as a stream.
@@ -50,7 +53,7 @@ WITH ids AS (
     SELECT tenant_id, journal_seq AS head FROM {schema}.tenants
     UNION ALL
     SELECT tenant_id, journal_seq FROM {schema}.detached_tenants
-), cut AS (
+), cut AS MATERIALIZED (
     SELECT i.tenant_id, COALESCE((
         SELECT j.seq - 1 FROM {schema}.journal AS j
         WHERE j.tenant_id = i.tenant_id
@@ -65,7 +68,10 @@ WITH ids AS (
 SELECT c.tenant_id, c.seq, j.op, j.created_at, j.initial_microcents, j.remaining_microcents,
        j.reserved_microcents, j.committed_microcents, j.max_reserved_microcents
 FROM cut AS c
-JOIN {schema}.journal AS j ON j.tenant_id = c.tenant_id AND j.seq = c.seq
+CROSS JOIN LATERAL (
+    SELECT * FROM {schema}.journal AS e WHERE e.tenant_id = c.tenant_id AND e.seq = c.seq
+    LIMIT 1  -- a primary key lookup per tenant, never a hash of the journal
+) AS j
 WHERE j.op <> 'remove'
 ORDER BY c.tenant_id
 
@@ -80,7 +86,7 @@ WITH ids AS (
     UNION ALL
     SELECT tenant_id, journal_seq FROM {schema}.detached_tenants
     WHERE tenant_id = %(tenant_id)s
-), lo AS (
+), lo AS MATERIALIZED (
     SELECT i.tenant_id, i.head, COALESCE((
         SELECT j.seq - 1 FROM {schema}.journal AS j
         WHERE j.tenant_id = i.tenant_id
@@ -91,7 +97,7 @@ WITH ids AS (
           AND j.created_at > CAST(%(start)s AS timestamptz)
         ORDER BY j.seq LIMIT 1), i.head) AS seq
     FROM ids AS i
-), window_ AS (
+), window_ AS MATERIALIZED (
     SELECT l.tenant_id, l.seq AS lo, COALESCE((
         SELECT j.seq - 1 FROM {schema}.journal AS j
         WHERE j.tenant_id = l.tenant_id
@@ -103,16 +109,16 @@ WITH ids AS (
         ORDER BY j.seq LIMIT 1), l.head) AS hi
     FROM lo AS l
 )
-SELECT w.tenant_id, w.lo, w.hi,
-       COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'commit'), 0) AS committed,
-       COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'refund'), 0) AS refunded,
-       count(*) FILTER (WHERE j.op = 'commit') AS commits,
-       count(*) FILTER (WHERE j.op = 'refund') AS refunds
+SELECT w.tenant_id, w.lo, w.hi, s.committed, s.refunded, s.commits, s.refunds
 FROM window_ AS w
-LEFT JOIN {schema}.journal AS j
-       ON j.tenant_id = w.tenant_id AND j.seq > w.lo AND j.seq <= w.hi
-      AND j.op IN ('commit', 'refund')
-GROUP BY w.tenant_id, w.lo, w.hi
+CROSS JOIN LATERAL (
+    SELECT COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'commit'), 0) AS committed,
+           COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'refund'), 0) AS refunded,
+           count(*) FILTER (WHERE j.op = 'commit') AS commits,
+           count(*) FILTER (WHERE j.op = 'refund') AS refunds
+    FROM {schema}.journal AS j
+    WHERE j.tenant_id = w.tenant_id AND j.seq > w.lo AND j.seq <= w.hi
+) AS s
 
 -- name: asof_spends
 -- Every tenant with a commit or refund in (T1, T2], in tenant id order; read as a stream.
@@ -120,7 +126,7 @@ WITH ids AS (
     SELECT tenant_id, journal_seq AS head FROM {schema}.tenants
     UNION ALL
     SELECT tenant_id, journal_seq FROM {schema}.detached_tenants
-), lo AS (
+), lo AS MATERIALIZED (
     SELECT i.tenant_id, i.head, COALESCE((
         SELECT j.seq - 1 FROM {schema}.journal AS j
         WHERE j.tenant_id = i.tenant_id
@@ -131,7 +137,7 @@ WITH ids AS (
           AND j.created_at > CAST(%(start)s AS timestamptz)
         ORDER BY j.seq LIMIT 1), i.head) AS seq
     FROM ids AS i
-), window_ AS (
+), window_ AS MATERIALIZED (
     SELECT l.tenant_id, l.seq AS lo, COALESCE((
         SELECT j.seq - 1 FROM {schema}.journal AS j
         WHERE j.tenant_id = l.tenant_id
@@ -143,16 +149,17 @@ WITH ids AS (
         ORDER BY j.seq LIMIT 1), l.head) AS hi
     FROM lo AS l
 )
-SELECT w.tenant_id, w.lo, w.hi,
-       COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'commit'), 0) AS committed,
-       COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'refund'), 0) AS refunded,
-       count(*) FILTER (WHERE j.op = 'commit') AS commits,
-       count(*) FILTER (WHERE j.op = 'refund') AS refunds
+SELECT w.tenant_id, w.lo, w.hi, s.committed, s.refunded, s.commits, s.refunds
 FROM window_ AS w
-JOIN {schema}.journal AS j
-  ON j.tenant_id = w.tenant_id AND j.seq > w.lo AND j.seq <= w.hi
- AND j.op IN ('commit', 'refund')
-GROUP BY w.tenant_id, w.lo, w.hi
+CROSS JOIN LATERAL (
+    SELECT COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'commit'), 0) AS committed,
+           COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'refund'), 0) AS refunded,
+           count(*) FILTER (WHERE j.op = 'commit') AS commits,
+           count(*) FILTER (WHERE j.op = 'refund') AS refunds
+    FROM {schema}.journal AS j
+    WHERE j.tenant_id = w.tenant_id AND j.seq > w.lo AND j.seq <= w.hi
+) AS s
+WHERE s.commits + s.refunds > 0
 ORDER BY w.tenant_id
 
 -- name: asof_checkpoint

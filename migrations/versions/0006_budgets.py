@@ -333,7 +333,10 @@ def _asof(s: str, q: str) -> None:
                    j.max_reserved_microcents
             FROM ids AS i
             CROSS JOIN LATERAL (SELECT {q}.asof_cut(i.tenant_id, i.head, 0, as_of) AS seq) AS c
-            JOIN {q}.journal AS j ON j.tenant_id = i.tenant_id AND j.seq = c.seq
+            CROSS JOIN LATERAL (
+                SELECT * FROM {q}.journal AS e WHERE e.tenant_id = i.tenant_id AND e.seq = c.seq
+                LIMIT 1
+            ) AS j
             WHERE j.op <> 'remove'
             ORDER BY j.tenant_id
         $$
@@ -361,19 +364,20 @@ def _asof(s: str, q: str) -> None:
                        {q}.asof_cut(l.tenant_id, l.head, l.seq, end_at) AS hi
                 FROM lo AS l
             )
-            SELECT w.tenant_id,
-                   COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'commit'), 0)
-                   - COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'refund'), 0),
-                   COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'commit'), 0),
-                   COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'refund'), 0),
-                   count(*) FILTER (WHERE j.op = 'commit'),
-                   count(*) FILTER (WHERE j.op = 'refund'),
-                   w.lo, w.hi
+            SELECT w.tenant_id, s.committed - s.refunded, s.committed, s.refunded,
+                   s.commits, s.refunds, w.lo, w.hi
             FROM w
-            JOIN {q}.journal AS j
-              ON j.tenant_id = w.tenant_id AND j.seq > w.lo AND j.seq <= w.hi
-             AND j.op IN ('commit', 'refund')
-            GROUP BY w.tenant_id, w.lo, w.hi
+            CROSS JOIN LATERAL (
+                SELECT COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'commit'), 0)
+                           AS committed,
+                       COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'refund'), 0)
+                           AS refunded,
+                       count(*) FILTER (WHERE j.op = 'commit') AS commits,
+                       count(*) FILTER (WHERE j.op = 'refund') AS refunds
+                FROM {q}.journal AS j
+                WHERE j.tenant_id = w.tenant_id AND j.seq > w.lo AND j.seq <= w.hi
+            ) AS s
+            WHERE s.commits + s.refunds > 0
             ORDER BY w.tenant_id
         $$
     """)
