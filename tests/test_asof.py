@@ -28,8 +28,8 @@ from sqlalchemy import text
 import ledger
 from ledger import BudgetSnapshot, TenantLedger, errors
 from ledger.audit import grant_auditor
-from ledger.roles import enable_row_level_security
 from ledger.journal import Replayer, TenantState
+from ledger.roles import enable_row_level_security
 
 from .test_cli import data, invoke
 
@@ -312,14 +312,29 @@ def test_a_checkpoint_is_consulted_so_the_comparison_means_something(
     at = first.entry_created_at
     assert balances_of(book.balance_at("a", at))[1][0] == 100  # type: ignore[arg-type]
     raw.execute(
-        "INSERT INTO ledger.asof_checkpoints (tenant_id, journal_seq, effective_at)"
-        " VALUES ('a', 2, %s)",
+        "INSERT INTO ledger.asof_checkpoints (tenant_id, journal_seq, effective_at, commits,"
+        " committed_microcents, refunds, refunded_microcents) VALUES ('a', 2, %s, 0, 0, 0, 0)",
         (at,),
     )  # false: entry 2 is stamped after `at`
     assert balances_of(book.balance_at("a", at))[1][0] == 105  # type: ignore[arg-type]
     assert raw.execute(
         "SELECT initial_microcents FROM ledger.balances_at(%s)", (at,)
     ).fetchone() == (105,)
+    # Spend reads a checkpoint's running totals when one lies inside the window.
+    raw.execute("DELETE FROM ledger.asof_checkpoints")
+    for amount in (10, 7):
+        hold = book.try_reserve("a", amount)
+        book.commit(hold.reservation_id, amount)  # type: ignore[arg-type]
+        if amount == 10:
+            book.asof_checkpoint()
+    end = datetime.now(UTC)
+    assert book.spend_between(at, end).get("a").spent_microcents == 17
+    raw.execute("UPDATE ledger.asof_checkpoints SET committed_microcents = 1010")
+    assert book.spend_between(at, end).get("a").spent_microcents == 1017
+    assert book.spend_between(at, end, tenant_id="a").get("a").spent_microcents == 1017
+    assert raw.execute(
+        "SELECT spent_microcents FROM ledger.spend_between(%s, %s)", (at, end)
+    ).fetchone() == (1017,)
 
 
 def test_checkpoint_rows_are_exact_and_incremental(
@@ -333,13 +348,21 @@ def test_checkpoint_rows_are_exact_and_incremental(
     assert book.asof_checkpoint() == ledger.AsOfCheckpoint(0, 0)
     book.top_up_tenant("a", 1)
     assert book.asof_checkpoint() == ledger.AsOfCheckpoint(1, 1)
+    hold = book.try_reserve("b", 6)
+    book.commit(hold.reservation_id, 4)  # type: ignore[arg-type]
+    append_refund(raw, "b", hold.reservation_id, 3)  # type: ignore[arg-type]
+    assert book.asof_checkpoint() == ledger.AsOfCheckpoint(1, 3)
     rows = raw.execute(
-        "SELECT m.tenant_id, m.journal_seq, m.effective_at = ("
-        "  SELECT max(created_at) FROM ledger.journal AS j"
-        "  WHERE j.tenant_id = m.tenant_id AND j.seq <= m.journal_seq)"
+        "SELECT m.tenant_id, m.journal_seq, (m.effective_at, m.commits, m.committed_microcents,"
+        "  m.refunds, m.refunded_microcents) = ("
+        "  SELECT max(created_at), count(*) FILTER (WHERE op = 'commit'),"
+        "         COALESCE(sum(amount_microcents) FILTER (WHERE op = 'commit'), 0),"
+        "         count(*) FILTER (WHERE op = 'refund'),"
+        "         COALESCE(sum(amount_microcents) FILTER (WHERE op = 'refund'), 0)"
+        "  FROM ledger.journal AS j WHERE j.tenant_id = m.tenant_id AND j.seq <= m.journal_seq)"
         " FROM ledger.asof_checkpoints AS m ORDER BY 1, 2"
     ).fetchall()
-    assert rows == [("a", 3, True), ("a", 4, True), ("b", 1, True)]
+    assert rows == [("a", 3, True), ("a", 4, True), ("b", 1, True), ("b", 4, True)]
 
 
 # ------------------------------------------------------------------ edges

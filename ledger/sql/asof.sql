@@ -77,9 +77,14 @@ ORDER BY c.tenant_id
 
 -- name: asof_spend
 -- One tenant's spend in (T1, T2]: the commit and refund entries after the cut
--- at T1 up to the cut at T2. The scan for the second cut starts at the first
--- (every entry up to it is stamped at or before T1 <= T2) or at a later
--- checkpoint. No row when the tenant has no journal.
+-- at T1 up to the cut at T2. No row when the tenant has no journal.
+--
+-- Each checkpoint row also carries running totals (commit and refund counts
+-- and sums over every entry up to its seq), so with a checkpoint between the
+-- two cuts the window is totals(cut2) - totals(cut1), each read as the
+-- totals of the newest usable checkpoint plus the entries from it to the cut:
+-- only entries the cut searches read anyway. Without one (`via` false) the
+-- window's entries are summed directly. Either way the same entries count.
 WITH ids AS (
     SELECT tenant_id, journal_seq AS head FROM {schema}.tenants
     WHERE tenant_id = %(tenant_id)s
@@ -87,38 +92,74 @@ WITH ids AS (
     SELECT tenant_id, journal_seq FROM {schema}.detached_tenants
     WHERE tenant_id = %(tenant_id)s
 ), lo AS MATERIALIZED (
-    SELECT i.tenant_id, i.head, COALESCE((
+    SELECT i.tenant_id, i.head, m.*, COALESCE((
         SELECT j.seq - 1 FROM {schema}.journal AS j
-        WHERE j.tenant_id = i.tenant_id
-          AND j.seq > COALESCE((
-              SELECT m.journal_seq FROM {schema}.asof_checkpoints AS m
-              WHERE m.tenant_id = i.tenant_id AND m.effective_at <= CAST(%(start)s AS timestamptz)
-              ORDER BY m.effective_at DESC, m.journal_seq DESC LIMIT 1), 0)
+        WHERE j.tenant_id = i.tenant_id AND j.seq > m.seq
           AND j.created_at > CAST(%(start)s AS timestamptz)
-        ORDER BY j.seq LIMIT 1), i.head) AS seq
+        ORDER BY j.seq LIMIT 1), i.head) AS cut
     FROM ids AS i
-), window_ AS MATERIALIZED (
-    SELECT l.tenant_id, l.seq AS lo, COALESCE((
-        SELECT j.seq - 1 FROM {schema}.journal AS j
-        WHERE j.tenant_id = l.tenant_id
-          AND j.seq > GREATEST(l.seq, COALESCE((
-              SELECT m.journal_seq FROM {schema}.asof_checkpoints AS m
-              WHERE m.tenant_id = l.tenant_id AND m.effective_at <= CAST(%(end)s AS timestamptz)
-              ORDER BY m.effective_at DESC, m.journal_seq DESC LIMIT 1), 0))
-          AND j.created_at > CAST(%(end)s AS timestamptz)
-        ORDER BY j.seq LIMIT 1), l.head) AS hi
+    CROSS JOIN LATERAL (
+        SELECT COALESCE(max(c.journal_seq), 0) AS seq, COALESCE(max(c.commits), 0) AS commits,
+               COALESCE(max(c.committed_microcents), 0) AS committed,
+               COALESCE(max(c.refunds), 0) AS refunds,
+               COALESCE(max(c.refunded_microcents), 0) AS refunded
+        FROM (SELECT * FROM {schema}.asof_checkpoints AS m
+              WHERE m.tenant_id = i.tenant_id
+                AND m.effective_at <= CAST(%(start)s AS timestamptz)
+              ORDER BY m.effective_at DESC, m.journal_seq DESC LIMIT 1) AS c
+    ) AS m
+), hi AS MATERIALIZED (
+    SELECT l.tenant_id, l.cut AS lo, l.seq AS m1_seq, l.commits AS m1_commits,
+           l.committed AS m1_committed, l.refunds AS m1_refunds, l.refunded AS m1_refunded,
+           m.seq AS m2_seq, m.commits AS m2_commits, m.committed AS m2_committed,
+           m.refunds AS m2_refunds, m.refunded AS m2_refunded, m.seq > l.cut AS via,
+           COALESCE((
+               SELECT j.seq - 1 FROM {schema}.journal AS j
+               WHERE j.tenant_id = l.tenant_id AND j.seq > GREATEST(l.cut, m.seq)
+                 AND j.created_at > CAST(%(end)s AS timestamptz)
+               ORDER BY j.seq LIMIT 1), l.head) AS hi
     FROM lo AS l
+    CROSS JOIN LATERAL (
+        SELECT COALESCE(max(c.journal_seq), 0) AS seq, COALESCE(max(c.commits), 0) AS commits,
+               COALESCE(max(c.committed_microcents), 0) AS committed,
+               COALESCE(max(c.refunds), 0) AS refunds,
+               COALESCE(max(c.refunded_microcents), 0) AS refunded
+        FROM (SELECT * FROM {schema}.asof_checkpoints AS m
+              WHERE m.tenant_id = l.tenant_id
+                AND m.effective_at <= CAST(%(end)s AS timestamptz)
+              ORDER BY m.effective_at DESC, m.journal_seq DESC LIMIT 1) AS c
+    ) AS m
+), totals AS (
+    SELECT h.tenant_id, h.lo, h.hi,
+           CASE WHEN h.via THEN h.m2_commits - h.m1_commits ELSE 0 END
+               + b.commits - a.commits AS commits,
+           CASE WHEN h.via THEN h.m2_committed - h.m1_committed ELSE 0 END
+               + b.committed - a.committed AS committed,
+           CASE WHEN h.via THEN h.m2_refunds - h.m1_refunds ELSE 0 END
+               + b.refunds - a.refunds AS refunds,
+           CASE WHEN h.via THEN h.m2_refunded - h.m1_refunded ELSE 0 END
+               + b.refunded - a.refunded AS refunded
+    FROM hi AS h
+    CROSS JOIN LATERAL (
+        SELECT count(*) FILTER (WHERE j.op = 'commit') AS commits,
+               COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'commit'), 0) AS committed,
+               count(*) FILTER (WHERE j.op = 'refund') AS refunds,
+               COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'refund'), 0) AS refunded
+        FROM {schema}.journal AS j
+        WHERE j.tenant_id = h.tenant_id AND j.seq <= h.lo
+          AND j.seq > CASE WHEN h.via THEN h.m1_seq ELSE h.lo END
+    ) AS a
+    CROSS JOIN LATERAL (
+        SELECT count(*) FILTER (WHERE j.op = 'commit') AS commits,
+               COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'commit'), 0) AS committed,
+               count(*) FILTER (WHERE j.op = 'refund') AS refunds,
+               COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'refund'), 0) AS refunded
+        FROM {schema}.journal AS j
+        WHERE j.tenant_id = h.tenant_id AND j.seq <= h.hi
+          AND j.seq > CASE WHEN h.via THEN h.m2_seq ELSE h.lo END
+    ) AS b
 )
-SELECT w.tenant_id, w.lo, w.hi, s.committed, s.refunded, s.commits, s.refunds
-FROM window_ AS w
-CROSS JOIN LATERAL (
-    SELECT COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'commit'), 0) AS committed,
-           COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'refund'), 0) AS refunded,
-           count(*) FILTER (WHERE j.op = 'commit') AS commits,
-           count(*) FILTER (WHERE j.op = 'refund') AS refunds
-    FROM {schema}.journal AS j
-    WHERE j.tenant_id = w.tenant_id AND j.seq > w.lo AND j.seq <= w.hi
-) AS s
+SELECT tenant_id, lo, hi, commits, committed, refunds, refunded FROM totals
 
 -- name: asof_spends
 -- Every tenant with a commit or refund in (T1, T2], in tenant id order; read as a stream.
@@ -127,69 +168,118 @@ WITH ids AS (
     UNION ALL
     SELECT tenant_id, journal_seq FROM {schema}.detached_tenants
 ), lo AS MATERIALIZED (
-    SELECT i.tenant_id, i.head, COALESCE((
+    SELECT i.tenant_id, i.head, m.*, COALESCE((
         SELECT j.seq - 1 FROM {schema}.journal AS j
-        WHERE j.tenant_id = i.tenant_id
-          AND j.seq > COALESCE((
-              SELECT m.journal_seq FROM {schema}.asof_checkpoints AS m
-              WHERE m.tenant_id = i.tenant_id AND m.effective_at <= CAST(%(start)s AS timestamptz)
-              ORDER BY m.effective_at DESC, m.journal_seq DESC LIMIT 1), 0)
+        WHERE j.tenant_id = i.tenant_id AND j.seq > m.seq
           AND j.created_at > CAST(%(start)s AS timestamptz)
-        ORDER BY j.seq LIMIT 1), i.head) AS seq
+        ORDER BY j.seq LIMIT 1), i.head) AS cut
     FROM ids AS i
-), window_ AS MATERIALIZED (
-    SELECT l.tenant_id, l.seq AS lo, COALESCE((
-        SELECT j.seq - 1 FROM {schema}.journal AS j
-        WHERE j.tenant_id = l.tenant_id
-          AND j.seq > GREATEST(l.seq, COALESCE((
-              SELECT m.journal_seq FROM {schema}.asof_checkpoints AS m
-              WHERE m.tenant_id = l.tenant_id AND m.effective_at <= CAST(%(end)s AS timestamptz)
-              ORDER BY m.effective_at DESC, m.journal_seq DESC LIMIT 1), 0))
-          AND j.created_at > CAST(%(end)s AS timestamptz)
-        ORDER BY j.seq LIMIT 1), l.head) AS hi
+    CROSS JOIN LATERAL (
+        SELECT COALESCE(max(c.journal_seq), 0) AS seq, COALESCE(max(c.commits), 0) AS commits,
+               COALESCE(max(c.committed_microcents), 0) AS committed,
+               COALESCE(max(c.refunds), 0) AS refunds,
+               COALESCE(max(c.refunded_microcents), 0) AS refunded
+        FROM (SELECT * FROM {schema}.asof_checkpoints AS m
+              WHERE m.tenant_id = i.tenant_id
+                AND m.effective_at <= CAST(%(start)s AS timestamptz)
+              ORDER BY m.effective_at DESC, m.journal_seq DESC LIMIT 1) AS c
+    ) AS m
+), hi AS MATERIALIZED (
+    SELECT l.tenant_id, l.cut AS lo, l.seq AS m1_seq, l.commits AS m1_commits,
+           l.committed AS m1_committed, l.refunds AS m1_refunds, l.refunded AS m1_refunded,
+           m.seq AS m2_seq, m.commits AS m2_commits, m.committed AS m2_committed,
+           m.refunds AS m2_refunds, m.refunded AS m2_refunded, m.seq > l.cut AS via,
+           COALESCE((
+               SELECT j.seq - 1 FROM {schema}.journal AS j
+               WHERE j.tenant_id = l.tenant_id AND j.seq > GREATEST(l.cut, m.seq)
+                 AND j.created_at > CAST(%(end)s AS timestamptz)
+               ORDER BY j.seq LIMIT 1), l.head) AS hi
     FROM lo AS l
+    CROSS JOIN LATERAL (
+        SELECT COALESCE(max(c.journal_seq), 0) AS seq, COALESCE(max(c.commits), 0) AS commits,
+               COALESCE(max(c.committed_microcents), 0) AS committed,
+               COALESCE(max(c.refunds), 0) AS refunds,
+               COALESCE(max(c.refunded_microcents), 0) AS refunded
+        FROM (SELECT * FROM {schema}.asof_checkpoints AS m
+              WHERE m.tenant_id = l.tenant_id
+                AND m.effective_at <= CAST(%(end)s AS timestamptz)
+              ORDER BY m.effective_at DESC, m.journal_seq DESC LIMIT 1) AS c
+    ) AS m
+), totals AS (
+    SELECT h.tenant_id, h.lo, h.hi,
+           CASE WHEN h.via THEN h.m2_commits - h.m1_commits ELSE 0 END
+               + b.commits - a.commits AS commits,
+           CASE WHEN h.via THEN h.m2_committed - h.m1_committed ELSE 0 END
+               + b.committed - a.committed AS committed,
+           CASE WHEN h.via THEN h.m2_refunds - h.m1_refunds ELSE 0 END
+               + b.refunds - a.refunds AS refunds,
+           CASE WHEN h.via THEN h.m2_refunded - h.m1_refunded ELSE 0 END
+               + b.refunded - a.refunded AS refunded
+    FROM hi AS h
+    CROSS JOIN LATERAL (
+        SELECT count(*) FILTER (WHERE j.op = 'commit') AS commits,
+               COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'commit'), 0) AS committed,
+               count(*) FILTER (WHERE j.op = 'refund') AS refunds,
+               COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'refund'), 0) AS refunded
+        FROM {schema}.journal AS j
+        WHERE j.tenant_id = h.tenant_id AND j.seq <= h.lo
+          AND j.seq > CASE WHEN h.via THEN h.m1_seq ELSE h.lo END
+    ) AS a
+    CROSS JOIN LATERAL (
+        SELECT count(*) FILTER (WHERE j.op = 'commit') AS commits,
+               COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'commit'), 0) AS committed,
+               count(*) FILTER (WHERE j.op = 'refund') AS refunds,
+               COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'refund'), 0) AS refunded
+        FROM {schema}.journal AS j
+        WHERE j.tenant_id = h.tenant_id AND j.seq <= h.hi
+          AND j.seq > CASE WHEN h.via THEN h.m2_seq ELSE h.lo END
+    ) AS b
 )
-SELECT w.tenant_id, w.lo, w.hi, s.committed, s.refunded, s.commits, s.refunds
-FROM window_ AS w
-CROSS JOIN LATERAL (
-    SELECT COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'commit'), 0) AS committed,
-           COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'refund'), 0) AS refunded,
-           count(*) FILTER (WHERE j.op = 'commit') AS commits,
-           count(*) FILTER (WHERE j.op = 'refund') AS refunds
-    FROM {schema}.journal AS j
-    WHERE j.tenant_id = w.tenant_id AND j.seq > w.lo AND j.seq <= w.hi
-) AS s
-WHERE s.commits + s.refunds > 0
-ORDER BY w.tenant_id
+SELECT tenant_id, lo, hi, commits, committed, refunds, refunded FROM totals
+WHERE commits + refunds > 0
+ORDER BY tenant_id
 
 -- name: asof_checkpoint
--- One row per tenant with entries after its newest checkpoint: the chain head
--- and the latest stamp of every entry up to it (the previous checkpoint's
--- effective_at covers the entries before it, so only the new ones are read,
--- through the primary key). One statement, so heads and entries come from one
--- snapshot; concurrent checkpointers insert identical rows (DO NOTHING).
+-- One row per tenant with entries after its newest checkpoint: the chain head,
+-- the latest stamp of every entry up to it, and running commit and refund
+-- totals up to it. The previous checkpoint covers the entries before it, so
+-- only the new ones are read, through the primary key. One statement, so
+-- heads and entries come from one snapshot; concurrent checkpointers insert
+-- identical rows (DO NOTHING).
 WITH ids AS (
     SELECT tenant_id, journal_seq AS head FROM {schema}.tenants
     UNION ALL
     SELECT tenant_id, journal_seq FROM {schema}.detached_tenants
-), fresh AS (
-    SELECT i.tenant_id, i.head, p.journal_seq AS prev_seq, p.effective_at AS prev_at
+), fresh AS MATERIALIZED (
+    SELECT i.tenant_id, i.head, COALESCE(p.journal_seq, 0) AS prev_seq,
+           p.effective_at AS prev_at, COALESCE(p.commits, 0) AS commits,
+           COALESCE(p.committed_microcents, 0) AS committed,
+           COALESCE(p.refunds, 0) AS refunds, COALESCE(p.refunded_microcents, 0) AS refunded
     FROM ids AS i
     LEFT JOIN LATERAL (
-        SELECT m.journal_seq, m.effective_at FROM {schema}.asof_checkpoints AS m
+        SELECT * FROM {schema}.asof_checkpoints AS m
         WHERE m.tenant_id = i.tenant_id
         ORDER BY m.journal_seq DESC LIMIT 1
     ) AS p ON true
     WHERE i.head > COALESCE(p.journal_seq, 0)
 ), marked AS (
-    INSERT INTO {schema}.asof_checkpoints (tenant_id, journal_seq, effective_at)
-    SELECT f.tenant_id, f.head, GREATEST(f.prev_at, (
-        SELECT max(j.created_at) FROM {schema}.journal AS j
-        WHERE j.tenant_id = f.tenant_id
-          AND j.seq > COALESCE(f.prev_seq, 0) AND j.seq <= f.head))
+    INSERT INTO {schema}.asof_checkpoints (
+        tenant_id, journal_seq, effective_at, commits, committed_microcents, refunds,
+        refunded_microcents)
+    SELECT f.tenant_id, f.head, GREATEST(f.prev_at, n.latest), f.commits + n.commits,
+           f.committed + n.committed, f.refunds + n.refunds, f.refunded + n.refunded
     FROM fresh AS f
+    CROSS JOIN LATERAL (
+        SELECT max(j.created_at) AS latest,
+               count(*) FILTER (WHERE j.op = 'commit') AS commits,
+               COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'commit'), 0) AS committed,
+               count(*) FILTER (WHERE j.op = 'refund') AS refunds,
+               COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'refund'), 0) AS refunded
+        FROM {schema}.journal AS j
+        WHERE j.tenant_id = f.tenant_id AND j.seq > f.prev_seq AND j.seq <= f.head
+    ) AS n
     ON CONFLICT (tenant_id, journal_seq) DO NOTHING
     RETURNING tenant_id
 )
 SELECT (SELECT count(*) FROM marked) AS tenants,
-       (SELECT COALESCE(sum(head - COALESCE(prev_seq, 0)), 0) FROM fresh) AS entries
+       (SELECT COALESCE(sum(head - prev_seq), 0) FROM fresh) AS entries

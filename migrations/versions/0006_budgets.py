@@ -280,6 +280,10 @@ def _asof(s: str, q: str) -> None:
         sa.Column("tenant_id", sa.Text(collation="C"), nullable=False),
         sa.Column("journal_seq", sa.BigInteger(), nullable=False),
         sa.Column("effective_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("commits", sa.BigInteger(), nullable=False),
+        sa.Column("committed_microcents", sa.Numeric(), nullable=False),
+        sa.Column("refunds", sa.BigInteger(), nullable=False),
+        sa.Column("refunded_microcents", sa.Numeric(), nullable=False),
         sa.Column(
             "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
         ),
@@ -351,34 +355,82 @@ def _asof(s: str, q: str) -> None:
             from_seq bigint, to_seq bigint
         )
         LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-            WITH ids AS (
-                SELECT t.tenant_id, t.journal_seq AS head FROM {q}.tenants AS t
-                UNION ALL
-                SELECT d.tenant_id, d.journal_seq FROM {q}.detached_tenants AS d
-            ), lo AS MATERIALIZED (
-                SELECT i.tenant_id, i.head, {q}.asof_cut(i.tenant_id, i.head, 0, start_at) AS seq
-                FROM ids AS i
-                WHERE start_at <= end_at
-            ), w AS MATERIALIZED (
-                SELECT l.tenant_id, l.seq AS lo,
-                       {q}.asof_cut(l.tenant_id, l.head, l.seq, end_at) AS hi
-                FROM lo AS l
-            )
-            SELECT w.tenant_id, s.committed - s.refunded, s.committed, s.refunded,
-                   s.commits, s.refunds, w.lo, w.hi
-            FROM w
-            CROSS JOIN LATERAL (
-                SELECT COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'commit'), 0)
-                           AS committed,
-                       COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'refund'), 0)
-                           AS refunded,
-                       count(*) FILTER (WHERE j.op = 'commit') AS commits,
-                       count(*) FILTER (WHERE j.op = 'refund') AS refunds
-                FROM {q}.journal AS j
-                WHERE j.tenant_id = w.tenant_id AND j.seq > w.lo AND j.seq <= w.hi
-            ) AS s
-            WHERE s.commits + s.refunds > 0
-            ORDER BY w.tenant_id
+WITH ids AS (
+    SELECT tenant_id, journal_seq AS head FROM {q}.tenants
+    UNION ALL
+    SELECT tenant_id, journal_seq FROM {q}.detached_tenants
+), lo AS MATERIALIZED (
+    SELECT i.tenant_id, i.head, m.*, COALESCE((
+        SELECT j.seq - 1 FROM {q}.journal AS j
+        WHERE j.tenant_id = i.tenant_id AND j.seq > m.seq
+          AND j.created_at > start_at
+        ORDER BY j.seq LIMIT 1), i.head) AS cut
+    FROM ids AS i
+    CROSS JOIN LATERAL (
+        SELECT COALESCE(max(c.journal_seq), 0) AS seq, COALESCE(max(c.commits), 0) AS commits,
+               COALESCE(max(c.committed_microcents), 0) AS committed,
+               COALESCE(max(c.refunds), 0) AS refunds,
+               COALESCE(max(c.refunded_microcents), 0) AS refunded
+        FROM (SELECT * FROM {q}.asof_checkpoints AS m
+              WHERE m.tenant_id = i.tenant_id
+                AND m.effective_at <= start_at
+              ORDER BY m.effective_at DESC, m.journal_seq DESC LIMIT 1) AS c
+    ) AS m
+), hi AS MATERIALIZED (
+    SELECT l.tenant_id, l.cut AS lo, l.seq AS m1_seq, l.commits AS m1_commits,
+           l.committed AS m1_committed, l.refunds AS m1_refunds, l.refunded AS m1_refunded,
+           m.seq AS m2_seq, m.commits AS m2_commits, m.committed AS m2_committed,
+           m.refunds AS m2_refunds, m.refunded AS m2_refunded, m.seq > l.cut AS via,
+           COALESCE((
+               SELECT j.seq - 1 FROM {q}.journal AS j
+               WHERE j.tenant_id = l.tenant_id AND j.seq > GREATEST(l.cut, m.seq)
+                 AND j.created_at > end_at
+               ORDER BY j.seq LIMIT 1), l.head) AS hi
+    FROM lo AS l
+    CROSS JOIN LATERAL (
+        SELECT COALESCE(max(c.journal_seq), 0) AS seq, COALESCE(max(c.commits), 0) AS commits,
+               COALESCE(max(c.committed_microcents), 0) AS committed,
+               COALESCE(max(c.refunds), 0) AS refunds,
+               COALESCE(max(c.refunded_microcents), 0) AS refunded
+        FROM (SELECT * FROM {q}.asof_checkpoints AS m
+              WHERE m.tenant_id = l.tenant_id
+                AND m.effective_at <= end_at
+              ORDER BY m.effective_at DESC, m.journal_seq DESC LIMIT 1) AS c
+    ) AS m
+), totals AS (
+    SELECT h.tenant_id, h.lo, h.hi,
+           CASE WHEN h.via THEN h.m2_commits - h.m1_commits ELSE 0 END
+               + b.commits - a.commits AS commits,
+           CASE WHEN h.via THEN h.m2_committed - h.m1_committed ELSE 0 END
+               + b.committed - a.committed AS committed,
+           CASE WHEN h.via THEN h.m2_refunds - h.m1_refunds ELSE 0 END
+               + b.refunds - a.refunds AS refunds,
+           CASE WHEN h.via THEN h.m2_refunded - h.m1_refunded ELSE 0 END
+               + b.refunded - a.refunded AS refunded
+    FROM hi AS h
+    CROSS JOIN LATERAL (
+        SELECT count(*) FILTER (WHERE j.op = 'commit') AS commits,
+               COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'commit'), 0) AS committed,
+               count(*) FILTER (WHERE j.op = 'refund') AS refunds,
+               COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'refund'), 0) AS refunded
+        FROM {q}.journal AS j
+        WHERE j.tenant_id = h.tenant_id AND j.seq <= h.lo
+          AND j.seq > CASE WHEN h.via THEN h.m1_seq ELSE h.lo END
+    ) AS a
+    CROSS JOIN LATERAL (
+        SELECT count(*) FILTER (WHERE j.op = 'commit') AS commits,
+               COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'commit'), 0) AS committed,
+               count(*) FILTER (WHERE j.op = 'refund') AS refunds,
+               COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'refund'), 0) AS refunded
+        FROM {q}.journal AS j
+        WHERE j.tenant_id = h.tenant_id AND j.seq <= h.hi
+          AND j.seq > CASE WHEN h.via THEN h.m2_seq ELSE h.lo END
+    ) AS b
+)
+SELECT tenant_id, committed - refunded, committed, refunded, commits, refunds, lo, hi
+FROM totals
+WHERE commits + refunds > 0 AND start_at <= end_at
+ORDER BY tenant_id
         $$
     """)
     )
