@@ -127,12 +127,15 @@ def run(url: str, entries: int, tenants: int, repeat: int) -> dict[str, Any]:
         answers = {name: fn() for name, fn in queries.items()}
         with_marks = {name: best(fn, repeat) for name, fn in queries.items()}
         all_sql = book._q.asof_balances
+        window = {"start": marks["t25"], "end": marks["t75"]}
         plan_with = explain(raw, all_sql, {"at": marks["t50"]})
+        spend_with = explain(raw, book._q.asof_spends, window)
         raw.execute(f"CREATE TEMP TABLE saved AS SELECT * FROM {SCHEMA}.asof_checkpoints")
         raw.execute(f"DELETE FROM {SCHEMA}.asof_checkpoints")
         without = {name: best(fn, repeat) for name, fn in queries.items()}
         assert {name: fn() for name, fn in queries.items()} == answers, "a checkpoint changed"
         plan_without = explain(raw, all_sql, {"at": marks["t50"]})
+        spend_without = explain(raw, book._q.asof_spends, window)
         start = time.perf_counter()
         book.asof_checkpoint()  # from nothing: reads the whole journal once
         full_checkpoint = time.perf_counter() - start
@@ -161,6 +164,8 @@ def run(url: str, entries: int, tenants: int, repeat: int) -> dict[str, Any]:
         "full_checkpoint_s": full_checkpoint,
         "plan_with_checkpoints": plan_with,
         "plan_without_checkpoints": plan_without,
+        "spend_plan_with_checkpoints": spend_with,
+        "spend_plan_without_checkpoints": spend_without,
     }
 
 
@@ -185,6 +190,10 @@ def print_report(r: dict[str, Any]) -> None:
     print(r["plan_with_checkpoints"])
     print("\n... and without:")
     print(r["plan_without_checkpoints"])
+    print("\nEXPLAIN (ANALYZE, BUFFERS) spend_between all tenants, with checkpoints:")
+    print(r["spend_plan_with_checkpoints"])
+    print("\n... and without:")
+    print(r["spend_plan_without_checkpoints"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--entries", type=int, default=1_000_000)
     parser.add_argument("--tenants", type=int, default=1_000)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args(argv)
     server = None
     url = args.database_url
