@@ -149,7 +149,7 @@ def check_everything(
     # Windows that start or end exactly at a spend entry's stamp: the edges.
     spends = [e.created_at for c in chains.values() for e in c if e.op in ("commit", "refund")]
     for stamp in rng.sample(spends, min(6, len(spends))):
-        pairs += [(stamp - US, stamp), (stamp, stamp + US), (times[0], stamp)]
+        pairs += [(stamp - US, stamp), (stamp, stamp + US), (min(times[0], stamp), stamp)]
     for start, end in pairs:
         expected_spend = oracle_spend(chains, start, end)
         report = book.spend_between(start, end)
