@@ -26,7 +26,9 @@ recorded balances of the entry at the cut; ``verify_journal`` proves those
 follow from replaying the entries. The scan for the cut starts at the newest
 ``asof_checkpoints`` row whose ``effective_at`` (the latest stamp of every
 entry up to its seq) is at or before T: every entry up to it belongs to the
-prefix, so the row shortens the scan and cannot move the cut. Whether rows
+prefix, so the row shortens the scan and cannot move the cut. Rows also
+carry running commit/refund totals, so spend over a long window is the
+difference of two totals rather than a read of the window. Whether rows
 exist changes the cost, never the answer (tests/test_asof.py).
 
 Certificate checkpoints are not used as starting points: a certificate's

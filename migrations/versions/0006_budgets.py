@@ -22,6 +22,8 @@ Schema for issue 14 (docs/periods.md, docs/corrections.md):
   tenant's period.
 - ``refusals``: one row per refused spend, so ``ledger stats`` can say what was
   refused lately. Not chained: a refusal changes no balance.
+- ``asof_checkpoints`` and the auditor functions ``balances_at(T)`` /
+  ``spend_between(T1, T2)`` (docs/asof.md): as-of queries from the journal.
 
 Zero-downtime: new columns are nullable without defaults (metadata only), the
 new CHECK on ``journal.op`` is added NOT VALID and validated online, the
@@ -268,12 +270,16 @@ def _asof(s: str, q: str) -> None:
     """As-of checkpoints and the auditor's ``balances_at`` / ``spend_between`` functions.
 
     ``asof_checkpoints`` is a cache (``Ledger.asof_checkpoint()``): per
-    tenant, a chain position and the latest stamp of every entry up to it.
-    The functions are the SQL twins of ``asof_balances`` / ``asof_spends`` in
-    ledger/sql/asof.sql (tests/test_asof.py checks they agree). They are
-    SECURITY DEFINER, like the audit views run with their owner's rights, so
-    an auditor needs EXECUTE on them and nothing on the tables; EXECUTE is
-    revoked from PUBLIC and granted by ``grant_auditor`` / ``grant_application``.
+    tenant, a chain position, the latest stamp of every entry up to it and
+    running commit/refund totals up to it. The functions are the SQL twins of
+    ``asof_balances`` / ``asof_spends`` in ledger/sql/asof.sql
+    (tests/test_asof.py checks both against the journal). The two public ones
+    are SECURITY DEFINER with a fixed search_path: like the audit views they
+    run with their owner's rights, so an auditor needs EXECUTE on them and
+    nothing on the tables. EXECUTE is revoked from PUBLIC, granted by
+    ``grant_auditor`` / ``grant_application`` and taken back from a
+    tenant-scoped role (``ledger roles isolate``), which they would show every
+    tenant. The table is new, so its index is built plainly.
     """
     op.create_table(
         "asof_checkpoints",
