@@ -19,6 +19,7 @@ from importlib.metadata import version as _version
 
 from . import embedded as embedded  # `ledger.embedded`: the CLI's server (lazy imports)
 from . import errors
+from ._asof import AsOfCheckpoint, BalanceAt, SpendReport, TenantSpend
 from ._async_ledger import AsyncLedger
 from ._batch import CommitItem, ReleaseItem, ReserveItem
 from ._distribute import distribute
@@ -59,9 +60,11 @@ __all__ = [
     "MICROCENTS_PER_CENT",
     "AdjustOutcome",
     "AllowanceOutcome",
+    "AsOfCheckpoint",
     "AsyncHold",
     "AsyncLedger",
     "Balance",
+    "BalanceAt",
     "BoundLedger",
     "BudgetSnapshot",
     "CertificateCheck",
@@ -81,8 +84,10 @@ __all__ = [
     "ReserveItem",
     "ReserveOutcome",
     "SettlementOutcome",
+    "SpendReport",
     "Status",
     "TenantLedger",
+    "TenantSpend",
     "TopUpOutcome",
     "certify_ledger",
     "certify_snapshot",

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import (
+    _asof,
     _batch,
     _corrections,
     _outside,
@@ -27,6 +28,7 @@ from . import (
     errors,
 )
 from . import _operations as ops
+from ._asof import AsOfCheckpoint, BalanceAt, SpendReport
 from ._async_executor import AsyncDatabase
 from ._batch import CommitItem, ReleaseItem, ReserveItem
 from ._engine import normalise_url
@@ -618,6 +620,37 @@ class AsyncLedger:
     ) -> LedgerStats:
         """See :meth:`Ledger.stats`."""
         return await self._run(_stats.stats(self._q, minutes, top), connection)
+
+    # ---------------------------------------------------------- as-of queries
+
+    async def balance_at(
+        self, tenant_id: str, at: datetime, *, connection: AsyncConnectable | None = None
+    ) -> BalanceAt | None:
+        """One tenant's balances at ``at``, or None if it did not exist then (docs/asof.md)."""
+        return await self._run(_asof.balance_at(self._q, tenant_id, at), connection)
+
+    async def balances_at(
+        self, at: datetime, *, connection: AsyncConnectable | None = None
+    ) -> list[BalanceAt]:
+        """Every tenant that existed at ``at``, in tenant id order, from one snapshot."""
+        return await self._run(_asof.balances_at(self._q, at), connection)
+
+    async def spend_between(
+        self,
+        start: datetime,
+        end: datetime,
+        *,
+        tenant_id: str | None = None,
+        connection: AsyncConnectable | None = None,
+    ) -> SpendReport:
+        """Commits minus refunds between ``start`` (exclusive) and ``end`` (inclusive)."""
+        return await self._run(_asof.spend_between(self._q, start, end, tenant_id), connection)
+
+    async def asof_checkpoint(
+        self, *, connection: AsyncConnectable | None = None
+    ) -> AsOfCheckpoint:
+        """Record each tenant's chain position and latest stamp: a cache for as-of queries."""
+        return await self._run(_asof.asof_checkpoint(self._q), connection)
 
 
 def _async_engine(candidate: object) -> AsyncEngine:

@@ -18,8 +18,19 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import _batch, _corrections, _outside, _periods, _stats, _telemetry, _validate, _verify
+from . import (
+    _asof,
+    _batch,
+    _corrections,
+    _outside,
+    _periods,
+    _stats,
+    _telemetry,
+    _validate,
+    _verify,
+)
 from . import _operations as ops
+from ._asof import AsOfCheckpoint, BalanceAt, SpendReport
 from ._batch import CommitItem, ReleaseItem, ReserveItem
 from ._coalesce import Coalescer
 from ._engine import EngineLike, as_engine
@@ -608,6 +619,57 @@ class Ledger:
         the ``top`` tenants by lifetime spend; tenants whose renewal is due.
         """
         return self._run(_stats.stats(self._q, minutes, top), connection)
+
+    # ---------------------------------------------------------- as-of queries
+
+    def balance_at(
+        self, tenant_id: str, at: datetime, *, connection: Connectable | None = None
+    ) -> BalanceAt | None:
+        """One tenant's balances at ``at`` (timezone-aware), from the journal.
+
+        The state after every entry of the tenant's chain up to the first one
+        stamped after ``at`` (docs/asof.md says why that definition). None if
+        the tenant did not exist at ``at``: not yet created, removed, or
+        unknown. One statement; an as-of checkpoint shortens its scan.
+        """
+        return self._run(_asof.balance_at(self._q, tenant_id, at), connection)
+
+    def balances_at(
+        self, at: datetime, *, connection: Connectable | None = None
+    ) -> list[BalanceAt]:
+        """Every tenant that existed at ``at``, in tenant id order, from one snapshot.
+
+        Computed in the database and streamed: memory holds one row per
+        tenant, never the journal.
+        """
+        return self._run(_asof.balances_at(self._q, at), connection)
+
+    def spend_between(
+        self,
+        start: datetime,
+        end: datetime,
+        *,
+        tenant_id: str | None = None,
+        connection: Connectable | None = None,
+    ) -> SpendReport:
+        """Commits minus refunds between ``start`` (exclusive) and ``end`` (inclusive).
+
+        For one tenant or, without ``tenant_id``, every tenant. Windows add up:
+        spend(a, b) + spend(b, c) == spend(a, c). ``start`` after ``end`` is
+        refused with :class:`~ledger.errors.InputError`.
+        """
+        return self._run(_asof.spend_between(self._q, start, end, tenant_id), connection)
+
+    def asof_checkpoint(self, *, connection: Connectable | None = None) -> AsOfCheckpoint:
+        """Record where each tenant's chain stands and its latest stamp so far.
+
+        A cache for :meth:`balance_at`, :meth:`balances_at` and
+        :meth:`spend_between`: queries for a time after a checkpoint scan only
+        the entries after it. It never changes an answer. Run it periodically
+        (``ledger asof checkpoint``, from cron); each run reads only the
+        entries written since the previous one.
+        """
+        return self._run(_asof.asof_checkpoint(self._q), connection)
 
 
 class BoundLedger(Ledger):

@@ -134,6 +134,12 @@ class Queries:
     stats_holds: str
     stats_drift: str
     stats: str
+    # asof.sql
+    asof_balance: str
+    asof_balances: str
+    asof_spend: str
+    asof_spends: str
+    asof_checkpoint: str
 
 
 @functools.cache

@@ -1,4 +1,4 @@
-"""A read-only auditor role: SELECT on the audit views, nothing else."""
+"""A read-only auditor role: SELECT on the audit views, EXECUTE on the audit functions."""
 
 from __future__ import annotations
 
@@ -19,13 +19,19 @@ AUDIT_VIEWS = (
     "journal_entries",
 )
 
+#: Audit functions (revision 0006, docs/asof.md): SECURITY DEFINER, EXECUTE revoked from PUBLIC.
+AUDIT_FUNCTIONS = (
+    "balances_at(timestamptz)",
+    "spend_between(timestamptz, timestamptz)",
+)
+
 _ROLE_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 def grant_auditor(
     engine_or_url: EngineLike, role: str = "ledger_auditor", *, schema: str = "ledger"
 ) -> None:
-    """Create ``role`` (NOLOGIN, if missing) and grant it SELECT on the audit views only.
+    """Create ``role`` (NOLOGIN, if missing): SELECT on the audit views, EXECUTE on the functions.
 
     Run it as the owner of the ledger schema. Give people access by granting
     them the role (``GRANT ledger_auditor TO alice``) or by setting a
@@ -48,6 +54,8 @@ def grant_auditor(
             conn.execute(text(f'GRANT USAGE ON SCHEMA {q} TO "{role}"'))
             views = ", ".join(f"{q}.{v}" for v in AUDIT_VIEWS)
             conn.execute(text(f'GRANT SELECT ON {views} TO "{role}"'))
+            functions = ", ".join(f"{q}.{f}" for f in AUDIT_FUNCTIONS)
+            conn.execute(text(f'GRANT EXECUTE ON FUNCTION {functions} TO "{role}"'))
     finally:
         if owned:
             engine.dispose()

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, text
 from . import _validate, errors
 from ._engine import EngineLike, as_engine
 from ._translate import translate_errors
-from .audit import grant_auditor
+from .audit import AUDIT_FUNCTIONS, grant_auditor
 
 _ROLE_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -33,7 +33,13 @@ WRITABLE = (
 )
 #: Tables it may only append to and read.
 #: (``refusals``: the spend statements log refusals there; nothing rewrites them.)
-APPEND_ONLY = ("journal", "certificates", "certificate_checkpoints", "refusals")
+APPEND_ONLY = (
+    "journal",
+    "certificates",
+    "certificate_checkpoints",
+    "refusals",
+    "asof_checkpoints",
+)
 #: Tables carrying tenant_id, isolated by row-level security when enabled.
 TENANT_SCOPED = (
     "tenants",
@@ -42,6 +48,7 @@ TENANT_SCOPED = (
     "idempotency_keys",
     "detached_tenants",
     "allowances",
+    "asof_checkpoints",
     "refusals",
 )
 
@@ -134,6 +141,11 @@ def enable_row_level_security(
                         f"WITH CHECK (NOT pg_has_role(current_user, '{role}', 'MEMBER'))"
                     )
                 )
+            # The as-of audit functions run with their owner's rights, past
+            # these policies: a tenant-scoped role asks Ledger.balances_at,
+            # which reads the tables as the role.
+            functions = ", ".join(f"{q}.{f}" for f in AUDIT_FUNCTIONS)
+            conn.execute(text(f'REVOKE EXECUTE ON FUNCTION {functions} FROM "{role}"'))
     finally:
         if owned:
             engine.dispose()

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Index,
     LargeBinary,
     MetaData,
+    Numeric,
     PrimaryKeyConstraint,
     SmallInteger,
     Table,
@@ -224,6 +225,21 @@ def metadata(schema: str = "ledger") -> MetaData:
             "min_rollover_microcents >= 0 AND max_rollover_microcents >= min_rollover_microcents",
             name="allowances_rollover_range",
         ),
+    )
+    Table(  # revision 0006: as-of checkpoints, a cache (docs/asof.md)
+        "asof_checkpoints",
+        md,
+        _tenant_id(),
+        Column("journal_seq", BigInteger, nullable=False),
+        Column("effective_at", DateTime(timezone=True), nullable=False),
+        _amount("commits"),
+        Column("committed_microcents", Numeric, nullable=False),
+        _amount("refunds"),
+        Column("refunded_microcents", Numeric, nullable=False),
+        _created_at(),
+        PrimaryKeyConstraint("tenant_id", "journal_seq", name="asof_checkpoints_pkey"),
+        CheckConstraint("journal_seq > 0", name="asof_checkpoints_seq_positive"),
+        Index("asof_checkpoints_effective_idx", "tenant_id", "effective_at", "journal_seq"),
     )
     Table(  # revision 0006: refused spend, for ``ledger stats``
         "refusals",

@@ -11,7 +11,7 @@ unchanged (compared with the owner's view of every table).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -45,6 +45,20 @@ OPS: list[tuple[str, str, Op]] = [
     ("tenant", "read", lambda b, c, h: b.tenant("a", connection=c)),
     ("snapshot", "read", lambda b, c, h: b.snapshot(connection=c)),
     ("verify_conservation", "read", lambda b, c, h: b.verify_conservation(connection=c)),
+    # As-of queries read the journal under the role's row-level security (docs/asof.md).
+    (
+        "balances_at",
+        "read",
+        lambda b, c, h: tuple(b.balances_at(datetime.now(UTC), connection=c)),
+    ),
+    (
+        "spend_between",
+        "read",
+        lambda b, c, h: b.spend_between(
+            datetime.now(UTC) - timedelta(days=1), datetime.now(UTC), connection=c
+        ),
+    ),
+    ("asof_checkpoint", "wide", lambda b, c, h: b.asof_checkpoint(connection=c)),
     # It replays every chain and every certificate: ledger-wide, like the writes below.
     ("verify_journal", "wide", lambda b, c, h: b.verify_journal(connection=c)),
     ("certify", "wide", lambda b, c, h: b.certify(connection=c)),
@@ -184,6 +198,11 @@ def test_role_matrix(
     if name == "snapshot":
         expected = ["a"] if role == "ledger_tenant_app" else ["a", "b"]
         assert [t.tenant_id for t in result.tenants] == expected  # a tenant sees itself only
+    if name == "balances_at":
+        expected = ["a"] if role == "ledger_tenant_app" else ["a", "b"]
+        assert [t.tenant_id for t in result] == expected  # a tenant sees itself only
+    if name == "spend_between":
+        assert result.tenants == ()  # the template commits nothing
     if name == "verify_conservation":
         assert result.is_balanced
     if name == "verify_journal":

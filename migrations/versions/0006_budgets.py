@@ -22,6 +22,8 @@ Schema for issue 14 (docs/periods.md, docs/corrections.md):
   tenant's period.
 - ``refusals``: one row per refused spend, so ``ledger stats`` can say what was
   refused lately. Not chained: a refusal changes no balance.
+- ``asof_checkpoints`` and the auditor functions ``balances_at(T)`` /
+  ``spend_between(T1, T2)`` (docs/asof.md): as-of queries from the journal.
 
 Zero-downtime: new columns are nullable without defaults (metadata only), the
 new CHECK on ``journal.op`` is added NOT VALID and validated online, the
@@ -96,6 +98,7 @@ def _expand() -> None:
     _functions(q)
     _period_functions(q)
     _corrections(q)
+    _asof(s, q)
 
 
 def _lock_in_traffic_order(q: str) -> None:
@@ -626,6 +629,7 @@ def downgrade() -> None:
 def _contract() -> None:
     s = _schema()
     q = f'"{s}"'
+    _asof_contract(s, q)
     _drop_period_functions(q)
     _drop_corrections(q)
     op.execute(
@@ -643,3 +647,198 @@ def _contract() -> None:
     op.create_check_constraint("journal_op_known", "journal", _op_check(OLD_OPS), schema=s)
     op.drop_column("journal", "reason", schema=s)
     op.drop_column("journal", "period_index", schema=s)
+
+
+# ---------------------------------------------------------------- as-of queries
+
+#: The as-of audit functions (docs/asof.md), with their signatures.
+ASOF_FUNCTIONS = (
+    "balances_at(timestamptz)",
+    "spend_between(timestamptz, timestamptz)",
+    "asof_cut(text, bigint, bigint, timestamptz)",
+)
+
+
+def _asof(s: str, q: str) -> None:
+    """As-of checkpoints and the auditor's ``balances_at`` / ``spend_between`` functions.
+
+    ``asof_checkpoints`` is a cache (``Ledger.asof_checkpoint()``): per
+    tenant, a chain position, the latest stamp of every entry up to it and
+    running commit/refund totals up to it. The functions are the SQL twins of
+    ``asof_balances`` / ``asof_spends`` in ledger/sql/asof.sql
+    (tests/test_asof.py checks both against the journal). The two public ones
+    are SECURITY DEFINER with a fixed search_path: like the audit views they
+    run with their owner's rights, so an auditor needs EXECUTE on them and
+    nothing on the tables. EXECUTE is revoked from PUBLIC, granted by
+    ``grant_auditor`` / ``grant_application`` and taken back from a
+    tenant-scoped role (``ledger roles isolate``), which they would show every
+    tenant. The table is new, so its index is built plainly.
+    """
+    op.create_table(
+        "asof_checkpoints",
+        sa.Column("tenant_id", sa.Text(collation="C"), nullable=False),
+        sa.Column("journal_seq", sa.BigInteger(), nullable=False),
+        sa.Column("effective_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("commits", sa.BigInteger(), nullable=False),
+        sa.Column("committed_microcents", sa.Numeric(), nullable=False),
+        sa.Column("refunds", sa.BigInteger(), nullable=False),
+        sa.Column("refunded_microcents", sa.Numeric(), nullable=False),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
+        sa.PrimaryKeyConstraint("tenant_id", "journal_seq", name="asof_checkpoints_pkey"),
+        sa.CheckConstraint("journal_seq > 0", name="asof_checkpoints_seq_positive"),
+        schema=s,
+    )
+    op.create_index(
+        "asof_checkpoints_effective_idx",
+        "asof_checkpoints",
+        ["tenant_id", "effective_at", "journal_seq"],
+        schema=s,
+    )
+    # The seq just before the first entry after `from_seq` stamped later than
+    # `as_of` (or the head): the end of the longest prefix stamped at or
+    # before `as_of`, provided every entry up to `from_seq` is.
+    op.execute(
+        sa.text(f"""
+        CREATE FUNCTION {q}.asof_cut(tenant text, head bigint, from_seq bigint, as_of timestamptz)
+        RETURNS bigint
+        LANGUAGE sql STABLE AS $$
+            SELECT COALESCE((
+                SELECT j.seq - 1 FROM {q}.journal AS j
+                WHERE j.tenant_id = tenant
+                  AND j.seq > GREATEST(from_seq, COALESCE((
+                      SELECT m.journal_seq FROM {q}.asof_checkpoints AS m
+                      WHERE m.tenant_id = tenant AND m.effective_at <= as_of
+                      ORDER BY m.effective_at DESC, m.journal_seq DESC LIMIT 1), 0))
+                  AND j.created_at > as_of
+                ORDER BY j.seq LIMIT 1), head)
+        $$
+    """)
+    )
+    op.execute(
+        sa.text(f"""
+        CREATE FUNCTION {q}.balances_at(as_of timestamptz)
+        RETURNS TABLE (
+            tenant_id text, journal_seq bigint, entry_created_at timestamptz,
+            initial_microcents bigint, remaining_microcents bigint,
+            reserved_microcents bigint, committed_microcents bigint,
+            max_reserved_microcents bigint
+        )
+        LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+            WITH ids AS (
+                SELECT t.tenant_id, t.journal_seq AS head FROM {q}.tenants AS t
+                UNION ALL
+                SELECT d.tenant_id, d.journal_seq FROM {q}.detached_tenants AS d
+            )
+            SELECT j.tenant_id, j.seq, j.created_at, j.initial_microcents,
+                   j.remaining_microcents, j.reserved_microcents, j.committed_microcents,
+                   j.max_reserved_microcents
+            FROM ids AS i
+            CROSS JOIN LATERAL (SELECT {q}.asof_cut(i.tenant_id, i.head, 0, as_of) AS seq) AS c
+            CROSS JOIN LATERAL (
+                SELECT * FROM {q}.journal AS e WHERE e.tenant_id = i.tenant_id AND e.seq = c.seq
+                LIMIT 1
+            ) AS j
+            WHERE j.op <> 'remove'
+            ORDER BY j.tenant_id
+        $$
+    """)
+    )
+    op.execute(
+        sa.text(f"""
+        CREATE FUNCTION {q}.spend_between(start_at timestamptz, end_at timestamptz)
+        RETURNS TABLE (
+            tenant_id text, spent_microcents numeric, committed_microcents numeric,
+            refunded_microcents numeric, commits bigint, refunds bigint,
+            from_seq bigint, to_seq bigint
+        )
+        LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+WITH ids AS (
+    SELECT tenant_id, journal_seq AS head FROM {q}.tenants
+    UNION ALL
+    SELECT tenant_id, journal_seq FROM {q}.detached_tenants
+), lo AS MATERIALIZED (
+    SELECT i.tenant_id, i.head, m.*, COALESCE((
+        SELECT j.seq - 1 FROM {q}.journal AS j
+        WHERE j.tenant_id = i.tenant_id AND j.seq > m.seq
+          AND j.created_at > start_at
+        ORDER BY j.seq LIMIT 1), i.head) AS cut
+    FROM ids AS i
+    CROSS JOIN LATERAL (
+        SELECT COALESCE(max(c.journal_seq), 0) AS seq, COALESCE(max(c.commits), 0) AS commits,
+               COALESCE(max(c.committed_microcents), 0) AS committed,
+               COALESCE(max(c.refunds), 0) AS refunds,
+               COALESCE(max(c.refunded_microcents), 0) AS refunded
+        FROM (SELECT * FROM {q}.asof_checkpoints AS m
+              WHERE m.tenant_id = i.tenant_id
+                AND m.effective_at <= start_at
+              ORDER BY m.effective_at DESC, m.journal_seq DESC LIMIT 1) AS c
+    ) AS m
+), hi AS MATERIALIZED (
+    SELECT l.tenant_id, l.cut AS lo, l.seq AS m1_seq, l.commits AS m1_commits,
+           l.committed AS m1_committed, l.refunds AS m1_refunds, l.refunded AS m1_refunded,
+           m.seq AS m2_seq, m.commits AS m2_commits, m.committed AS m2_committed,
+           m.refunds AS m2_refunds, m.refunded AS m2_refunded, m.seq > l.cut AS via,
+           COALESCE((
+               SELECT j.seq - 1 FROM {q}.journal AS j
+               WHERE j.tenant_id = l.tenant_id AND j.seq > GREATEST(l.cut, m.seq)
+                 AND j.created_at > end_at
+               ORDER BY j.seq LIMIT 1), l.head) AS hi
+    FROM lo AS l
+    CROSS JOIN LATERAL (
+        SELECT COALESCE(max(c.journal_seq), 0) AS seq, COALESCE(max(c.commits), 0) AS commits,
+               COALESCE(max(c.committed_microcents), 0) AS committed,
+               COALESCE(max(c.refunds), 0) AS refunds,
+               COALESCE(max(c.refunded_microcents), 0) AS refunded
+        FROM (SELECT * FROM {q}.asof_checkpoints AS m
+              WHERE m.tenant_id = l.tenant_id
+                AND m.effective_at <= end_at
+              ORDER BY m.effective_at DESC, m.journal_seq DESC LIMIT 1) AS c
+    ) AS m
+), totals AS (
+    SELECT h.tenant_id, h.lo, h.hi,
+           CASE WHEN h.via THEN h.m2_commits - h.m1_commits ELSE 0 END
+               + b.commits - a.commits AS commits,
+           CASE WHEN h.via THEN h.m2_committed - h.m1_committed ELSE 0 END
+               + b.committed - a.committed AS committed,
+           CASE WHEN h.via THEN h.m2_refunds - h.m1_refunds ELSE 0 END
+               + b.refunds - a.refunds AS refunds,
+           CASE WHEN h.via THEN h.m2_refunded - h.m1_refunded ELSE 0 END
+               + b.refunded - a.refunded AS refunded
+    FROM hi AS h
+    CROSS JOIN LATERAL (
+        SELECT count(*) FILTER (WHERE j.op = 'commit') AS commits,
+               COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'commit'), 0) AS committed,
+               count(*) FILTER (WHERE j.op = 'refund') AS refunds,
+               COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'refund'), 0) AS refunded
+        FROM {q}.journal AS j
+        WHERE j.tenant_id = h.tenant_id AND j.seq <= h.lo
+          AND j.seq > CASE WHEN h.via THEN h.m1_seq ELSE h.lo END
+    ) AS a
+    CROSS JOIN LATERAL (
+        SELECT count(*) FILTER (WHERE j.op = 'commit') AS commits,
+               COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'commit'), 0) AS committed,
+               count(*) FILTER (WHERE j.op = 'refund') AS refunds,
+               COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'refund'), 0) AS refunded
+        FROM {q}.journal AS j
+        WHERE j.tenant_id = h.tenant_id AND j.seq <= h.hi
+          AND j.seq > CASE WHEN h.via THEN h.m2_seq ELSE h.lo END
+    ) AS b
+)
+SELECT tenant_id, committed - refunded, committed, refunded, commits, refunds, lo, hi
+FROM totals
+WHERE commits + refunds > 0 AND start_at <= end_at
+ORDER BY tenant_id
+        $$
+    """)
+    )
+    for function in ASOF_FUNCTIONS:
+        op.execute(sa.text(f"REVOKE ALL ON FUNCTION {q}.{function} FROM PUBLIC"))
+
+
+def _asof_contract(s: str, q: str) -> None:
+    for function in ("balances_at(timestamptz)", "spend_between(timestamptz, timestamptz)"):
+        op.execute(sa.text(f"DROP FUNCTION {q}.{function}"))
+    op.execute(sa.text(f"DROP FUNCTION {q}.asof_cut(text, bigint, bigint, timestamptz)"))
+    op.drop_table("asof_checkpoints", schema=s)

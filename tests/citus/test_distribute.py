@@ -28,10 +28,11 @@ TENANT_KEYED = {
     "certificate_checkpoints",
     "allowances",  # revision 0006
     "refusals",
+    "asof_checkpoints",
 }
 LEDGER_WIDE = {"certificates", "certificate_baseline"}
 #: Tenant-keyed tables that revisions after 0005 add (distributed by the next distribute()).
-ADDED_AFTER_0005 = {"allowances", "refusals"}
+ADDED_AFTER_0005 = {"allowances", "refusals", "asof_checkpoints"}
 
 
 def placement(raw: psycopg.Connection, schema: str) -> dict[str, tuple[str, str, int, int]]:
