@@ -18,15 +18,14 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 
 import psycopg
-from sqlalchemy import make_url
 
 import ledger
-from ledger import embedded
+
+from . import scratch
 
 BUDGET = 10**15
 
@@ -58,22 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--entries", type=int, default=1_000_000)
     parser.add_argument("--calls", type=int, default=300)
     args = parser.parse_args(argv)
-    server = None
-    url = args.database_url
-    if url is None:
-        server = embedded.start(
-            os.path.join(tempfile.mkdtemp(prefix="ledger-corrections-"), "data"), cleanup="delete"
-        )
-        url = server.url
-    plain = url.replace("postgresql+psycopg://", "postgresql://", 1)
-    try:
-        with psycopg.connect(plain, autocommit=True) as admin:
-            admin.execute("DROP DATABASE IF EXISTS ledger_corrections WITH (FORCE)")
-            admin.execute("CREATE DATABASE ledger_corrections")
-        db_url = (
-            make_url(plain).set(database="ledger_corrections").render_as_string(hide_password=False)
-        )
-        ledger.migrate(db_url)
+    with scratch.fresh_database(args.database_url, "corrections") as db_url:
         with ledger.Ledger(db_url) as book, psycopg.connect(db_url, autocommit=True) as conn:
             book.ensure_tenant("small", BUDGET)
             book.ensure_tenant("big", BUDGET)
@@ -114,9 +98,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"median latency, 1 client, {args.calls} calls each")
         for name, micros in rows:
             print(f"{name:<44}{micros:>10.0f} us")
-    finally:
-        if server is not None:
-            server.stop()
     return 0
 
 

@@ -23,17 +23,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
 from typing import Any
 
 import psycopg
-from sqlalchemy import make_url
 
 import ledger
-from ledger import embedded
 from ledger._queries import for_schema
 
+from . import scratch
 from .baselines import NOJOURNAL_COMMIT, NOJOURNAL_RESERVE
 
 TENANTS = 1_000
@@ -103,22 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database-url", default=os.environ.get("LEDGER_BENCH_DATABASE_URL"))
     parser.add_argument("--cycles", type=int, default=3000)
     args = parser.parse_args(argv)
-    server = None
-    url = args.database_url
-    if url is None:
-        server = embedded.start(
-            os.path.join(tempfile.mkdtemp(prefix="ledger-jcost-"), "data"),
-            cleanup="delete",
-            settings={"shared_preload_libraries": "pg_stat_statements"},
-        )
-        url = server.url
-    plain = url.replace("postgresql+psycopg://", "postgresql://", 1)
-    try:
-        with psycopg.connect(plain, autocommit=True) as admin:
-            admin.execute("DROP DATABASE IF EXISTS ledger_jcost WITH (FORCE)")
-            admin.execute("CREATE DATABASE ledger_jcost")
-        db_url = make_url(plain).set(database="ledger_jcost").render_as_string(hide_password=False)
-        ledger.migrate(db_url)
+    with scratch.fresh_database(
+        args.database_url, "jcost", {"shared_preload_libraries": "pg_stat_statements"}
+    ) as db_url:
         with ledger.Ledger(db_url) as book:
             for i in range(TENANTS):
                 book.ensure_tenant(f"t{i}", 10**15)
@@ -160,9 +145,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r.get('commit_wal', 0):>14.0f}{r['wal_per_cycle']:>13.0f}"
                 f"{100 * r['hot']:>7.0f}"
             )
-    finally:
-        if server is not None:
-            server.stop()
     return 0
 
 

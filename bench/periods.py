@@ -21,19 +21,18 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
-from sqlalchemy import make_url
 
 import ledger
 from ledger import _operations as ops
-from ledger import embedded
 from ledger._executor import Fetch, PsycopgExecutor, Steps, drive
 from ledger._queries import for_schema
+
+from . import scratch
 
 TENANTS = 1_000
 DAY = timedelta(days=1)
@@ -135,22 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database-url", default=os.environ.get("LEDGER_BENCH_DATABASE_URL"))
     parser.add_argument("--cycles", type=int, default=2000)
     args = parser.parse_args(argv)
-    server = None
-    url = args.database_url
-    if url is None:
-        server = embedded.start(
-            os.path.join(tempfile.mkdtemp(prefix="ledger-periods-"), "data"), cleanup="delete"
-        )
-        url = server.url
-    plain = url.replace("postgresql+psycopg://", "postgresql://", 1)
-    try:
-        with psycopg.connect(plain, autocommit=True) as admin:
-            admin.execute("DROP DATABASE IF EXISTS ledger_periods WITH (FORCE)")
-            admin.execute("CREATE DATABASE ledger_periods")
-        db_url = (
-            make_url(plain).set(database="ledger_periods").render_as_string(hide_password=False)
-        )
-        ledger.migrate(db_url)
+    with scratch.fresh_database(args.database_url, "periods") as db_url:
         anchor = datetime.now(UTC) - DAY / 2
         with ledger.Ledger(db_url) as book, psycopg.connect(db_url, autocommit=True) as conn:
             for i in range(TENANTS):
@@ -170,9 +154,6 @@ def main(argv: list[str] | None = None) -> int:
             for key, value in values.items():
                 shown = f"{value:.1f}" if isinstance(value, float) else value
                 print(f"  {key}: {shown}")
-    finally:
-        if server is not None:
-            server.stop()
     return 0
 
 
