@@ -465,8 +465,8 @@ print(points)
 
 
 def test_stats_command(db_url: str, raw: psycopg.Connection) -> None:
-    """Refusals are written straight into the refusals table here: the spend
-    statements' refusal log is another part of issue 14."""
+    """Refusal rows of chosen ages are written straight into the log here, to test
+    the window; test_stats_counts_the_refusals_the_ledger_logged drives real ones."""
     with ledger.Ledger(db_url) as book:
         for tenant, spend in (("a", 50), ("b", 300), ("c", 200), ("idle", 0)):
             book.ensure_tenant(tenant, 1_000)
@@ -512,6 +512,28 @@ def test_stats_command(db_url: str, raw: psycopg.Connection) -> None:
     bad = CliRunner().invoke(_cli.main, ["--database-url", db_url, "--json", "stats", "--top", "0"])
     assert bad.exit_code == _cli.EXIT_BAD_INPUT
     assert "top must be a positive int" in json.loads(bad.output)["error"]
+
+
+def test_stats_counts_the_refusals_the_ledger_logged(db_url: str) -> None:
+    """End to end: refused spends write the refusals log, and stats reads it back."""
+    with ledger.Ledger(db_url) as book:
+        book.ensure_tenant("r", 100)
+        assert book.try_reserve("r", 500).status == "insufficient"
+        book.set_max_reserved_microcents("r", 60)
+        assert book.try_reserve("r", 70).status == "exposure_limit_exceeded"
+        hold = book.try_reserve("r", 50).raise_for_status()
+        assert book.commit(hold.reservation_id, 101, tenant_id="r").status == "overrun"
+        assert [o.status for o in book.try_reserve_many([("r", 20), ("r", 5)])] == [
+            "exposure_limit_exceeded",
+            "reserved",
+        ]
+        stats = book.stats(minutes=5)
+    assert sorted(stats.refusals) == [
+        ("commit", "overrun", 1),
+        ("reserve", "exposure_limit_exceeded", 2),
+        ("reserve", "insufficient", 1),
+    ]
+    assert stats.refused == 4
 
 
 def test_stats_async_matches(db_url: str) -> None:
