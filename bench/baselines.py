@@ -170,6 +170,9 @@ def pgbench_script(statements: Any, tenants: int) -> str:
         for name in ("ikey", "ttl_us", "expires_at"):
             sql = sql.replace(f"%({name})s", "NULL")
         sql = re.sub(r"%\((\w+)\)s", r":\1", sql).replace("%%", "%")
+        # One line per command for pgbench: drop the statements' own -- comments
+        # first, or the first one would comment out the rest of the line.
+        sql = re.sub(r"--[^\n]*", "", sql)
         return " ".join(sql.split())
 
     reserve = as_pgbench(statements.try_reserve)
