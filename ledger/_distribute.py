@@ -583,8 +583,18 @@ def _create_routed(conn: Connection, schema: str, changed: list[str]) -> None:
             {"s": f'"{schema}"', "f": function},
         ).first()
         if exists is None:
-            _, _, create, _ = _routed_definition(conn, schema, name, sql)
+            # A schema at an older revision than this code (distributed before a later
+            # migration) may lack a column the statement uses: no routed function then,
+            # the ledger sends the statement as it is; the next distribute makes it.
+            savepoint = conn.begin_nested()
+            try:
+                _, _, create, _ = _routed_definition(conn, schema, name, sql)
+            except errors.DistributionConflict:
+                savepoint.rollback()
+                wanted.discard(function)
+                continue
             conn.exec_driver_sql(create)
+            savepoint.commit()
             changed.append(f"created {function}")
     stale = conn.execute(
         text(
