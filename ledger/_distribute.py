@@ -498,6 +498,11 @@ ROUTED_STATEMENTS = (
     "idempotency_record",
 )
 ROUTED_PREFIX = "routed_"
+#: Part of every routed function's hash: bumped when the generated body changes shape.
+_GENERATION = 3
+#: SECURITY DEFINER wrapper of Citus's lock_shard_metadata (ShareLock only), which
+#: checks table ownership: the application role calls the routed functions too.
+SHARD_LOCK = "lock_tenant_shard"
 _PARAM = re.compile(r"%\((\w+)\)s")
 
 
@@ -513,7 +518,7 @@ def _routed_parameters(sql: str) -> list[str]:
 
 def routed_function_name(name: str, sql: str) -> str:
     """``routed_<statement>_<8 hex of the statement text>``: a changed statement gets a new name."""
-    digest = hashlib.sha256(sql.encode()).hexdigest()[:8]
+    digest = hashlib.sha256(f"{_GENERATION}:{sql}".encode()).hexdigest()[:8]
     return f"{ROUTED_PREFIX}{name}_{digest}"
 
 
@@ -547,9 +552,20 @@ def _describe_statement(conn: Connection, sql: str) -> tuple[list[str], list[tup
 
 
 def _routed_definition(
-    conn: Connection, schema: str, name: str, sql: str
+    conn: Connection, schema: str, name: str, sql: str, tenant_keyed: list[str]
 ) -> tuple[str, str, str, list[str]]:
-    """(function name, signature, CREATE FUNCTION text, argument types) for one statement."""
+    """(function name, signature, CREATE FUNCTION text, argument types) for one statement.
+
+    On the tenant's worker the function runs the statement on that tenant's shards
+    directly (each ``"schema".<table>`` replaced by its shard, ``EXECUTE ... USING``):
+    plain PostgreSQL execution, one local transaction. Given the distributed table
+    names instead, Citus would plan the data-modifying CTEs as subplans, ship their
+    intermediate results to every node and end in a two-phase commit, even inside a
+    delegated call (measured: 26 ms for a release). Where a shard is not on this
+    node (the function runs elsewhere than its tenant's worker, e.g. a shard moved
+    and the caller's metadata is older), it runs the statement as written and
+    Citus routes it.
+    """
     q = f'"{schema}"'
     params = _routed_parameters(sql)
     body = _PARAM.sub(lambda m: f"${params.index(m.group(1)) + 1}", sql)
@@ -557,12 +573,34 @@ def _routed_definition(
     function = routed_function_name(name, sql)
     arguments = ", ".join(f"p_{p} {t}" for p, t in zip(params, types, strict=True))
     returns = ", ".join(f'"{c}" {t}' for c, t in columns)
+    tables = [t for t in tenant_keyed if re.search(rf"{re.escape(q)}\.{t}\b", body)]
+    shards = "\n".join(
+        f"        statement := regexp_replace(statement, '{q}\\.{t}\\M', shard_name("
+        f"'{q}.{t}'::regclass, get_shard_id_for_distribution_column('{q}.{t}'::regclass, $1)),"
+        f" 'g');"
+        for t in tables
+    )
+    using = ", ".join(f"${i + 1}" for i in range(len(params)))
     # use_column: the RETURNS TABLE columns (status, tenant_id, ...) are PL/pgSQL
     # variables too; inside the statement a name always means the table's column.
+    # The shard lock is the one Citus's own executor takes before writing a shard
+    # (ShareLock on the colocated shards' metadata): a shard move blocks writes with
+    # it, so after it the placement read here is current, and a write never lands
+    # in a shard that has just moved away.
     create = (
         f"CREATE OR REPLACE FUNCTION {q}.{function}({arguments})\n"
         f"RETURNS TABLE({returns}) LANGUAGE plpgsql VOLATILE AS $routed$\n"
-        f"#variable_conflict use_column\nBEGIN\nRETURN QUERY\n{body};\nEND\n$routed$"
+        f"#variable_conflict use_column\n"
+        f"DECLARE\n    statement text := $statement$\n{body}\n$statement$;\n"
+        f"    anchor bigint := get_shard_id_for_distribution_column(\n"
+        f"        '{q}.{ANCHOR}'::regclass, $1);\n"
+        f"BEGIN\n"
+        f"    PERFORM {q}.{SHARD_LOCK}(anchor);\n"
+        f"    IF EXISTS (SELECT 1 FROM pg_dist_placement WHERE shardid = anchor\n"
+        f"               AND groupid = (SELECT groupid FROM pg_dist_local_group)) THEN\n"
+        f"{shards}\n"
+        f"        RETURN QUERY EXECUTE statement USING {using};\n"
+        f"    ELSE\n        RETURN QUERY\n{body};\n    END IF;\nEND\n$routed$"
     )
     return function, f"{q}.{function}({', '.join(types)})", create, types
 
@@ -570,6 +608,19 @@ def _routed_definition(
 def _create_routed(conn: Connection, schema: str, changed: list[str]) -> None:
     """Create the routed function of every statement in ROUTED_STATEMENTS; drop stale ones."""
     queries = for_schema(schema)
+    tenant_keyed = sorted(t for t, has_key in _tables(conn, schema).items() if has_key)
+    q = f'"{schema}"'
+    if not conn.execute(
+        text("SELECT to_regprocedure(:f) IS NOT NULL"), {"f": f"{q}.{SHARD_LOCK}(bigint)"}
+    ).scalar():
+        conn.execute(
+            text(
+                f"CREATE FUNCTION {q}.{SHARD_LOCK}(shard bigint) RETURNS void"
+                " LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog"
+                " AS 'SELECT lock_shard_metadata(5, ARRAY[shard])'"  # 5 = ShareLock
+            )
+        )
+        changed.append(f"created {SHARD_LOCK}")
     wanted: set[str] = set()
     for name in ROUTED_STATEMENTS:
         sql = getattr(queries, name)
@@ -588,7 +639,7 @@ def _create_routed(conn: Connection, schema: str, changed: list[str]) -> None:
             # the ledger sends the statement as it is; the next distribute makes it.
             savepoint = conn.begin_nested()
             try:
-                _, _, create, _ = _routed_definition(conn, schema, name, sql)
+                _, _, create, _ = _routed_definition(conn, schema, name, sql, tenant_keyed)
             except errors.DistributionConflict:
                 savepoint.rollback()
                 wanted.discard(function)
