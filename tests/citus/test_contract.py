@@ -210,6 +210,21 @@ def test_hold_context_manager(book: ledger.Ledger, raw: psycopg.Connection, sche
     settled(book, raw, schema)
 
 
+@refused_by_citus(
+    FOR_UPDATE + ": a lapsed hold is expired by expire_hold, which finds it by id alone"
+)
+def test_commit_with_tenant_of_a_lapsed_hold(
+    book: ledger.Ledger, raw: psycopg.Connection, schema: str
+) -> None:
+    book.ensure_tenant("acme", 1_000)
+    hold = book.try_reserve("acme", 300, ttl=timedelta(microseconds=1))
+    time.sleep(0.01)
+    out = book.commit(hold.reservation_id, 200, tenant_id="acme")  # type: ignore[arg-type]
+    assert out.status == "expired"
+    assert book.tenant("acme") == TenantLedger("acme", 1_000, 1_000, 0, 0)
+    settled(book, raw, schema)
+
+
 # ------------------------------------------------------------------ batches
 
 
