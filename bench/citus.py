@@ -143,15 +143,18 @@ def _operations() -> list[tuple[str, Callable[[ledger.Ledger, int], object] | No
             "commit (tenant_id, key)",
             lambda b, rid: b.commit(rid, 50, tenant_id="acme", idempotency_key="k3"),
         ),
-        ("commit (no tenant_id)", lambda b, rid: b.commit(rid, 50)),
         ("release (tenant_id)", lambda b, rid: b.release(rid, tenant_id="acme")),
         (
             "release (tenant_id, key)",
             lambda b, rid: b.release(rid, tenant_id="acme", idempotency_key="k4"),
         ),
-        ("release (no tenant_id)", lambda b, rid: b.release(rid)),
         ("lazy expiry (try_reserve)", None),  # set up below: a lapsed hold blocks it
         ("tenant (read)", lambda b, rid: b.tenant("acme")),
+        # Last: Citus refuses these, and after that planning error it stops delegating
+        # function calls for the rest of the session (measured: routed calls then send
+        # 11-14 commands), which would misreport every row below them.
+        ("commit (no tenant_id)", lambda b, rid: b.commit(rid, 50)),
+        ("release (no tenant_id)", lambda b, rid: b.release(rid)),
     ]
 
 

@@ -33,11 +33,12 @@ from . import _operations as ops
 from ._asof import AsOfCheckpoint, BalanceAt, SpendReport
 from ._batch import CommitItem, ReleaseItem, ReserveItem
 from ._coalesce import Coalescer
+from ._distribute import routed_queries
 from ._engine import EngineLike, as_engine
 from ._executor import Connectable, Database, Op
 from ._hold import Hold
 from ._outside import CertificateCheck
-from ._queries import for_schema
+from ._queries import Queries, for_schema
 from ._stats import LedgerStats
 from .finance import FinancialCertificate
 from .journal import JournalReport
@@ -84,7 +85,20 @@ class Ledger:
         self.schema = _validate.schema_name(schema)
         self.engine, self._owns_engine = as_engine(engine_or_url)
         self._db = Database(self.engine, coalescer=Coalescer(self.engine) if coalesce else None)
-        self._q = for_schema(self.schema)
+        self._plain_q = for_schema(self.schema)
+        self._queries: Queries | None = None
+
+    @property
+    def _q(self) -> Queries:
+        """The statements: on a Citus schema that ``ledger distribute`` prepared, the
+        single-tenant writes become calls of their routed functions, one round trip to
+        the tenant's worker (ledger/_distribute.py). Looked up on first use, then kept."""
+        if self._queries is None:
+            found = routed_queries(self.engine, self.schema)
+            if found is None:  # the lookup failed (server down): plain statements this time
+                return self._plain_q
+            self._queries = found
+        return self._queries
 
     #: Where operations run when no ``connection=`` is given: None means the
     #: ledger's own connection; a bound ledger (:meth:`bind`) asks its framework.
@@ -688,7 +702,7 @@ class BoundLedger(Ledger):
         self.engine = ledger.engine
         self._owns_engine = False
         self._db = ledger._db
-        self._q = ledger._q
+        self._plain_q, self._queries = ledger._plain_q, ledger._queries
         self._default_connection = connection
         self._unbound = ledger
 

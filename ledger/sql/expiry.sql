@@ -77,13 +77,13 @@ WITH hold AS MATERIALIZED (
             t.journal_head, t.tenant_id, t.journal_seq + 1, 'expire', (SELECT reservation_id FROM hold), (SELECT amount FROM hold), NULL,
             t.initial_microcents - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.remaining_microcents + (SELECT amount FROM hold) - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.reserved_microcents - (SELECT amount FROM hold), t.committed_microcents, t.max_reserved_microcents, now(), CAST(%(ikey)s AS text),
             (SELECT period FROM hold), NULL)
-    WHERE t.tenant_id = (SELECT tenant_id FROM hold)
+    WHERE t.tenant_id = %(tenant_id)s AND EXISTS (SELECT 1 FROM hold)
       AND (t.renews_at IS NULL OR t.renews_at > now())
     RETURNING t.*
 ), gone AS (
     DELETE FROM {schema}.reservations AS r
     WHERE r.reservation_id = (SELECT reservation_id FROM hold)
-      AND r.tenant_id = (SELECT tenant_id FROM applied)
+      AND r.tenant_id = %(tenant_id)s AND EXISTS (SELECT 1 FROM applied)
     RETURNING r.reservation_id
 ), logged AS (
     INSERT INTO {schema}.journal (

@@ -201,7 +201,7 @@ hold AS MATERIALIZED (
             t.journal_head, t.tenant_id, t.journal_seq + 1, 'commit', CAST(%(reservation_id)s AS bigint), CAST(%(actual)s AS bigint), (SELECT amount FROM hold),
             t.initial_microcents - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold) - CAST(%(actual)s AS bigint)), t.remaining_microcents - (CAST(%(actual)s AS bigint) - (SELECT amount FROM hold)) - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold) - CAST(%(actual)s AS bigint)), t.reserved_microcents - (SELECT amount FROM hold), t.committed_microcents + CAST(%(actual)s AS bigint), t.max_reserved_microcents, now(), CAST(%(ikey)s AS text),
             (SELECT period FROM hold), NULL)
-    WHERE t.tenant_id = (SELECT tenant_id FROM hold)
+    WHERE t.tenant_id = %(tenant_id)s AND EXISTS (SELECT 1 FROM hold)
       AND NOT (SELECT lapsed FROM hold)
       AND (t.renews_at IS NULL OR t.renews_at > now())
       AND t.committed_microcents <= 9223372036854775807 - CAST(%(actual)s AS bigint)
@@ -210,7 +210,7 @@ hold AS MATERIALIZED (
 ), gone AS (
     DELETE FROM {schema}.reservations AS r
     WHERE r.reservation_id = CAST(%(reservation_id)s AS bigint)
-      AND r.tenant_id = (SELECT tenant_id FROM applied)
+      AND r.tenant_id = %(tenant_id)s AND EXISTS (SELECT 1 FROM applied)
     RETURNING r.reservation_id
 ), logged AS (
     INSERT INTO {schema}.journal (
@@ -233,7 +233,10 @@ hold AS MATERIALIZED (
         ELSE 'retry'
     END AS status
     FROM {schema}.tenants AS t
-    WHERE t.tenant_id = (SELECT tenant_id FROM hold) AND NOT EXISTS (SELECT 1 FROM applied)
+    -- The caller's tenant (the hold was found under it), not the hold's: a locking read
+    -- filtered by a constant is what Citus can route to one shard.
+    WHERE t.tenant_id = %(tenant_id)s AND EXISTS (SELECT 1 FROM hold)
+      AND NOT EXISTS (SELECT 1 FROM applied)
     FOR NO KEY UPDATE
 ), refused AS (
     INSERT INTO {schema}.refusals (tenant_id, op, status, amount_microcents)
@@ -327,13 +330,13 @@ hold AS MATERIALIZED (
             t.journal_head, t.tenant_id, t.journal_seq + 1, 'release', CAST(%(reservation_id)s AS bigint), (SELECT amount FROM hold), NULL,
             t.initial_microcents - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.remaining_microcents + (SELECT amount FROM hold) - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.reserved_microcents - (SELECT amount FROM hold), t.committed_microcents, t.max_reserved_microcents, now(), CAST(%(ikey)s AS text),
             (SELECT period FROM hold), NULL)
-    WHERE t.tenant_id = (SELECT tenant_id FROM hold) AND NOT (SELECT lapsed FROM hold)
+    WHERE t.tenant_id = %(tenant_id)s AND EXISTS (SELECT 1 FROM hold) AND NOT (SELECT lapsed FROM hold)
       AND (t.renews_at IS NULL OR t.renews_at > now())
     RETURNING t.*
 ), gone AS (
     DELETE FROM {schema}.reservations AS r
     WHERE r.reservation_id = CAST(%(reservation_id)s AS bigint)
-      AND r.tenant_id = (SELECT tenant_id FROM applied)
+      AND r.tenant_id = %(tenant_id)s AND EXISTS (SELECT 1 FROM applied)
     RETURNING r.amount_microcents
 ), logged AS (
     INSERT INTO {schema}.journal (

@@ -258,7 +258,7 @@ def test_functions_with_a_tenant_argument_are_delegated_to_the_tenants_worker(
                 f' FROM "{s}".tenants WHERE tenant_id = p_tenant_id); END $$'
             )
         done = distribute(alchemy(citus_url), s)
-        assert done.functions == (f"{s}.remaining_of(text)",)
+        assert [f for f in done.functions if ".routed_" not in f] == [f"{s}.remaining_of(text)"]
         assert distribute(alchemy(citus_url), s).changed == ()
         with ledger.Ledger(alchemy(citus_url), schema=s) as book:
             book.ensure_tenant("acme", 42)

@@ -108,7 +108,6 @@ def test_hot_tenant_reserve_release_top_up_exact_sums(
     _hot_tenant(citus_url, schema, recorder, "release")
 
 
-@pytest.mark.xfail(strict=True, raises=errors.DatabaseError, reason=FOR_UPDATE)
 def test_hot_tenant_reserve_commit_exact_sums(
     citus_url: str, schema: str, recorder: Recorder
 ) -> None:
