@@ -128,6 +128,10 @@ def distribute(
             changed = list(done.changed)
             _create_routed(conn, schema, changed)
             functions = _distribute_functions(conn, schema, changed)
+        # Ledgers created from now on in this process see the new routed functions;
+        # other processes pick them up when they next start (docs/scale-out.md).
+        for key in [k for k in _ROUTED if k[1] == schema]:
+            del _ROUTED[key]
         return replace(done, functions=functions, changed=tuple(changed))
     except sa_exc.DBAPIError as exc:
         raise translate(exc) from exc
