@@ -170,6 +170,8 @@ def pgbench_script(statements: Any, tenants: int) -> str:
         for name in ("ikey", "ttl_us", "expires_at"):
             sql = sql.replace(f"%({name})s", "NULL")
         sql = re.sub(r"%\((\w+)\)s", r":\1", sql).replace("%%", "%")
+        # One line per statement: a -- comment would swallow the rest of it.
+        sql = re.sub(r"--[^\n]*", "", sql)
         return " ".join(sql.split())
 
     reserve = as_pgbench(statements.try_reserve)
