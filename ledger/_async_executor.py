@@ -39,6 +39,8 @@ from ._executor import (
     ReadStream,
     Request,
     Steps,
+    positional,
+    values,
 )
 from ._translate import translate
 
@@ -81,9 +83,16 @@ class AsyncPsycopgExecutor:
         attempt = 0
         while True:
             try:
-                async with self._conn.cursor(row_factory=namedtuple_row) as cur:
-                    await cur.execute(sql, params)
-                    return await _rows(cur)
+                converted = positional(sql)
+                bound = None if converted is None else values(converted[1], params)
+                if bound is None:
+                    async with self._conn.cursor(row_factory=namedtuple_row) as cur:
+                        await cur.execute(sql, params)
+                        return await _rows(cur)
+                assert converted is not None
+                async with psycopg.AsyncRawCursor(self._conn, row_factory=namedtuple_row) as raw:
+                    await raw.execute(converted[0], bound)
+                    return await _rows(raw)
             except psycopg.Error as exc:
                 error = translate(exc)
                 attempt += 1

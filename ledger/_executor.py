@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 import time
 from abc import ABC, abstractmethod
 from collections import namedtuple
@@ -225,6 +226,73 @@ def _ledger_error(exc: Exception) -> errors.LedgerError | None:
 
 _TUPLES_OK = psycopg.pq.ExecStatus.TUPLES_OK
 
+# psycopg's own placeholder pattern (psycopg/_queries.py): ``%`` and the next
+# character, or ``%(name)`` and the next character.
+_PLACEHOLDER = re.compile(rb"%(?:\(([^)]+)\).|.)")
+_POSITIONAL: dict[str, tuple[bytes, tuple[str, ...]] | None] = {}
+_POSITIONAL_MAX = 1024
+
+
+def positional(sql: str) -> tuple[bytes, tuple[str, ...]] | None:
+    """``sql`` with ``$n`` placeholders, and the parameter names in ``$n`` order; cached.
+
+    psycopg converts a ``%(name)s`` statement to PostgreSQL's ``$n`` form on
+    every execution, and caches the conversion only for statements of at
+    most 4,096 bytes. The reserve and commit statements are longer, so
+    psycopg re-parsed each of them per call: about half of the client CPU of
+    a reserve->commit cycle (``python -m bench.client_cpu --profile cycle``).
+    Converted once here, they run on a raw cursor (``$n`` and a sequence of
+    values), which dumps the same values with the same formats (``%(x)s`` is
+    ``PyFormat.AUTO``, as on a raw cursor). A repeated name reuses its
+    ``$n`` and ``%%`` becomes ``%``, as psycopg does.
+
+    Anything else (positional ``%s``, the ``%b``/``%t`` formats, non-ASCII
+    text whose bytes depend on the connection's encoding) answers None: the
+    statement then goes through psycopg's own conversion as before.
+    """
+    try:
+        return _POSITIONAL[sql]
+    except KeyError:
+        pass
+    converted = _convert(sql)
+    if len(_POSITIONAL) < _POSITIONAL_MAX:  # the ledger's statements: a bounded set
+        _POSITIONAL[sql] = converted
+    return converted
+
+
+def _convert(sql: str) -> tuple[bytes, tuple[str, ...]] | None:
+    if not sql.isascii():
+        return None
+    query = sql.encode()
+    chunks: list[bytes] = []
+    names: dict[str, bytes] = {}
+    at = 0
+    for match in _PLACEHOLDER.finditer(query):
+        chunks.append(query[at : match.start()])
+        at = match.end()
+        token = match.group(0)
+        if token == b"%%":
+            chunks.append(b"%")
+        elif match.group(1) is not None and token.endswith(b"s"):
+            name = match.group(1).decode()
+            if name not in names:
+                names[name] = b"$%d" % (len(names) + 1)
+            chunks.append(names[name])
+        else:
+            return None
+    if not names:  # nothing to bind: psycopg's path costs nothing to convert
+        return None
+    chunks.append(query[at:])
+    return b"".join(chunks), tuple(names)
+
+
+def values(names: tuple[str, ...], params: Params) -> list[Any] | None:
+    """The values of a :func:`positional` statement; None if one is missing (psycopg says which)."""
+    try:
+        return [params[name] for name in names]
+    except KeyError:
+        return None
+
 
 def _rows(cur: Any) -> list[Any]:
     """The current result's rows; [] for a statement that returns none.
@@ -257,9 +325,16 @@ class PsycopgExecutor(Executor):
         attempt = 0
         while True:
             try:
-                with self._conn.cursor(row_factory=namedtuple_row) as cur:
-                    cur.execute(sql, params)
-                    return _rows(cur)
+                converted = positional(sql)
+                bound = None if converted is None else values(converted[1], params)
+                if bound is None:
+                    with self._conn.cursor(row_factory=namedtuple_row) as cur:
+                        cur.execute(sql, params)
+                        return _rows(cur)
+                assert converted is not None
+                with psycopg.RawCursor(self._conn, row_factory=namedtuple_row) as raw:
+                    raw.execute(converted[0], bound)
+                    return _rows(raw)
             except psycopg.Error as exc:
                 error = translate(exc)
                 attempt += 1
