@@ -18,6 +18,13 @@ Two cases take the item-by-item path instead, inside the same lock (same
 results, more round trips): items with idempotency keys, and lapsed holds
 (which the single operations expire lazily). That path runs the single
 operations' own steps.
+
+On a schema distributed on Citus every batch takes the item-by-item path, in
+one transaction: Citus refuses the up-front locking reads across shards
+(``FOR UPDATE`` needs a tenant filter), while each single operation is a call
+routed to its tenant's worker. The results are sequential application by
+construction; the transaction commits with two-phase commit when its tenants
+live on more than one worker (docs/scale-out.md).
 """
 
 from __future__ import annotations
@@ -120,6 +127,8 @@ def try_reserve_many(
             yield ops.try_reserve(q, tenant, cost, it.ttl, it.expires_at, key)
 
     def steps() -> Steps[list[ReserveOutcome]]:
+        if q.distributed:
+            return (yield from _one_by_one(singles)())
         tenants = sorted({p[0] for p in prepared})
         rows = (yield Fetch(q.batch_reserve_begin, {"ids": tenants})) if tenants else []
         if _renew_due(rows):
@@ -224,6 +233,8 @@ def _settle_op(
     rids = sorted({p[0] for p in prepared if p[0] <= _I64_MAX})
 
     def steps() -> Steps[list[SettlementOutcome]]:
+        if q.distributed:
+            return (yield from _one_by_one(singles)())
         rows = (yield Fetch(q.batch_settle_begin, {"rids": rids})) if rids else []
         if _renew_due(rows):
             yield Fetch(q.renew_tenants, {"ids": _renew_due(rows)})

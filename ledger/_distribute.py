@@ -42,16 +42,18 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, cast
 
 import psycopg
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import URL, Connection, text
 from sqlalchemy import exc as sa_exc
 
 from . import _validate, errors
 from ._engine import EngineLike, as_engine
-from ._queries import Queries, for_schema
+from ._executor import Fetch, Op, Steps
+from ._queries import DistributedQueries, Queries, for_schema
 from ._translate import translate
 
 __all__ = ["Distribution", "distribute"]
@@ -496,6 +498,7 @@ ROUTED_STATEMENTS = (
     "commit_for_tenant",
     "release_for_tenant",
     "expire_for_tenant",
+    "expire_hold_for_tenant",
     "adjust",
     "idempotency_claim",
     "idempotency_read",
@@ -664,53 +667,72 @@ def _create_routed(conn: Connection, schema: str, changed: list[str]) -> None:
             changed.append(f"dropped {function}")
 
 
-#: (engine url, schema) -> the Queries a Ledger uses there (routed on Citus).
+#: (engine url, schema) -> the Queries a Ledger or AsyncLedger uses there (routed on Citus).
 _ROUTED: dict[tuple[str, str], Queries] = {}
 
 
-def routed_queries(engine: Engine, schema: str) -> Queries | None:
+def _key(url: URL, schema: str) -> tuple[str, str]:
+    return (url.render_as_string(hide_password=True), schema)
+
+
+def lookup(schema: str) -> Op[Queries]:
+    """Find the schema's routed functions (one catalog read) and the statements to use.
+
+    An operation like any other, so :class:`~ledger.Ledger` and
+    :class:`~ledger.AsyncLedger` run the same lookup on their own back-ends.
+    In a transaction of its own (not coalesced with other callers' statements).
+    """
+    q = for_schema(schema)
+
+    def steps() -> Steps[Queries]:
+        rows = yield Fetch(q.routed_functions, {})
+        return routed_variant(q, schema, {str(r.name) for r in rows})
+
+    return Op(steps, "READ COMMITTED")
+
+
+def routed_queries(url: URL, schema: str, run: Callable[[Op[Queries]], Queries]) -> Queries | None:
     """The statements for ``schema``: routed function calls where ``distribute`` made them.
 
-    On plain PostgreSQL (no ``pg_dist_partition``) and on an undistributed
-    schema this is :func:`~ledger._queries.for_schema` unchanged. Found once per
-    engine URL and schema and cached; when the lookup itself fails (server down),
-    None is returned and the lookup runs again next time.
+    On plain PostgreSQL and on an undistributed schema this is
+    :func:`~ledger._queries.for_schema` unchanged. Found once per URL and
+    schema (``run`` carries out :func:`lookup`) and cached; when the lookup
+    itself fails (server down), None is returned and it runs again next time.
     """
-    key = (engine.url.render_as_string(hide_password=True), schema)
+    key = _key(url, schema)
     found = _ROUTED.get(key)
-    if found is not None:
-        return found
-    plain = for_schema(schema)
-    try:
-        with engine.connect() as conn:
-            names = _routed_in(conn, schema)
-    except sa_exc.SQLAlchemyError:
-        return None
-    routed = routed_variant(plain, schema, names)
-    _ROUTED[key] = routed
-    return routed
+    if found is None:
+        try:
+            found = _ROUTED[key] = run(lookup(schema))
+        except errors.DatabaseError:
+            return None
+    return found
 
 
-def _routed_in(conn: Connection, schema: str) -> set[str]:
-    """Names of the routed functions in ``schema`` (none without Citus)."""
-    citus = conn.execute(text("SELECT to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL"))
-    if not citus.scalar():
-        conn.rollback()
-        return set()
-    rows = conn.execute(
-        text(
-            "SELECT p.proname FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace"
-            " WHERE n.nspname = :s AND starts_with(p.proname, :prefix)"
-        ),
-        {"s": schema, "prefix": ROUTED_PREFIX},
-    ).scalars()
-    names = {str(r) for r in rows}
-    conn.rollback()
-    return names
+async def routed_queries_async(
+    url: URL, schema: str, run: Callable[[Op[Queries]], Awaitable[Queries]]
+) -> Queries | None:
+    """:func:`routed_queries` for :class:`~ledger.AsyncLedger`: the same lookup and cache."""
+    key = _key(url, schema)
+    found = _ROUTED.get(key)
+    if found is None:
+        try:
+            found = _ROUTED[key] = await run(lookup(schema))
+        except errors.DatabaseError:
+            return None
+    return found
 
 
 def routed_variant(plain: Queries, schema: str, functions: set[str]) -> Queries:
-    """``plain`` with each routed statement whose function exists replaced by its call."""
+    """``plain`` with each routed statement whose function exists replaced by its call.
+
+    A schema with the shard lock function is distributed: its statements are a
+    :class:`~ledger._queries.DistributedQueries` (settlements without a tenant
+    look it up first), even where a routed function is missing (a schema at an
+    older revision: that statement is sent as it is, and Citus routes it).
+    """
+    if SHARD_LOCK not in functions:
+        return plain
     q = f'"{schema}"'
     calls: dict[str, str] = {}
     for name in ROUTED_STATEMENTS:
@@ -719,4 +741,5 @@ def routed_variant(plain: Queries, schema: str, functions: set[str]) -> Queries:
         if function in functions:
             args = ", ".join(f"%({p})s" for p in _routed_parameters(sql))
             calls[name] = f"SELECT * FROM {q}.{function}({args})"
-    return replace(plain, **calls) if calls else plain
+    statements = {f.name: calls.get(f.name, getattr(plain, f.name)) for f in fields(plain)}
+    return DistributedQueries(**statements)
