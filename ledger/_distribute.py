@@ -503,6 +503,8 @@ ROUTED_STATEMENTS = (
     "idempotency_claim",
     "idempotency_read",
     "idempotency_record",
+    "lock_tenant",
+    "lock_hold",
 )
 ROUTED_PREFIX = "routed_"
 #: Part of every routed function's hash: bumped when the generated body changes shape.

@@ -293,7 +293,7 @@ def commit(
         if rid > I64_MAX:
             return SettlementOutcome(Status.MISSING_RESERVATION)
         tenant = yield from hold_tenant(q, rid, hint)
-        if tenant is _GONE:
+        if tenant == GONE:
             return (yield from missing(q, rid))
         sql = q.commit if tenant is None else q.commit_for_tenant
         row = yield from cas(sql, {**params, "tenant_id": tenant}, q.renew_tenant)
@@ -320,7 +320,7 @@ def release(
         if rid > I64_MAX:
             return SettlementOutcome(Status.MISSING_RESERVATION)
         tenant = yield from hold_tenant(q, rid, hint)
-        if tenant is _GONE:
+        if tenant == GONE:
             return (yield from missing(q, rid))
         sql = q.release if tenant is None else q.release_for_tenant
         row = yield from cas(sql, {**params, "tenant_id": tenant}, q.renew_tenant)
@@ -335,7 +335,7 @@ def release(
 
 
 #: hold_tenant's answer when the hold does not exist (settled, expired or never made).
-_GONE = "\x00gone"
+GONE = "\x00gone"
 
 
 def hold_tenant(q: Queries, rid: int, hint: str | None) -> Steps[str | None]:
@@ -347,13 +347,13 @@ def hold_tenant(q: Queries, rid: int, hint: str | None) -> Steps[str | None]:
     locking read that does not filter by the tenant, so on a distributed
     schema the tenant is read first, without a lock (``hold_tenant`` in
     ledger/sql/distributed.sql: one command per shard); the settlement then
-    locks the hold under that tenant and re-checks it. ``_GONE`` if there is
+    locks the hold under that tenant and re-checks it. ``GONE`` if there is
     no such hold.
     """
     if hint is not None or not q.distributed:
         return hint
     row = yield from first_row(q.hold_tenant, {"reservation_id": rid})
-    return _GONE if row is None else str(row.tenant_id)
+    return GONE if row is None else str(row.tenant_id)
 
 
 # ---------------------------------------------------------------------- expiry

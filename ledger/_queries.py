@@ -90,6 +90,8 @@ class Queries:
     routed_functions: str
     hold_tenant: str
     expire_candidates: str
+    lock_tenant: str
+    lock_hold: str
     # batches.sql
     batch_reserve_begin: str
     batch_draw_ids: str

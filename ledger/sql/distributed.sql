@@ -31,3 +31,16 @@ SELECT tenant_id, reservation_id FROM {schema}.reservations
 WHERE expires_at <= now()
 ORDER BY expires_at, reservation_id
 LIMIT CAST(%(limit)s AS integer)
+
+-- name: lock_tenant
+-- A batch on Citus locks its tenants up front, one routed statement each, in
+-- tenant order (after its holds), as batch_*_begin does in one statement on one server.
+SELECT tenant_id FROM {schema}.tenants
+WHERE tenant_id = %(tenant_id)s
+FOR NO KEY UPDATE
+
+-- name: lock_hold
+-- A settlement batch on Citus locks its holds first, in id order, under their tenants.
+SELECT reservation_id FROM {schema}.reservations
+WHERE tenant_id = %(tenant_id)s AND reservation_id = CAST(%(reservation_id)s AS bigint)
+FOR UPDATE
