@@ -31,12 +31,13 @@ from . import _operations as ops
 from ._asof import AsOfCheckpoint, BalanceAt, SpendReport
 from ._async_executor import AsyncDatabase
 from ._batch import CommitItem, ReleaseItem, ReserveItem
+from ._distribute import routed_queries_async
 from ._engine import normalise_url
 from ._executor import Op
 from ._hold import AsyncHold
 from ._ledger import DEFAULT_HOLD_TTL
 from ._outside import CertificateCheck
-from ._queries import for_schema
+from ._queries import Queries, for_schema
 from ._stats import LedgerStats
 from .finance import FinancialCertificate
 from .journal import JournalReport
@@ -88,7 +89,8 @@ class AsyncLedger:
         pool_timeout: float = 30.0,
     ) -> None:
         self.schema = _validate.schema_name(schema)
-        self._q = for_schema(self.schema)
+        self._plain_q = for_schema(self.schema)
+        self._routed: Queries | None = None
         if isinstance(engine_or_url, str) or type(engine_or_url).__name__ == "URL":
             from psycopg_pool import AsyncConnectionPool
 
@@ -110,6 +112,21 @@ class AsyncLedger:
 
     async def _run(self, op: Op[T], connection: AsyncConnectable | None) -> T:
         return await _telemetry.arun(self._db.run, op, connection)
+
+    async def _queries(self) -> Queries:
+        """The statements, as :attr:`ledger.Ledger._q` finds them: on a Citus schema that
+        ``ledger distribute`` prepared, the single-tenant writes are calls of their
+        routed functions (ledger/_distribute.py). The same lookup and per-process
+        cache as :class:`~ledger.Ledger`, awaited on first use; on plain PostgreSQL
+        the statements stay as they are."""
+        if self._routed is None:
+            found = await routed_queries_async(
+                self._url, self.schema, lambda op: self._db.run(op, None)
+            )
+            if found is None:  # the lookup failed (server down): plain statements this time
+                return self._plain_q
+            self._routed = found
+        return self._routed
 
     async def close(self) -> None:
         """Close the ledger's own pool (an engine passed in is left to its owner)."""
@@ -165,7 +182,9 @@ class AsyncLedger:
         instead of being silently ignored, because a typo should not look
         like success.
         """
-        return await self._run(ops.ensure_tenant(self._q, tenant_id, budget_microcents), connection)
+        return await self._run(
+            ops.ensure_tenant(await self._queries(), tenant_id, budget_microcents), connection
+        )
 
     async def top_up_tenant(
         self,
@@ -176,7 +195,7 @@ class AsyncLedger:
         connection: AsyncConnectable | None = None,
     ) -> TopUpOutcome:
         """Add funds: ``initial`` and ``remaining`` grow together, lifetime spend is kept."""
-        op = ops.top_up_tenant(self._q, tenant_id, amount_microcents, idempotency_key)
+        op = ops.top_up_tenant(await self._queries(), tenant_id, amount_microcents, idempotency_key)
         return await self._run(op, connection)
 
     async def set_max_reserved_microcents(
@@ -188,7 +207,9 @@ class AsyncLedger:
         :class:`~ledger.errors.TenantNotFound` instead of storing a cap for a
         tenant that does not exist yet.
         """
-        await self._run(ops.set_max_reserved(self._q, tenant_id, max_microcents), connection)
+        await self._run(
+            ops.set_max_reserved(await self._queries(), tenant_id, max_microcents), connection
+        )
 
     # --------------------------------------------------------- two-phase spend
 
@@ -213,7 +234,9 @@ class AsyncLedger:
         entry, by :meth:`expire_holds` or lazily, and a tenant's lapsed holds
         never cause a reserve to be refused.
         """
-        op = ops.try_reserve(self._q, tenant_id, cost_microcents, ttl, expires_at, idempotency_key)
+        op = ops.try_reserve(
+            await self._queries(), tenant_id, cost_microcents, ttl, expires_at, idempotency_key
+        )
         return await self._run(op, connection)
 
     async def commit(
@@ -234,7 +257,9 @@ class AsyncLedger:
         the tenant key (and, on a sharded deployment, a single shard); it is
         required with ``idempotency_key``, since keys are scoped per tenant.
         """
-        op = ops.commit(self._q, reservation_id, actual_microcents, tenant_id, idempotency_key)
+        op = ops.commit(
+            await self._queries(), reservation_id, actual_microcents, tenant_id, idempotency_key
+        )
         return await self._run(op, connection)
 
     async def release(
@@ -246,7 +271,7 @@ class AsyncLedger:
         connection: AsyncConnectable | None = None,
     ) -> SettlementOutcome:
         """Cancel a hold, returning its full amount to ``remaining``."""
-        op = ops.release(self._q, reservation_id, tenant_id, idempotency_key)
+        op = ops.release(await self._queries(), reservation_id, tenant_id, idempotency_key)
         return await self._run(op, connection)
 
     # ------------------------------------------------------------ corrections
@@ -271,7 +296,12 @@ class AsyncLedger:
         journaled with the entry. See docs/corrections.md.
         """
         op = _corrections.refund(
-            self._q, tenant_id, reservation_id, amount_microcents, reason, idempotency_key
+            await self._queries(),
+            tenant_id,
+            reservation_id,
+            amount_microcents,
+            reason,
+            idempotency_key,
         )
         return await self._run(op, connection)
 
@@ -291,7 +321,9 @@ class AsyncLedger:
         ``remaining`` below zero is refused (``insufficient``); so is one that
         would overflow. ``0`` is bad input. See docs/corrections.md.
         """
-        op = _corrections.adjust(self._q, tenant_id, amount_microcents, reason, idempotency_key)
+        op = _corrections.adjust(
+            await self._queries(), tenant_id, amount_microcents, reason, idempotency_key
+        )
         return await self._run(op, connection)
 
     # --------------------------------------------------------------- batches
@@ -310,7 +342,9 @@ class AsyncLedger:
         a single refusal rolls every item back and raises
         :class:`~ledger.errors.BatchRefused` (its ``outcomes`` say why).
         """
-        return await self._run(_batch.try_reserve_many(self._q, items, all_or_nothing), connection)
+        return await self._run(
+            _batch.try_reserve_many(await self._queries(), items, all_or_nothing), connection
+        )
 
     async def commit_many(
         self,
@@ -320,7 +354,9 @@ class AsyncLedger:
         connection: AsyncConnectable | None = None,
     ) -> list[SettlementOutcome]:
         """Settle many holds (``CommitItem`` or ``(reservation_id, actual)``), in order."""
-        return await self._run(_batch.commit_many(self._q, items, all_or_nothing), connection)
+        return await self._run(
+            _batch.commit_many(await self._queries(), items, all_or_nothing), connection
+        )
 
     async def release_many(
         self,
@@ -330,7 +366,9 @@ class AsyncLedger:
         connection: AsyncConnectable | None = None,
     ) -> list[SettlementOutcome]:
         """Release many holds (``ReleaseItem``, a reservation id, or a tuple), in order."""
-        return await self._run(_batch.release_many(self._q, items, all_or_nothing), connection)
+        return await self._run(
+            _batch.release_many(await self._queries(), items, all_or_nothing), connection
+        )
 
     # ---------------------------------------------------------------- expiry
 
@@ -344,7 +382,7 @@ class AsyncLedger:
         (from cron, a worker loop, several processes) and never wait on each
         other or expire a hold twice.
         """
-        return await self._run(ops.expire_holds(self._q, limit), connection)
+        return await self._run(ops.expire_holds(await self._queries(), limit), connection)
 
     # ---------------------------------------------------------------- periods
 
@@ -376,7 +414,7 @@ class AsyncLedger:
         the schedule starts a new period now (docs/periods.md).
         """
         op = _periods.set_allowance(
-            self._q,
+            await self._queries(),
             tenant_id,
             allowance_microcents,
             months,
@@ -401,7 +439,7 @@ class AsyncLedger:
         Holds opened in its last period then settle as holds from a closed
         period (their unspent part is forfeited, docs/periods.md).
         """
-        op = _periods.clear_allowance(self._q, tenant_id, idempotency_key)
+        op = _periods.clear_allowance(await self._queries(), tenant_id, idempotency_key)
         return await self._run(op, connection)
 
     async def renew_periods(
@@ -416,7 +454,9 @@ class AsyncLedger:
         other. Returns ``Renewals(tenants, periods)``; call again while
         ``tenants == limit``.
         """
-        tenants, periods = await self._run(_periods.renew_periods(self._q, limit), connection)
+        tenants, periods = await self._run(
+            _periods.renew_periods(await self._queries(), limit), connection
+        )
         return Renewals(tenants, periods)
 
     async def period_spend(
@@ -433,7 +473,7 @@ class AsyncLedger:
         there. Raises :class:`~ledger.errors.NoAllowance` for a tenant without
         an allowance and :class:`~ledger.errors.TenantNotFound` for no tenant.
         """
-        op = _periods.period_spend(self._q, tenant_id, period_index)
+        op = _periods.period_spend(await self._queries(), tenant_id, period_index)
         return await self._run(op, connection)
 
     # ----------------------------------------------------------- idempotency
@@ -447,7 +487,9 @@ class AsyncLedger:
         new request, so keep keys at least as long as clients may retry
         (24 hours is a common choice).
         """
-        return await self._run(ops.prune_idempotency_keys(self._q, older_than), connection)
+        return await self._run(
+            ops.prune_idempotency_keys(await self._queries(), older_than), connection
+        )
 
     # --------------------------------------------------------------- reads
 
@@ -455,7 +497,7 @@ class AsyncLedger:
         self, tenant_id: str, *, connection: AsyncConnectable | None = None
     ) -> TenantLedger | None:
         """One tenant's balances, or None if it does not exist."""
-        row = await self._run(ops.tenant_row(self._q, tenant_id), connection)
+        row = await self._run(ops.tenant_row(await self._queries(), tenant_id), connection)
         if row is None:
             return None
         return TenantLedger(
@@ -467,7 +509,7 @@ class AsyncLedger:
         )
 
     async def _tenant_row(self, tenant_id: str, connection: AsyncConnectable | None) -> Any:
-        return await self._run(ops.tenant_row(self._q, tenant_id), connection)
+        return await self._run(ops.tenant_row(await self._queries(), tenant_id), connection)
 
     async def remaining_microcents(
         self, tenant_id: str, *, connection: AsyncConnectable | None = None
@@ -504,7 +546,7 @@ class AsyncLedger:
         return None if row is None else int(row.max_reserved_microcents)
 
     async def _counts(self, connection: AsyncConnectable | None) -> Any:
-        return await self._run(ops.counts(self._q), connection)
+        return await self._run(ops.counts(await self._queries()), connection)
 
     async def tenant_count(self, *, connection: AsyncConnectable | None = None) -> int:
         return int((await self._counts(connection)).tenants)
@@ -529,7 +571,7 @@ class AsyncLedger:
 
     async def snapshot_version(self, *, connection: AsyncConnectable | None = None) -> int:
         """Version of the latest snapshot (0 before the first one)."""
-        return await self._run(ops.snapshot_version(self._q), connection)
+        return await self._run(ops.snapshot_version(await self._queries()), connection)
 
     # ------------------------------------------------------------ snapshots
 
@@ -539,7 +581,7 @@ class AsyncLedger:
         Everything is read by a single statement in a REPEATABLE READ
         transaction, so the snapshot balances even while writers are busy.
         """
-        return await self._run(ops.snapshot(self._q), connection)
+        return await self._run(ops.snapshot(await self._queries()), connection)
 
     async def verify_conservation(
         self, *, connection: AsyncConnectable | None = None
@@ -549,7 +591,7 @@ class AsyncLedger:
         Like the seed it advances the snapshot version. The scan runs in the
         database, so its memory use does not grow with the number of tenants.
         """
-        return await self._run(ops.verify_conservation(self._q), connection)
+        return await self._run(ops.verify_conservation(await self._queries()), connection)
 
     async def restore_from_snapshot(
         self, snapshot: BudgetSnapshot, *, connection: AsyncConnectable | None = None
@@ -562,7 +604,7 @@ class AsyncLedger:
         the old state or the restored one, never a mix. Open holds are
         voided; caps are kept.
         """
-        await self._run(ops.restore_from_snapshot(self._q, snapshot), connection)
+        await self._run(ops.restore_from_snapshot(await self._queries(), snapshot), connection)
 
     # --------------------------------------------------------- certificates
 
@@ -576,7 +618,7 @@ class AsyncLedger:
         the baseline row, so concurrent certifiers serialise on it instead of
         failing with serialization errors.
         """
-        return await self._run(ops.certify(self._q), connection)
+        return await self._run(ops.certify(await self._queries()), connection)
 
     async def check_against_certificate(
         self,
@@ -585,7 +627,9 @@ class AsyncLedger:
         connection: AsyncConnectable | None = None,
     ) -> CertificateCheck:
         """Is this database at or after a certificate kept outside it (not rolled back)?"""
-        return await self._run(_outside.check_against_certificate(self._q, certificate), connection)
+        return await self._run(
+            _outside.check_against_certificate(await self._queries(), certificate), connection
+        )
 
     # --------------------------------------------------------------- journal
 
@@ -610,7 +654,7 @@ class AsyncLedger:
         if since_certificate is not None:
             since_certificate = _validate.positive_count("since_certificate", since_certificate)
         return await self._run(
-            _verify.verify_journal(self._q, since_certificate, progress), connection
+            _verify.verify_journal(await self._queries(), since_certificate, progress), connection
         )
 
     # --------------------------------------------------------- observability
@@ -619,7 +663,7 @@ class AsyncLedger:
         self, *, minutes: int = 60, top: int = 5, connection: AsyncConnectable | None = None
     ) -> LedgerStats:
         """See :meth:`Ledger.stats`."""
-        return await self._run(_stats.stats(self._q, minutes, top), connection)
+        return await self._run(_stats.stats(await self._queries(), minutes, top), connection)
 
     # ---------------------------------------------------------- as-of queries
 
@@ -627,13 +671,13 @@ class AsyncLedger:
         self, tenant_id: str, at: datetime, *, connection: AsyncConnectable | None = None
     ) -> BalanceAt | None:
         """One tenant's balances at ``at``, or None if it did not exist then (docs/asof.md)."""
-        return await self._run(_asof.balance_at(self._q, tenant_id, at), connection)
+        return await self._run(_asof.balance_at(await self._queries(), tenant_id, at), connection)
 
     async def balances_at(
         self, at: datetime, *, connection: AsyncConnectable | None = None
     ) -> list[BalanceAt]:
         """Every tenant that existed at ``at``, in tenant id order, from one snapshot."""
-        return await self._run(_asof.balances_at(self._q, at), connection)
+        return await self._run(_asof.balances_at(await self._queries(), at), connection)
 
     async def spend_between(
         self,
@@ -644,13 +688,15 @@ class AsyncLedger:
         connection: AsyncConnectable | None = None,
     ) -> SpendReport:
         """Commits minus refunds between ``start`` (exclusive) and ``end`` (inclusive)."""
-        return await self._run(_asof.spend_between(self._q, start, end, tenant_id), connection)
+        return await self._run(
+            _asof.spend_between(await self._queries(), start, end, tenant_id), connection
+        )
 
     async def asof_checkpoint(
         self, *, connection: AsyncConnectable | None = None
     ) -> AsOfCheckpoint:
         """Record each tenant's chain position and latest stamp: a cache for as-of queries."""
-        return await self._run(_asof.asof_checkpoint(self._q), connection)
+        return await self._run(_asof.asof_checkpoint(await self._queries()), connection)
 
 
 def _async_engine(candidate: object) -> AsyncEngine:

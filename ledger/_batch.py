@@ -18,6 +18,15 @@ Two cases take the item-by-item path instead, inside the same lock (same
 results, more round trips): items with idempotency keys, and lapsed holds
 (which the single operations expire lazily). That path runs the single
 operations' own steps.
+
+On a schema distributed on Citus every batch takes the item-by-item path, in
+one transaction: Citus refuses the up-front locking reads across shards
+(``FOR UPDATE`` needs a tenant filter), while each single operation is a call
+routed to its tenant's worker. The batch first locks its holds (by id) and
+then its tenants (by id), one routed statement each, the order used on one
+server, so concurrent batches cannot deadlock. The results are sequential
+application by construction; the transaction commits with two-phase commit
+when its tenants live on more than one worker (docs/scale-out.md).
 """
 
 from __future__ import annotations
@@ -120,6 +129,9 @@ def try_reserve_many(
             yield ops.try_reserve(q, tenant, cost, it.ttl, it.expires_at, key)
 
     def steps() -> Steps[list[ReserveOutcome]]:
+        if q.distributed:
+            yield from _lock_on_workers(q, [], sorted({p[0] for p in prepared}))
+            return (yield from _one_by_one(singles)())
         tenants = sorted({p[0] for p in prepared})
         rows = (yield Fetch(q.batch_reserve_begin, {"ids": tenants})) if tenants else []
         if _renew_due(rows):
@@ -156,9 +168,8 @@ def commit_many(
 ) -> Op[list[SettlementOutcome]]:
     prepared = _settlements(_items(items, CommitItem, "items"))
 
-    def singles() -> Iterator[Op[SettlementOutcome]]:
-        for rid, actual, hint, key in prepared:
-            yield ops.commit(q, rid, actual, hint, key)
+    def single(p: Settlement) -> Op[SettlementOutcome]:
+        return ops.commit(q, p[0], p[1], p[2], p[3])
 
     def decide(plan: _Plan, p: Settlement) -> SettlementOutcome | None:
         rid, actual, _, _ = p
@@ -168,7 +179,7 @@ def commit_many(
             return SettlementOutcome(Status.MISSING_RESERVATION)
         return _decide_commit(plan, rid, actual)
 
-    return _settle_op(q, prepared, decide, singles, all_or_nothing)
+    return _settle_op(q, prepared, decide, single, all_or_nothing)
 
 
 def release_many(
@@ -176,16 +187,15 @@ def release_many(
 ) -> Op[list[SettlementOutcome]]:
     prepared = _settlements(_items(items, ReleaseItem, "items"))
 
-    def singles() -> Iterator[Op[SettlementOutcome]]:
-        for rid, _, hint, key in prepared:
-            yield ops.release(q, rid, hint, key)
+    def single(p: Settlement) -> Op[SettlementOutcome]:
+        return ops.release(q, p[0], p[2], p[3])
 
     def decide(plan: _Plan, p: Settlement) -> SettlementOutcome | None:
         if p[0] > _I64_MAX:
             return SettlementOutcome(Status.MISSING_RESERVATION)
         return _decide_release(plan, p[0])
 
-    return _settle_op(q, prepared, decide, singles, all_or_nothing)
+    return _settle_op(q, prepared, decide, single, all_or_nothing)
 
 
 Settlement = tuple[int, int, str | None, str | None]  # (rid, actual or 0, tenant, key)
@@ -216,14 +226,19 @@ def _settle_op(
     q: Queries,
     prepared: list[Settlement],
     decide: Callable[[_Plan, Settlement], SettlementOutcome | None],
-    singles: Callable[[], Iterator[Op[SettlementOutcome]]],
+    single: Callable[[Settlement], Op[SettlementOutcome]],
     all_or_nothing: bool,
 ) -> Op[list[SettlementOutcome]]:
     """Commit or release batches: lock holds then tenants, decide in order, apply once."""
     keyed = any(p[3] is not None for p in prepared)
     rids = sorted({p[0] for p in prepared if p[0] <= _I64_MAX})
 
+    def singles() -> Iterator[Op[SettlementOutcome]]:
+        return (single(p) for p in prepared)
+
     def steps() -> Steps[list[SettlementOutcome]]:
+        if q.distributed:
+            return (yield from _settle_on_workers(q, prepared, single))
         rows = (yield Fetch(q.batch_settle_begin, {"rids": rids})) if rids else []
         if _renew_due(rows):
             yield Fetch(q.renew_tenants, {"ids": _renew_due(rows)})
@@ -525,6 +540,38 @@ def _finish(
     if plan.entries or plan.refusals:
         yield Fetch(q.batch_apply, plan.params())
     return outcomes
+
+
+def _lock_on_workers(q: Queries, holds: list[tuple[int, str]], tenants: list[str]) -> Steps[None]:
+    """On Citus: lock a batch's holds, then its tenants, each by a routed statement.
+
+    The same order as ``batch_*_begin`` on one server and as single settlements
+    (hold, then tenant), by id, so batches and single operations never wait on
+    each other in a cycle; then the items are applied one by one.
+    """
+    for rid, tenant in holds:
+        yield Fetch(q.lock_hold, {"tenant_id": tenant, "reservation_id": rid})
+    for tenant in tenants:
+        yield Fetch(q.lock_tenant, {"tenant_id": tenant})
+
+
+def _settle_on_workers(
+    q: Queries, prepared: list[Settlement], single: Callable[[Settlement], Op[SettlementOutcome]]
+) -> Steps[list[SettlementOutcome]]:
+    """Commit or release batches on Citus: find each hold's tenant, lock, then item by item.
+
+    A hold's tenant is read once (``hold_tenant``, no lock) and then passed to its
+    item's settlement, which finds the hold under it again, locked.
+    """
+    found: dict[int, str] = {}
+    for rid, _, hint, _ in prepared:
+        if rid <= _I64_MAX and rid not in found:
+            tenant = yield from ops.hold_tenant(q, rid, hint)
+            if tenant is not None and tenant != ops.GONE:
+                found[rid] = tenant
+    yield from _lock_on_workers(q, sorted(found.items()), sorted(set(found.values())))
+    filled = [(rid, actual, hint or found.get(rid), key) for rid, actual, hint, key in prepared]
+    return (yield from _one_by_one(lambda: (single(p) for p in filled))())
 
 
 def _one_by_one(

@@ -94,7 +94,7 @@ class Ledger:
         single-tenant writes become calls of their routed functions, one round trip to
         the tenant's worker (ledger/_distribute.py). Looked up on first use, then kept."""
         if self._queries is None:
-            found = routed_queries(self.engine, self.schema)
+            found = routed_queries(self.engine.url, self.schema, lambda op: self._db.run(op, None))
             if found is None:  # the lookup failed (server down): plain statements this time
                 return self._plain_q
             self._queries = found

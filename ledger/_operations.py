@@ -286,18 +286,21 @@ def commit(
     key = _validate.idempotency_key(idempotency_key)
     scope = _key_scope(hint, key)
     params = {"reservation_id": rid, "actual": actual, "tenant_id": hint, "ikey": key}
-    sql = q.commit if hint is None else q.commit_for_tenant
 
     def steps() -> Steps[SettlementOutcome]:
         if actual < 0:
             return SettlementOutcome(Status.INVALID_AMOUNT)
         if rid > I64_MAX:
             return SettlementOutcome(Status.MISSING_RESERVATION)
-        row = yield from cas(sql, params, q.renew_tenant)
+        tenant = yield from hold_tenant(q, rid, hint)
+        if tenant == GONE:
+            return (yield from missing(q, rid))
+        sql = q.commit if tenant is None else q.commit_for_tenant
+        row = yield from cas(sql, {**params, "tenant_id": tenant}, q.renew_tenant)
         if row is None:
             return (yield from missing(q, rid))
         if row.status == "lapsed":
-            return (yield from expire_lapsed(q, rid))
+            return (yield from expire_lapsed(q, rid, tenant))
         return commit_outcome(row, actual)
 
     request = {"op": "commit", "reservation_id": rid, "actual": actual}
@@ -312,20 +315,45 @@ def release(
     key = _validate.idempotency_key(idempotency_key)
     scope = _key_scope(hint, key)
     params = {"reservation_id": rid, "tenant_id": hint, "ikey": key}
-    sql = q.release if hint is None else q.release_for_tenant
 
     def steps() -> Steps[SettlementOutcome]:
         if rid > I64_MAX:
             return SettlementOutcome(Status.MISSING_RESERVATION)
-        row = yield from cas(sql, params, q.renew_tenant)
+        tenant = yield from hold_tenant(q, rid, hint)
+        if tenant == GONE:
+            return (yield from missing(q, rid))
+        sql = q.release if tenant is None else q.release_for_tenant
+        row = yield from cas(sql, {**params, "tenant_id": tenant}, q.renew_tenant)
         if row is None:
             return (yield from missing(q, rid))
         if row.status == "lapsed":
-            return (yield from expire_lapsed(q, rid))
+            return (yield from expire_lapsed(q, rid, tenant))
         return release_outcome(row)
 
     request = {"op": "release", "reservation_id": rid}
     return idempotent(q, scope, key, request, SettlementOutcome, steps)
+
+
+#: hold_tenant's answer when the hold does not exist (settled, expired or never made).
+GONE = "\x00gone"
+
+
+def hold_tenant(q: Queries, rid: int, hint: str | None) -> Steps[str | None]:
+    """The tenant to settle hold ``rid`` under: ``hint``, or on Citus the hold's own.
+
+    With a tenant the settlement is one tenant-keyed statement, which Citus
+    routes to the tenant's worker. Without one, plain PostgreSQL settles by id
+    alone in one statement (None: nothing is sent here). Citus refuses a
+    locking read that does not filter by the tenant, so on a distributed
+    schema the tenant is read first, without a lock (``hold_tenant`` in
+    ledger/sql/distributed.sql: one command per shard); the settlement then
+    locks the hold under that tenant and re-checks it. ``GONE`` if there is
+    no such hold.
+    """
+    if hint is not None or not q.distributed:
+        return hint
+    row = yield from first_row(q.hold_tenant, {"reservation_id": rid})
+    return GONE if row is None else str(row.tenant_id)
 
 
 # ---------------------------------------------------------------------- expiry
@@ -348,9 +376,18 @@ def expire_one(q: Queries, sql: str, **params: Any) -> Steps[Any]:
     raise errors.RetryableError("a tenant kept entering new periods during an expiry; retry it")
 
 
-def expire_lapsed(q: Queries, rid: int) -> Steps[SettlementOutcome]:
-    """A settlement found its hold past the deadline: expire it, report ``expired``."""
-    row = yield from expire_one(q, q.expire_hold, reservation_id=rid)
+def expire_lapsed(q: Queries, rid: int, tenant: str | None) -> Steps[SettlementOutcome]:
+    """A settlement found its hold past the deadline: expire it, report ``expired``.
+
+    The settlement found the hold under ``tenant`` when it had one: the expiry is
+    then tenant-keyed too (``expire_hold_for_tenant``: routed on Citus).
+    """
+    if tenant is None:
+        row = yield from expire_one(q, q.expire_hold, reservation_id=rid)
+    else:
+        row = yield from expire_one(
+            q, q.expire_hold_for_tenant, reservation_id=rid, tenant_id=tenant
+        )
     if row is None:  # a sweeper got there first
         return (yield from missing(q, rid))
     return SettlementOutcome(
@@ -375,12 +412,45 @@ def expire_holds(q: Queries, limit: int) -> Op[int]:
 
     def steps() -> Steps[int]:
         yield from ledger_wide(q, "expire_holds")
+        if q.distributed:
+            return (yield from _sweep_by_tenant(q, count))
         done = 0
         while done < count and (yield from expire_one(q, q.expire_any)) is not None:
             done += 1
         return done
 
     return Op(steps)
+
+
+def _sweep_by_tenant(q: Queries, count: int) -> Steps[int]:
+    """``expire_holds`` on Citus: candidates read without a lock, each expired per tenant.
+
+    Citus refuses ``expire_any``'s ``FOR UPDATE SKIP LOCKED`` across shards. The
+    oldest lapsed holds are read without a lock (``expire_candidates``); for each,
+    its tenant's oldest lapsed hold is expired by ``expire_for_tenant``, routed to
+    the tenant's worker, which locks it (``SKIP LOCKED``) and re-checks the
+    deadline. A hold expired or settled meanwhile by another sweeper or a
+    settlement is deleted under that lock, so it is skipped here: each hold is
+    expired exactly once. A round that expires nothing (every candidate taken by
+    someone else, or locked) ends the sweep, as SKIP LOCKED does on one server.
+    """
+    done = 0
+    while done < count:
+        wanted = count - done
+        rows = yield Fetch(q.expire_candidates, {"limit": wanted})
+        per_tenant: dict[str, int] = {}
+        for r in rows:
+            per_tenant[r.tenant_id] = per_tenant.get(r.tenant_id, 0) + 1
+        progress = 0
+        for tenant, holds in per_tenant.items():
+            for _ in range(holds):
+                if (yield from expire_one(q, q.expire_for_tenant, tenant_id=tenant)) is None:
+                    break
+                progress += 1
+        done += progress
+        if progress == 0 or len(rows) < wanted:
+            break
+    return done
 
 
 def prune_idempotency_keys(q: Queries, older_than: timedelta) -> Op[int]:

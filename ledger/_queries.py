@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, fields
 from importlib import resources
+from typing import ClassVar
 
 _HEADER = "-- name: "
 
@@ -64,6 +65,11 @@ def _templates() -> dict[str, str]:
 class Queries:
     """Every statement of the ledger, with the schema name spliced in."""
 
+    #: True for a schema distributed on Citus (:class:`DistributedQueries`): operations
+    #: then find a hold's tenant before settling it, since Citus runs a locking read
+    #: only when it filters by the tenant (docs/scale-out.md).
+    distributed: ClassVar[bool] = False
+
     # tenants.sql
     ensure_tenant: str
     set_cap: str
@@ -79,6 +85,13 @@ class Queries:
     expire_any: str
     expire_for_tenant: str
     expire_hold: str
+    expire_hold_for_tenant: str
+    # distributed.sql
+    routed_functions: str
+    hold_tenant: str
+    expire_candidates: str
+    lock_tenant: str
+    lock_hold: str
     # batches.sql
     batch_reserve_begin: str
     batch_draw_ids: str
@@ -140,6 +153,18 @@ class Queries:
     asof_spend: str
     asof_spends: str
     asof_checkpoint: str
+
+
+@dataclass(frozen=True, slots=True)
+class DistributedQueries(Queries):
+    """The statements of a schema that ``ledger distribute`` spread over Citus workers.
+
+    Single-tenant statements may be calls of their routed functions
+    (:func:`ledger._distribute.routed_variant`); settlements without a tenant
+    and the expiry sweeper look the tenant up first (ledger/sql/distributed.sql).
+    """
+
+    distributed: ClassVar[bool] = True
 
 
 @functools.cache

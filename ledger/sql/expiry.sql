@@ -155,3 +155,55 @@ UNION ALL
 -- The hold is locked, so only a due renewal of its tenant stopped the UPDATE.
 SELECT 'renew', h.tenant_id, h.reservation_id, NULL, NULL, NULL
 FROM hold AS h WHERE NOT EXISTS (SELECT 1 FROM applied)
+
+-- name: expire_hold_for_tenant
+-- As expire_hold, with the tenant the settlement found the hold under: every read
+-- and write filters by it (what Citus routes to the tenant's shard).
+WITH hold AS MATERIALIZED (
+    SELECT tenant_id, reservation_id, amount_microcents AS amount, period_index AS period
+    FROM {schema}.reservations
+    WHERE expires_at <= now() AND reservation_id = CAST(%(reservation_id)s AS bigint)
+      AND tenant_id = %(tenant_id)s
+    ORDER BY expires_at, reservation_id
+    LIMIT 1
+    FOR UPDATE
+), applied AS (
+    UPDATE {schema}.tenants AS t
+    SET initial_microcents = t.initial_microcents - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)),
+        remaining_microcents = t.remaining_microcents + (SELECT amount FROM hold) - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)),
+        reserved_microcents = t.reserved_microcents - (SELECT amount FROM hold),
+        committed_microcents = t.committed_microcents,
+        max_reserved_microcents = t.max_reserved_microcents,
+        journal_seq = t.journal_seq + 1,
+        journal_head = {schema}.journal_hash(
+            t.journal_head, t.tenant_id, t.journal_seq + 1, 'expire', (SELECT reservation_id FROM hold), (SELECT amount FROM hold), NULL,
+            t.initial_microcents - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.remaining_microcents + (SELECT amount FROM hold) - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.reserved_microcents - (SELECT amount FROM hold), t.committed_microcents, t.max_reserved_microcents, now(), CAST(%(ikey)s AS text),
+            (SELECT period FROM hold), NULL)
+    WHERE t.tenant_id = %(tenant_id)s AND EXISTS (SELECT 1 FROM hold)
+      AND (t.renews_at IS NULL OR t.renews_at > now())
+    RETURNING t.*
+), gone AS (
+    DELETE FROM {schema}.reservations AS r
+    WHERE r.reservation_id = (SELECT reservation_id FROM hold)
+      AND r.tenant_id = %(tenant_id)s AND EXISTS (SELECT 1 FROM applied)
+    RETURNING r.reservation_id
+), logged AS (
+    INSERT INTO {schema}.journal (
+        tenant_id, seq, op, reservation_id, amount_microcents, hold_microcents,
+        initial_microcents, remaining_microcents, reserved_microcents, committed_microcents,
+        max_reserved_microcents, idempotency_key, created_at, entry_hash, period_index)
+    SELECT j.tenant_id, j.journal_seq, 'expire', (SELECT reservation_id FROM hold), (SELECT amount FROM hold), NULL,
+           j.initial_microcents, j.remaining_microcents, j.reserved_microcents,
+           j.committed_microcents, j.max_reserved_microcents, CAST(%(ikey)s AS text), now(),
+           j.journal_head, (SELECT period FROM hold)
+    FROM applied AS j
+)
+SELECT 'expired' AS status, a.tenant_id, (SELECT reservation_id FROM hold) AS reservation_id,
+       (SELECT amount FROM hold) AS returned, a.remaining_microcents AS remaining,
+       CASE WHEN (SELECT count(*) FROM gone) <> 1
+            THEN {schema}.invariant_failed('expiry refunded a tenant without removing its hold') END AS guard
+FROM applied AS a
+UNION ALL
+-- The hold is locked, so only a due renewal of its tenant stopped the UPDATE.
+SELECT 'renew', h.tenant_id, h.reservation_id, NULL, NULL, NULL
+FROM hold AS h WHERE NOT EXISTS (SELECT 1 FROM applied)

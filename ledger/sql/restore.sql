@@ -89,7 +89,10 @@ SELECT * FROM unnest(CAST(%(ids)s AS text[]), CAST(%(initials)s AS bigint[]),
     SELECT u.*, COALESCE(d.max_reserved_microcents, 0) AS cap,
            COALESCE(d.journal_seq, 0) + 1 AS seq, COALESCE(d.journal_head, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea) AS prev
     FROM u LEFT JOIN {schema}.detached_tenants AS d ON d.tenant_id = u.tenant_id
-    WHERE NOT EXISTS (SELECT 1 FROM {schema}.tenants AS t WHERE t.tenant_id = u.tenant_id)
+    -- An anti-join rather than NOT EXISTS: Citus cannot plan a correlated subquery
+    -- when the FROM clause holds a CTE (docs/scale-out.md); the rows are the same.
+    LEFT JOIN {schema}.tenants AS t ON t.tenant_id = u.tenant_id
+    WHERE t.tenant_id IS NULL
 ), created AS (
     INSERT INTO {schema}.tenants (tenant_id, initial_microcents, remaining_microcents,
                                reserved_microcents, committed_microcents,

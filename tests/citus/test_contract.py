@@ -4,11 +4,11 @@ Each test runs one operation on a fresh distributed schema, checks its outcome
 and the balances to the microcent, and records the remote commands of the call
 (the "Citus routing" table at the end of the run).
 
-Operations Citus refuses today are marked ``xfail(strict=True)`` with Citus's
-own message: the suite stays green, and each one turns into a failure the
-moment the SQL is changed so that it works, which is the signal to remove the
-mark. ``test_routing`` holds the issue's target for single-tenant operations
-(one remote command, to one worker, no two-phase commit) the same way.
+Every operation works on Citus. ``test_routing`` holds the issue's target for
+single-tenant operations (one remote command, to one worker, no two-phase
+commit); the calls not there yet are marked ``xfail(strict=True)`` with the
+reason, so each turns into a failure the moment it gets there, which is the
+signal to remove the mark.
 """
 
 from __future__ import annotations
@@ -26,18 +26,6 @@ from ledger import BudgetSnapshot, TenantLedger, errors
 
 from ..helpers import holds_match_reserved
 from .conftest import Recorder, Remote
-
-FOR_UPDATE = (
-    "0A000 could not run distributed query with FOR UPDATE/SHARE commands "
-    "(HINT: Consider using an equality filter on the distributed table's partition column.)"
-)
-RESTORE = (
-    "0A000 correlated subqueries are not supported when the FROM clause contains a CTE or subquery"
-)
-
-
-def refused_by_citus(reason: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, raises=errors.DatabaseError, reason=reason)
 
 
 def settled(book: ledger.Ledger, raw: psycopg.Connection, schema: str) -> None:
@@ -146,7 +134,6 @@ def test_release_with_tenant(
     settled(book, raw, schema)
 
 
-@refused_by_citus(FOR_UPDATE)
 def test_release_without_tenant(
     book: ledger.Ledger, raw: psycopg.Connection, schema: str, recorder: Recorder
 ) -> None:
@@ -172,7 +159,6 @@ def test_commit_with_tenant(
     settled(book, raw, schema)
 
 
-@refused_by_citus(FOR_UPDATE)
 def test_commit_without_tenant(
     book: ledger.Ledger, raw: psycopg.Connection, schema: str, recorder: Recorder
 ) -> None:
@@ -210,9 +196,6 @@ def test_hold_context_manager(book: ledger.Ledger, raw: psycopg.Connection, sche
     settled(book, raw, schema)
 
 
-@refused_by_citus(
-    FOR_UPDATE + ": a lapsed hold is expired by expire_hold, which finds it by id alone"
-)
 def test_commit_with_tenant_of_a_lapsed_hold(
     book: ledger.Ledger, raw: psycopg.Connection, schema: str
 ) -> None:
@@ -228,7 +211,6 @@ def test_commit_with_tenant_of_a_lapsed_hold(
 # ------------------------------------------------------------------ batches
 
 
-@refused_by_citus(FOR_UPDATE)
 def test_try_reserve_many(
     book: ledger.Ledger, raw: psycopg.Connection, schema: str, recorder: Recorder
 ) -> None:
@@ -243,7 +225,6 @@ def test_try_reserve_many(
     settled(book, raw, schema)
 
 
-@refused_by_citus(FOR_UPDATE)
 def test_commit_and_release_many(
     book: ledger.Ledger, raw: psycopg.Connection, schema: str, recorder: Recorder
 ) -> None:
@@ -261,7 +242,6 @@ def test_commit_and_release_many(
 # ------------------------------------------------------------------ expiry
 
 
-@refused_by_citus(FOR_UPDATE)
 def test_expire_holds(
     book: ledger.Ledger, raw: psycopg.Connection, schema: str, recorder: Recorder
 ) -> None:
@@ -355,7 +335,6 @@ def test_certify(
     settled(book, raw, schema)
 
 
-@refused_by_citus(RESTORE)
 def test_restore_from_snapshot(
     book: ledger.Ledger, raw: psycopg.Connection, schema: str, recorder: Recorder
 ) -> None:

@@ -187,10 +187,13 @@ def test_downgrade_and_upgrade_after_distribution(
         book.try_reserve("acme", 10)
         migrator.downgrade(url, "0002", schema=schema)
         migrator.migrate(url, schema=schema)
-        # The tables the downgrade dropped come back local; distribute() picks up just those.
-        assert set(distribute(url, schema).changed) == {
+        # The tables the downgrade dropped come back local; distribute() picks up just those
+        # (and makes the shard functions that named their old shards again).
+        changed = distribute(url, schema).changed
+        assert {c for c in changed if not c.startswith("created ")} == {
             f"distributed {name} by tenant_id" for name in ADDED_AFTER_0005
         }
+        assert any(c.startswith("created ") and "shard functions" in c for c in changed)
         assert distribute(url, schema).changed == ()
         assert raw.execute(f'SELECT open_holds FROM "{schema}".balances').fetchone() == (1,)
         assert book.try_reserve("acme", 10).ok
@@ -270,3 +273,47 @@ def test_functions_with_a_tenant_argument_are_delegated_to_the_tenants_worker(
                 value = conn.execute(f"SELECT \"{s}\".remaining_of('acme')").fetchone()
         assert value == (42,)
         assert remote.one_round_trip(), remote.summary()
+
+
+def _shard_functions(raw: psycopg.Connection, schema: str, port: int | None = None) -> set[str]:
+    rows = raw.execute(
+        "SELECT proname FROM pg_proc WHERE pronamespace = CAST(%s AS regnamespace)"
+        " AND proname ~ '^routed_.*_s[0-9]+$'",
+        (f'"{schema}"',),
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def test_every_shard_group_gets_static_functions_and_the_fallback_still_works(
+    citus_url: str,
+    schema: str,
+    book: ledger.Ledger,
+    raw: psycopg.Connection,
+    recorder: Recorder,
+) -> None:
+    """One static-SQL function per routed statement and shard group, on every node.
+
+    Without it (a shard group made after distribute, e.g. by a split) the routed
+    function rewrites its statement to the shards and EXECUTEs it: same result,
+    one command; ``distribute`` makes the missing ones again.
+    """
+    from ledger._distribute import ROUTED_STATEMENTS
+
+    made = _shard_functions(raw, schema)
+    assert len(made) == len(ROUTED_STATEMENTS) * SHARDS
+    workers = raw.execute("SELECT nodeport FROM pg_dist_node WHERE groupid > 0").fetchall()
+    for (port,) in workers:
+        url = make_url(plain(citus_url)).set(port=port).render_as_string(hide_password=False)
+        with psycopg.connect(url, autocommit=True) as worker:
+            assert _shard_functions(worker, schema) == made
+    for name in [n for n in made if n.startswith("routed_try_reserve_")]:
+        raw.execute(f'DROP FUNCTION "{schema}".{name}')
+    book.ensure_tenant("acme", 100)
+    with recorder.capture() as remote:
+        out = book.try_reserve("acme", 40)
+    assert out.status == "reserved" and remote.one_round_trip(), remote.summary()
+    assert book.verify_journal().ok
+    again = distribute(alchemy(citus_url), schema)
+    assert any("shard functions of routed_try_reserve_" in c for c in again.changed)
+    assert _shard_functions(raw, schema) == made
+    assert distribute(alchemy(citus_url), schema).changed == ()

@@ -3,7 +3,7 @@
 The workloads and the oracle pairing are the plain-PostgreSQL suite's own
 (tests/test_concurrency.py, tests/test_differential.py); only what Citus cannot
 run yet is left out of the variants that must pass today, and the full
-variants are strict xfails that flip once commit works there.
+variant runs every operation, settling holds without their tenant as the seed does.
 """
 
 from __future__ import annotations
@@ -15,18 +15,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
-import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ledger
-from ledger import errors
 
 from ..helpers import holds_match_reserved
 from ..test_concurrency import SnapshotReader, Tally
 from ..test_differential import Pair, operations
 from .conftest import Recorder, fresh_schema, logged_engine
-from .test_contract import FOR_UPDATE
 
 THREADS = 16
 
@@ -210,8 +207,7 @@ def test_matches_the_seed_engine_on_what_citus_runs_today(
     _run_pair(citus_url, TenantPair, ops)
 
 
-@pytest.mark.xfail(strict=True, raises=errors.DatabaseError, reason=FOR_UPDATE)
-@settings(DIFF, phases=[Phase.generate])  # every example fails today: no shrinking
+@DIFF
 @given(
     ops=st.lists(operations, min_size=1, max_size=25).filter(
         lambda ops: any(o[0] == "commit" for o in ops) and any(o[0] == "reserve" for o in ops)
@@ -220,5 +216,9 @@ def test_matches_the_seed_engine_on_what_citus_runs_today(
 def test_matches_the_seed_engine_with_every_operation(
     citus_url: str, ops: list[tuple[str, Any, Any]]
 ) -> None:
-    """The plain suite's pairing, unchanged: commit and release without the tenant, restore."""
+    """The plain suite's pairing, unchanged: commit and release without the tenant, restore.
+
+    Settling without the tenant reads it first (one command per shard), then runs
+    the routed tenant-keyed statement; restore runs as on one server.
+    """
     _run_pair(citus_url, Pair, ops)
