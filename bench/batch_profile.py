@@ -55,10 +55,36 @@ def _stats(conn: psycopg.Connection) -> list[tuple[str, int, float, float, int]]
     ]
 
 
+def server_cpu(postmaster: int) -> float:
+    """CPU seconds (user + system) of every process of the server, from /proc (Linux).
+
+    Execution times from pg_stat_statements include waiting for a core on a
+    shared machine; CPU time does not.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry) == postmaster or int(fields[1]) == postmaster:
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def postmaster_of(conn: psycopg.Connection) -> int:
+    pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
 def _label(query: str) -> str:
     for key, name in (
-        ("batch_reserve_begin", "reserve: lock+read"),
-        ("FROM holds AS h JOIN locked", "commit: lock+read"),
+        ("AS due\n    FROM", "lock+read"),
         ("nextval", "draw ids"),
         ("tenant_rows AS", "apply"),
         ("journal_hash", "single op"),
@@ -67,6 +93,22 @@ def _label(query: str) -> str:
             return name
     first = " ".join(query.split())
     return first[:40]
+
+
+def _merged(
+    stats: list[tuple[str, int, float, float, int]], batches: int
+) -> list[tuple[str, float, float, float, float]]:
+    """Per batch, by statement (one statement can have several entries, e.g. per plan)."""
+    out: dict[str, list[float]] = {}
+    for q, c, t, w, b in stats:
+        row = out.setdefault(_label(q), [0.0, 0.0, 0.0, 0.0])
+        for i, v in enumerate((c, t, w, b)):
+            row[i] += v
+    return [
+        (k, c / batches, t / batches, w / batches / 1024, b / batches)
+        for k, (c, t, w, b) in out.items()
+        if c >= batches // 2
+    ]
 
 
 def measure(
@@ -95,6 +137,8 @@ def measure(
         admin.execute("CHECKPOINT")
         admin.execute("SELECT pg_stat_statements_reset()")
         lsn0 = admin.execute("SELECT pg_current_wal_lsn()").fetchone()[0]  # type: ignore[index]
+        postmaster = postmaster_of(admin)
+        server0 = server_cpu(postmaster)
         cpu0, wall0 = time.process_time(), time.perf_counter()
         if profile is not None:
             profile.enable()
@@ -103,7 +147,10 @@ def measure(
         if profile is not None:
             profile.disable()
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-        wal = admin.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", (lsn0,)).fetchone()[0]  # type: ignore[index]
+        server = server_cpu(postmaster) - server0
+        wal = admin.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", (lsn0,)).fetchone()[
+            0
+        ]  # type: ignore[index]
         stats = _stats(admin)
         singles = 500
         cpu1, wall1 = time.process_time(), time.perf_counter()
@@ -115,9 +162,9 @@ def measure(
         "tenants": tenants,
         "wall_ms": wall / batches * 1e3,
         "cpu_ms": cpu / batches * 1e3,
+        "server_cpu_ms": server / batches * 1e3,
         "wal_kb": float(wal) / batches / 1024,
-        "server": [(_label(q), c / batches, t / batches, w / batches / 1024, b / batches)
-                   for q, c, t, w, b in stats if c >= batches // 2],
+        "server": _merged(stats, batches),
         "single_us": single_wall * 1e6,
         "single_cpu_us": single_cpu * 1e6,
         "size": size,
@@ -148,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{name} ({tenants} tenants), batch of {r['size']} reserve+commit: "
                 f"{r['wall_ms']:.1f} ms wall, {r['cpu_ms']:.1f} ms client CPU, "
+                f"{r['server_cpu_ms']:.1f} ms server CPU, "
                 f"{r['wal_kb']:.0f} KiB WAL; single cycle {r['single_us']:.0f} us "
                 f"({r['single_cpu_us']:.0f} us CPU); batch/single "
                 f"{r['single_us'] / per_cycle_us:.1f}x"
@@ -155,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {'statement':<22}{'calls':>7}{'ms':>9}{'WAL KiB':>9}{'blocks':>9}")
             for label, calls, ms, wal, blocks in r["server"]:
                 print(f"  {label:<22}{calls:>7.1f}{ms:>9.2f}{wal:>9.1f}{blocks:>9.0f}")
+            print(f"  {'server, all':<22}{'':>7}{sum(x[2] for x in r['server']):>9.2f}")
         if profile is not None:
             profile.dump_stats(args.profile)
     print(f"load average after: {os.getloadavg()}")
