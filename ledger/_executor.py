@@ -43,6 +43,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, scoped_session
 
 from . import _telemetry, errors
+from ._pool import OwnPool
 from ._translate import _driver_error, translate
 
 if TYPE_CHECKING:
@@ -568,14 +569,20 @@ def _backoff(attempt: int) -> None:
 class Database:
     """Runs operations for one ledger, on the caller's connection or on one of ours."""
 
-    def __init__(self, engine: Engine, *, coalescer: Coalescer | None = None) -> None:
+    def __init__(
+        self, engine: Engine, *, coalescer: Coalescer | None = None, pool: OwnPool | None = None
+    ) -> None:
         self.engine = engine
         #: Runs autocommit operations in shared rounds (``Ledger(coalesce=True)``).
         self._coalescer = coalescer
+        #: The ledger's own connections, when it created the engine (ledger/_pool.py).
+        self._pool = pool
 
     def close(self) -> None:
         if self._coalescer is not None:
             self._coalescer.close()
+        if self._pool is not None:
+            self._pool.dispose()
 
     def run(self, op: Op[T], caller: Connectable | None) -> T:
         result = self._run(op, caller)
@@ -617,6 +624,8 @@ class Database:
         Otherwise the steps run between one BEGIN (at the operation's
         isolation level) and one COMMIT, or a ROLLBACK if anything raises.
         """
+        if self._pool is not None:
+            return self._own_pooled(op, self._pool)
         raw = self._checkout()
         dbapi: Any = raw.driver_connection
         isolation = _UNCHANGED
@@ -640,6 +649,40 @@ class Database:
             _hand_back(raw, dbapi, isolation)
             raise
         _hand_back(raw, dbapi, isolation)
+        return result
+
+    def _own_pooled(self, op: Op[Any], pool: OwnPool) -> Any:
+        """:meth:`_own` on the ledger's own pool, whose connections stay in autocommit.
+
+        A transaction is an explicit BEGIN (psycopg's ``transaction()`` sends
+        it with the connection's isolation level) and COMMIT: the same round
+        trips as on a borrowed connection, without switching autocommit off
+        and on again around every operation.
+        """
+        try:
+            conn = pool.get()
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+        try:
+            if op.isolation == "AUTOCOMMIT":
+                result = drive(PsycopgExecutor(conn, retry_statements=True), op.steps())
+            else:
+                wanted = _ISOLATION[op.isolation]
+                if conn.isolation_level != wanted:
+                    conn.isolation_level = wanted
+                executor = PsycopgExecutor(conn)
+                with _translated(conn.transaction()):
+                    try:
+                        result = drive(executor, op.steps())
+                    finally:
+                        executor.close_streams()
+        except errors.ConnectionLost:
+            pool.put(conn, lost=True)
+            raise
+        except BaseException:
+            pool.put(conn)  # closed rather than kept if it is not idle and healthy
+            raise
+        pool.put(conn)
         return result
 
     def _checkout(self) -> Any:
