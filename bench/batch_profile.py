@@ -9,7 +9,9 @@ tenants ("spread"), and reports per batch of reserve+commit: wall time, the
 client's CPU (``time.process_time``), the server's execution time per
 statement from ``pg_stat_statements`` and WAL bytes, and the single-operation
 cycle on the same database for the ratio. ``--profile FILE`` writes a
-cProfile (CPU clock) of the spread batches' client side.
+cProfile (CPU clock) of the spread batches' client side. ``--explain`` prints
+``EXPLAIN (ANALYZE, BUFFERS, WAL)`` of the lock and apply statements of one
+more batch (ANALYZE runs them, so the batch still happens).
 
 The embedded server this starts loads ``pg_stat_statements``.
 """
@@ -21,6 +23,8 @@ import cProfile
 import os
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -111,8 +115,36 @@ def _merged(
     ]
 
 
+@contextmanager
+def _explained() -> Iterator[None]:
+    """Print the plans of the batch statements the ledger runs meanwhile."""
+    from ledger import _executor
+
+    original = _executor.PsycopgExecutor.fetch
+
+    def fetch(self: Any, sql: str, params: Any) -> list[Any]:
+        if "tenant_rows AS" in sql or "AS MATERIALIZED" in sql:
+            with self._conn.cursor() as cur:
+                cur.execute("EXPLAIN (ANALYZE, BUFFERS, WAL) " + sql, params)
+                print("\n".join(r[0] for r in cur.fetchall()) + "\n-----")
+            if "tenant_rows AS" in sql:  # batch_apply: ANALYZE ran it
+                return []
+        return original(self, sql, params)
+
+    _executor.PsycopgExecutor.fetch = fetch  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        _executor.PsycopgExecutor.fetch = original  # type: ignore[method-assign]
+
+
 def measure(
-    url: str, tenants: int, size: int, batches: int, profile: cProfile.Profile | None
+    url: str,
+    tenants: int,
+    size: int,
+    batches: int,
+    profile: cProfile.Profile | None,
+    explain: bool = False,
 ) -> dict[str, Any]:
     _prepare(url, tenants)
     rng = random.Random(1)
@@ -158,6 +190,9 @@ def measure(
             single()
         single_wall = (time.perf_counter() - wall1) / singles
         single_cpu = (time.process_time() - cpu1) / singles
+        if explain:
+            with _explained():
+                batch()
     return {
         "tenants": tenants,
         "wall_ms": wall / batches * 1e3,
@@ -179,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tenants", type=int, default=10_000)
     parser.add_argument("--only", choices=("hot", "spread"), default=None)
     parser.add_argument("--profile", default=None, help="write a cProfile of the spread batches")
+    parser.add_argument("--explain", action="store_true", help="plans of one more batch")
     args = parser.parse_args(argv)
     print(f"load average before: {os.getloadavg()}")
     settings = {"shared_preload_libraries": "pg_stat_statements", "track_io_timing": "on"}
@@ -190,7 +226,14 @@ def main(argv: list[str] | None = None) -> int:
         for name, tenants in workloads.items():
             if args.only and name != args.only:
                 continue
-            r = measure(url, tenants, args.size, args.batches, profile if tenants > 1 else None)
+            r = measure(
+                url,
+                tenants,
+                args.size,
+                args.batches,
+                profile if tenants > 1 else None,
+                args.explain,
+            )
             per_cycle_us = r["wall_ms"] * 1e3 / r["size"]
             print(
                 f"{name} ({tenants} tenants), batch of {r['size']} reserve+commit: "

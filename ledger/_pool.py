@@ -56,6 +56,7 @@ class OwnPool:
         self._idle: list[psycopg.Connection[Any]] = []
         self._mine: set[int] = set()  # ids of connections opened since the last dispose
         self._open = 0  # connections counted against the maximum (idle and checked out)
+        self._waiting = 0  # threads waiting for a connection (notify only if any)
 
     def get(self) -> psycopg.Connection[Any]:
         """An idle connection (the most recently used), or a new one if below the maximum."""
@@ -68,7 +69,12 @@ class OwnPool:
                     return self._idle.pop()
                 deadline = deadline or time.monotonic() + self._timeout
                 left = deadline - time.monotonic()
-                if left <= 0 or not self._cond.wait(left):
+                self._waiting += 1
+                try:
+                    woken = left > 0 and self._cond.wait(left)
+                finally:
+                    self._waiting -= 1
+                if not woken:
                     if self._idle:
                         return self._idle.pop()
                     raise errors.ConnectionLost(
@@ -82,7 +88,8 @@ class OwnPool:
         except BaseException:
             with self._cond:
                 self._open -= 1
-                self._cond.notify()
+                if self._waiting:
+                    self._cond.notify()
             raise
         with self._cond:
             self._mine.add(id(conn))
@@ -118,7 +125,8 @@ class OwnPool:
         with self._cond:
             if healthy and id(conn) in self._mine and len(self._idle) < self._keep:
                 self._idle.append(conn)
-                self._cond.notify()
+                if self._waiting:
+                    self._cond.notify()
                 return
             self._mine.discard(id(conn))
             self._open -= 1
