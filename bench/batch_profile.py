@@ -8,7 +8,9 @@ Runs ``try_reserve_many`` + ``commit_many`` batches (the ``batch1000`` row of
 tenants ("spread"), and reports per batch of reserve+commit: wall time, the
 client's CPU (``time.process_time``), the server's execution time per
 statement from ``pg_stat_statements`` and WAL bytes, and the single-operation
-cycle on the same database for the ratio. ``--profile FILE`` writes a
+cycle on the same database for the ratio. ``--churn N`` first leaves N dead
+holds in ``reservations``, as many single cycles do before autovacuum runs.
+``--profile FILE`` writes a
 cProfile (CPU clock) of the spread batches' client side. ``--explain`` prints
 ``EXPLAIN (ANALYZE, BUFFERS, WAL)`` of the lock and apply statements of one
 more batch (ANALYZE runs them, so the batch still happens).
@@ -145,10 +147,22 @@ def measure(
     batches: int,
     profile: cProfile.Profile | None,
     explain: bool = False,
+    churn: int = 0,
 ) -> dict[str, Any]:
     _prepare(url, tenants)
     rng = random.Random(1)
     with ledger.Ledger(url) as book, psycopg.connect(url, autocommit=True) as admin:
+        if churn:
+            # What many single reserve->commit cycles leave behind until
+            # autovacuum comes by: dead holds in reservations and its indexes.
+            admin.execute("ALTER TABLE ledger.reservations SET (autovacuum_enabled = off)")
+            admin.execute(
+                "INSERT INTO ledger.reservations (tenant_id, reservation_id, amount_microcents)"
+                " SELECT 't' || (i %% %s), -i, 1 FROM generate_series(1, %s) AS i",
+                (tenants, churn),
+            )
+            admin.execute("DELETE FROM ledger.reservations WHERE reservation_id < 0")
+            admin.execute("ANALYZE ledger.reservations")
 
         def batch() -> None:
             items = [(f"t{rng.randrange(tenants)}", 1000) for _ in range(size)]
@@ -215,6 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=("hot", "spread"), default=None)
     parser.add_argument("--profile", default=None, help="write a cProfile of the spread batches")
     parser.add_argument("--explain", action="store_true", help="plans of one more batch")
+    parser.add_argument(
+        "--churn",
+        type=int,
+        default=0,
+        help="first leave this many dead holds in reservations (autovacuum off for it)",
+    )
     args = parser.parse_args(argv)
     print(f"load average before: {os.getloadavg()}")
     settings = {"shared_preload_libraries": "pg_stat_statements", "track_io_timing": "on"}
@@ -233,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.batches,
                 profile if tenants > 1 else None,
                 args.explain,
+                args.churn,
             )
             per_cycle_us = r["wall_ms"] * 1e3 / r["size"]
             print(

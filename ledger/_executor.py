@@ -305,6 +305,18 @@ def _rows(cur: Any) -> list[Any]:
     return cur.fetchall() if result is not None and result.status == _TUPLES_OK else []
 
 
+#: The first line of a statement planned for each call's parameters, never
+#: prepared (the batch statements, ledger/sql/batches.sql): psycopg prepares a
+#: statement after five runs, and PostgreSQL's generic plan for arrays of
+#: unknown size was 2.4x slower for batches (python -m bench.batch_profile).
+PER_CALL = "/* planned per call"
+
+
+def prepare_for(sql: str) -> bool | None:
+    """psycopg's ``prepare=``: False for :data:`PER_CALL` statements, else its default."""
+    return False if sql.startswith(PER_CALL) else None
+
+
 class PsycopgExecutor(Executor):
     """A psycopg 3 connection: the ledger's own pooled connections.
 
@@ -330,11 +342,11 @@ class PsycopgExecutor(Executor):
                 bound = None if converted is None else values(converted[1], params)
                 if bound is None:
                     with self._conn.cursor(row_factory=namedtuple_row) as cur:
-                        cur.execute(sql, params)
+                        cur.execute(sql, params, prepare=prepare_for(sql))
                         return _rows(cur)
                 assert converted is not None
                 with psycopg.RawCursor(self._conn, row_factory=namedtuple_row) as raw:
-                    raw.execute(converted[0], bound)
+                    raw.execute(converted[0], bound, prepare=prepare_for(sql))
                     return _rows(raw)
             except psycopg.Error as exc:
                 error = translate(exc)
