@@ -27,6 +27,7 @@ ever made for an engine the ledger created.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from typing import Any
@@ -57,9 +58,13 @@ class OwnPool:
         self._mine: set[int] = set()  # ids of connections opened since the last dispose
         self._open = 0  # connections counted against the maximum (idle and checked out)
         self._waiting = 0  # threads waiting for a connection (notify only if any)
+        self._pid = os.getpid()
+        self._inherited: list[psycopg.Connection[Any]] = []  # a parent's, after a fork
 
     def get(self) -> psycopg.Connection[Any]:
         """An idle connection (the most recently used), or a new one if below the maximum."""
+        if os.getpid() != self._pid:
+            self._forked()
         with self._cond:
             if self._idle:
                 return self._idle.pop()
@@ -128,6 +133,9 @@ class OwnPool:
                 if self._waiting:
                     self._cond.notify()
                 return
+            if os.getpid() != self._pid:  # the parent's connection, in a child
+                self._inherited.append(conn)
+                return
             self._mine.discard(id(conn))
             self._open -= 1
             if lost:
@@ -138,8 +146,25 @@ class OwnPool:
         for c in [conn, *drop]:
             _close(c)
 
+    def _forked(self) -> None:
+        """In a child process: stop using the parent's connections, without closing them.
+
+        Two processes on one socket would read each other's replies; closing
+        would end the parent's sessions. The child opens its own (a server
+        that forks workers after creating the ledger) and keeps references to
+        the parent's, so that they are not finalized while it runs.
+        """
+        with self._cond:
+            if os.getpid() != self._pid:
+                self._pid = os.getpid()
+                self._inherited.extend(self._idle)
+                self._idle, self._mine, self._open, self._waiting = [], set(), 0, 0
+
     def dispose(self) -> None:
         """Close the idle connections; those checked out are closed when they come back."""
+        if os.getpid() != self._pid:
+            self._forked()
+            return
         with self._cond:
             drop, self._idle = self._idle, []
             self._open -= len(drop)

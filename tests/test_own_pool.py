@@ -160,3 +160,32 @@ def test_many_threads_share_the_pool_with_exact_sums(db_url: str) -> None:
         assert tenant.committed_microcents == sum(granted) == 24 * 25 * 5
         assert book.verify_conservation().is_balanced
         assert book.verify_journal().ok
+
+
+def test_a_forked_child_opens_its_own_connections(db_url: str) -> None:
+    """Parent and child on one socket would read each other's replies."""
+    import os
+
+    with ledger.Ledger(db_url) as book:
+        book.ensure_tenant("a", 1_000_000)
+        assert book.try_reserve("a", 1).ok  # the parent has an idle connection now
+        pool = book._db._pool
+        assert pool is not None
+        parent_conn = pool.get()
+        parent_pid = parent_conn.info.backend_pid
+        pool.put(parent_conn)
+        child = os.fork()
+        if child == 0:  # the child: must not touch the parent's session
+            ok = False
+            try:
+                mine = pool.get()
+                ok = mine.info.backend_pid != parent_pid and book.try_reserve("a", 1).ok
+                pool.put(mine)
+            finally:
+                os._exit(0 if ok else 1)
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        again = pool.get()
+        assert again.info.backend_pid == parent_pid  # still the parent's, still alive
+        pool.put(again)
+        assert book.try_reserve("a", 1).ok
