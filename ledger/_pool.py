@@ -26,10 +26,12 @@ ever made for an engine the ledger created.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import threading
 import time
+import weakref
 from typing import Any
 
 import psycopg
@@ -39,6 +41,16 @@ from . import errors
 from ._engine import behind_pooler
 
 _IDLE = psycopg.pq.TransactionStatus.IDLE
+
+#: Every pool alive, so that their idle connections are closed at exit rather
+#: than finalized one by one (psycopg warns about connections left open).
+_POOLS: weakref.WeakSet[OwnPool] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    for pool in list(_POOLS):
+        pool.dispose()
 
 
 class OwnPool:
@@ -60,6 +72,7 @@ class OwnPool:
         self._waiting = 0  # threads waiting for a connection (notify only if any)
         self._pid = os.getpid()
         self._inherited: list[psycopg.Connection[Any]] = []  # a parent's, after a fork
+        _POOLS.add(self)
 
     def get(self) -> psycopg.Connection[Any]:
         """An idle connection (the most recently used), or a new one if below the maximum."""
