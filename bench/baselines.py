@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import psycopg
 from sqlalchemy import Connection, Engine, text
 
 NOJOURNAL_RESERVE = text("""
@@ -62,28 +63,41 @@ SELECT count(*) FROM gone
 
 
 class NoJournal:
-    """Same client path as the ledger's hot path (raw pooled psycopg, autocommit)."""
+    """Same client path as the ledger's own (its psycopg pool, autocommit, ``$n`` statements).
+
+    Since the ledger keeps its own connections when made from a URL
+    (ledger/_pool.py), this baseline does too, so that journaled/journal-less
+    compares statements, not pools.
+    """
 
     def __init__(self, engine: Engine) -> None:
         from sqlalchemy.dialects.postgresql import psycopg as dialect
 
+        from ledger._executor import positional
+        from ledger._pool import OwnPool
+
         d = dialect.dialect()  # type: ignore[no-untyped-call]
         self.reserve = NOJOURNAL_RESERVE.compile(dialect=d)
         self.commit = NOJOURNAL_COMMIT.compile(dialect=d)
-        self.engine = engine
+        self._converted = {id(c): positional(str(c)) for c in (self.reserve, self.commit)}
+        self.pool = OwnPool(engine)
 
     def _one(self, compiled: Any, params: dict[str, Any]) -> Any:
-        raw = self.engine.raw_connection()
+        conn = self.pool.get()
         try:
-            dbapi: Any = raw.driver_connection
-            dbapi.autocommit = True
-            with dbapi.cursor() as cur:
-                cur.execute(str(compiled), compiled.construct_params(params))
-                value = cur.fetchone()[0]
-            dbapi.autocommit = False
-            return value
+            converted = self._converted[id(compiled)]
+            bound = compiled.construct_params(params)
+            with psycopg.RawCursor(conn) as cur:
+                assert converted is not None
+                cur.execute(converted[0], [bound[name] for name in converted[1]])
+                row = cur.fetchone()
+                assert row is not None
+                return row[0]
         finally:
-            raw.close()
+            self.pool.put(conn)
+
+    def close(self) -> None:
+        self.pool.dispose()
 
     def cycle(self, tenant: str, amount: int, actual: int) -> None:
         rid = self._one(self.reserve, {"tenant_id": tenant, "amount": amount})

@@ -64,8 +64,11 @@ def _worker(
     impl: str, url: str, tenants: int, seconds: float, seed: int, start: Any
 ) -> tuple[int, float]:
     engine = create_engine(url, pool_size=1, max_overflow=0)
+    closers: list[Any] = [engine.dispose]
     if impl == "ledger":
-        book = ledger.Ledger(engine)
+        # Made from the URL, as an application would: the ledger's own pool.
+        book = ledger.Ledger(url)
+        closers.append(book.close)
 
         def cycle(tenant: str) -> None:
             hold = book.try_reserve(tenant, AMOUNT)
@@ -74,6 +77,7 @@ def _worker(
             assert out.ok, out
     elif impl == "nojournal":
         nojournal = NoJournal(engine)
+        closers.append(nojournal.close)
         cycle = lambda tenant: nojournal.cycle(tenant, AMOUNT, ACTUAL)  # noqa: E731
     else:
         naive = Naive(engine)
@@ -91,15 +95,15 @@ def _worker(
         cycle(f"t{rng.randrange(tenants)}")
         count += 1
     elapsed = time.perf_counter() - began
-    engine.dispose()
+    for close in reversed(closers):
+        close()
     return count, elapsed
 
 
 def _batch_worker(
     url: str, tenants: int, seconds: float, seed: int, start: Any, size: int
 ) -> tuple[int, float]:
-    engine = create_engine(url, pool_size=1, max_overflow=0)
-    book = ledger.Ledger(engine)
+    book = ledger.Ledger(url)
     import random
 
     rng = random.Random(seed)
@@ -117,7 +121,7 @@ def _batch_worker(
         cycle()
         count += size
     elapsed = time.perf_counter() - began
-    engine.dispose()
+    book.close()
     return count, elapsed
 
 

@@ -40,6 +40,7 @@ from ._executor import (
     Request,
     Steps,
     positional,
+    prepare_for,
     values,
 )
 from ._translate import translate
@@ -87,11 +88,11 @@ class AsyncPsycopgExecutor:
                 bound = None if converted is None else values(converted[1], params)
                 if bound is None:
                     async with self._conn.cursor(row_factory=namedtuple_row) as cur:
-                        await cur.execute(sql, params)
+                        await cur.execute(sql, params, prepare=prepare_for(sql))
                         return await _rows(cur)
                 assert converted is not None
                 async with psycopg.AsyncRawCursor(self._conn, row_factory=namedtuple_row) as raw:
-                    await raw.execute(converted[0], bound)
+                    await raw.execute(converted[0], bound, prepare=prepare_for(sql))
                     return await _rows(raw)
             except psycopg.Error as exc:
                 error = translate(exc)

@@ -39,7 +39,7 @@ from psycopg.rows import namedtuple_row
 from sqlalchemy import Engine
 
 from . import errors
-from ._executor import Fetch, Op, PsycopgExecutor, Steps, _rows
+from ._executor import Fetch, Op, PsycopgExecutor, Steps, _rows, positional, values
 from ._translate import translate
 
 T = TypeVar("T")
@@ -52,14 +52,18 @@ MAX_ROUND = 256
 class _Call:
     """One caller's operation, advanced a statement per round by the coalescer."""
 
-    __slots__ = ("done", "error", "request", "result", "steps")
+    __slots__ = ("_done", "error", "request", "result", "steps")
 
     def __init__(self, steps: Steps[Any]) -> None:
         self.steps = steps
         self.request: Fetch | None = None
         self.result: Any = None
         self.error: BaseException | None = None
-        self.done = threading.Event()
+        # A latch: held until the call is finished. A bare lock, not an Event
+        # (a Condition and a lock per call): the coalescer thread and 64 callers
+        # share one GIL, and every microsecond per call is theirs (bench.coalesce).
+        self._done = threading.Lock()
+        self._done.acquire()
 
     def advance(self, reply: Any = None, error: BaseException | None = None) -> bool:
         """Feed the reply in; True when the operation has finished."""
@@ -78,7 +82,10 @@ class _Call:
         return False
 
     def finish(self) -> None:
-        self.done.set()
+        self._done.release()
+
+    def wait(self) -> None:
+        self._done.acquire()
 
 
 class Coalescer:
@@ -101,7 +108,7 @@ class Coalescer:
             return cast(T, _outcome(call))
         self._ensure_started()
         self._incoming.put(call)
-        call.done.wait()
+        call.wait()
         return cast(T, _outcome(call))
 
     def close(self) -> None:
@@ -204,13 +211,25 @@ class Coalescer:
 
 
 def _pipelined(dbapi: psycopg.Connection[Any], requests: list[Fetch]) -> list[list[Any]]:
-    """BEGIN, every statement, COMMIT: sent back to back, answered after one Sync."""
-    cursors = []
+    """BEGIN, every statement, COMMIT: sent back to back, answered after one Sync.
+
+    Statements go in ``$n`` form, converted once (:func:`ledger._executor.positional`),
+    as on the plain path: psycopg re-parsed the >4 KiB reserve and commit
+    statements per execution, which was a third of the coalescing process's
+    CPU (py-spy, bench.coalesce).
+    """
+    cursors: list[psycopg.Cursor[Any]] = []
     with dbapi.pipeline():
         dbapi.execute("BEGIN")
         for request in requests:
-            cursor = dbapi.cursor(row_factory=namedtuple_row)
-            cursor.execute(request.sql, request.params)
+            converted = positional(request.sql)
+            bound = None if converted is None else values(converted[1], request.params)
+            if converted is None or bound is None:
+                cursor = dbapi.cursor(row_factory=namedtuple_row)
+                cursor.execute(request.sql, request.params)
+            else:
+                cursor = psycopg.RawCursor(dbapi, row_factory=namedtuple_row)
+                cursor.execute(converted[0], bound)
             cursors.append(cursor)
         dbapi.execute("COMMIT")
     return [_rows(c) for c in cursors]

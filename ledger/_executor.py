@@ -43,6 +43,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, scoped_session
 
 from . import _telemetry, errors
+from ._pool import OwnPool
 from ._translate import _driver_error, translate
 
 if TYPE_CHECKING:
@@ -304,6 +305,18 @@ def _rows(cur: Any) -> list[Any]:
     return cur.fetchall() if result is not None and result.status == _TUPLES_OK else []
 
 
+#: The first line of a statement planned for each call's parameters, never
+#: prepared (the batch statements, ledger/sql/batches.sql): psycopg prepares a
+#: statement after five runs, and PostgreSQL's generic plan for arrays of
+#: unknown size was 2.4x slower for batches (python -m bench.batch_profile).
+PER_CALL = "/* planned per call"
+
+
+def prepare_for(sql: str) -> bool | None:
+    """psycopg's ``prepare=``: False for :data:`PER_CALL` statements, else its default."""
+    return False if sql.startswith(PER_CALL) else None
+
+
 class PsycopgExecutor(Executor):
     """A psycopg 3 connection: the ledger's own pooled connections.
 
@@ -329,11 +342,11 @@ class PsycopgExecutor(Executor):
                 bound = None if converted is None else values(converted[1], params)
                 if bound is None:
                     with self._conn.cursor(row_factory=namedtuple_row) as cur:
-                        cur.execute(sql, params)
+                        cur.execute(sql, params, prepare=prepare_for(sql))
                         return _rows(cur)
                 assert converted is not None
                 with psycopg.RawCursor(self._conn, row_factory=namedtuple_row) as raw:
-                    raw.execute(converted[0], bound)
+                    raw.execute(converted[0], bound, prepare=prepare_for(sql))
                     return _rows(raw)
             except psycopg.Error as exc:
                 error = translate(exc)
@@ -568,14 +581,20 @@ def _backoff(attempt: int) -> None:
 class Database:
     """Runs operations for one ledger, on the caller's connection or on one of ours."""
 
-    def __init__(self, engine: Engine, *, coalescer: Coalescer | None = None) -> None:
+    def __init__(
+        self, engine: Engine, *, coalescer: Coalescer | None = None, pool: OwnPool | None = None
+    ) -> None:
         self.engine = engine
         #: Runs autocommit operations in shared rounds (``Ledger(coalesce=True)``).
         self._coalescer = coalescer
+        #: The ledger's own connections, when it created the engine (ledger/_pool.py).
+        self._pool = pool
 
     def close(self) -> None:
         if self._coalescer is not None:
             self._coalescer.close()
+        if self._pool is not None:
+            self._pool.dispose()
 
     def run(self, op: Op[T], caller: Connectable | None) -> T:
         result = self._run(op, caller)
@@ -617,6 +636,8 @@ class Database:
         Otherwise the steps run between one BEGIN (at the operation's
         isolation level) and one COMMIT, or a ROLLBACK if anything raises.
         """
+        if self._pool is not None:
+            return self._own_pooled(op, self._pool)
         raw = self._checkout()
         dbapi: Any = raw.driver_connection
         isolation = _UNCHANGED
@@ -640,6 +661,40 @@ class Database:
             _hand_back(raw, dbapi, isolation)
             raise
         _hand_back(raw, dbapi, isolation)
+        return result
+
+    def _own_pooled(self, op: Op[Any], pool: OwnPool) -> Any:
+        """:meth:`_own` on the ledger's own pool, whose connections stay in autocommit.
+
+        A transaction is an explicit BEGIN (psycopg's ``transaction()`` sends
+        it with the connection's isolation level) and COMMIT: the same round
+        trips as on a borrowed connection, without switching autocommit off
+        and on again around every operation.
+        """
+        try:
+            conn = pool.get()
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+        try:
+            if op.isolation == "AUTOCOMMIT":
+                result = drive(PsycopgExecutor(conn, retry_statements=True), op.steps())
+            else:
+                wanted = _ISOLATION[op.isolation]
+                if conn.isolation_level != wanted:
+                    conn.isolation_level = wanted
+                executor = PsycopgExecutor(conn)
+                with _translated(conn.transaction()):
+                    try:
+                        result = drive(executor, op.steps())
+                    finally:
+                        executor.close_streams()
+        except errors.ConnectionLost:
+            pool.put(conn, lost=True)
+            raise
+        except BaseException:
+            pool.put(conn)  # closed rather than kept if it is not idle and healthy
+            raise
+        pool.put(conn)
         return result
 
     def _checkout(self) -> Any:

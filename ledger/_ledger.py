@@ -38,6 +38,7 @@ from ._engine import EngineLike, as_engine
 from ._executor import Connectable, Database, Op
 from ._hold import Hold
 from ._outside import CertificateCheck
+from ._pool import OwnPool
 from ._queries import Queries, for_schema
 from ._stats import LedgerStats
 from .finance import FinancialCertificate
@@ -84,7 +85,13 @@ class Ledger:
     ) -> None:
         self.schema = _validate.schema_name(schema)
         self.engine, self._owns_engine = as_engine(engine_or_url)
-        self._db = Database(self.engine, coalescer=Coalescer(self.engine) if coalesce else None)
+        self._db = Database(
+            self.engine,
+            coalescer=Coalescer(self.engine) if coalesce else None,
+            # An engine the ledger made is its alone: its own psycopg connections
+            # (ledger/_pool.py); a caller's Engine keeps SQLAlchemy's pool.
+            pool=OwnPool(self.engine) if self._owns_engine else None,
+        )
         self._plain_q = for_schema(self.schema)
         self._queries: Queries | None = None
 
