@@ -508,12 +508,30 @@ ROUTED_STATEMENTS = (
 )
 ROUTED_PREFIX = "routed_"
 #: Part of every routed function's hash: bumped when the generated body changes shape.
-_GENERATION = 4
+_GENERATION = 5
 #: SECURITY DEFINER wrapper of Citus's lock_shard_metadata (ShareLock only), which
 #: checks table ownership: the application role calls the routed functions too.
 SHARD_LOCK = "lock_tenant_shard"
+#: The shard functions' guard: :data:`SHARD_LOCK`'s lock, then "is the placement on
+#: this node?". PL/pgSQL, so its statements keep their plans for the session (a
+#: SQL function is parsed and planned on every call: 9% of a worker's CPU in a
+#: reserve->commit cycle, measured with perf).
+SHARD_HERE = "lock_shard_here"
+_SHARD_HERE_BODY = """
+BEGIN
+    PERFORM lock_shard_metadata(5, ARRAY[shard]);  -- 5 = ShareLock, as SHARD_LOCK
+    RETURN EXISTS (SELECT 1 FROM pg_dist_placement AS p
+                   WHERE p.shardid = shard
+                     AND p.groupid = (SELECT l.groupid FROM pg_dist_local_group AS l));
+END
+"""
 #: ``routed_<statement>_<hash>_s<anchor shard id>``: the statement on one shard group.
 SHARD_SUFFIX = "_s"
+#: ``journal_hash``'s STABLE twin, for statements on the shards themselves: Citus
+#: needs ``journal_hash`` IMMUTABLE (:func:`_journal_hash_immutable`), which keeps
+#: PostgreSQL from inlining it (its body is only STABLE): about 0.1 ms more CPU
+#: per reserve->commit cycle on a worker, measured.
+SHARD_HASH = "journal_hash_on_shard"
 _PARAM = re.compile(r"%\((\w+)\)s")
 
 
@@ -611,15 +629,18 @@ def _routed_definition(
         f"        '{q}.{ANCHOR}'::regclass, $1);\n"
         f"    inner_function text := '{function}{SHARD_SUFFIX}' || anchor;\n"
         f"BEGIN\n"
+        f"    IF EXISTS (SELECT 1 FROM pg_proc WHERE proname = inner_function\n"
+        f"               AND pronamespace = '{q}'::regnamespace) THEN\n"
+        f"        -- the shard function takes the shard lock and checks the placement\n"
+        f"        RETURN QUERY EXECUTE 'SELECT * FROM {q}.' || quote_ident(inner_function)\n"
+        f"            || '({using})'\n"
+        f"            USING {using};\n"
+        f"        RETURN;\n"
+        f"    END IF;\n"
         f"    PERFORM {q}.{SHARD_LOCK}(anchor);\n"
         f"    IF NOT EXISTS (SELECT 1 FROM pg_dist_placement WHERE shardid = anchor\n"
         f"               AND groupid = (SELECT groupid FROM pg_dist_local_group)) THEN\n"
         f"        RETURN QUERY\n{body};\n"
-        f"    ELSIF EXISTS (SELECT 1 FROM pg_proc WHERE proname = inner_function\n"
-        f"                  AND pronamespace = '{q}'::regnamespace) THEN\n"
-        f"        RETURN QUERY EXECUTE 'SELECT * FROM {q}.' || quote_ident(inner_function)\n"
-        f"            || '({using})'\n"
-        f"            USING {using};\n"
         f"    ELSE\n"
         f"{shards}\n"
         f"        RETURN QUERY EXECUTE statement USING {using};\n"
@@ -628,14 +649,32 @@ def _routed_definition(
     return function, f"{q}.{function}({', '.join(types)})", create, types
 
 
-def _shard_source(schema: str, sql: str, shards: dict[str, str]) -> str:
-    """The body of a shard function: the statement, on one shard group's tables."""
+def _shard_source(schema: str, sql: str, anchor: int, shards: dict[str, str]) -> str:
+    """The body of a shard function: the statement, on one shard group's tables.
+
+    It takes the shard lock and checks that the group's placement is on this
+    node itself (:data:`SHARD_HERE`), because it is called two ways: by the routed function on the
+    tenant's worker, and by a client connected to that worker directly
+    (``Ledger(..., route_to_workers=True)``, ledger/_direct.py), whose map of
+    the shards may be older than a shard move. Where the placement is not here
+    it runs the statement on the distributed tables and Citus routes it (the
+    same result, slower). On the shards it hashes with the STABLE twin of
+    ``journal_hash`` (:data:`SHARD_HASH`), which PostgreSQL inlines.
+    """
     q = f'"{schema}"'
     params = _routed_parameters(sql)
     body = _PARAM.sub(lambda m: f"${params.index(m.group(1)) + 1}", sql)
+    local = body.replace(f"{q}.journal_hash(", f"{q}.{SHARD_HASH}(")
     for table, shard in shards.items():
-        body = re.sub(rf"{re.escape(q)}\.{table}\b", shard.replace("\\", r"\\"), body)
-    return f"\n#variable_conflict use_column\nBEGIN\n    RETURN QUERY\n{body};\nEND\n"
+        local = re.sub(rf"{re.escape(q)}\.{table}\b", shard.replace("\\", r"\\"), local)
+    return (
+        "\n#variable_conflict use_column\nBEGIN\n"
+        f"    IF {q}.{SHARD_HERE}({anchor}) THEN\n"
+        f"        RETURN QUERY\n{local};\n"
+        "    ELSE\n"
+        f"        RETURN QUERY\n{body};\n"
+        "    END IF;\nEND\n"
+    )
 
 
 def _shard_function(
@@ -671,6 +710,18 @@ def _create_routed(conn: Connection, schema: str, changed: list[str]) -> None:
             )
         )
         changed.append(f"created {SHARD_LOCK}")
+    here = conn.execute(
+        text("SELECT prosrc FROM pg_proc WHERE oid = to_regprocedure(:f)"),
+        {"f": f"{q}.{SHARD_HERE}(bigint)"},
+    ).scalar()
+    if here != _SHARD_HERE_BODY:
+        conn.exec_driver_sql(
+            f"CREATE OR REPLACE FUNCTION {q}.{SHARD_HERE}(shard bigint) RETURNS boolean"
+            " LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog"
+            f" AS $here${_SHARD_HERE_BODY}$here$"
+        )
+        changed.append(f"created {SHARD_HERE}")
+    _create_shard_hash(conn, schema, changed)
     wanted: set[str] = set()
     groups = _shard_groups(conn, schema)
     for name in ROUTED_STATEMENTS:
@@ -710,6 +761,34 @@ def _create_routed(conn: Connection, schema: str, changed: list[str]) -> None:
         if re.sub(rf"{SHARD_SUFFIX}\d+$", "", function) not in wanted:
             conn.execute(text(f"DROP FUNCTION {signature}"))
             changed.append(f"dropped {function}")
+
+
+def _create_shard_hash(conn: Connection, schema: str, changed: list[str]) -> None:
+    """Make :data:`SHARD_HASH`: each ``journal_hash`` overload again, STABLE (if missing or stale).
+
+    The same body, read from the catalog (so there is one definition, the
+    migration's): on the shards PostgreSQL inlines it into the statement
+    instead of calling a SQL function per row.
+    """
+
+    def overloads(name: str) -> dict[str, str]:
+        rows = conn.execute(
+            text(
+                "SELECT pg_get_function_arguments(oid), prosrc FROM pg_proc"
+                " WHERE pronamespace = CAST(:s AS regnamespace) AND proname = :f"
+            ),
+            {"s": f'"{schema}"', "f": name},
+        ).all()
+        return {str(a): str(src) for a, src in rows}
+
+    made = overloads(SHARD_HASH)
+    for arguments, source in overloads("journal_hash").items():
+        if made.get(arguments) != source:
+            conn.exec_driver_sql(
+                f'CREATE OR REPLACE FUNCTION "{schema}".{SHARD_HASH}({arguments}) RETURNS bytea'
+                f" LANGUAGE sql STABLE PARALLEL SAFE AS $hash${source}$hash$"
+            )
+            changed.append(f"created {SHARD_HASH}({arguments})")
 
 
 def _shard_groups(conn: Connection, schema: str) -> dict[int, dict[str, str]]:
@@ -773,7 +852,7 @@ def _create_shard_functions(
     )
     # Missing, or naming shards that are gone (a table a migration dropped and
     # created again has new shards): made again.
-    wanted = {a: _shard_source(schema, sql, shards) for a, shards in groups.items()}
+    wanted = {a: _shard_source(schema, sql, a, shards) for a, shards in groups.items()}
     stale = [a for a in sorted(wanted) if existing.get(f"{function}{SHARD_SUFFIX}{a}") != wanted[a]]
     if not stale:
         return
@@ -863,3 +942,29 @@ def routed_variant(plain: Queries, schema: str, functions: set[str]) -> Queries:
             calls[name] = f"SELECT * FROM {q}.{function}({args})"
     statements = {f.name: calls.get(f.name, getattr(plain, f.name)) for f in fields(plain)}
     return DistributedQueries(**statements)
+
+
+def shard_variant(routed: Queries, anchor: int, functions: set[str]) -> Queries:
+    """``routed`` with each routed call made a call of that shard group's shard function.
+
+    For a client connected to the worker that holds the group
+    (ledger/_direct.py): the shard function locks the shard, checks its
+    placement and runs the statement as static SQL, without the routed
+    function's lookup and ``EXECUTE``. A statement whose shard function is
+    missing (a shard split since ``ledger distribute``) keeps its routed call,
+    which also runs on this worker.
+    """
+    statements: dict[str, str] = {}
+    for f in fields(routed):
+        sql = getattr(routed, f.name)
+        match = _ROUTED_CALL.match(sql)
+        if match is not None and f"{match.group(2)}{SHARD_SUFFIX}{anchor}" in functions:
+            sql = f"{match.group(1)}{match.group(2)}{SHARD_SUFFIX}{anchor}({match.group(3)}"
+        statements[f.name] = sql
+    return type(routed)(**statements)
+
+
+#: ``SELECT * FROM "schema".routed_<name>_<hash>(<args>``, as :func:`routed_variant` writes it.
+_ROUTED_CALL = re.compile(
+    rf'^(SELECT \* FROM "[^"]+"\.)({ROUTED_PREFIX}\w+_[0-9a-f]{{8}})\((.*)$', re.S
+)

@@ -596,14 +596,20 @@ class Database:
         if self._pool is not None:
             self._pool.dispose()
 
-    def run(self, op: Op[T], caller: Connectable | None) -> T:
-        result = self._run(op, caller)
+    def run(self, op: Op[T], caller: Connectable | None, pool: OwnPool | None = None) -> T:
+        """Run ``op`` (and its follow-ups) on ``caller``'s connection, or on one of ours.
+
+        ``pool``: the connections to use instead of the ledger's own, for one
+        operation (a tenant's Citus worker, ledger/_direct.py); follow-ups run
+        on the ledger's own.
+        """
+        result = self._run(op, caller, pool)
         while op.then is not None:
             op = op.then(result)
             result = self._run(op, caller)
         return result  # type: ignore[no-any-return]
 
-    def _run(self, op: Op[Any], caller: Connectable | None) -> Any:
+    def _run(self, op: Op[Any], caller: Connectable | None, pool: OwnPool | None = None) -> Any:
         if caller is not None:
             # In the caller's transaction we never retry: a conflict rolled back
             # the caller's earlier work too, and only they can redo it.
@@ -614,12 +620,12 @@ class Database:
                     return drive(executor, op.steps())
                 finally:
                     executor.close_streams()
-        if self._coalescer is not None and op.isolation == "AUTOCOMMIT":
+        if pool is None and self._coalescer is not None and op.isolation == "AUTOCOMMIT":
             return self._coalescer.run(op)
         attempt = 0
         while True:
             try:
-                return self._own(op)
+                return self._own_pooled(op, pool) if pool is not None else self._own(op)
             except _TRANSIENT as error:
                 # Autocommit statements were retried one by one already.
                 attempt += 1
@@ -674,6 +680,9 @@ class Database:
         try:
             conn = pool.get()
         except psycopg.Error as exc:
+            if pool.fallback is not None:  # nothing was sent: the other way is safe
+                pool.unreachable(exc)
+                return self._own_pooled(op, pool.fallback)
             raise translate(exc) from exc
         try:
             if op.isolation == "AUTOCOMMIT":

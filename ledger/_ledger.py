@@ -12,11 +12,14 @@ transaction: a single autocommitted statement for the hot-path operations.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
+
+from sqlalchemy import URL
 
 from . import (
     _asof,
@@ -28,11 +31,13 @@ from . import (
     _telemetry,
     _validate,
     _verify,
+    errors,
 )
 from . import _operations as ops
 from ._asof import AsOfCheckpoint, BalanceAt, SpendReport
 from ._batch import CommitItem, ReleaseItem, ReserveItem
 from ._coalesce import Coalescer
+from ._direct import WorkerRouter
 from ._distribute import routed_queries
 from ._engine import EngineLike, as_engine
 from ._executor import Connectable, Database, Op
@@ -81,19 +86,36 @@ class Ledger:
     """
 
     def __init__(
-        self, engine_or_url: EngineLike, schema: str = "ledger", *, coalesce: bool = False
+        self,
+        engine_or_url: EngineLike,
+        schema: str = "ledger",
+        *,
+        coalesce: bool = False,
+        route_to_workers: bool = False,
     ) -> None:
         self.schema = _validate.schema_name(schema)
+        if route_to_workers and (coalesce or not isinstance(engine_or_url, (str, URL))):
+            raise errors.InputError(
+                "route_to_workers=True needs a database URL (the ledger opens its own "
+                "connections to the Citus workers) and coalesce=False; see docs/scale-out.md"
+            )
         self.engine, self._owns_engine = as_engine(engine_or_url)
+        pool = OwnPool(self.engine) if self._owns_engine else None
         self._db = Database(
             self.engine,
             coalescer=Coalescer(self.engine) if coalesce else None,
             # An engine the ledger made is its alone: its own psycopg connections
             # (ledger/_pool.py); a caller's Engine keeps SQLAlchemy's pool.
-            pool=OwnPool(self.engine) if self._owns_engine else None,
+            pool=pool,
         )
         self._plain_q = for_schema(self.schema)
         self._queries: Queries | None = None
+        #: On Citus with route_to_workers=True: each tenant's calls go to its worker.
+        self._router = (
+            WorkerRouter(self.engine, pool, lambda op: self._db.run(op, None))
+            if route_to_workers and pool is not None
+            else None
+        )
 
     @property
     def _q(self) -> Queries:
@@ -111,13 +133,34 @@ class Ledger:
     #: ledger's own connection; a bound ledger (:meth:`bind`) asks its framework.
     _default_connection: Callable[[], Connectable] | None = None
 
-    def _run(self, op: Op[T], connection: Connectable | None) -> T:
+    def _run(self, op: Op[T], connection: Connectable | None, pool: OwnPool | None = None) -> T:
         if connection is None and self._default_connection is not None:
             connection = self._default_connection()
+        if pool is not None:
+            run: Callable[[Op[T], Connectable | None], T] = functools.partial(
+                self._db.run, pool=pool
+            )
+            return _telemetry.run(run, op, connection)
         return _telemetry.run(self._db.run, op, connection)
+
+    def _at(
+        self, tenant_id: object, connection: Connectable | None
+    ) -> tuple[Queries, OwnPool | None]:
+        """The statements and connections for a call about one tenant.
+
+        With ``route_to_workers=True`` on a distributed schema, and no
+        connection of the caller's: the tenant's worker's pool and its shard
+        functions (ledger/_direct.py). Otherwise the ledger's own, as always.
+        """
+        q = self._q
+        if self._router is None or connection is not None or self._default_connection is not None:
+            return q, None
+        return self._router.route(tenant_id, q) or (q, None)
 
     def close(self) -> None:
         """Stop coalescing, and dispose of the engine if the ledger created it."""
+        if self._router is not None:
+            self._router.close()
         self._db.close()
         if self._owns_engine:
             self.engine.dispose()
@@ -143,7 +186,8 @@ class Ledger:
         instead of being silently ignored, because a typo should not look
         like success.
         """
-        return self._run(ops.ensure_tenant(self._q, tenant_id, budget_microcents), connection)
+        q, pool = self._at(tenant_id, connection)
+        return self._run(ops.ensure_tenant(q, tenant_id, budget_microcents), connection, pool)
 
     def top_up_tenant(
         self,
@@ -154,8 +198,9 @@ class Ledger:
         connection: Connectable | None = None,
     ) -> TopUpOutcome:
         """Add funds: ``initial`` and ``remaining`` grow together, lifetime spend is kept."""
-        op = ops.top_up_tenant(self._q, tenant_id, amount_microcents, idempotency_key)
-        return self._run(op, connection)
+        q, pool = self._at(tenant_id, connection)
+        op = ops.top_up_tenant(q, tenant_id, amount_microcents, idempotency_key)
+        return self._run(op, connection, pool)
 
     def set_max_reserved_microcents(
         self, tenant_id: str, max_microcents: int, *, connection: Connectable | None = None
@@ -166,7 +211,8 @@ class Ledger:
         :class:`~ledger.errors.TenantNotFound` instead of storing a cap for a
         tenant that does not exist yet.
         """
-        self._run(ops.set_max_reserved(self._q, tenant_id, max_microcents), connection)
+        q, pool = self._at(tenant_id, connection)
+        self._run(ops.set_max_reserved(q, tenant_id, max_microcents), connection, pool)
 
     # --------------------------------------------------------- two-phase spend
 
@@ -191,8 +237,9 @@ class Ledger:
         entry, by :meth:`expire_holds` or lazily, and a tenant's lapsed holds
         never cause a reserve to be refused.
         """
-        op = ops.try_reserve(self._q, tenant_id, cost_microcents, ttl, expires_at, idempotency_key)
-        return self._run(op, connection)
+        q, pool = self._at(tenant_id, connection)
+        op = ops.try_reserve(q, tenant_id, cost_microcents, ttl, expires_at, idempotency_key)
+        return self._run(op, connection, pool)
 
     def commit(
         self,
@@ -212,8 +259,9 @@ class Ledger:
         the tenant key (and, on a sharded deployment, a single shard); it is
         required with ``idempotency_key``, since keys are scoped per tenant.
         """
-        op = ops.commit(self._q, reservation_id, actual_microcents, tenant_id, idempotency_key)
-        return self._run(op, connection)
+        q, pool = self._at(tenant_id, connection) if tenant_id is not None else (self._q, None)
+        op = ops.commit(q, reservation_id, actual_microcents, tenant_id, idempotency_key)
+        return self._run(op, connection, pool)
 
     def release(
         self,
@@ -224,8 +272,9 @@ class Ledger:
         connection: Connectable | None = None,
     ) -> SettlementOutcome:
         """Cancel a hold, returning its full amount to ``remaining``."""
-        op = ops.release(self._q, reservation_id, tenant_id, idempotency_key)
-        return self._run(op, connection)
+        q, pool = self._at(tenant_id, connection) if tenant_id is not None else (self._q, None)
+        op = ops.release(q, reservation_id, tenant_id, idempotency_key)
+        return self._run(op, connection, pool)
 
     # ------------------------------------------------------------ corrections
 
@@ -248,10 +297,11 @@ class Ledger:
         changes nothing. ``reason`` (required, at most 1000 UTF-8 bytes) is
         journaled with the entry. See docs/corrections.md.
         """
+        q, pool = self._at(tenant_id, connection)
         op = _corrections.refund(
-            self._q, tenant_id, reservation_id, amount_microcents, reason, idempotency_key
+            q, tenant_id, reservation_id, amount_microcents, reason, idempotency_key
         )
-        return self._run(op, connection)
+        return self._run(op, connection, pool)
 
     def adjust(
         self,
@@ -269,8 +319,9 @@ class Ledger:
         ``remaining`` below zero is refused (``insufficient``); so is one that
         would overflow. ``0`` is bad input. See docs/corrections.md.
         """
-        op = _corrections.adjust(self._q, tenant_id, amount_microcents, reason, idempotency_key)
-        return self._run(op, connection)
+        q, pool = self._at(tenant_id, connection)
+        op = _corrections.adjust(q, tenant_id, amount_microcents, reason, idempotency_key)
+        return self._run(op, connection, pool)
 
     # ------------------------------------------------------------------ holds
 
@@ -474,7 +525,8 @@ class Ledger:
         self, tenant_id: str, *, connection: Connectable | None = None
     ) -> TenantLedger | None:
         """One tenant's balances, or None if it does not exist."""
-        row = self._run(ops.tenant_row(self._q, tenant_id), connection)
+        q, pool = self._at(tenant_id, connection)
+        row = self._run(ops.tenant_row(q, tenant_id), connection, pool)
         if row is None:
             return None
         return TenantLedger(
@@ -486,7 +538,8 @@ class Ledger:
         )
 
     def _tenant_row(self, tenant_id: str, connection: Connectable | None) -> Any:
-        return self._run(ops.tenant_row(self._q, tenant_id), connection)
+        q, pool = self._at(tenant_id, connection)
+        return self._run(ops.tenant_row(q, tenant_id), connection, pool)
 
     def remaining_microcents(
         self, tenant_id: str, *, connection: Connectable | None = None
@@ -711,6 +764,7 @@ class BoundLedger(Ledger):
         self._db = ledger._db
         self._plain_q, self._queries = ledger._plain_q, ledger._queries
         self._default_connection = connection
+        self._router = None  # operations join the framework's connection: never routed
         self._unbound = ledger
 
     @property

@@ -56,6 +56,13 @@ def _close_at_exit() -> None:
 class OwnPool:
     """Connections for one ledger-owned engine: ``size`` kept, up to ``size + overflow``."""
 
+    #: Where an operation runs instead when this pool cannot connect (nothing was
+    #: sent yet): a Citus worker's pool falls back to the coordinator's.
+    fallback: OwnPool | None = None
+
+    def unreachable(self, error: BaseException) -> None:
+        """Told when connecting failed and the operation went to :attr:`fallback`."""
+
     def __init__(
         self, engine: Engine, *, size: int = 5, overflow: int = 10, timeout: float = 30.0
     ) -> None:

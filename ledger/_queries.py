@@ -92,6 +92,7 @@ class Queries:
     expire_candidates: str
     lock_tenant: str
     lock_hold: str
+    shard_map: str
     # batches.sql
     batch_reserve_begin: str
     batch_draw_ids: str

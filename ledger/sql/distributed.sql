@@ -44,3 +44,21 @@ FOR NO KEY UPDATE
 SELECT reservation_id FROM {schema}.reservations
 WHERE tenant_id = %(tenant_id)s AND reservation_id = CAST(%(reservation_id)s AS bigint)
 FOR UPDATE
+
+-- name: shard_map
+-- Where the tenants live, for clients that connect to the workers directly
+-- (ledger/_direct.py): each shard group's hash range (its `tenants` shard, the
+-- anchor of the group) and the node that holds its placement. A tenant's row is
+-- in the shard whose [low, high] holds hashtext(tenant_id).
+SELECT s.shardid AS anchor,
+       CAST(s.shardminvalue AS integer) AS low,
+       CAST(s.shardmaxvalue AS integer) AS high,
+       n.nodename AS host,
+       n.nodeport AS port
+FROM pg_dist_shard AS s
+JOIN pg_dist_placement AS p ON p.shardid = s.shardid
+JOIN pg_dist_node AS n ON n.groupid = p.groupid
+WHERE s.logicalrelid = to_regclass('{schema}.tenants')
+  AND n.noderole = 'primary'
+  AND n.isactive
+ORDER BY low
