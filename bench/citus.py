@@ -10,9 +10,15 @@
    10,000 tenants at 16 client processes, on the Citus cluster and on a plain
    PostgreSQL of the same major version started on this machine by the bench
    (or ``--plain URL``), in the same run; the ratio is the figure that counts
-   (every node shares the same cores, so it is not a scaling claim). While
-   Citus refuses commit, the cycle's error is reported, and reserve->release
-   (with ``tenant_id``) is measured as the nearest cycle that runs.
+   (every node shares the same cores, so it is not a scaling claim). Citus
+   twice: clients through the coordinator, and clients on the workers
+   (``Ledger(url, route_to_workers=True)``, ledger/_direct.py). reserve->release
+   (with ``tenant_id``) is measured too.
+3. **CPU per cycle** (with the bench's own plain server): one client, 2,000
+   reserve->commit cycles on each back-end; the CPU time of every process of
+   each node (from /proc) and of the client. With 16 clients every core is
+   busy, so the ratio of throughputs follows the ratio of these totals: the
+   profile that says where a missed ratio comes from.
 """
 
 from __future__ import annotations
@@ -215,8 +221,16 @@ def routing_table(rows: list[Routing], shards: int) -> str:
 def _cycle_worker(
     url: str, schema: str, mode: str, tenants: int, seconds: float, seed: int, start: Any
 ) -> tuple[int, float, str | None]:
-    engine = create_engine(_alchemy(url), pool_size=1, max_overflow=0)
-    book = ledger.Ledger(engine, schema=schema)
+    """One client process: reserve->``mode`` cycles on random tenants for ``seconds``.
+
+    ``url`` ending in ``#direct`` makes the ledger route each tenant's calls to
+    its Citus worker (``route_to_workers=True``); every back-end gets a ledger
+    made from its URL (the ledger's own connections), as an application would.
+    """
+    direct = url.endswith("#direct")
+    book = ledger.Ledger(
+        _alchemy(url.removesuffix("#direct")), schema=schema, route_to_workers=direct
+    )
     rng = random.Random(seed)
 
     def cycle() -> None:
@@ -234,7 +248,7 @@ def _cycle_worker(
             cycle()
     except ledger.errors.LedgerError as exc:
         start.wait()
-        engine.dispose()
+        book.close()
         return 0, 0.0, str(exc).splitlines()[0]
     start.wait()
     count, began = 0, time.perf_counter()
@@ -242,7 +256,7 @@ def _cycle_worker(
         cycle()
         count += 1
     elapsed = time.perf_counter() - began
-    engine.dispose()
+    book.close()
     return count, elapsed, None
 
 
@@ -264,6 +278,87 @@ def throughput(
     if errors:
         return 0.0, errors[0]
     return sum(c for c, _, _ in results) / max(e for _, e, _ in results), None
+
+
+# ------------------------------------------------------------------ CPU per cycle
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _server_cpu(postmasters: list[int]) -> float:
+    """CPU seconds (user + system) of every process under these postmasters, from /proc."""
+    children: dict[int, list[tuple[int, float]]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        cpu = (int(fields[11]) + int(fields[12])) / _TICK
+        children.setdefault(int(fields[1]), []).append((int(entry), cpu))
+    total, stack = 0.0, list(postmasters)
+    while stack:
+        for pid, cpu in children.get(stack.pop(), []):
+            total += cpu
+            stack.append(pid)
+    return total
+
+
+def _postmasters(url: str) -> dict[str, int]:
+    """name -> postmaster pid of each node of the server at ``url`` (this machine only)."""
+    nodes = {"server": _plain(url)}
+    with psycopg.connect(_plain(url)) as conn:
+        if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'citus'").fetchone():
+            base = make_url(_alchemy(url))
+            nodes = {"coordinator": _plain(url)}
+            for host, port in conn.execute(
+                "SELECT nodename, nodeport FROM pg_dist_node WHERE groupid <> 0 ORDER BY nodeport"
+            ).fetchall():
+                worker = base.set(host=host, port=port).render_as_string(hide_password=False)
+                nodes[f"worker:{port}"] = _plain(worker)
+    found = {}
+    for name, node in nodes.items():
+        with psycopg.connect(node) as conn:
+            backend = conn.execute("SELECT pg_backend_pid()").fetchone()
+            assert backend is not None
+            stat = Path(f"/proc/{backend[0]}/stat").read_text().rsplit(")", 1)[1].split()
+            found[name] = int(stat[1])  # a backend's parent is the postmaster
+    return found
+
+
+def cpu_per_cycle(
+    url: str, schema: str, tenants: int, cycles: int, direct: bool = False
+) -> dict[str, float]:
+    """ms of CPU per reserve->commit cycle: each node's processes, and this client.
+
+    One client, so the figures add up to what a cycle costs the machine; with
+    every core busy (16 clients), throughput follows the total.
+    """
+    import resource
+
+    nodes = _postmasters(url)
+    rng = random.Random(7)
+    with ledger.Ledger(_alchemy(url), schema=schema, route_to_workers=direct) as book:
+
+        def cycle() -> None:
+            tenant = f"t{rng.randrange(tenants)}"
+            hold = book.try_reserve(tenant, AMOUNT)
+            assert hold.reservation_id is not None
+            assert book.commit(hold.reservation_id, ACTUAL, tenant_id=tenant).ok
+
+        for _ in range(200):
+            cycle()
+        before = {k: _server_cpu([pid]) for k, pid in nodes.items()}
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        for _ in range(cycles):
+            cycle()
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        figures = {k: (_server_cpu([pid]) - before[k]) * 1000 / cycles for k, pid in nodes.items()}
+    figures["client"] = (
+        (after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime) * 1000 / cycles
+    )
+    return figures
 
 
 def _prepare(url: str, schema: str, tenants: int, citus: bool) -> None:
@@ -339,6 +434,10 @@ def plain_server() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+#: The back-ends of the throughput run: name -> how its URL is given to the clients.
+BACKENDS = ("citus", "citus direct", "plain")
+
+
 def run(
     citus_url: str, plain_url: str | None, tenants: int, clients: int, seconds: float
 ) -> dict[str, Any]:
@@ -350,30 +449,57 @@ def run(
         try:
             _prepare(citus_url, schema, tenants, citus=True)
             _prepare(plain, schema, tenants, citus=False)
+            urls = {"citus": citus_url, "citus direct": f"{citus_url}#direct", "plain": plain}
             figures: dict[str, tuple[float, str | None]] = {}
             for mode in ("commit", "release"):
-                for name, url in (("citus", citus_url), ("plain", plain)):
-                    rate, error = throughput(url, schema, mode, tenants, clients, seconds)
+                for name in BACKENDS:
+                    rate, error = throughput(urls[name], schema, mode, tenants, clients, seconds)
                     figures[f"{name} reserve->{mode}"] = (rate, error)
                     print(
-                        f"  {name:>5} reserve->{mode:<7} {clients} clients: "
+                        f"  {name:>12} reserve->{mode:<7} {clients} clients: "
                         + (f"fails: {error}" if error else f"{rate:8.0f} cycles/s"),
                         flush=True,
                     )
+            cpu = _cpu_table(citus_url, plain, schema, tenants) if plain_url is None else {}
             with ledger.Ledger(_alchemy(citus_url), schema=schema) as book:
                 assert book.verify_conservation().is_balanced
         finally:
             with psycopg.connect(_plain(citus_url), autocommit=True) as conn:
                 conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     print(f"throughput, {tenants} tenants, {clients} client processes, {seconds:g} s per run")
-    print(f"{'cycle':<18}{'citus/s':>10}{'plain/s':>10}{'citus/plain':>13}")
+    print(
+        f"{'cycle':<18}{'citus/s':>10}{'direct/s':>10}{'plain/s':>10}{'citus/plain':>13}"
+        f"{'direct/plain':>14}"
+    )
     for mode in ("commit", "release"):
-        citus, plain_rate = figures[f"citus reserve->{mode}"], figures[f"plain reserve->{mode}"]
-        ratio = f"{citus[0] / plain_rate[0]:.3f}x" if citus[0] and plain_rate[0] else "-"
-        shown = "fails" if citus[1] else f"{citus[0]:.0f}"
-        print(f"reserve->{mode:<9}{shown:>10}{plain_rate[0]:>10.0f}{ratio:>13}")
+        c, d, p = (figures[f"{n} reserve->{mode}"] for n in BACKENDS)
+        ratios = [f"{x[0] / p[0]:.3f}x" if x[0] and p[0] else "-" for x in (c, d)]
+        shown = ["fails" if x[1] else f"{x[0]:.0f}" for x in (c, d)]
+        print(
+            f"reserve->{mode:<9}{shown[0]:>10}{shown[1]:>10}{p[0]:>10.0f}{ratios[0]:>13}"
+            f"{ratios[1]:>14}"
+        )
     result["throughput"] = {k: {"per_second": v[0], "error": v[1]} for k, v in figures.items()}
+    result["cpu_ms_per_cycle"] = cpu
     return result
+
+
+def _cpu_table(citus_url: str, plain: str, schema: str, tenants: int) -> dict[str, Any]:
+    """CPU per reserve->commit cycle of each back-end (one client), printed and returned."""
+    cycles = 2000
+    table = {
+        "plain": cpu_per_cycle(plain, schema, tenants, cycles),
+        "citus": cpu_per_cycle(citus_url, schema, tenants, cycles),
+        "citus direct": cpu_per_cycle(citus_url, schema, tenants, cycles, direct=True),
+    }
+    print(f"CPU ms per reserve->commit cycle, one client, {cycles} cycles:")
+    for name, parts in table.items():
+        servers = sum(v for k, v in parts.items() if k != "client")
+        detail = ", ".join(f"{k} {v:.3f}" for k, v in parts.items())
+        print(
+            f"  {name:<13} {detail}; servers {servers:.3f}, total {servers + parts['client']:.3f}"
+        )
+    return table
 
 
 @contextmanager
