@@ -364,6 +364,25 @@ def test_concurrent_duplicates_apply_once_with_exact_sums(
         settled(book, raw, schema)
 
 
+def test_concurrent_duplicates_that_fall_back_apply_once(
+    wide_engine: Engine, raw: psycopg.Connection, schema: str
+) -> None:
+    """The same key from 16 threads where the answer needs lapsed holds expired first."""
+    with ledger.Ledger(wide_engine, schema=schema) as book:
+        book.ensure_tenant("hot", 1_000)
+        for _ in range(3):
+            book.try_reserve("hot", 200, ttl=timedelta(microseconds=1))
+        time.sleep(0.01)
+        got = run_threads(16, lambda i: book.try_reserve("hot", 900, idempotency_key="same"))
+        assert len(set(got)) == 1 and got[0].status == "reserved"
+        assert book.tenant("hot") == TenantLedger("hot", 1_000, 100, 900, 0)
+        expired = raw.execute(
+            f'SELECT count(*) FROM "{schema}".journal WHERE op = %s', ("expire",)
+        ).fetchone()
+        assert expired == (3,)
+        settled(book, raw, schema)
+
+
 # ------------------------------------------------------------------ fallback
 
 
