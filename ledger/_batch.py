@@ -659,7 +659,11 @@ def _one_by_one(
     def steps() -> Steps[list[OutcomeT]]:
         outcomes = []
         for single in singles():
-            outcomes.append((yield from single.steps()))
+            outcome = yield from single.steps()
+            while single.then is not None:  # a keyed call on Citus that fell back (_keyed)
+                single = single.then(outcome)
+                outcome = yield from single.steps()
+            outcomes.append(outcome)
         return outcomes
 
     return steps

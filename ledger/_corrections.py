@@ -119,4 +119,4 @@ def adjust(
         return adjust_outcome(row, amount)
 
     request = {"op": "adjust", "amount": amount, "reason": why}
-    return idempotent(q, tenant_id, key, request, AdjustOutcome, steps)
+    return idempotent(q, tenant_id, key, request, AdjustOutcome, steps, ("adjust", params))

@@ -53,6 +53,7 @@ from sqlalchemy import exc as sa_exc
 from . import _validate, errors
 from ._engine import EngineLike, as_engine
 from ._executor import Fetch, Op, Steps
+from ._keyed import ANSWER, KEYED, OUTCOME, REQUEST_HASH, KeyedOperation, missing_sql, outcome_sql
 from ._queries import DistributedQueries, Queries, for_schema
 from ._translate import translate
 
@@ -503,6 +504,7 @@ ROUTED_STATEMENTS = (
     "idempotency_claim",
     "idempotency_read",
     "idempotency_record",
+    "idempotency_unclaim",
     "lock_tenant",
     "lock_hold",
 )
@@ -750,6 +752,7 @@ def _create_routed(conn: Connection, schema: str, changed: list[str]) -> None:
             savepoint.commit()
             changed.append(f"created {function}")
         _create_shard_functions(conn, schema, function, sql, groups, changed)
+    _create_keyed(conn, schema, queries, groups, wanted, changed)
     stale = conn.execute(
         text(
             "SELECT p.oid::regprocedure::text, p.proname FROM pg_proc AS p"
@@ -941,7 +944,239 @@ def routed_variant(plain: Queries, schema: str, functions: set[str]) -> Queries:
             args = ", ".join(f"%({p})s" for p in _routed_parameters(sql))
             calls[name] = f"SELECT * FROM {q}.{function}({args})"
     statements = {f.name: calls.get(f.name, getattr(plain, f.name)) for f in fields(plain)}
-    return DistributedQueries(**statements)
+    keyed = []
+    for name, operation in KEYED.items():
+        function = keyed_function_name(plain, name)
+        if function in functions:
+            args = ", ".join(f"%({p})s" for p in _keyed_parameters(plain, operation))
+            keyed.append((name, f"SELECT * FROM {q}.{function}({args})"))
+    return DistributedQueries(**statements, keyed=tuple(keyed))
+
+
+# ------------------------------------------------------------------ keyed calls
+#
+# An idempotent call is claim -> operation -> record in one transaction: on Citus
+# BEGIN, three routed calls and COMMIT. ``routed_keyed_<operation>_<hash>`` does the
+# three on the tenant's worker in one call (ledger/_keyed.py says what it answers).
+# Like the routed functions it is distributed on p_tenant_id with force_delegation,
+# takes the shard lock and checks the placement, then runs a function of the
+# tenant's shard group, ``..._s<anchor>``, whose body calls the shard functions of
+# the claim, the operation, the record (and the unclaim) as static SQL. Where the
+# placement is not local or the group has no function (a shard split since the
+# last distribute), it answers 'fallback' having done nothing: the ledger then
+# runs the three-statement path, which Citus routes statement by statement.
+
+KEYED_PREFIX = f"{ROUTED_PREFIX}keyed_"
+#: The idempotency statements every keyed function calls (their shard functions).
+KEYED_PARTS = ("idempotency_claim", "idempotency_read", "idempotency_record", "idempotency_unclaim")
+#: Part of every keyed function's hash: bumped when the generated body changes shape.
+_KEYED_GENERATION = 2
+
+
+def _keyed_parameters(queries: Queries, operation: KeyedOperation) -> list[str]:
+    """The keyed function's parameters: the operation's, then the claim's (request_hash)."""
+    names = _routed_parameters(getattr(queries, operation.statement))
+    for part in KEYED_PARTS:
+        for name in _routed_parameters(getattr(queries, part)):
+            if name not in names and name != "outcome":  # the outcome is the function's own
+                names.append(name)
+    return names
+
+
+def _keyed_arguments(queries: Queries, operation: KeyedOperation) -> dict[str, str]:
+    return {p: f"a_{p}" for p in _keyed_parameters(queries, operation)}
+
+
+def keyed_function_name(queries: Queries, name: str) -> str:
+    """``routed_keyed_<operation>_<8 hex>``; the hash covers every statement it calls and
+    the outcome JSON it records (derived from the outcome mappers), so a release that
+    changed any of them calls no stale function."""
+    operation = KEYED[name]
+    parts = [
+        routed_function_name(s, getattr(queries, s)) for s in (operation.statement, *KEYED_PARTS)
+    ]
+    arguments = _keyed_arguments(queries, operation)
+    recorded = outcome_sql(operation, "r", arguments) + missing_sql(operation, arguments)
+    digest = hashlib.sha256(
+        f"{_KEYED_GENERATION}:{':'.join(parts)}:{recorded}".encode()
+    ).hexdigest()[:8]
+    return f"{KEYED_PREFIX}{name}_{digest}"
+
+
+def _keyed_source(
+    schema: str,
+    queries: Queries,
+    operation: KeyedOperation,
+    anchor: int,
+    op_columns: list[tuple[str, str]],
+) -> str:
+    """The body of a keyed function's shard-group function: claim, operation, record."""
+    q = f'"{schema}"'
+    arguments = _keyed_arguments(queries, operation)
+
+    def call(statement: str, sql: str) -> str:
+        args = ", ".join(
+            "v_outcome" if p == "outcome" else arguments[p] for p in _routed_parameters(sql)
+        )
+        function = routed_function_name(statement, sql)
+        return f'{q}."{function}{SHARD_SUFFIX}{anchor}"({args})'
+
+    nulls = ", ".join(f"NULL::{t}" for _, t in op_columns)
+    row = ", ".join(f'r."{c}"' for c, _ in op_columns)
+    recorded = outcome_sql(operation, "r", arguments)
+    missing = missing_sql(operation, arguments)
+    claim = call("idempotency_claim", queries.idempotency_claim)
+    read = call("idempotency_read", queries.idempotency_read)
+    apply = call(operation.statement, getattr(queries, operation.statement))
+    unclaim = call("idempotency_unclaim", queries.idempotency_unclaim)
+    record = call("idempotency_record", queries.idempotency_record)
+    return f"""
+#variable_conflict use_column
+DECLARE
+    v_claimed boolean;
+    v_found boolean;
+    v_outcome jsonb;
+    v_count bigint;
+    r record;
+BEGIN
+    SELECT c.claimed INTO v_claimed FROM {claim} AS c;
+    IF v_claimed IS NULL THEN
+        -- Claimed before (or by a concurrent duplicate, whose transaction the claim
+        -- waited for): its request hash and outcome; Python checks and replays.
+        RETURN QUERY SELECT 'replay'::text, k.request_hash, k.outcome, {nulls}
+            FROM {read} AS k;
+        RETURN;
+    END IF;
+    SELECT * INTO r FROM {apply} AS o;
+    v_found := FOUND;
+    IF v_found THEN
+        v_outcome := {recorded};
+    ELSE
+        v_outcome := {missing};
+    END IF;
+    IF v_outcome IS NULL THEN
+        -- Not final: the statement wrote nothing; take the claim back.
+        SELECT count(*) INTO v_count FROM {unclaim} AS u;
+        IF v_count <> 1 THEN
+            PERFORM {q}.invariant_failed('a keyed call could not take back its own claim');
+        END IF;
+        RETURN QUERY SELECT 'fallback'::text, NULL::bytea, NULL::jsonb, {nulls};
+        RETURN;
+    END IF;
+    SELECT count(*) INTO v_count FROM {record} AS w;
+    IF v_count <> 1 THEN
+        PERFORM {q}.invariant_failed('a keyed call recorded its outcome on ' || v_count || ' keys');
+    END IF;
+    IF v_found THEN
+        RETURN QUERY SELECT 'applied'::text, NULL::bytea, v_outcome, {row};
+    ELSE
+        RETURN QUERY SELECT 'applied'::text, NULL::bytea, v_outcome, {nulls};
+    END IF;
+END
+"""
+
+
+def _create_keyed(
+    conn: Connection,
+    schema: str,
+    queries: Queries,
+    groups: dict[int, dict[str, str]],
+    wanted: set[str],
+    changed: list[str],
+) -> None:
+    """Create the keyed function of every operation in KEYED whose statements are routed."""
+    q = f'"{schema}"'
+    described: dict[str, tuple[list[str], list[tuple[str, str]]]] = {}
+
+    def describe(statement: str) -> tuple[list[str], list[tuple[str, str]]]:
+        if statement not in described:
+            sql = getattr(queries, statement)
+            params = _routed_parameters(sql)
+            body = _PARAM.sub(lambda m: f"${params.index(m.group(1)) + 1}", sql)
+            described[statement] = _describe_statement(conn, body)
+        return described[statement]
+
+    for name, operation in KEYED.items():
+        statements = (operation.statement, *KEYED_PARTS)
+        if any(routed_function_name(s, getattr(queries, s)) not in wanted for s in statements):
+            continue  # a statement without its routed function: keyed calls take three
+        function = keyed_function_name(queries, name)
+        wanted.add(function)
+        types: dict[str, str] = {}
+        for statement in statements:
+            for param, kind in zip(
+                _routed_parameters(getattr(queries, statement)),
+                describe(statement)[0],
+                strict=True,
+            ):
+                types.setdefault(param, kind)
+        params = _keyed_parameters(queries, operation)
+        op_columns = describe(operation.statement)[1]
+        stored = dict(describe("idempotency_read")[1])
+        returns = ", ".join(
+            [
+                f'"{ANSWER}" text',
+                f'"{REQUEST_HASH}" {stored["request_hash"]}',
+                f'"{OUTCOME}" {stored["outcome"]}',
+                *(f'"{c}" {t}' for c, t in op_columns),
+            ]
+        )
+        exists = conn.execute(
+            text(
+                "SELECT 1 FROM pg_proc WHERE pronamespace = CAST(:s AS regnamespace)"
+                " AND proname = :f"
+            ),
+            {"s": q, "f": function},
+        ).first()
+        if exists is None:
+            arguments = ", ".join(f"p_{p} {types[p]}" for p in params)
+            using = ", ".join(f"${i + 1}" for i in range(len(params)))
+            nulls = ", ".join(f"NULL::{t}" for _, t in op_columns)
+            conn.exec_driver_sql(
+                f"CREATE OR REPLACE FUNCTION {q}.{function}({arguments})\n"
+                f"RETURNS TABLE({returns}) LANGUAGE plpgsql VOLATILE AS $routed$\n"
+                f"DECLARE\n"
+                f"    anchor bigint := get_shard_id_for_distribution_column(\n"
+                f"        '{q}.{ANCHOR}'::regclass, $1);\n"
+                f"    inner_function text := '{function}{SHARD_SUFFIX}' || anchor;\n"
+                f"BEGIN\n"
+                f"    IF {q}.{SHARD_HERE}(anchor)\n"
+                f"       AND EXISTS (SELECT 1 FROM pg_proc WHERE proname = inner_function\n"
+                f"                   AND pronamespace = '{q}'::regnamespace) THEN\n"
+                f"        RETURN QUERY EXECUTE 'SELECT * FROM {q}.'\n"
+                f"            || quote_ident(inner_function) || '({using})'\n"
+                f"            USING {using};\n"
+                f"    ELSE\n"
+                f"        -- Not on this node's shards: nothing done, the ledger runs the\n"
+                f"        -- three statements, which Citus routes.\n"
+                f"        RETURN QUERY SELECT 'fallback'::text, NULL::bytea, NULL::jsonb,\n"
+                f"            {nulls};\n"
+                f"    END IF;\nEND\n$routed$"
+            )
+            changed.append(f"created {function}")
+        existing: dict[str, str] = dict(
+            conn.execute(
+                text(
+                    "SELECT proname, prosrc FROM pg_proc"
+                    " WHERE pronamespace = CAST(:s AS regnamespace) AND starts_with(proname, :f)"
+                ),
+                {"s": q, "f": function + SHARD_SUFFIX},
+            ).all()
+        )
+        made = 0
+        for anchor in sorted(groups):
+            inner = f"{function}{SHARD_SUFFIX}{anchor}"
+            source = _keyed_source(schema, queries, operation, anchor, op_columns)
+            if existing.get(inner) == source:
+                continue
+            arguments = ", ".join(f"a_{p} {types[p]}" for p in params)
+            conn.exec_driver_sql(
+                f"CREATE OR REPLACE FUNCTION {q}.{inner}({arguments})\n"
+                f"RETURNS TABLE({returns}) LANGUAGE plpgsql VOLATILE AS $shard${source}$shard$"
+            )
+            made += 1
+        if made:
+            changed.append(f"created {made} shard functions of {function}")
 
 
 def shard_variant(routed: Queries, anchor: int, functions: set[str]) -> Queries:
@@ -954,13 +1189,21 @@ def shard_variant(routed: Queries, anchor: int, functions: set[str]) -> Queries:
     missing (a shard split since ``ledger distribute``) keeps its routed call,
     which also runs on this worker.
     """
-    statements: dict[str, str] = {}
-    for f in fields(routed):
-        sql = getattr(routed, f.name)
+
+    def on_shards(sql: str) -> str:
         match = _ROUTED_CALL.match(sql)
         if match is not None and f"{match.group(2)}{SHARD_SUFFIX}{anchor}" in functions:
-            sql = f"{match.group(1)}{match.group(2)}{SHARD_SUFFIX}{anchor}({match.group(3)}"
-        statements[f.name] = sql
+            return f"{match.group(1)}{match.group(2)}{SHARD_SUFFIX}{anchor}({match.group(3)}"
+        return sql
+
+    statements: dict[str, Any] = {}
+    for f in fields(routed):
+        value = getattr(routed, f.name)
+        if f.name == "keyed":  # (operation, call of its keyed function) pairs
+            value = tuple((name, on_shards(call)) for name, call in value)
+        elif isinstance(value, str):
+            value = on_shards(value)
+        statements[f.name] = value
     return type(routed)(**statements)
 
 

@@ -18,7 +18,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from . import _telemetry, _validate, errors
+from . import _keyed, _telemetry, _validate, errors
 from ._executor import Fetch, Op, Steps
 from ._queries import Queries
 from .finance import FinancialCertificate, certify_snapshot
@@ -32,7 +32,6 @@ from .outcomes import (
     Status,
     TopUpOutcome,
     commit_outcome,
-    outcome_from_dict,
     release_outcome,
     reserve_outcome,
     top_up_outcome,
@@ -105,6 +104,7 @@ def idempotent(
     request: dict[str, Any],
     outcome_type: type[OutcomeT],
     steps: Callable[[], Steps[OutcomeT]],
+    routed: tuple[str, dict[str, Any]] | None = None,
 ) -> Op[OutcomeT]:
     """Run ``steps`` at most once per (tenant, idempotency key).
 
@@ -114,6 +114,12 @@ def idempotent(
     then reads the recorded outcome; a later retry (for example after a lost
     connection) reads it too. The same key with a different request raises
     :class:`~ledger.errors.IdempotencyConflict`.
+
+    ``routed`` names the operation (a key of :data:`ledger._keyed.KEYED`) and
+    its statement's parameters when the call is one of those: on a Citus
+    schema where ``ledger distribute`` made its keyed function, claim,
+    operation and record are then one routed call (:mod:`ledger._keyed`),
+    which falls back to these steps when its answer is not final.
     """
     if key is None:
         return Op(steps)
@@ -123,21 +129,14 @@ def idempotent(
     ).digest()
     ids = {"tenant_id": tenant_id, "ikey": key}
 
+    def replayed(stored_hash: Any, stored: Any) -> OutcomeT:
+        return _keyed.replay(outcome_type, stored_hash, stored, request_hash, tenant_id, key)
+
     def once() -> Steps[OutcomeT]:
         claimed = yield Fetch(q.idempotency_claim, {**ids, "request_hash": request_hash})
         if not claimed:
             row = (yield Fetch(q.idempotency_read, ids))[0]
-            if bytes(row.request_hash) != request_hash:
-                raise errors.IdempotencyConflict(tenant_id, key)
-            if row.outcome is None:  # claimed and committed without its outcome: impossible
-                raise errors.DatabaseError(
-                    f"idempotency key {key!r} of tenant {tenant_id!r} is claimed but has no "
-                    "recorded outcome; this is a bug: please report it",
-                    sqlstate="LG001",
-                )
-            replay = outcome_from_dict(outcome_type, row.outcome)
-            _telemetry.replayed(replay.status)
-            return replay
+            return replayed(row.request_hash, row.outcome)
         outcome = yield from steps()
         recorded = yield Fetch(
             q.idempotency_record, {**ids, "outcome": json.dumps(outcome.to_dict())}
@@ -150,7 +149,12 @@ def idempotent(
             )
         return outcome
 
-    return Op(once, "READ COMMITTED")
+    three_statements: Op[OutcomeT] = Op(once, "READ COMMITTED")
+    call = None if routed is None else q.keyed_call(routed[0])
+    if routed is None or call is None:
+        return three_statements
+    operation = _keyed.KEYED[routed[0]]
+    return _keyed.one_command(call, operation, routed[1], request_hash, replayed, three_statements)
 
 
 def ledger_wide(q: Queries, operation: str) -> Steps[None]:
@@ -213,7 +217,8 @@ def top_up_tenant(
         return top_up_outcome(row, amount)
 
     request = {"op": "top_up", "amount": amount}
-    return idempotent(q, tenant_id, key, request, TopUpOutcome, steps)
+    routed = ("top_up", params) if amount > 0 else None
+    return idempotent(q, tenant_id, key, request, TopUpOutcome, steps, routed)
 
 
 def set_max_reserved(q: Queries, tenant_id: str, max_microcents: int) -> Op[None]:
@@ -270,7 +275,8 @@ def try_reserve(
         "ttl_us": ttl_us,
         "expires_at": None if deadline is None else deadline.isoformat(),
     }
-    return idempotent(q, tenant_id, key, request, ReserveOutcome, steps)
+    routed = ("try_reserve", params) if cost > 0 else None
+    return idempotent(q, tenant_id, key, request, ReserveOutcome, steps, routed)
 
 
 def commit(
@@ -304,7 +310,8 @@ def commit(
         return commit_outcome(row, actual)
 
     request = {"op": "commit", "reservation_id": rid, "actual": actual}
-    return idempotent(q, scope, key, request, SettlementOutcome, steps)
+    routed = ("commit", params) if actual >= 0 and rid <= I64_MAX else None
+    return idempotent(q, scope, key, request, SettlementOutcome, steps, routed)
 
 
 def release(
@@ -331,7 +338,8 @@ def release(
         return release_outcome(row)
 
     request = {"op": "release", "reservation_id": rid}
-    return idempotent(q, scope, key, request, SettlementOutcome, steps)
+    routed = ("release", params) if rid <= I64_MAX else None
+    return idempotent(q, scope, key, request, SettlementOutcome, steps, routed)
 
 
 #: hold_tenant's answer when the hold does not exist (settled, expired or never made).

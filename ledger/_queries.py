@@ -103,6 +103,7 @@ class Queries:
     idempotency_claim: str
     idempotency_read: str
     idempotency_record: str
+    idempotency_unclaim: str
     idempotency_prune: str
     # reads.sql
     tenant: str
@@ -155,6 +156,10 @@ class Queries:
     asof_spends: str
     asof_checkpoint: str
 
+    def keyed_call(self, operation: str) -> str | None:
+        """The one-command call of a keyed operation (Citus only: :mod:`ledger._keyed`)."""
+        return None
+
 
 @dataclass(frozen=True, slots=True)
 class DistributedQueries(Queries):
@@ -166,6 +171,14 @@ class DistributedQueries(Queries):
     """
 
     distributed: ClassVar[bool] = True
+    #: (operation, call of its ``routed_keyed_*`` function) where ``distribute`` made one.
+    keyed: tuple[tuple[str, str], ...] = ()
+
+    def keyed_call(self, operation: str) -> str | None:
+        for name, call in self.keyed:
+            if name == operation:
+                return call
+        return None
 
 
 @functools.cache

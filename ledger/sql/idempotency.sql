@@ -15,6 +15,13 @@ UPDATE {schema}.idempotency_keys SET outcome = CAST(%(outcome)s AS jsonb)
 WHERE tenant_id = %(tenant_id)s AND idempotency_key = %(ikey)s
 RETURNING true AS recorded
 
+-- name: idempotency_unclaim
+-- Citus only (ledger/_keyed.py): a keyed call whose answer is not final takes back
+-- the claim it made in the same transaction, then runs the three-statement path.
+DELETE FROM {schema}.idempotency_keys
+WHERE tenant_id = %(tenant_id)s AND idempotency_key = %(ikey)s AND outcome IS NULL
+RETURNING true AS unclaimed
+
 -- name: idempotency_prune
 WITH pruned AS (
     DELETE FROM {schema}.idempotency_keys

@@ -5,10 +5,8 @@ and the balances to the microcent, and records the remote commands of the call
 (the "Citus routing" table at the end of the run).
 
 Every operation works on Citus. ``test_routing`` holds the issue's target for
-single-tenant operations (one remote command, to one worker, no two-phase
-commit); the calls not there yet are marked ``xfail(strict=True)`` with the
-reason, so each turns into a failure the moment it gets there, which is the
-signal to remove the mark.
+single-tenant operations, keyed (idempotent) calls included: one remote
+command, to one worker, no two-phase commit.
 """
 
 from __future__ import annotations
@@ -403,33 +401,13 @@ SINGLE_TENANT = {
     "release (tenant_id, key)": lambda b, rid: b.release(
         rid, tenant_id="acme", idempotency_key="k"
     ),
+    "adjust": lambda b, rid: b.adjust("acme", 5, reason="fix"),
+    "adjust (key)": lambda b, rid: b.adjust("acme", 5, reason="fix", idempotency_key="k"),
     "tenant": lambda b, rid: b.tenant("acme"),
 }
-#: Why each call is not yet one round trip to one worker.
-KEYED = (
-    "claim, operation and record are three force-delegated calls in one transaction: "
-    "one worker and no 2PC, but BEGIN + 3 calls + COMMIT"
-)
-NOT_ROUTED = {
-    "top_up_tenant (key)": KEYED,
-    "try_reserve (key)": KEYED,
-    "commit (tenant_id, key)": KEYED,
-    "release (tenant_id, key)": KEYED,
-}
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            name,
-            marks=[pytest.mark.xfail(strict=True, reason=NOT_ROUTED[name])]
-            if name in NOT_ROUTED
-            else [],
-        )
-        for name in SINGLE_TENANT
-    ],
-)
+@pytest.mark.parametrize("name", list(SINGLE_TENANT))
 def test_routing(name: str, book: ledger.Ledger, recorder: Recorder) -> None:
     """Single-tenant calls: one remote command, to one worker, no two-phase commit."""
     book.ensure_tenant("acme", 1_000)
@@ -439,12 +417,14 @@ def test_routing(name: str, book: ledger.Ledger, recorder: Recorder) -> None:
     assert remote.one_round_trip(), remote.summary()
 
 
-@pytest.mark.parametrize("name", sorted(NOT_ROUTED))
-def test_keyed_calls_stay_on_one_worker(name: str, book: ledger.Ledger, recorder: Recorder) -> None:
-    """Idempotent calls: every command to the tenant's worker, committed without 2PC."""
+@pytest.mark.parametrize("name", [n for n in SINGLE_TENANT if "key" in n])
+def test_keyed_calls_are_one_routed_function_call(
+    name: str, book: ledger.Ledger, recorder: Recorder
+) -> None:
+    """Idempotent calls: claim, operation and record in one call of its keyed function."""
     book.ensure_tenant("acme", 1_000)
     rid = book.try_reserve("acme", 100).reservation_id
     with recorder.capture(f"keyed: {name}") as remote:
         SINGLE_TENANT[name](book, rid)
-    assert len(remote.nodes) == 1 and not remote.two_phase, remote.summary()
-    assert len(remote.statements) == 3, remote.summary()  # claim, operation, record
+    assert remote.one_round_trip(), remote.summary()
+    assert "routed_keyed_" in remote.statements[0], remote.statements

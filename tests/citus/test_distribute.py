@@ -298,9 +298,10 @@ def test_every_shard_group_gets_static_functions_and_the_fallback_still_works(
     one command; ``distribute`` makes the missing ones again.
     """
     from ledger._distribute import ROUTED_STATEMENTS
+    from ledger._keyed import KEYED
 
     made = _shard_functions(raw, schema)
-    assert len(made) == len(ROUTED_STATEMENTS) * SHARDS
+    assert len(made) == (len(ROUTED_STATEMENTS) + len(KEYED)) * SHARDS
     workers = raw.execute("SELECT nodeport FROM pg_dist_node WHERE groupid > 0").fetchall()
     for (port,) in workers:
         url = make_url(plain(citus_url)).set(port=port).render_as_string(hide_password=False)
@@ -317,3 +318,20 @@ def test_every_shard_group_gets_static_functions_and_the_fallback_still_works(
     assert any("shard functions of routed_try_reserve_" in c for c in again.changed)
     assert _shard_functions(raw, schema) == made
     assert distribute(alchemy(citus_url), schema).changed == ()
+
+    # A keyed function's shard group without its function: nothing done there, the
+    # call runs the three statements (one worker, no 2PC); distribute makes it again.
+    for name in [n for n in made if n.startswith("routed_keyed_try_reserve_")]:
+        raw.execute(f'DROP FUNCTION "{schema}".{name}')
+    with recorder.capture() as remote:
+        keyed = book.try_reserve("acme", 10, idempotency_key="k")
+    assert keyed.status == "reserved" and len(remote.statements) == 4, remote.summary()
+    assert len(remote.nodes) == 1 and not remote.two_phase, remote.summary()
+    again = distribute(alchemy(citus_url), schema)
+    assert any("shard functions of routed_keyed_try_reserve_" in c for c in again.changed)
+    assert _shard_functions(raw, schema) == made
+    with recorder.capture() as remote:
+        assert book.try_reserve("acme", 10, idempotency_key="k") == keyed
+    assert remote.one_round_trip(), remote.summary()
+    assert book.tenant("acme") == ledger.TenantLedger("acme", 100, 50, 50, 0)
+    assert book.verify_journal().ok
