@@ -218,7 +218,10 @@ class AsyncDatabase:
     async def run(self, op: Op[T], caller: Any) -> T:
         result = await self._run(op, caller)
         while op.then is not None:
-            op = op.then(result)
+            follow = op.then(result)
+            if follow is None:  # the result is final
+                break
+            op = follow
             result = await self._run(op, caller)
         return result  # type: ignore[no-any-return]
 

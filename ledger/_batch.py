@@ -661,7 +661,10 @@ def _one_by_one(
         for single in singles():
             outcome = yield from single.steps()
             while single.then is not None:  # a keyed call on Citus that fell back (_keyed)
-                single = single.then(outcome)
+                follow = single.then(outcome)
+                if follow is None:
+                    break
+                single = follow
                 outcome = yield from single.steps()
             outcomes.append(outcome)
         return outcomes

@@ -123,6 +123,8 @@ class WorkerRouter:
 
     def route(self, tenant_id: object, routed: Queries) -> tuple[Queries, OwnPool] | None:
         """(statements, pool) for a call about ``tenant_id``; None: go through the coordinator."""
+        if not routed.distributed:  # plain PostgreSQL, or a schema not distributed (yet)
+            return None
         if time.monotonic() - self._read_at >= self._refresh:
             self._reload(routed)
         found = self._routes.get(tenant_id)
@@ -137,7 +139,7 @@ class WorkerRouter:
     def _find(self, tenant_id: object, routed: Queries) -> _Route | None:
         """Hash, look the group up, remember the answer (until the map is read again)."""
         shards = self._map
-        if shards is None or not routed.distributed or not isinstance(tenant_id, str):
+        if shards is None or not isinstance(tenant_id, str):
             return None
         try:
             hashed = hashtext(tenant_id)

@@ -126,12 +126,14 @@ class Op(Generic[T]):
     just that statement); any other isolation runs all steps in one
     transaction, retried as a whole when the ledger owns it. ``then``, if
     set, turns the result into a follow-up operation run in a transaction of
-    its own (certify: a REPEATABLE READ snapshot, then a short write).
+    its own (certify: a REPEATABLE READ snapshot, then a short write), or
+    into None when the result is final (a keyed call on Citus that answered
+    in one command, ledger/_keyed.py).
     """
 
     steps: Callable[[], Steps[Any]]
     isolation: Isolation = "AUTOCOMMIT"
-    then: Callable[[Any], Op[T]] | None = None
+    then: Callable[[Any], Op[T] | None] | None = None
 
 
 # --------------------------------------------------------------- back-ends
@@ -599,14 +601,16 @@ class Database:
     def run(self, op: Op[T], caller: Connectable | None, pool: OwnPool | None = None) -> T:
         """Run ``op`` (and its follow-ups) on ``caller``'s connection, or on one of ours.
 
-        ``pool``: the connections to use instead of the ledger's own, for one
-        operation (a tenant's Citus worker, ledger/_direct.py); follow-ups run
-        on the ledger's own.
+        ``pool``: the connections to use instead of the ledger's own (a
+        tenant's Citus worker, ledger/_direct.py), follow-ups included.
         """
         result = self._run(op, caller, pool)
         while op.then is not None:
-            op = op.then(result)
-            result = self._run(op, caller)
+            follow = op.then(result)
+            if follow is None:
+                break
+            op = follow
+            result = self._run(op, caller, pool)
         return result  # type: ignore[no-any-return]
 
     def _run(self, op: Op[Any], caller: Connectable | None, pool: OwnPool | None = None) -> Any:

@@ -251,18 +251,10 @@ def one_command(
             )
         return outcome
 
-    def then(result: Any) -> Op[OutcomeT]:
-        if result is _FALLBACK:
-            return fallback
-        return Op(lambda: _given(result))
+    def then(result: Any) -> Op[OutcomeT] | None:
+        return fallback if result is _FALLBACK else None  # None: the answer is final
 
     return Op(first, "AUTOCOMMIT", then=then)
-
-
-def _given(result: Any) -> Steps[Any]:
-    """A follow-up that sends nothing: the first call already answered."""
-    return result
-    yield  # pragma: no cover - makes this a generator
 
 
 def replay(
