@@ -31,6 +31,7 @@ from . import _operations as ops
 from ._asof import AsOfCheckpoint, BalanceAt, SpendReport
 from ._async_executor import AsyncDatabase
 from ._batch import CommitItem, ReleaseItem, ReserveItem
+from ._direct import AsyncWorkerRouter
 from ._distribute import routed_queries_async
 from ._engine import normalise_url
 from ._executor import Op
@@ -77,7 +78,9 @@ class AsyncLedger:
     it; waiting longer than ``pool_timeout`` seconds for a connection raises
     :class:`~ledger.errors.ConnectionLost`).
     ``AsyncLedger(async_engine)`` shares a SQLAlchemy ``AsyncEngine``'s pool
-    instead, and leaves the engine to its owner.
+    instead, and leaves the engine to its owner. ``route_to_workers=True`` (a
+    URL only) sends calls about one tenant of a schema spread over Citus
+    straight to the tenant's worker, as :class:`~ledger.Ledger` does.
     """
 
     def __init__(
@@ -87,11 +90,20 @@ class AsyncLedger:
         *,
         pool_size: int = 10,
         pool_timeout: float = 30.0,
+        route_to_workers: bool = False,
     ) -> None:
         self.schema = _validate.schema_name(schema)
         self._plain_q = for_schema(self.schema)
         self._routed: Queries | None = None
-        if isinstance(engine_or_url, str) or type(engine_or_url).__name__ == "URL":
+        #: On Citus with route_to_workers=True: each tenant's calls go to its worker.
+        self._router: AsyncWorkerRouter | None = None
+        url_given = isinstance(engine_or_url, str) or type(engine_or_url).__name__ == "URL"
+        if route_to_workers and not url_given:
+            raise errors.InputError(
+                "route_to_workers=True needs a database URL (the ledger opens its own "
+                "connections to the Citus workers); see docs/scale-out.md"
+            )
+        if url_given:
             from psycopg_pool import AsyncConnectionPool
 
             url = normalise_url(engine_or_url)  # type: ignore[arg-type]
@@ -105,13 +117,29 @@ class AsyncLedger:
                 timeout=pool_timeout,
             )
             self._db = AsyncDatabase(pool, owned=True)
+            if route_to_workers:
+                self._router = AsyncWorkerRouter(
+                    url, lambda op: self._db.run(op, None), pool_size=pool_size
+                )
         else:
             engine = _async_engine(engine_or_url)
             self._url = engine.url
             self._db = AsyncDatabase(engine, owned=False)
 
-    async def _run(self, op: Op[T], connection: AsyncConnectable | None) -> T:
-        return await _telemetry.arun(self._db.run, op, connection)
+    async def _run(
+        self, op: Op[T], connection: AsyncConnectable | None, db: AsyncDatabase | None = None
+    ) -> T:
+        return await _telemetry.arun((db or self._db).run, op, connection)
+
+    async def _at(
+        self, tenant_id: object, connection: AsyncConnectable | None
+    ) -> tuple[Queries, AsyncDatabase | None]:
+        """The statements and database for a call about one tenant (see ``Ledger._at``)."""
+        q = await self._queries()
+        if self._router is None or connection is not None:
+            return q, None
+        found = await self._router.route(tenant_id, q)
+        return found if found is not None else (q, None)
 
     async def _queries(self) -> Queries:
         """The statements, as :attr:`ledger.Ledger._q` finds them: on a Citus schema that
@@ -130,6 +158,8 @@ class AsyncLedger:
 
     async def close(self) -> None:
         """Close the ledger's own pool (an engine passed in is left to its owner)."""
+        if self._router is not None:
+            await self._router.close()
         await self._db.close()
 
     async def __aenter__(self) -> AsyncLedger:
@@ -182,9 +212,8 @@ class AsyncLedger:
         instead of being silently ignored, because a typo should not look
         like success.
         """
-        return await self._run(
-            ops.ensure_tenant(await self._queries(), tenant_id, budget_microcents), connection
-        )
+        q, db = await self._at(tenant_id, connection)
+        return await self._run(ops.ensure_tenant(q, tenant_id, budget_microcents), connection, db)
 
     async def top_up_tenant(
         self,
@@ -195,8 +224,9 @@ class AsyncLedger:
         connection: AsyncConnectable | None = None,
     ) -> TopUpOutcome:
         """Add funds: ``initial`` and ``remaining`` grow together, lifetime spend is kept."""
-        op = ops.top_up_tenant(await self._queries(), tenant_id, amount_microcents, idempotency_key)
-        return await self._run(op, connection)
+        q, db = await self._at(tenant_id, connection)
+        op = ops.top_up_tenant(q, tenant_id, amount_microcents, idempotency_key)
+        return await self._run(op, connection, db)
 
     async def set_max_reserved_microcents(
         self, tenant_id: str, max_microcents: int, *, connection: AsyncConnectable | None = None
@@ -207,9 +237,8 @@ class AsyncLedger:
         :class:`~ledger.errors.TenantNotFound` instead of storing a cap for a
         tenant that does not exist yet.
         """
-        await self._run(
-            ops.set_max_reserved(await self._queries(), tenant_id, max_microcents), connection
-        )
+        q, db = await self._at(tenant_id, connection)
+        await self._run(ops.set_max_reserved(q, tenant_id, max_microcents), connection, db)
 
     # --------------------------------------------------------- two-phase spend
 
@@ -234,10 +263,9 @@ class AsyncLedger:
         entry, by :meth:`expire_holds` or lazily, and a tenant's lapsed holds
         never cause a reserve to be refused.
         """
-        op = ops.try_reserve(
-            await self._queries(), tenant_id, cost_microcents, ttl, expires_at, idempotency_key
-        )
-        return await self._run(op, connection)
+        q, db = await self._at(tenant_id, connection)
+        op = ops.try_reserve(q, tenant_id, cost_microcents, ttl, expires_at, idempotency_key)
+        return await self._run(op, connection, db)
 
     async def commit(
         self,
@@ -257,10 +285,13 @@ class AsyncLedger:
         the tenant key (and, on a sharded deployment, a single shard); it is
         required with ``idempotency_key``, since keys are scoped per tenant.
         """
-        op = ops.commit(
-            await self._queries(), reservation_id, actual_microcents, tenant_id, idempotency_key
+        q, db = (
+            await self._at(tenant_id, connection)
+            if tenant_id is not None
+            else (await self._queries(), None)
         )
-        return await self._run(op, connection)
+        op = ops.commit(q, reservation_id, actual_microcents, tenant_id, idempotency_key)
+        return await self._run(op, connection, db)
 
     async def release(
         self,
@@ -271,8 +302,13 @@ class AsyncLedger:
         connection: AsyncConnectable | None = None,
     ) -> SettlementOutcome:
         """Cancel a hold, returning its full amount to ``remaining``."""
-        op = ops.release(await self._queries(), reservation_id, tenant_id, idempotency_key)
-        return await self._run(op, connection)
+        q, db = (
+            await self._at(tenant_id, connection)
+            if tenant_id is not None
+            else (await self._queries(), None)
+        )
+        op = ops.release(q, reservation_id, tenant_id, idempotency_key)
+        return await self._run(op, connection, db)
 
     # ------------------------------------------------------------ corrections
 
@@ -295,15 +331,11 @@ class AsyncLedger:
         changes nothing. ``reason`` (required, at most 1000 UTF-8 bytes) is
         journaled with the entry. See docs/corrections.md.
         """
+        q, db = await self._at(tenant_id, connection)
         op = _corrections.refund(
-            await self._queries(),
-            tenant_id,
-            reservation_id,
-            amount_microcents,
-            reason,
-            idempotency_key,
+            q, tenant_id, reservation_id, amount_microcents, reason, idempotency_key
         )
-        return await self._run(op, connection)
+        return await self._run(op, connection, db)
 
     async def adjust(
         self,
@@ -321,10 +353,9 @@ class AsyncLedger:
         ``remaining`` below zero is refused (``insufficient``); so is one that
         would overflow. ``0`` is bad input. See docs/corrections.md.
         """
-        op = _corrections.adjust(
-            await self._queries(), tenant_id, amount_microcents, reason, idempotency_key
-        )
-        return await self._run(op, connection)
+        q, db = await self._at(tenant_id, connection)
+        op = _corrections.adjust(q, tenant_id, amount_microcents, reason, idempotency_key)
+        return await self._run(op, connection, db)
 
     # --------------------------------------------------------------- batches
 
@@ -497,7 +528,8 @@ class AsyncLedger:
         self, tenant_id: str, *, connection: AsyncConnectable | None = None
     ) -> TenantLedger | None:
         """One tenant's balances, or None if it does not exist."""
-        row = await self._run(ops.tenant_row(await self._queries(), tenant_id), connection)
+        q, db = await self._at(tenant_id, connection)
+        row = await self._run(ops.tenant_row(q, tenant_id), connection, db)
         if row is None:
             return None
         return TenantLedger(
@@ -509,7 +541,8 @@ class AsyncLedger:
         )
 
     async def _tenant_row(self, tenant_id: str, connection: AsyncConnectable | None) -> Any:
-        return await self._run(ops.tenant_row(await self._queries(), tenant_id), connection)
+        q, db = await self._at(tenant_id, connection)
+        return await self._run(ops.tenant_row(q, tenant_id), connection, db)
 
     async def remaining_microcents(
         self, tenant_id: str, *, connection: AsyncConnectable | None = None

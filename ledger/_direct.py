@@ -26,18 +26,20 @@ snapshots, certificates, verification) runs on the coordinator as before.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import psycopg
-from sqlalchemy import Engine
+from sqlalchemy import URL, Engine
 
 from . import errors
+from ._async_executor import AsyncDatabase
 from ._distribute import shard_variant
 from ._engine import as_engine
 from ._executor import Fetch, Op, Steps
@@ -50,7 +52,7 @@ from ._queries import Queries
 _DOWN_FOR = 5.0
 
 Node = tuple[str, int]
-_Route = tuple[Queries, OwnPool, Node]
+P = TypeVar("P")
 #: Tenants whose route is remembered (hashing in Python is ~10 us a call); the
 #: memory is cleared when full and whenever the map is read again.
 _REMEMBERED = 100_000
@@ -98,45 +100,50 @@ class WorkerPool(OwnPool):
         return conn
 
 
-class WorkerRouter:
-    """Picks the worker, its pool and its statements for a tenant's call."""
+class ShardRouter(Generic[P]):
+    """Which worker and statements a tenant's call gets: bookkeeping, no I/O.
 
-    def __init__(
-        self,
-        engine: Engine,
-        coordinator: OwnPool,
-        run: Callable[[Op[Any]], Any],
-        *,
-        refresh: float = 30.0,
-    ) -> None:
-        self._engine = engine
-        self._coordinator = coordinator
-        self._run = run
+    The map is read by the owner (:class:`WorkerRouter` on the ledger's own
+    connections, :class:`AsyncWorkerRouter` awaiting an ``AsyncLedger``'s)
+    when :meth:`due`, which also keeps the pools of the workers in
+    :attr:`pools`.
+    """
+
+    def __init__(self, refresh: float) -> None:
         self._refresh = refresh
         self._lock = threading.Lock()
         self._map: _Map | None = None
         self._read_at = float("-inf")
         self._queries: dict[int, Queries] = {}  # anchor shard -> its shard functions' calls
-        self._routes: dict[object, _Route] = {}  # tenant id -> what route() answers
-        self._pools: dict[Node, tuple[Engine, WorkerPool]] = {}
+        self._routes: dict[object, tuple[Queries, Node]] = {}  # tenant id -> route
+        self.pools: dict[Node, P] = {}
         self._down: dict[Node, float] = {}
 
-    def route(self, tenant_id: object, routed: Queries) -> tuple[Queries, OwnPool] | None:
-        """(statements, pool) for a call about ``tenant_id``; None: go through the coordinator."""
-        if not routed.distributed:  # plain PostgreSQL, or a schema not distributed (yet)
-            return None
-        if time.monotonic() - self._read_at >= self._refresh:
-            self._reload(routed)
+    def due(self) -> bool:
+        """Is the map to be read (again)?"""
+        return time.monotonic() - self._read_at >= self._refresh
+
+    def update(self, shards: _Map | None) -> None:
+        """The map just read (None: the read failed; the old one stays until the next)."""
+        with self._lock:
+            if shards is not None:
+                self._map = shards
+            self._routes.clear()
+            self._queries.clear()
+            self._read_at = time.monotonic()
+
+    def find(self, tenant_id: object, routed: Queries) -> tuple[Queries, Node] | None:
+        """The statements and the worker for ``tenant_id``; None: the coordinator."""
         found = self._routes.get(tenant_id)
         if found is None:
             found = self._find(tenant_id, routed)
             if found is None:
                 return None
-        if self._down and self._down.get(found[2], 0.0) > time.monotonic():
+        if self._down and self._down.get(found[1], 0.0) > time.monotonic():
             return None
-        return found[0], found[1]
+        return found
 
-    def _find(self, tenant_id: object, routed: Queries) -> _Route | None:
+    def _find(self, tenant_id: object, routed: Queries) -> tuple[Queries, Node] | None:
         """Hash, look the group up, remember the answer (until the map is read again)."""
         shards = self._map
         if shards is None or not isinstance(tenant_id, str):
@@ -154,44 +161,152 @@ class WorkerRouter:
             q = self._queries[group.anchor] = shard_variant(
                 routed, group.anchor, set(shards.functions)
             )
-        found = (q, self._pool(group.node), group.node)
         if len(self._routes) >= _REMEMBERED:
             self._routes.clear()
-        self._routes[tenant_id] = found
-        return found
+        self._routes[tenant_id] = (q, group.node)
+        return q, group.node
 
-    def _reload(self, routed: Queries) -> None:
-        with self._lock:
-            if time.monotonic() - self._read_at < self._refresh:
-                return  # another thread just did
-            # A failed read keeps the old map (or none) until the next refresh.
-            with contextlib.suppress(errors.DatabaseError):
-                self._map = self._run(_read_map(routed))
-            self._routes.clear()
-            self._queries.clear()
-            self._read_at = time.monotonic()
-
-    def _pool(self, node: Node) -> OwnPool:
-        found = self._pools.get(node)
-        if found is None:
-            with self._lock:
-                found = self._pools.get(node)
-                if found is None:
-                    host, port = node
-                    engine, _ = as_engine(self._engine.url.set(host=host, port=port))
-                    pool = WorkerPool(engine, self._coordinator, lambda: self._unreachable(node))
-                    found = self._pools[node] = (engine, pool)
-        return found[1]
-
-    def _unreachable(self, node: Node) -> None:
+    def unreachable(self, node: Node) -> None:
         """A worker refused a connection: leave it out a while, read the map again soon."""
         with self._lock:
-            self._down[node] = time.monotonic() + _DOWN_FOR
-            self._read_at = float("-inf")
+            self._unreachable(node)
+
+    def _unreachable(self, node: Node) -> None:
+        self._down[node] = time.monotonic() + _DOWN_FOR
+        self._read_at = float("-inf")
+
+
+class WorkerRouter:
+    """:class:`ShardRouter` for :class:`~ledger.Ledger`: reads the map on the ledger's own
+    connections, keeps a :class:`WorkerPool` per worker."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        coordinator: OwnPool,
+        run: Callable[[Op[Any]], Any],
+        *,
+        refresh: float = 30.0,
+    ) -> None:
+        self._engine = engine
+        self._coordinator = coordinator
+        self._run = run
+        self._engines: list[Engine] = []
+        self._shards: ShardRouter[WorkerPool] = ShardRouter(refresh)
+        self._reading = threading.Lock()
+
+    def route(self, tenant_id: object, routed: Queries) -> tuple[Queries, OwnPool] | None:
+        """(statements, pool) for a call about ``tenant_id``; None: go through the coordinator."""
+        if not routed.distributed:  # plain PostgreSQL, or a schema not distributed (yet)
+            return None
+        if self._shards.due():
+            with self._reading:
+                if self._shards.due():
+                    shards = None
+                    with contextlib.suppress(errors.DatabaseError):
+                        shards = self._run(_read_map(routed))
+                    self._shards.update(shards)
+        found = self._shards.find(tenant_id, routed)
+        if found is None:
+            return None
+        q, node = found
+        pool = self._shards.pools.get(node)
+        if pool is None:
+            with self._reading:
+                pool = self._shards.pools.get(node)
+                if pool is None:
+                    pool = self._shards.pools[node] = self._make_pool(node)
+        return q, pool
+
+    def _make_pool(self, node: Node) -> WorkerPool:
+        host, port = node
+        engine, _ = as_engine(self._engine.url.set(host=host, port=port))
+        self._engines.append(engine)
+        # Connecting happens on first use; a refusal falls back to the coordinator there.
+        return WorkerPool(engine, self._coordinator, lambda: self._shards.unreachable(node))
 
     def close(self) -> None:
-        with self._lock:
-            pools, self._pools = list(self._pools.values()), {}
-        for engine, pool in pools:
+        pools, self._shards.pools = list(self._shards.pools.values()), {}
+        for pool in pools:
             pool.dispose()
+        for engine in self._engines:
             engine.dispose()
+
+
+class AsyncWorkerRouter:
+    """:class:`ShardRouter` for :class:`~ledger.AsyncLedger`: an :class:`AsyncDatabase`
+    (its own async pool) per worker, opened on first use; a worker that cannot be
+    reached within ``connect_timeout`` is left out (its tenants' calls go through
+    the coordinator) and tried again later."""
+
+    def __init__(
+        self,
+        url: URL,
+        run: Callable[[Op[Any]], Awaitable[Any]],
+        *,
+        pool_size: int,
+        refresh: float = 30.0,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self._url = url
+        self._run = run
+        self._pool_size = pool_size
+        self._connect_timeout = connect_timeout
+        self._shards: ShardRouter[AsyncDatabase] = ShardRouter(refresh)
+        self._reading = asyncio.Lock()
+
+    async def route(
+        self, tenant_id: object, routed: Queries
+    ) -> tuple[Queries, AsyncDatabase] | None:
+        """(statements, database) for a call about ``tenant_id``; None: the coordinator."""
+        if not routed.distributed:
+            return None
+        if self._shards.due():
+            async with self._reading:
+                if self._shards.due():
+                    try:
+                        shards: _Map | None = await self._run(_read_map(routed))
+                    except errors.DatabaseError:
+                        shards = None
+                    self._shards.update(shards)
+        found = self._shards.find(tenant_id, routed)
+        if found is None:
+            return None
+        q, node = found
+        database = self._shards.pools.get(node)
+        if database is None:
+            async with self._reading:
+                database = self._shards.pools.get(node)
+                if database is None:
+                    database = await self._open(node)
+                    if database is None:
+                        self._shards.unreachable(node)
+                        return None
+                    self._shards.pools[node] = database
+        return q, database
+
+    async def _open(self, node: Node) -> AsyncDatabase | None:
+        from psycopg_pool import AsyncConnectionPool
+
+        host, port = node
+        conninfo = self._url.set(drivername="postgresql", host=host, port=port).render_as_string(
+            hide_password=False
+        )
+
+        async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
+            conn.prepared_max = 1000  # one statement per statement and shard group
+
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            conninfo, open=False, min_size=1, max_size=self._pool_size, configure=configure
+        )
+        try:
+            await pool.open(wait=True, timeout=self._connect_timeout)
+        except Exception:  # PoolTimeout, or psycopg's: the worker cannot be reached
+            await pool.close()
+            return None
+        return AsyncDatabase(pool, owned=True)
+
+    async def close(self) -> None:
+        databases, self._shards.pools = list(self._shards.pools.values()), {}
+        for database in databases:
+            await database.close()

@@ -83,6 +83,11 @@ class Ledger:
     together, a round at a time, in one transaction and one round trip per
     round (see :mod:`ledger._coalesce`): for threaded servers under load.
     Each call still gets its own outcome, after its round has committed.
+
+    ``route_to_workers=True`` (a URL only), on a schema ``ledger distribute``
+    spread over Citus: calls about one tenant go straight to the tenant's
+    worker instead of through the coordinator (ledger/_direct.py,
+    docs/scale-out.md).
     """
 
     def __init__(

@@ -15,15 +15,20 @@ What must hold, checked against Citus itself:
 
 from __future__ import annotations
 
+import asyncio
 import random
+import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import replace
 
 import psycopg
 import pytest
+from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
 import ledger
@@ -191,7 +196,7 @@ def test_a_stale_map_after_a_shard_move_costs_speed_not_money(citus_url: str, sc
             assert check.tenant("acme") == ledger.TenantLedger("acme", 1_000, 940, 0, 60)
         # Reading the map again routes to the new worker.
         assert book._router is not None
-        book._router._read_at = float("-inf")
+        book._router._shards._read_at = float("-inf")
         assert routed_port(book, "acme") == after
         assert book.try_reserve("acme", 40).ok
         assert book.verify_journal().ok
@@ -268,3 +273,100 @@ def test_writers_keep_exact_sums_while_shard_groups_move(citus_url: str, schema:
             assert holds_match_reserved(conn, schema) == []
         assert book.verify_journal().ok
         assert book.verify_conservation().is_balanced
+
+
+# ------------------------------------------------------------------ asyncio and fallback
+
+
+def test_async_single_tenant_calls_never_touch_the_coordinator(citus_url: str, schema: str) -> None:
+    """AsyncLedger(url, route_to_workers=True): the same proof as for Ledger."""
+    role = f"direct_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(plain(citus_url), autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE "{role}" LOGIN SUPERUSER')
+    url = make_url(alchemy(citus_url)).set(username=role).render_as_string(hide_password=False)
+
+    async def scenario() -> None:
+        async with ledger.AsyncLedger(url, schema=schema, route_to_workers=True) as book:
+            await book.ensure_tenant("acme", 1_000)  # reads the map from the coordinator
+            with shut_out_of_coordinator(citus_url, role):
+                hold = await book.try_reserve("acme", 300, idempotency_key="a1")
+                assert hold.ok and hold.reservation_id is not None
+                assert await book.try_reserve("acme", 300, idempotency_key="a1") == hold
+                assert (await book.commit(hold.reservation_id, 200, tenant_id="acme")).ok
+                assert (await book.top_up_tenant("acme", 50)).ok
+                async with book.hold("acme", 100, ttl=60) as h:
+                    await h.settle(90)
+                assert await book.tenant("acme") == ledger.TenantLedger("acme", 1_050, 760, 0, 290)
+                with pytest.raises(errors.DatabaseError):
+                    await book.snapshot()
+
+    try:
+        asyncio.run(scenario())
+        with ledger.Ledger(alchemy(citus_url), schema=schema) as check:
+            assert check.tenant("acme") == ledger.TenantLedger("acme", 1_050, 760, 0, 290)
+            assert check.verify_journal().ok
+    finally:
+        with psycopg.connect(plain(citus_url), autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+                (role,),
+            )
+            conn.execute(f'DROP ROLE "{role}"')
+
+
+def _point_map_at_a_closed_port(router: object) -> None:
+    """Make the router believe every shard group lives on a port nobody listens on."""
+    shards = router._shards  # type: ignore[attr-defined]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    m = shards._map
+    groups = [replace(g, node=("127.0.0.1", closed)) for g in m.groups]
+    shards._map = replace(m, groups=groups)
+    shards._routes.clear()
+    shards._read_at = time.monotonic()  # not read again during the test
+
+
+def test_an_unreachable_worker_sends_calls_through_the_coordinator(
+    citus_url: str, schema: str
+) -> None:
+    with direct(citus_url, schema) as book:
+        book.ensure_tenant("acme", 1_000)
+        assert book._router is not None
+        _point_map_at_a_closed_port(book._router)
+        hold = book.try_reserve("acme", 100)  # connecting fails: nothing sent, coordinator
+        assert hold.ok and hold.reservation_id is not None
+        # The closed port is left out for a while and the map is read again at once:
+        # acme goes to its real worker again.
+        assert routed_port(book, "acme") == placement_port(citus_url, schema, "acme")
+        assert book.commit(hold.reservation_id, 70, tenant_id="acme").ok
+        assert book.tenant("acme") == ledger.TenantLedger("acme", 1_000, 930, 0, 70)
+
+    async def scenario() -> None:
+        async with ledger.AsyncLedger(
+            alchemy(citus_url), schema=schema, route_to_workers=True
+        ) as book:
+            await book.ensure_tenant("beta", 500)
+            assert book._router is not None
+            book._router._connect_timeout = 1.0
+            await book._router.close()  # forget the pools opened so far
+            _point_map_at_a_closed_port(book._router)
+            hold = await book.try_reserve("beta", 100)
+            assert hold.ok and hold.reservation_id is not None
+            assert (await book.release(hold.reservation_id, tenant_id="beta")).ok
+            assert await book.tenant("beta") == ledger.TenantLedger("beta", 500, 500, 0, 0)
+
+    asyncio.run(scenario())
+    with ledger.Ledger(alchemy(citus_url), schema=schema) as check:
+        assert check.verify_journal().ok
+
+
+def test_route_to_workers_needs_a_url_and_no_coalescing(citus_url: str, schema: str) -> None:
+    engine = create_engine(alchemy(citus_url))
+    try:
+        with pytest.raises(errors.InputError, match="needs a database URL"):
+            ledger.Ledger(engine, schema=schema, route_to_workers=True)
+        with pytest.raises(errors.InputError, match="coalesce=False"):
+            ledger.Ledger(alchemy(citus_url), schema=schema, route_to_workers=True, coalesce=True)
+    finally:
+        engine.dispose()
