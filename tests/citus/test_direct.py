@@ -112,12 +112,25 @@ def shut_out_of_coordinator(url: str, role: str) -> Iterator[None]:
             conn.execute(f'ALTER ROLE "{role}" LOGIN')
 
 
-def test_single_tenant_calls_never_touch_the_coordinator(citus_url: str, schema: str) -> None:
+@contextmanager
+def own_role(url: str) -> Iterator[tuple[str, str]]:
+    """(role, its URL): a login role of the test's own, on every node, dropped afterwards."""
     role = f"direct_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(plain(citus_url), autocommit=True) as conn:
+    with psycopg.connect(plain(url), autocommit=True) as conn:
         conn.execute(f'CREATE ROLE "{role}" LOGIN SUPERUSER')  # propagated to the workers
-    url = make_url(alchemy(citus_url)).set(username=role).render_as_string(hide_password=False)
     try:
+        yield role, make_url(alchemy(url)).set(username=role).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(plain(url), autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+                (role,),
+            )
+            conn.execute(f'DROP ROLE "{role}"')
+
+
+def test_single_tenant_calls_never_touch_the_coordinator(citus_url: str, schema: str) -> None:
+    with own_role(citus_url) as (role, url):
         with direct(url, schema) as book:
             book.ensure_tenant("acme", 1_000)  # reads the map from the coordinator
             with shut_out_of_coordinator(citus_url, role):
@@ -141,13 +154,6 @@ def test_single_tenant_calls_never_touch_the_coordinator(citus_url: str, schema:
             assert check.tenant("beta") == ledger.TenantLedger("beta", 400, 400, 0, 0)
             assert check.verify_journal().ok
             assert check.verify_conservation().is_balanced
-    finally:
-        with psycopg.connect(plain(citus_url), autocommit=True) as conn:
-            conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
-                (role,),
-            )
-            conn.execute(f'DROP ROLE "{role}"')
 
 
 def move_group(url: str, schema: str, tenant: str) -> int:
@@ -280,12 +286,8 @@ def test_writers_keep_exact_sums_while_shard_groups_move(citus_url: str, schema:
 
 def test_async_single_tenant_calls_never_touch_the_coordinator(citus_url: str, schema: str) -> None:
     """AsyncLedger(url, route_to_workers=True): the same proof as for Ledger."""
-    role = f"direct_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(plain(citus_url), autocommit=True) as conn:
-        conn.execute(f'CREATE ROLE "{role}" LOGIN SUPERUSER')
-    url = make_url(alchemy(citus_url)).set(username=role).render_as_string(hide_password=False)
 
-    async def scenario() -> None:
+    async def scenario(role: str, url: str) -> None:
         async with ledger.AsyncLedger(url, schema=schema, route_to_workers=True) as book:
             await book.ensure_tenant("acme", 1_000)  # reads the map from the coordinator
             with shut_out_of_coordinator(citus_url, role):
@@ -300,18 +302,11 @@ def test_async_single_tenant_calls_never_touch_the_coordinator(citus_url: str, s
                 with pytest.raises(errors.DatabaseError):
                     await book.snapshot()
 
-    try:
-        asyncio.run(scenario())
+    with own_role(citus_url) as (role, url):
+        asyncio.run(scenario(role, url))
         with ledger.Ledger(alchemy(citus_url), schema=schema) as check:
             assert check.tenant("acme") == ledger.TenantLedger("acme", 1_050, 760, 0, 290)
             assert check.verify_journal().ok
-    finally:
-        with psycopg.connect(plain(citus_url), autocommit=True) as conn:
-            conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
-                (role,),
-            )
-            conn.execute(f'DROP ROLE "{role}"')
 
 
 def _point_map_at_a_closed_port(router: object) -> None:
