@@ -143,6 +143,10 @@ def distribute(
             engine.dispose()
 
 
+#: Revisions ``distribute`` refuses: migrating them later on distributed tables would
+#: write journal entries that do not verify (tests/citus/test_distribute.py).
+_BEFORE_JOURNAL = frozenset({"0001"})
+
 _JOURNAL_HASHES = (
     "{q}.journal_hash(bytea, text, bigint, text, bigint, bigint, bigint, bigint, bigint, "
     "bigint, bigint, bigint, timestamptz, text)",
@@ -198,12 +202,7 @@ def _distribute(conn: Connection, schema: str, shard_count: int | None) -> Distr
     version = _citus_version(conn)
     _lock(conn, schema)
     tables = _tables(conn, schema)
-    if ANCHOR not in tables or "alembic_version" not in tables:
-        raise errors.SchemaNotMigrated(
-            f"schema {schema!r} has no migrated ledger in this database; run "
-            f"ledger.migrate(url, schema={schema!r}) (or `ledger migrate`) on the coordinator first"
-        )
-    revision = conn.execute(text(f'SELECT version_num FROM "{schema}".alembic_version')).scalar()
+    revision = _migrated_revision(conn, schema, tables)
     q = f'"{schema}"'
     changed: list[str] = []
     # Only for this transaction: lets Citus distribute the journal with its triggers.
@@ -279,6 +278,26 @@ def _distribute(conn: Connection, schema: str, shard_count: int | None) -> Distr
         functions=(),
         changed=tuple(changed),
     )
+
+
+def _migrated_revision(conn: Connection, schema: str, tables: dict[str, bool]) -> str | None:
+    """The schema's revision; refused when it was never migrated or is before the journal."""
+    if ANCHOR not in tables or "alembic_version" not in tables:
+        raise errors.SchemaNotMigrated(
+            f"schema {schema!r} has no migrated ledger in this database; run "
+            f"ledger.migrate(url, schema={schema!r}) (or `ledger migrate`) on the coordinator first"
+        )
+    revision = conn.execute(text(f'SELECT version_num FROM "{schema}".alembic_version')).scalar()
+    if revision in _BEFORE_JOURNAL:
+        # Revision 0002 backfills the journal with one statement that uses now(): on
+        # distributed tables the worker's part and the coordinator's part see
+        # different clocks, and the open holds' entries would not verify.
+        raise errors.SchemaNotMigrated(
+            f"schema {schema!r} is at revision {revision}, before the journal (0002); run "
+            f"ledger.migrate(url, schema={schema!r}) (or `ledger migrate`) on the coordinator, "
+            "then distribute"
+        )
+    return None if revision is None else str(revision)
 
 
 def _lock(conn: Connection, schema: str) -> None:
