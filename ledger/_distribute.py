@@ -280,6 +280,17 @@ def _distribute(conn: Connection, schema: str, shard_count: int | None) -> Distr
     )
 
 
+def _function_exists(conn: Connection, schema: str, name: str) -> bool:
+    """Does ``schema`` have a function called ``name`` (any arguments)?"""
+    found = conn.execute(
+        text(
+            "SELECT 1 FROM pg_proc WHERE pronamespace = CAST(:s AS regnamespace) AND proname = :f"
+        ),
+        {"s": f'"{schema}"', "f": name},
+    ).first()
+    return found is not None
+
+
 def _migrated_revision(conn: Connection, schema: str, tables: dict[str, bool]) -> str | None:
     """The schema's revision; refused when it was never migrated or is before the journal."""
     if ANCHOR not in tables or "alembic_version" not in tables:
@@ -749,14 +760,7 @@ def _create_routed(conn: Connection, schema: str, changed: list[str]) -> None:
         sql = getattr(queries, name)
         function = routed_function_name(name, sql)
         wanted.add(function)
-        exists = conn.execute(
-            text(
-                "SELECT 1 FROM pg_proc WHERE pronamespace = CAST(:s AS regnamespace)"
-                " AND proname = :f"
-            ),
-            {"s": f'"{schema}"', "f": function},
-        ).first()
-        if exists is None:
+        if not _function_exists(conn, schema, function):
             # A schema at an older revision than this code (distributed before a later
             # migration) may lack a column the statement uses: no routed function then,
             # the ledger sends the statement as it is; the next distribute makes it.
@@ -989,7 +993,7 @@ KEYED_PREFIX = f"{ROUTED_PREFIX}keyed_"
 #: The idempotency statements every keyed function calls (their shard functions).
 KEYED_PARTS = ("idempotency_claim", "idempotency_read", "idempotency_record", "idempotency_unclaim")
 #: Part of every keyed function's hash: bumped when the generated body changes shape.
-_KEYED_GENERATION = 2
+_KEYED_GENERATION = 3
 
 
 def _keyed_parameters(queries: Queries, operation: KeyedOperation) -> list[str]:
@@ -1140,14 +1144,7 @@ def _create_keyed(
                 *(f'"{c}" {t}' for c, t in op_columns),
             ]
         )
-        exists = conn.execute(
-            text(
-                "SELECT 1 FROM pg_proc WHERE pronamespace = CAST(:s AS regnamespace)"
-                " AND proname = :f"
-            ),
-            {"s": q, "f": function},
-        ).first()
-        if exists is None:
+        if not _function_exists(conn, schema, function):
             arguments = ", ".join(f"p_{p} {types[p]}" for p in params)
             using = ", ".join(f"${i + 1}" for i in range(len(params)))
             nulls = ", ".join(f"NULL::{t}" for _, t in op_columns)
@@ -1159,15 +1156,16 @@ def _create_keyed(
                 f"        '{q}.{ANCHOR}'::regclass, $1);\n"
                 f"    inner_function text := '{function}{SHARD_SUFFIX}' || anchor;\n"
                 f"BEGIN\n"
-                f"    IF {q}.{SHARD_HERE}(anchor)\n"
-                f"       AND EXISTS (SELECT 1 FROM pg_proc WHERE proname = inner_function\n"
-                f"                   AND pronamespace = '{q}'::regnamespace) THEN\n"
+                f"    -- No guard of its own: each shard function it calls takes the shard\n"
+                f"    -- lock and checks the placement (the first one's lock holds until COMMIT).\n"
+                f"    IF EXISTS (SELECT 1 FROM pg_proc WHERE proname = inner_function\n"
+                f"               AND pronamespace = '{q}'::regnamespace) THEN\n"
                 f"        RETURN QUERY EXECUTE 'SELECT * FROM {q}.'\n"
                 f"            || quote_ident(inner_function) || '({using})'\n"
                 f"            USING {using};\n"
                 f"    ELSE\n"
-                f"        -- Not on this node's shards: nothing done, the ledger runs the\n"
-                f"        -- three statements, which Citus routes.\n"
+                f"        -- No function for this shard group (a split since distribute):\n"
+                f"        -- nothing done, the ledger runs the three statements.\n"
                 f"        RETURN QUERY SELECT 'fallback'::text, NULL::bytea, NULL::jsonb,\n"
                 f"            {nulls};\n"
                 f"    END IF;\nEND\n$routed$"
