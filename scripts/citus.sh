@@ -15,7 +15,8 @@
 # before any PostgreSQL 15 server starts; scripts/test.sh does.
 #
 # Environment (all optional):
-#   LEDGER_CITUS_KIT    the kit folder (default: <repo>/../shared/citus)
+#   LEDGER_CITUS_KIT    the kit folder (default: <repo>/../shared/citus, or, in a clone of
+#                       a local checkout, ../shared/citus next to that checkout)
 #   LEDGER_CITUS_PORT   coordinator port (default 9760; workers use the next two, the spare
 #                       the third)
 #   LEDGER_CITUS_DATA   cluster folder (default /tmp/ledger-citus-<port>)
@@ -23,7 +24,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-KIT=${LEDGER_CITUS_KIT:-$PWD/../shared/citus}
+find_kit() {
+    # ../shared/citus next to this checkout; for a clone of a local checkout made
+    # elsewhere (git clone . /tmp/ci-check), next to the checkout it was cloned from.
+    local origin
+    if [[ -f $PWD/../shared/citus/build.sh ]]; then
+        echo "$PWD/../shared/citus"
+        return
+    fi
+    origin=$(git config --get remote.origin.url 2>/dev/null || true)
+    origin=${origin#file://}
+    if [[ -n $origin && -d $origin && -f $origin/../shared/citus/build.sh ]]; then
+        echo "$(cd "$origin/.." && pwd)/shared/citus"
+        return
+    fi
+    echo "$PWD/../shared/citus"
+}
+KIT=${LEDGER_CITUS_KIT:-$(find_kit)}
 PORT=${LEDGER_CITUS_PORT:-9760}
 SPARE_PORT=$((PORT + 3))
 DATA=${LEDGER_CITUS_DATA:-/tmp/ledger-citus-$PORT}
