@@ -16,7 +16,7 @@ appends one ``renew`` entry per period that has begun. Three callers use it:
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -131,7 +131,7 @@ def set_allowance(
         "allowance": allowance,
         "months": m,
         "days": d,
-        "anchor": at.isoformat(),
+        "anchor": at.astimezone(UTC).isoformat(),  # the instant, whatever its offset
         "time_zone": zone,
         "min_rollover": low,
         "max_rollover": high,
