@@ -247,12 +247,11 @@ def test_all_or_nothing(book: ledger.Ledger, raw: psycopg.Connection, db_url: st
 
 def test_keys_and_lapsed_holds_take_the_item_by_item_path(book: ledger.Ledger) -> None:
     book.ensure_tenant("a", 100)
-    past = datetime.now(UTC) - timedelta(seconds=1)
     keyed = [ReserveItem("a", 10, idempotency_key="k1"), ReserveItem("a", 20, idempotency_key="k2")]
     first = book.try_reserve_many(keyed)
     assert book.try_reserve_many(keyed) == first
     assert book.reserved_microcents("a") == 30
-    book.try_reserve("a", 70, expires_at=past)  # lapsed: eats the rest of the budget
+    book.try_reserve("a", 70, ttl=timedelta(microseconds=1))  # lapsed: eats the rest of the budget
     out = book.try_reserve_many([("a", 50), ("a", 20)])
     assert [o.status for o in out] == ["reserved", "reserved"]  # the lapsed hold was expired first
     settled = book.commit_many([CommitItem(first[0].reservation_id, 10, "a", "c1")])  # type: ignore[arg-type]

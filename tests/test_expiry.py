@@ -15,14 +15,16 @@ from sqlalchemy import create_engine
 import ledger
 from ledger import errors
 
-PAST = datetime(2000, 1, 1, tzinfo=UTC)
+#: A deadline 1 µs after the reserve (on the database clock): lapsed by the next
+#: statement. (An expires_at in the past is refused: the hold would be born lapsed.)
+LAPSING = timedelta(microseconds=1)
 
 
 def test_sweeper_returns_lapsed_holds_through_the_journal(
     book: ledger.Ledger, raw: psycopg.Connection
 ) -> None:
     book.ensure_tenant("t", 1_000)
-    lapsed = [book.try_reserve("t", 100, expires_at=PAST).reservation_id for _ in range(3)]
+    lapsed = [book.try_reserve("t", 100, ttl=LAPSING).reservation_id for _ in range(3)]
     live = book.try_reserve("t", 50, ttl=timedelta(hours=1)).reservation_id
     forever = book.try_reserve("t", 25).reservation_id  # no deadline: seed semantics
     assert book.remaining_microcents("t") == 625
@@ -51,7 +53,7 @@ def test_ttl_uses_the_database_clock(book: ledger.Ledger) -> None:
 def test_lapsed_holds_never_block_a_reserve(book: ledger.Ledger) -> None:
     book.ensure_tenant("t", 100)
     book.set_max_reserved_microcents("t", 80)
-    assert book.try_reserve("t", 80, expires_at=PAST).ok  # eats the cap and most of the balance
+    assert book.try_reserve("t", 80, ttl=LAPSING).ok  # eats the cap and most of the balance
     out = book.try_reserve("t", 90)  # would be refused for the cap; the lapsed hold goes first
     assert out.status == "exposure_limit_exceeded"  # 90 > cap 80 anyway
     out = book.try_reserve("t", 70)
@@ -62,8 +64,8 @@ def test_lapsed_holds_never_block_a_reserve(book: ledger.Ledger) -> None:
 
 def test_settling_a_lapsed_hold_expires_it(book: ledger.Ledger) -> None:
     book.ensure_tenant("t", 100)
-    a = book.try_reserve("t", 40, expires_at=PAST).reservation_id
-    b = book.try_reserve("t", 30, expires_at=PAST).reservation_id
+    a = book.try_reserve("t", 40, ttl=LAPSING).reservation_id
+    b = book.try_reserve("t", 30, ttl=LAPSING).reservation_id
     commit = book.commit(a, 40)  # type: ignore[arg-type]
     assert (commit.status, commit.returned_microcents) == ("expired", 40)
     release = book.release(b)  # type: ignore[arg-type]
@@ -127,7 +129,7 @@ def test_many_sweepers_expire_each_hold_exactly_once(db_url: str, raw: psycopg.C
     for t in range(5):
         book.ensure_tenant(f"t{t}", 100_000)
         for _ in range(40):
-            book.try_reserve(f"t{t}", 7, expires_at=PAST)
+            book.try_reserve(f"t{t}", 7, ttl=LAPSING)
     with ThreadPoolExecutor(8) as pool:
         counts = list(pool.map(lambda _: book.expire_holds(limit=1000), range(8)))
     assert sum(counts) == 200
@@ -149,7 +151,8 @@ def test_many_sweepers_expire_each_hold_exactly_once(db_url: str, raw: psycopg.C
         ({"ttl": timedelta(seconds=-1)}, ValueError),
         ({"expires_at": datetime(2030, 1, 1)}, ValueError),  # naive
         ({"expires_at": "2030-01-01"}, ValueError),
-        ({"ttl": 5, "expires_at": PAST}, ValueError),
+        ({"ttl": 5, "expires_at": datetime(2030, 1, 1, tzinfo=UTC)}, ValueError),
+        ({"expires_at": datetime(2000, 1, 1, tzinfo=UTC)}, ValueError),  # born lapsed
     ],
 )
 def test_bad_deadlines_are_refused(

@@ -32,7 +32,7 @@ def workload(book: ledger.Ledger) -> None:
     h2 = book.try_reserve("a", 2_000).reservation_id
     book.commit(h1, 1_200)  # type: ignore[arg-type]
     book.release(h2)  # type: ignore[arg-type]
-    lapsed = book.try_reserve("b-é", 300, expires_at=datetime.now(UTC) - timedelta(seconds=1))
+    lapsed = book.try_reserve("b-é", 300, ttl=timedelta(microseconds=1))
     assert lapsed.ok
     assert book.expire_holds() == 1
     book.try_reserve("b-é", 100)  # left open
@@ -431,7 +431,6 @@ OPS = st.lists(
 
 def run_ops(book: ledger.Ledger, ops: list[tuple[str, str, int]]) -> None:
     holds: list[tuple[int, str]] = []
-    past = datetime.now(UTC) - timedelta(seconds=1)
     for op, tenant, n in ops:
         if op in ("reserve", "reserve_ttl", "retry"):
             key = f"k{n % 4}" if op == "retry" else None
@@ -440,7 +439,7 @@ def run_ops(book: ledger.Ledger, ops: list[tuple[str, str, int]]) -> None:
                     tenant,
                     n + 1,
                     idempotency_key=key,
-                    expires_at=past if op == "reserve_ttl" else None,
+                    ttl=timedelta(microseconds=1) if op == "reserve_ttl" else None,
                 )
             except errors.IdempotencyConflict:
                 continue

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -34,7 +34,9 @@ from ledger import _cli, errors
 from ledger._executor import Fetch, Op
 from ledger._operations import cas, expire_one
 
-PAST = datetime(2000, 1, 1, tzinfo=UTC)
+#: A deadline 1 µs after the reserve (on the database clock): lapsed by the next
+#: statement. (An expires_at in the past is refused: the hold would be born lapsed.)
+LAPSING = timedelta(microseconds=1)
 
 
 class Telemetry:
@@ -166,7 +168,7 @@ def scripted(book: ledger.Ledger) -> None:
     b = book.try_reserve("t", 100)
     c = book.try_reserve("t", 100)
     assert book.try_reserve("t", 10_000).status == "insufficient"
-    book.try_reserve("t", 100, expires_at=PAST)  # swept below
+    book.try_reserve("t", 100, ttl=LAPSING)  # swept below
     assert book.commit(a.reservation_id, 50).status == "committed"  # type: ignore[arg-type]
     assert book.release(b.reservation_id).status == "released"  # type: ignore[arg-type]
     assert book.expire_holds() == 1
@@ -211,7 +213,7 @@ def test_async_ledger_metrics_and_spans(telemetry: Telemetry, db_url: str) -> No
             b = await book.try_reserve("t", 100)
             c = await book.try_reserve("t", 100)
             assert (await book.try_reserve("t", 10_000)).status == "insufficient"
-            await book.try_reserve("t", 100, expires_at=PAST)
+            await book.try_reserve("t", 100, ttl=LAPSING)
             await book.commit(a.reservation_id, 50)  # type: ignore[arg-type]
             await book.release(b.reservation_id)  # type: ignore[arg-type]
             assert await book.expire_holds() == 1
@@ -282,11 +284,11 @@ def test_cas_and_serialization_retries_reach_span_metrics_and_log(
 
     # What a rolled-back attempt reported is forgotten: one expiry, not two.
     book.ensure_tenant("t", 100)
-    book.try_reserve("t", 40, expires_at=PAST)
+    book.try_reserve("t", 40, ttl=LAPSING)
     raw.execute("SELECT setval('fails', 1, false)")
 
     def expire_then_conflict() -> Any:
-        yield from expire_one(book._q, book._q.expire_any)
+        yield from expire_one(book._q, book._q.expire_any, skip=[])
         return (yield Fetch("SELECT conflict_once() AS status", {}))[0].status
 
     assert probe(book, Op(expire_then_conflict, "READ COMMITTED")) == "done"
@@ -337,7 +339,7 @@ def test_observed_gauges_run_only_when_collected(
     book.commit(spent.reservation_id, 200)  # type: ignore[arg-type]
     book.commit_many([(book.try_reserve("t", 10).reservation_id, 10)])
     book.certify()
-    book.try_reserve("t", 100, expires_at=PAST)
+    book.try_reserve("t", 100, ttl=LAPSING)
     book.try_reserve("t", 100, ttl=timedelta(hours=1))
     raw.execute("UPDATE ledger.reservations SET created_at = now() - interval '1 hour'")
     ledger.telemetry.observe(book, meter_provider=telemetry.meter_provider)
@@ -372,7 +374,7 @@ def test_log_records_at_their_levels_and_no_secrets(
         book.ensure_tenant("t", 100)
         book.try_reserve("t", 1_000, idempotency_key="secret-key-7f3a")  # refused
         book.commit(10**9, 1, tenant_id="t", idempotency_key="secret-key-7f3a-2")  # missing
-        book.try_reserve("t", 40, expires_at=PAST)
+        book.try_reserve("t", 40, ttl=LAPSING)
         assert book.expire_holds() == 1
         raw.execute(
             "UPDATE ledger.tenants SET initial_microcents = initial_microcents + 1,"
@@ -473,7 +475,7 @@ def test_stats_command(db_url: str, raw: psycopg.Connection) -> None:
             if spend:
                 hold = book.try_reserve(tenant, spend)
                 book.commit(hold.reservation_id, spend)  # type: ignore[arg-type]
-        book.try_reserve("a", 10, expires_at=PAST)
+        book.try_reserve("a", 10, ttl=LAPSING)
         book.try_reserve("a", 10, ttl=timedelta(hours=1))
     raw.execute(
         "INSERT INTO ledger.refusals (tenant_id, op, status, amount_microcents, created_at) VALUES"

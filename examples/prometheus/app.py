@@ -5,7 +5,7 @@
 
     curl -X POST localhost:9464/tenants/acme -d '{"budget": 5000000}'
     curl -X POST localhost:9464/reserve/acme -d '{"amount": 300000, "ttl": 60}'
-    curl -X POST localhost:9464/reserve/acme -d '{"amount": 1, "expires_at": "2000-01-01T00:00:00+00:00"}'
+    curl -X POST localhost:9464/reserve/acme -d '{"amount": 1, "expires_at": "2030-01-01T00:00:00+00:00"}'
     curl -X POST localhost:9464/commit/17 -d '{"actual": 250000}'
     curl -X POST localhost:9464/release/17
     curl -X POST localhost:9464/expire
