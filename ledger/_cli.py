@@ -58,11 +58,13 @@ class Context:
 
     def raw_url(self) -> str:
         """The database to use, starting the embedded server if needed (no migration)."""
-        return self.database_url or embedded.start(self.data_dir).url
+        if self.database_url is not None:
+            return self.database_url
+        return embedded.start(self.data_dir).url
 
     def url(self) -> str:
         """The database to use; starts the embedded server (and migrates it) if needed."""
-        if self.database_url:
+        if self.database_url is not None:
             return self.database_url
         url = self.raw_url()
         if migrations.current_revision(url, schema=self.schema) != migrations.head_revision():
@@ -94,20 +96,78 @@ def _fail(code: int, message: str, ctx: Context | None = None) -> NoReturn:
     sys.exit(code)
 
 
-def _amount(value: str, in_units: bool) -> int:
-    """Parse an amount argument: integer microcents, or currency units with --units."""
+def _amount(value: str, in_units: bool, *, negative_ok: bool = False) -> int:
+    """Parse an amount argument: integer microcents, or currency units with --units.
+
+    Only ``adjust`` takes a negative amount; elsewhere one is bad input (exit 2)
+    with a message that says what to do instead.
+    """
     try:
         if in_units:
-            return parse_units(value)
-        text = value.replace("_", "")
-        if not text.lstrip("-").isdigit():
-            raise ValueError(
-                f"{value!r} is not a whole number of microcents "
-                "(pass --units for 12.50-style amounts)"
-            )
-        return int(text)
+            parsed = parse_units(value)
+        else:
+            text = value.replace("_", "")
+            if not text.lstrip("-").isdigit() or text.startswith("--"):
+                raise ValueError(
+                    f"{value!r} is not a whole number of microcents "
+                    "(pass --units for 12.50-style amounts)"
+                )
+            parsed = int(text)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
+    if parsed < 0 and not negative_ok:
+        raise click.BadParameter(
+            f"{value} is negative; amounts here are 0 or more "
+            "(to take budget away, use `ledger adjust TENANT_ID -AMOUNT --reason ...`)"
+        )
+    return parsed
+
+
+#: Commands whose amounts may look like options (-5): click passes them through
+#: as arguments, so ``_amount`` can say what is wrong instead of "No such option".
+amount_settings: dict[str, Any] = {"ignore_unknown_options": True}
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped (a newline shows as \\n), for one-line output."""
+    return "".join(
+        c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii")
+        for c in text
+    )
+
+
+def _new_tenant_id(tenant_id: str) -> str:
+    """Refuse ids an operator cannot see or type back; the library's own rule is wider."""
+    if tenant_id != tenant_id.strip():
+        raise click.BadParameter(
+            f"{tenant_id!r} starts or ends with white space; give the id without it",
+            param_hint="TENANT_ID",
+        )
+    if any(not c.isprintable() for c in tenant_id):
+        raise click.BadParameter(
+            f"{_printable(tenant_id)!r} holds control characters (tabs, newlines ...); "
+            "give an id of printable characters",
+            param_hint="TENANT_ID",
+        )
+    return tenant_id
+
+
+def _confirm(ctx: Context, yes: bool, what: str) -> None:
+    """Ask before a destructive command: on a terminal, a prompt; otherwise --yes is required."""
+    if yes:
+        return
+    if not sys.stdin.isatty() or ctx.as_json:
+        _fail(
+            EXIT_BAD_INPUT,
+            f"{what}; nothing was changed. Pass --yes to do it without a terminal to ask on",
+            ctx,
+        )
+    click.confirm(f"{what}. Continue?", abort=True, err=True)
+
+
+yes_option = click.option(
+    "-y", "--yes", is_flag=True, help="Do it without asking (required off a terminal)."
+)
 
 
 def _money(microcents: int | None) -> str:
@@ -133,16 +193,22 @@ def _outcome(ctx: Context, outcome: Outcome) -> None:
         sys.exit(EXIT_REFUSED)
 
 
+_TABLE_COLUMNS = ("tenant", "initial", "remaining", "reserved", "committed")
+
+
 def _tenant_table(tenants: list[TenantLedger]) -> None:
+    """Balances as a table, or, when the table would not fit, one block per tenant.
+
+    Every digit of every amount is shown: rich would cut a cell that does not
+    fit with an ellipsis, so the width is measured first and a table that is
+    too wide for the terminal (80 columns when piped) is printed vertically.
+    """
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=None)
-    for name in ("tenant", "initial", "remaining", "reserved", "committed"):
-        table.add_column(name, justify="left" if name == "tenant" else "right")
-    for t in tenants:
-        table.add_row(
-            t.tenant_id,
+    rows = [
+        (
+            _printable(t.tenant_id),
             *(
                 f"{v:,}\n{format_units(v)}"
                 for v in (
@@ -153,11 +219,57 @@ def _tenant_table(tenants: list[TenantLedger]) -> None:
                 )
             ),
         )
-    Console().print(table)
+        for t in tenants
+    ]
+    widths = [
+        max([len(name), *(len(line) for row in rows for line in row[i].splitlines())])
+        for i, name in enumerate(_TABLE_COLUMNS)
+    ]
+    console = Console()
+    # each column has one space of padding either side and one rule after it, plus the first
+    if sum(widths) + 3 * len(widths) + 1 > console.width:
+        for row in rows:
+            click.echo(f"tenant: {row[0]}")
+            for name, cell in zip(_TABLE_COLUMNS[1:], row[1:], strict=True):
+                microcents, units = cell.splitlines()
+                click.echo(f"  {name + ':':<11}{microcents} µ¢ ({units})")
+        return
+    table = Table(title=None)
+    for name in _TABLE_COLUMNS:
+        # fold, never an ellipsis: should the measure above be off, digits wrap, none is lost
+        table.add_column(
+            name, justify="left" if name == "tenant" else "right", overflow="fold", no_wrap=False
+        )
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+#: Library words in error messages, and what an operator types instead.
+_CLI_WORDS = (
+    ("create it with ensure_tenant() first", "create it with `ledger tenant create ID BUDGET`"),
+    ("set_allowance() (or `ledger allowance set`)", "`ledger allowance set`"),
+    ("run ledger.migrate(url) or `ledger migrate` first", "run `ledger migrate` first"),
+    ("run ledger.migrate(url) (or `ledger migrate`) first", "run `ledger migrate` first"),
+)
+
+
+def _cli_words(message: str) -> str:
+    for library, cli_words in _CLI_WORDS:
+        message = message.replace(library, cli_words)
+    return message
 
 
 class LedgerGroup(click.Group):
     """Turns ledger errors into one clear line and a documented exit code."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # --json is accepted anywhere (`ledger reserve t 5 --json`): it is the
+        # group's option, so move it before the subcommand (not past a `--`).
+        end = args.index("--") if "--" in args else len(args)
+        if "--json" in args[:end]:
+            args = ["--json", *(a for a in args[:end] if a != "--json"), *args[end:]]
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
         obj = ctx.obj if isinstance(ctx.obj, Context) else None
@@ -169,9 +281,9 @@ class LedgerGroup(click.Group):
             errors.TenantNotFound,
             errors.IdempotencyConflict,
         ) as exc:
-            _fail(EXIT_BAD_INPUT, str(exc), _ctx_of(ctx, obj))
+            _fail(EXIT_BAD_INPUT, _cli_words(str(exc)), _ctx_of(ctx, obj))
         except errors.LedgerError as exc:
-            _fail(EXIT_DATABASE, str(exc), _ctx_of(ctx, obj))
+            _fail(EXIT_DATABASE, _cli_words(str(exc)), _ctx_of(ctx, obj))
         except OSError as exc:
             _fail(EXIT_DATABASE, f"{type(exc).__name__}: {exc}", _ctx_of(ctx, obj))
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
@@ -215,6 +327,12 @@ def main(
     Amounts are integer microcents (1 cent = 1,000,000); pass --units to give
     currency units instead (12.50).
     """
+    if database_url is not None and not database_url.strip():
+        raise click.BadParameter(
+            "is empty; give a PostgreSQL URL (postgresql://user@host/db), or leave out "
+            "--database-url and LEDGER_DATABASE_URL to use the embedded server",
+            param_hint="--database-url",
+        )
     ctx.obj = Context(database_url, schema, data_dir, as_json)
 
 
@@ -277,7 +395,7 @@ def tenant() -> None:
     """Create, fund, cap and inspect tenants."""
 
 
-@tenant.command("create")
+@tenant.command("create", context_settings=amount_settings)
 @click.argument("tenant_id")
 @click.argument("budget")
 @click.option("--cap", default=None, help="Cap on the total of open holds.")
@@ -287,6 +405,7 @@ def tenant_create(
     ctx: Context, tenant_id: str, budget: str, cap: str | None, in_units: bool
 ) -> None:
     """Create TENANT_ID with BUDGET (no-op if it exists)."""
+    _new_tenant_id(tenant_id)
     amount = _amount(budget, in_units)
     # Checked before anything is written: a bad --cap must not leave a new tenant behind.
     max_reserved = None if cap is None else _validate.amount("--cap", _amount(cap, in_units))
@@ -299,11 +418,13 @@ def tenant_create(
     _emit(
         ctx,
         {"created": created, "tenant": row.to_dict()},
-        lambda: click.echo(f"{'created' if created else 'already existed'}: {tenant_id}"),
+        lambda: click.echo(
+            f"{'created' if created else 'already existed'}: {_printable(tenant_id)}"
+        ),
     )
 
 
-@tenant.command("top-up")
+@tenant.command("top-up", context_settings=amount_settings)
 @click.argument("tenant_id")
 @click.argument("amount")
 @units_option
@@ -322,7 +443,7 @@ def tenant_top_up(
         )
 
 
-@tenant.command("limit")
+@tenant.command("limit", context_settings=amount_settings)
 @click.argument("tenant_id")
 @click.argument("max_reserved")
 @units_option
@@ -381,9 +502,15 @@ key_option = click.option(
 )
 
 
-@main.command()
+@main.command(context_settings=amount_settings)
 @click.argument("tenant_id")
 @click.argument("amount")
+@click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    help="Print the reservation id alone (a refusal: its status, on standard error).",
+)
 @click.option(
     "--ttl",
     type=click.IntRange(min=1),
@@ -400,19 +527,27 @@ def reserve(
     ttl: int | None,
     idempotency_key: str | None,
     in_units: bool,
+    quiet: bool,
 ) -> None:
-    """Place a hold of AMOUNT on TENANT_ID; prints the reservation id."""
+    """Place a hold of AMOUNT on TENANT_ID.
+
+    Prints the status, the reservation id and the balances; with -q, the
+    reservation id alone (for scripts: RID=$(ledger reserve -q acme 500)).
+    """
+    cost = _amount(amount, in_units)
     with ctx.ledger() as book:
-        _outcome(
-            ctx,
-            book.try_reserve(
-                tenant_id, _amount(amount, in_units), ttl=ttl, idempotency_key=idempotency_key
-            ),
-        )
+        outcome = book.try_reserve(tenant_id, cost, ttl=ttl, idempotency_key=idempotency_key)
+    if quiet and not ctx.as_json:
+        if not outcome.ok:
+            click.echo(f"refused: {outcome.status}", err=True)
+            sys.exit(EXIT_REFUSED)
+        click.echo(str(outcome.reservation_id))
+        return
+    _outcome(ctx, outcome)
 
 
-@main.command()
-@click.argument("reservation_id", type=int)
+@main.command(context_settings=amount_settings)
+@click.argument("reservation_id", type=click.IntRange(min=1))
 @click.argument("actual")
 @click.option("--tenant", "tenant_id", default=None, help="The hold's tenant (faster lookup).")
 @key_option
@@ -438,7 +573,7 @@ def commit(
 
 
 @main.command()
-@click.argument("reservation_id", type=int)
+@click.argument("reservation_id", type=click.IntRange(min=1))
 @click.option("--tenant", "tenant_id", default=None, help="The hold's tenant (faster lookup).")
 @key_option
 @pass_ctx
@@ -522,7 +657,10 @@ def adjust(
     """
     with ctx.ledger() as book:
         outcome = book.adjust(
-            tenant_id, _amount(amount, in_units), reason=reason, idempotency_key=idempotency_key
+            tenant_id,
+            _amount(amount, in_units, negative_ok=True),
+            reason=reason,
+            idempotency_key=idempotency_key,
         )
     _outcome(ctx, outcome)
 
