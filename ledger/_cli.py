@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -358,15 +359,38 @@ def upgrade(ctx: Context, revision: str) -> None:
 
 @migrate.command()
 @click.argument("revision")
+@yes_option
 @pass_ctx
-def downgrade(ctx: Context, revision: str) -> None:
-    """Downgrade to REVISION ("base" drops every ledger table)."""
+def downgrade(ctx: Context, revision: str, yes: bool) -> None:
+    """Downgrade to REVISION ("base" drops every ledger table and its data).
+
+    Asks first on a terminal; off one (scripts, CI) it needs --yes.
+    """
+    what = (
+        f"this drops every table of the ledger schema {ctx.schema!r} and all their data"
+        if revision == "base"
+        else f"this downgrades the ledger schema {ctx.schema!r} to {revision}, "
+        "dropping what later revisions added (and its data)"
+    )
+    _confirm(ctx, yes, what)
     _move_schema(ctx, migrations.downgrade, revision)
 
 
 def _move_schema(ctx: Context, action: Callable[..., None], revision: str) -> None:
+    from alembic.util.exc import CommandError
+
     url = ctx.raw_url()
-    action(url, revision, schema=ctx.schema)
+    try:
+        action(url, revision, schema=ctx.schema)
+    except CommandError as exc:
+        # alembic resolves the revision before it runs anything: nothing changed
+        _fail(
+            EXIT_BAD_INPUT,
+            f"cannot move to revision {revision!r} ({exc}); give a revision number such "
+            f"as {migrations.head_revision()}, head or base (`ledger migrate current` "
+            "shows where the schema is)",
+            ctx,
+        )
     at = migrations.current_revision(url, schema=ctx.schema)
     _emit(ctx, {"revision": at}, lambda: click.echo(f"ledger schema {ctx.schema!r} at {at}"))
 
@@ -695,14 +719,24 @@ def snapshot(ctx: Context, output: Path | None) -> None:
 
 @main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@yes_option
 @pass_ctx
-def restore(ctx: Context, file: Path) -> None:
-    """Replace the ledger's state with the snapshot in FILE (validated first)."""
+def restore(ctx: Context, file: Path, yes: bool) -> None:
+    """Replace the ledger's state with the snapshot in FILE (validated first).
+
+    Asks first on a terminal; off one (scripts, CI) it needs --yes.
+    """
     try:
         text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise errors.MalformedSnapshot(f"{file} is not UTF-8 text") from exc
     snap = BudgetSnapshot.from_json(text)
+    _confirm(
+        ctx,
+        yes,
+        f"this replaces every tenant's balances and holds in schema {ctx.schema!r} "
+        f"with the {len(snap.tenants)} tenants of {file.name}",
+    )
     with ctx.ledger() as book:
         book.restore_from_snapshot(snap)
     _emit(
@@ -933,7 +967,13 @@ def period(ctx: Context, tenant_id: str, period_index: int | None) -> None:
 @click.option("--top", default=5, show_default=True, help="How many tenants to list.")
 @pass_ctx
 def stats(ctx: Context, minutes: int, top: int) -> None:
-    """A quick look at a live ledger: holds, recent refusals, top spenders, due renewals."""
+    """A quick look at a live ledger: holds, recent refusals, top spenders, due renewals.
+
+    Refusals are counted from the journal, which records the refusals of an
+    existing tenant (insufficient, cap, overrun, ...). A refusal that touches
+    no tenant's row is not journaled and not counted: an amount of 0 or less,
+    an unknown tenant, an unknown or settled hold.
+    """
     with ctx.ledger() as book:
         found = book.stats(minutes=minutes, top=top)
     _emit(ctx, found.to_dict(), lambda: _stats_text(found))
@@ -944,15 +984,18 @@ def _stats_text(found: Any) -> None:
         f"open holds: {found.open_holds} (lapsed: {found.lapsed_holds}, "
         f"oldest: {found.oldest_hold_age_seconds:.0f} s)"
     )
-    click.echo(f"refusals in the last {found.refusal_window_minutes} min: {found.refused}")
+    click.echo(
+        f"refusals in the last {found.refusal_window_minutes} min: {found.refused} "
+        "(journaled ones: not amounts <= 0, unknown tenants or holds)"
+    )
     for op, status, n in found.refusals:
         click.echo(f"  {op} {status}: {n}")
     click.echo("largest tenants by spend:")
     for tenant_id, committed in found.top_spenders:
-        click.echo(f"  {tenant_id}: {_money(committed)}")
+        click.echo(f"  {_printable(tenant_id)}: {_money(committed)}")
     click.echo(f"renewals due: {found.renewals_due}")
     for tenant_id, at in found.due:
-        click.echo(f"  {tenant_id}: since {at.isoformat()}")
+        click.echo(f"  {_printable(tenant_id)}: since {at.isoformat()}")
 
 
 @main.command("grant-auditor")
@@ -1050,16 +1093,47 @@ def certify(ctx: Context, output: Path | None) -> None:
         tmp.replace(output)
 
     def human() -> None:
+        representable = payload.get("aggregate_totals_representable", True)
         for key, value in payload.items():
+            if not representable and key in _AGGREGATES:
+                click.echo(f"{key}: not computed (see below)")
+                continue
             shown = _money(value) if key.endswith("microcents") else value
             click.echo(f"{key}: {shown}")
+        if not representable:
+            click.echo(
+                "note: the totals across all tenants exceed 2^63 - 1 µ¢, the most a "
+                "signed 64-bit amount holds, so this certificate, like the seed's, "
+                "records no totals and does not certify conservation; that says nothing "
+                "about the balances: `ledger verify` checks each tenant on its own"
+            )
 
     _emit(ctx, payload, human)
 
 
+#: A certificate's fields that are meaningless when its aggregate totals overflow.
+_AGGREGATES = (
+    "conservation_balanced",
+    "total_initial_microcents",
+    "total_committed_microcents",
+)
+
+
 @main.command()
-@click.option("--workers", default=8, show_default=True, help="Concurrent workers.")
-@click.option("--operations", default=60, show_default=True, help="Operations per worker.")
+@click.option(
+    "--workers",
+    default=8,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Concurrent workers.",
+)
+@click.option(
+    "--operations",
+    default=60,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Operations per worker.",
+)
 @pass_ctx
 def demo(ctx: Context, workers: int, operations: int) -> None:
     """Create demo tenants, run a concurrent load, print balances and a certificate."""
@@ -1134,7 +1208,7 @@ def embedded_status(ctx: Context) -> None:
         click.echo(f"data directory: {info['data_dir']}")
         click.echo(f"running: {'yes, pid ' + str(info['pid']) if info['running'] else 'no'}")
         click.echo(
-            "stop it with `ledger embedded stop`; wipe it by stopping, then deleting that directory"
+            "stop it with `ledger embedded stop`; wipe its data with `ledger embedded reset`"
         )
 
     _emit(ctx, info, human)
@@ -1147,6 +1221,35 @@ def embedded_stop(ctx: Context) -> None:
     stopped = embedded.stop(ctx.data_dir)
     _emit(
         ctx, {"stopped": stopped}, lambda: click.echo("stopped" if stopped else "was not running")
+    )
+
+
+@embedded_group.command("reset")
+@yes_option
+@pass_ctx
+def embedded_reset(ctx: Context, yes: bool) -> None:
+    """Stop the embedded server and delete its data (every tenant, hold and journal entry).
+
+    Asks first on a terminal; off one (scripts, CI) it needs --yes. The next
+    command starts a fresh, empty server.
+    """
+    path = Path(str(embedded.status(ctx.data_dir)["data_dir"]))
+    if path.exists() and not (path / "PG_VERSION").exists() and any(path.iterdir()):
+        _fail(
+            EXIT_BAD_INPUT,
+            f"{path} is not an embedded PostgreSQL data directory (no PG_VERSION); "
+            "nothing was deleted: check --data-dir / LEDGER_EMBEDDED_DIR",
+            ctx,
+        )
+    _confirm(ctx, yes, f"this deletes the embedded server's data in {path}")
+    stopped = embedded.stop(ctx.data_dir)
+    existed = path.exists()
+    if existed:
+        shutil.rmtree(path)
+    _emit(
+        ctx,
+        {"data_dir": str(path), "stopped": stopped, "deleted": existed},
+        lambda: click.echo(f"deleted {path}" if existed else f"nothing to delete at {path}"),
     )
 
 
