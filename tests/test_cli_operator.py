@@ -238,3 +238,36 @@ def test_embedded_reset_refuses_a_directory_that_is_not_postgres(tmp_path: Path)
     )
     assert result.exit_code == cli.EXIT_BAD_INPUT and "PG_VERSION" in result.output
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_downgrade_asks_on_a_terminal_and_no_keeps_everything(db_url: str) -> None:
+    import os
+    import pty
+
+    before = tables(db_url)
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ledger",
+                "--database-url",
+                db_url,
+                "migrate",
+                "downgrade",
+                "base",
+            ],
+            stdin=follower,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        os.write(leader, b"n\n")
+        out, err = proc.communicate(timeout=120)
+    finally:
+        os.close(leader)
+        os.close(follower)
+    assert proc.returncode == cli.EXIT_BAD_INPUT, (out, err)
+    assert "Continue?" in err and "aborted" in err
+    assert tables(db_url) == before
