@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -58,11 +59,13 @@ class Context:
 
     def raw_url(self) -> str:
         """The database to use, starting the embedded server if needed (no migration)."""
-        return self.database_url or embedded.start(self.data_dir).url
+        if self.database_url is not None:
+            return self.database_url
+        return embedded.start(self.data_dir).url
 
     def url(self) -> str:
         """The database to use; starts the embedded server (and migrates it) if needed."""
-        if self.database_url:
+        if self.database_url is not None:
             return self.database_url
         url = self.raw_url()
         if migrations.current_revision(url, schema=self.schema) != migrations.head_revision():
@@ -94,20 +97,78 @@ def _fail(code: int, message: str, ctx: Context | None = None) -> NoReturn:
     sys.exit(code)
 
 
-def _amount(value: str, in_units: bool) -> int:
-    """Parse an amount argument: integer microcents, or currency units with --units."""
+def _amount(value: str, in_units: bool, *, negative_ok: bool = False) -> int:
+    """Parse an amount argument: integer microcents, or currency units with --units.
+
+    Only ``adjust`` takes a negative amount; elsewhere one is bad input (exit 2)
+    with a message that says what to do instead.
+    """
     try:
         if in_units:
-            return parse_units(value)
-        text = value.replace("_", "")
-        if not text.lstrip("-").isdigit():
-            raise ValueError(
-                f"{value!r} is not a whole number of microcents "
-                "(pass --units for 12.50-style amounts)"
-            )
-        return int(text)
+            parsed = parse_units(value)
+        else:
+            text = value.replace("_", "")
+            if not text.lstrip("-").isdigit() or text.startswith("--"):
+                raise ValueError(
+                    f"{value!r} is not a whole number of microcents "
+                    "(pass --units for 12.50-style amounts)"
+                )
+            parsed = int(text)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
+    if parsed < 0 and not negative_ok:
+        raise click.BadParameter(
+            f"{value} is negative; amounts here are 0 or more "
+            "(to take budget away, use `ledger adjust TENANT_ID -AMOUNT --reason ...`)"
+        )
+    return parsed
+
+
+#: Commands whose amounts may look like options (-5): click passes them through
+#: as arguments, so ``_amount`` can say what is wrong instead of "No such option".
+amount_settings: dict[str, Any] = {"ignore_unknown_options": True}
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped (a newline shows as \\n), for one-line output."""
+    return "".join(
+        c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii")
+        for c in text
+    )
+
+
+def _new_tenant_id(tenant_id: str) -> str:
+    """Refuse ids an operator cannot see or type back; the library's own rule is wider."""
+    if tenant_id != tenant_id.strip():
+        raise click.BadParameter(
+            f"{tenant_id!r} starts or ends with white space; give the id without it",
+            param_hint="TENANT_ID",
+        )
+    if any(not c.isprintable() for c in tenant_id):
+        raise click.BadParameter(
+            f"{_printable(tenant_id)!r} holds control characters (tabs, newlines ...); "
+            "give an id of printable characters",
+            param_hint="TENANT_ID",
+        )
+    return tenant_id
+
+
+def _confirm(ctx: Context, yes: bool, what: str) -> None:
+    """Ask before a destructive command: on a terminal, a prompt; otherwise --yes is required."""
+    if yes:
+        return
+    if not sys.stdin.isatty() or ctx.as_json:
+        _fail(
+            EXIT_BAD_INPUT,
+            f"{what}; nothing was changed. Pass --yes to do it without a terminal to ask on",
+            ctx,
+        )
+    click.confirm(f"{what}. Continue?", abort=True, err=True)
+
+
+yes_option = click.option(
+    "-y", "--yes", is_flag=True, help="Do it without asking (required off a terminal)."
+)
 
 
 def _money(microcents: int | None) -> str:
@@ -133,16 +194,22 @@ def _outcome(ctx: Context, outcome: Outcome) -> None:
         sys.exit(EXIT_REFUSED)
 
 
+_TABLE_COLUMNS = ("tenant", "initial", "remaining", "reserved", "committed")
+
+
 def _tenant_table(tenants: list[TenantLedger]) -> None:
+    """Balances as a table, or, when the table would not fit, one block per tenant.
+
+    Every digit of every amount is shown: rich would cut a cell that does not
+    fit with an ellipsis, so the width is measured first and a table that is
+    too wide for the terminal (80 columns when piped) is printed vertically.
+    """
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=None)
-    for name in ("tenant", "initial", "remaining", "reserved", "committed"):
-        table.add_column(name, justify="left" if name == "tenant" else "right")
-    for t in tenants:
-        table.add_row(
-            t.tenant_id,
+    rows = [
+        (
+            _printable(t.tenant_id),
             *(
                 f"{v:,}\n{format_units(v)}"
                 for v in (
@@ -153,11 +220,57 @@ def _tenant_table(tenants: list[TenantLedger]) -> None:
                 )
             ),
         )
-    Console().print(table)
+        for t in tenants
+    ]
+    widths = [
+        max([len(name), *(len(line) for row in rows for line in row[i].splitlines())])
+        for i, name in enumerate(_TABLE_COLUMNS)
+    ]
+    console = Console()
+    # each column has one space of padding either side and one rule after it, plus the first
+    if sum(widths) + 3 * len(widths) + 1 > console.width:
+        for row in rows:
+            click.echo(f"tenant: {row[0]}")
+            for name, cell in zip(_TABLE_COLUMNS[1:], row[1:], strict=True):
+                microcents, units = cell.splitlines()
+                click.echo(f"  {name + ':':<11}{microcents} µ¢ ({units})")
+        return
+    table = Table(title=None)
+    for name in _TABLE_COLUMNS:
+        # fold, never an ellipsis: should the measure above be off, digits wrap, none is lost
+        table.add_column(
+            name, justify="left" if name == "tenant" else "right", overflow="fold", no_wrap=False
+        )
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+#: Library words in error messages, and what an operator types instead.
+_CLI_WORDS = (
+    ("create it with ensure_tenant() first", "create it with `ledger tenant create ID BUDGET`"),
+    ("set_allowance() (or `ledger allowance set`)", "`ledger allowance set`"),
+    ("run ledger.migrate(url) or `ledger migrate` first", "run `ledger migrate` first"),
+    ("run ledger.migrate(url) (or `ledger migrate`) first", "run `ledger migrate` first"),
+)
+
+
+def _cli_words(message: str) -> str:
+    for library, cli_words in _CLI_WORDS:
+        message = message.replace(library, cli_words)
+    return message
 
 
 class LedgerGroup(click.Group):
     """Turns ledger errors into one clear line and a documented exit code."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # --json is accepted anywhere (`ledger reserve t 5 --json`): it is the
+        # group's option, so move it before the subcommand (not past a `--`).
+        end = args.index("--") if "--" in args else len(args)
+        if "--json" in args[:end]:
+            args = ["--json", *(a for a in args[:end] if a != "--json"), *args[end:]]
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
         obj = ctx.obj if isinstance(ctx.obj, Context) else None
@@ -169,9 +282,9 @@ class LedgerGroup(click.Group):
             errors.TenantNotFound,
             errors.IdempotencyConflict,
         ) as exc:
-            _fail(EXIT_BAD_INPUT, str(exc), _ctx_of(ctx, obj))
+            _fail(EXIT_BAD_INPUT, _cli_words(str(exc)), _ctx_of(ctx, obj))
         except errors.LedgerError as exc:
-            _fail(EXIT_DATABASE, str(exc), _ctx_of(ctx, obj))
+            _fail(EXIT_DATABASE, _cli_words(str(exc)), _ctx_of(ctx, obj))
         except OSError as exc:
             _fail(EXIT_DATABASE, f"{type(exc).__name__}: {exc}", _ctx_of(ctx, obj))
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
@@ -215,6 +328,12 @@ def main(
     Amounts are integer microcents (1 cent = 1,000,000); pass --units to give
     currency units instead (12.50).
     """
+    if database_url is not None and not database_url.strip():
+        raise click.BadParameter(
+            "is empty; give a PostgreSQL URL (postgresql://user@host/db), or leave out "
+            "--database-url and LEDGER_DATABASE_URL to use the embedded server",
+            param_hint="--database-url",
+        )
     ctx.obj = Context(database_url, schema, data_dir, as_json)
 
 
@@ -240,15 +359,38 @@ def upgrade(ctx: Context, revision: str) -> None:
 
 @migrate.command()
 @click.argument("revision")
+@yes_option
 @pass_ctx
-def downgrade(ctx: Context, revision: str) -> None:
-    """Downgrade to REVISION ("base" drops every ledger table)."""
+def downgrade(ctx: Context, revision: str, yes: bool) -> None:
+    """Downgrade to REVISION ("base" drops every ledger table and its data).
+
+    Asks first on a terminal; off one (scripts, CI) it needs --yes.
+    """
+    what = (
+        f"this drops every table of the ledger schema {ctx.schema!r} and all their data"
+        if revision == "base"
+        else f"this downgrades the ledger schema {ctx.schema!r} to {revision}, "
+        "dropping what later revisions added (and its data)"
+    )
+    _confirm(ctx, yes, what)
     _move_schema(ctx, migrations.downgrade, revision)
 
 
 def _move_schema(ctx: Context, action: Callable[..., None], revision: str) -> None:
+    from alembic.util.exc import CommandError
+
     url = ctx.raw_url()
-    action(url, revision, schema=ctx.schema)
+    try:
+        action(url, revision, schema=ctx.schema)
+    except CommandError as exc:
+        # alembic resolves the revision before it runs anything: nothing changed
+        _fail(
+            EXIT_BAD_INPUT,
+            f"cannot move to revision {revision!r} ({exc}); give a revision number such "
+            f"as {migrations.head_revision()}, head or base (`ledger migrate current` "
+            "shows where the schema is)",
+            ctx,
+        )
     at = migrations.current_revision(url, schema=ctx.schema)
     _emit(ctx, {"revision": at}, lambda: click.echo(f"ledger schema {ctx.schema!r} at {at}"))
 
@@ -277,7 +419,7 @@ def tenant() -> None:
     """Create, fund, cap and inspect tenants."""
 
 
-@tenant.command("create")
+@tenant.command("create", context_settings=amount_settings)
 @click.argument("tenant_id")
 @click.argument("budget")
 @click.option("--cap", default=None, help="Cap on the total of open holds.")
@@ -287,6 +429,7 @@ def tenant_create(
     ctx: Context, tenant_id: str, budget: str, cap: str | None, in_units: bool
 ) -> None:
     """Create TENANT_ID with BUDGET (no-op if it exists)."""
+    _new_tenant_id(tenant_id)
     amount = _amount(budget, in_units)
     # Checked before anything is written: a bad --cap must not leave a new tenant behind.
     max_reserved = None if cap is None else _validate.amount("--cap", _amount(cap, in_units))
@@ -299,11 +442,13 @@ def tenant_create(
     _emit(
         ctx,
         {"created": created, "tenant": row.to_dict()},
-        lambda: click.echo(f"{'created' if created else 'already existed'}: {tenant_id}"),
+        lambda: click.echo(
+            f"{'created' if created else 'already existed'}: {_printable(tenant_id)}"
+        ),
     )
 
 
-@tenant.command("top-up")
+@tenant.command("top-up", context_settings=amount_settings)
 @click.argument("tenant_id")
 @click.argument("amount")
 @units_option
@@ -322,7 +467,7 @@ def tenant_top_up(
         )
 
 
-@tenant.command("limit")
+@tenant.command("limit", context_settings=amount_settings)
 @click.argument("tenant_id")
 @click.argument("max_reserved")
 @units_option
@@ -381,9 +526,15 @@ key_option = click.option(
 )
 
 
-@main.command()
+@main.command(context_settings=amount_settings)
 @click.argument("tenant_id")
 @click.argument("amount")
+@click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    help="Print the reservation id alone (a refusal: its status, on standard error).",
+)
 @click.option(
     "--ttl",
     type=click.IntRange(min=1),
@@ -400,19 +551,27 @@ def reserve(
     ttl: int | None,
     idempotency_key: str | None,
     in_units: bool,
+    quiet: bool,
 ) -> None:
-    """Place a hold of AMOUNT on TENANT_ID; prints the reservation id."""
+    """Place a hold of AMOUNT on TENANT_ID.
+
+    Prints the status, the reservation id and the balances; with -q, the
+    reservation id alone (for scripts: RID=$(ledger reserve -q acme 500)).
+    """
+    cost = _amount(amount, in_units)
     with ctx.ledger() as book:
-        _outcome(
-            ctx,
-            book.try_reserve(
-                tenant_id, _amount(amount, in_units), ttl=ttl, idempotency_key=idempotency_key
-            ),
-        )
+        outcome = book.try_reserve(tenant_id, cost, ttl=ttl, idempotency_key=idempotency_key)
+    if quiet and not ctx.as_json:
+        if not outcome.ok:
+            click.echo(f"refused: {outcome.status}", err=True)
+            sys.exit(EXIT_REFUSED)
+        click.echo(str(outcome.reservation_id))
+        return
+    _outcome(ctx, outcome)
 
 
-@main.command()
-@click.argument("reservation_id", type=int)
+@main.command(context_settings=amount_settings)
+@click.argument("reservation_id", type=click.IntRange(min=1))
 @click.argument("actual")
 @click.option("--tenant", "tenant_id", default=None, help="The hold's tenant (faster lookup).")
 @key_option
@@ -438,7 +597,7 @@ def commit(
 
 
 @main.command()
-@click.argument("reservation_id", type=int)
+@click.argument("reservation_id", type=click.IntRange(min=1))
 @click.option("--tenant", "tenant_id", default=None, help="The hold's tenant (faster lookup).")
 @key_option
 @pass_ctx
@@ -522,7 +681,10 @@ def adjust(
     """
     with ctx.ledger() as book:
         outcome = book.adjust(
-            tenant_id, _amount(amount, in_units), reason=reason, idempotency_key=idempotency_key
+            tenant_id,
+            _amount(amount, in_units, negative_ok=True),
+            reason=reason,
+            idempotency_key=idempotency_key,
         )
     _outcome(ctx, outcome)
 
@@ -557,14 +719,24 @@ def snapshot(ctx: Context, output: Path | None) -> None:
 
 @main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@yes_option
 @pass_ctx
-def restore(ctx: Context, file: Path) -> None:
-    """Replace the ledger's state with the snapshot in FILE (validated first)."""
+def restore(ctx: Context, file: Path, yes: bool) -> None:
+    """Replace the ledger's state with the snapshot in FILE (validated first).
+
+    Asks first on a terminal; off one (scripts, CI) it needs --yes.
+    """
     try:
         text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise errors.MalformedSnapshot(f"{file} is not UTF-8 text") from exc
     snap = BudgetSnapshot.from_json(text)
+    _confirm(
+        ctx,
+        yes,
+        f"this replaces every tenant's balances and holds in schema {ctx.schema!r} "
+        f"with the {len(snap.tenants)} tenants of {file.name}",
+    )
     with ctx.ledger() as book:
         book.restore_from_snapshot(snap)
     _emit(
@@ -795,7 +967,13 @@ def period(ctx: Context, tenant_id: str, period_index: int | None) -> None:
 @click.option("--top", default=5, show_default=True, help="How many tenants to list.")
 @pass_ctx
 def stats(ctx: Context, minutes: int, top: int) -> None:
-    """A quick look at a live ledger: holds, recent refusals, top spenders, due renewals."""
+    """A quick look at a live ledger: holds, recent refusals, top spenders, due renewals.
+
+    Refusals are counted from the journal, which records the refusals of an
+    existing tenant (insufficient, cap, overrun, ...). A refusal that touches
+    no tenant's row is not journaled and not counted: an amount of 0 or less,
+    an unknown tenant, an unknown or settled hold.
+    """
     with ctx.ledger() as book:
         found = book.stats(minutes=minutes, top=top)
     _emit(ctx, found.to_dict(), lambda: _stats_text(found))
@@ -806,15 +984,18 @@ def _stats_text(found: Any) -> None:
         f"open holds: {found.open_holds} (lapsed: {found.lapsed_holds}, "
         f"oldest: {found.oldest_hold_age_seconds:.0f} s)"
     )
-    click.echo(f"refusals in the last {found.refusal_window_minutes} min: {found.refused}")
+    click.echo(
+        f"refusals in the last {found.refusal_window_minutes} min: {found.refused} "
+        "(journaled ones: not amounts <= 0, unknown tenants or holds)"
+    )
     for op, status, n in found.refusals:
         click.echo(f"  {op} {status}: {n}")
     click.echo("largest tenants by spend:")
     for tenant_id, committed in found.top_spenders:
-        click.echo(f"  {tenant_id}: {_money(committed)}")
+        click.echo(f"  {_printable(tenant_id)}: {_money(committed)}")
     click.echo(f"renewals due: {found.renewals_due}")
     for tenant_id, at in found.due:
-        click.echo(f"  {tenant_id}: since {at.isoformat()}")
+        click.echo(f"  {_printable(tenant_id)}: since {at.isoformat()}")
 
 
 @main.command("grant-auditor")
@@ -912,16 +1093,47 @@ def certify(ctx: Context, output: Path | None) -> None:
         tmp.replace(output)
 
     def human() -> None:
+        representable = payload.get("aggregate_totals_representable", True)
         for key, value in payload.items():
+            if not representable and key in _AGGREGATES:
+                click.echo(f"{key}: not computed (see below)")
+                continue
             shown = _money(value) if key.endswith("microcents") else value
             click.echo(f"{key}: {shown}")
+        if not representable:
+            click.echo(
+                "note: the totals across all tenants exceed 2^63 - 1 µ¢, the most a "
+                "signed 64-bit amount holds, so this certificate, like the seed's, "
+                "records no totals and does not certify conservation; that says nothing "
+                "about the balances: `ledger verify` checks each tenant on its own"
+            )
 
     _emit(ctx, payload, human)
 
 
+#: A certificate's fields that are meaningless when its aggregate totals overflow.
+_AGGREGATES = (
+    "conservation_balanced",
+    "total_initial_microcents",
+    "total_committed_microcents",
+)
+
+
 @main.command()
-@click.option("--workers", default=8, show_default=True, help="Concurrent workers.")
-@click.option("--operations", default=60, show_default=True, help="Operations per worker.")
+@click.option(
+    "--workers",
+    default=8,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Concurrent workers.",
+)
+@click.option(
+    "--operations",
+    default=60,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Operations per worker.",
+)
 @pass_ctx
 def demo(ctx: Context, workers: int, operations: int) -> None:
     """Create demo tenants, run a concurrent load, print balances and a certificate."""
@@ -996,7 +1208,7 @@ def embedded_status(ctx: Context) -> None:
         click.echo(f"data directory: {info['data_dir']}")
         click.echo(f"running: {'yes, pid ' + str(info['pid']) if info['running'] else 'no'}")
         click.echo(
-            "stop it with `ledger embedded stop`; wipe it by stopping, then deleting that directory"
+            "stop it with `ledger embedded stop`; wipe its data with `ledger embedded reset`"
         )
 
     _emit(ctx, info, human)
@@ -1009,6 +1221,35 @@ def embedded_stop(ctx: Context) -> None:
     stopped = embedded.stop(ctx.data_dir)
     _emit(
         ctx, {"stopped": stopped}, lambda: click.echo("stopped" if stopped else "was not running")
+    )
+
+
+@embedded_group.command("reset")
+@yes_option
+@pass_ctx
+def embedded_reset(ctx: Context, yes: bool) -> None:
+    """Stop the embedded server and delete its data (every tenant, hold and journal entry).
+
+    Asks first on a terminal; off one (scripts, CI) it needs --yes. The next
+    command starts a fresh, empty server.
+    """
+    path = Path(str(embedded.status(ctx.data_dir)["data_dir"]))
+    if path.exists() and not (path / "PG_VERSION").exists() and any(path.iterdir()):
+        _fail(
+            EXIT_BAD_INPUT,
+            f"{path} is not an embedded PostgreSQL data directory (no PG_VERSION); "
+            "nothing was deleted: check --data-dir / LEDGER_EMBEDDED_DIR",
+            ctx,
+        )
+    _confirm(ctx, yes, f"this deletes the embedded server's data in {path}")
+    stopped = embedded.stop(ctx.data_dir)
+    existed = path.exists()
+    if existed:
+        shutil.rmtree(path)
+    _emit(
+        ctx,
+        {"data_dir": str(path), "stopped": stopped, "deleted": existed},
+        lambda: click.echo(f"deleted {path}" if existed else f"nothing to delete at {path}"),
     )
 
 

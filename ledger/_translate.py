@@ -78,6 +78,16 @@ def translate(exc: BaseException) -> errors.LedgerError:
         )
     if cls is not None:
         return cls(f"{cls.__doc__ and cls.__doc__.splitlines()[0]} ({primary})", sqlstate=sqlstate)
+    if isinstance(orig, psycopg.OperationalError) and str(orig).startswith(
+        # psycopg's connect() says this when no connection was ever made
+        ("connection failed", "connection is bad", "connection timeout expired")
+    ):
+        return errors.CouldNotConnect(
+            f"could not connect to PostgreSQL ({primary}); nothing was sent, so nothing "
+            "changed: check the URL's host, port, database name, role and password, and "
+            "that the server runs and accepts connections from here",
+            sqlstate=sqlstate,
+        )
     if (
         isinstance(exc, sa_exc.OperationalError)
         or getattr(exc, "connection_invalidated", False)

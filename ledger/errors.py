@@ -303,6 +303,16 @@ class ConnectionLost(DatabaseError):
     """
 
 
+class CouldNotConnect(ConnectionLost):
+    """No connection to PostgreSQL could be made, so nothing was sent and nothing changed.
+
+    Check the URL (host, port, database name, role and password) and that the
+    server runs and accepts connections from here. A subclass of
+    :class:`ConnectionLost`, so code that retries a lost connection retries
+    this too.
+    """
+
+
 # --------------------------------------------------------------- environment
 
 

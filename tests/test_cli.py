@@ -151,7 +151,7 @@ def test_snapshot_restore_round_trip(db_url: str, tmp_path: Path) -> None:
     assert written["tenants"] == 1
     invoke(db_url, "tenant", "create", "b", "5")
     invoke(db_url, "tenant", "top-up", "a", "1000")
-    restored = invoke(db_url, "restore", str(file))
+    restored = invoke(db_url, "restore", str(file), "--yes")
     assert restored.exit_code == 0
     tenants = data(invoke(db_url, "tenant", "list"))["tenants"]
     assert tenants == json.loads(file.read_text())["tenants"]
@@ -216,8 +216,8 @@ def test_migrate_commands(empty_db_url: str) -> None:
     assert data(invoke(empty_db_url, "migrate", "current"))["revision"] is None
     head = head_revision()
     assert data(invoke(empty_db_url, "migrate"))["revision"] == head
-    assert data(invoke(empty_db_url, "migrate", "downgrade", "0001"))["revision"] == "0001"
-    assert data(invoke(empty_db_url, "migrate", "downgrade", "base"))["revision"] is None
+    assert data(invoke(empty_db_url, "migrate", "downgrade", "0001", "--yes"))["revision"] == "0001"
+    assert data(invoke(empty_db_url, "migrate", "downgrade", "base", "--yes"))["revision"] is None
     assert data(invoke(empty_db_url, "migrate", "upgrade", "head"))["revision"] == head
     assert invoke(empty_db_url, "--schema", "other", "migrate").exit_code == 0
 

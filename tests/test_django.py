@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import django
 import pytest
@@ -316,3 +317,28 @@ def test_migrate_to_zero_and_back(project: str) -> None:
     assert get_ledger().tenant("doomed") is None
     assert get_ledger().ensure_tenant("reborn", 5)
     assert get_ledger().verify_journal().ok
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/jobs/shop-bad", {"estimate": 1.5, "actual": 1}),
+        ("/jobs/shop-bad", {"estimate": "abc", "actual": 1}),
+        ("/jobs/shop-bad", {"estimate": 2**63, "actual": 1}),
+        ("/jobs/shop-bad", {"estimate": -1, "actual": 1}),
+        ("/jobs/shop-bad", {"estimate": 5, "actual": 1.5}),
+        ("/tenants/shop-other", {"budget": 1.5}),
+        ("/jobs/shop-bad", "not json"),
+    ],
+)
+def test_views_answer_bad_money_with_a_400(project: str, path: str, body: Any) -> None:
+    from django.test import Client
+
+    client = Client(raise_request_exception=False)
+    text = body if isinstance(body, str) else json.dumps(body)
+    client.post("/tenants/shop-bad", json.dumps({"budget": 1_000}), content_type="application/json")
+    answer = client.post(path, text, content_type="application/json")
+    assert answer.status_code == 400, answer.content
+    assert "error" in answer.json()
+    assert client.get("/tenants/shop-bad").json()["remaining_microcents"] == 1_000
+    assert client.get("/tenants/shop-other").status_code == 404

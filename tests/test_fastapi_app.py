@@ -237,3 +237,25 @@ def test_without_fastapi_the_import_error_says_what_to_install() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "pip install 'sql-ledger[fastapi]'" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"estimate": 2**63, "actual": 1},
+        {"estimate": 5, "actual": 2**63},
+        {"estimate": -1, "actual": 1},
+        {"estimate": 1.5, "actual": 1},
+        {"estimate": "abc", "actual": 1},
+    ],
+)
+def test_bad_money_is_a_422_with_a_message(db_url: str, body: dict[str, Any]) -> None:
+    async def scenario(c: httpx.AsyncClient) -> None:
+        assert (await c.post("/tenants/acme", json={"budget": 1_000})).status_code == 201
+        answer = await c.post("/jobs/acme", json=body)
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["detail"]
+        assert (await c.post("/tenants/big", json={"budget": 2**63})).status_code == 422
+        assert (await c.get("/tenants/acme")).json()["remaining_microcents"] == 1_000
+
+    example(db_url, scenario)

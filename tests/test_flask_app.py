@@ -174,3 +174,33 @@ def test_extension_needs_init_app() -> None:
     ext = FlaskLedger()
     with app.app_context(), pytest.raises(RuntimeError, match="init_app"):
         ext.ledger.tenant_count()
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/jobs/acme", {"estimate": 1.5, "actual": 1}),
+        ("/jobs/acme", {"estimate": "abc", "actual": 1}),
+        ("/jobs/acme", {"estimate": 2**63, "actual": 1}),
+        ("/jobs/acme", {"estimate": -1, "actual": 1}),
+        ("/jobs/acme", {"estimate": 5, "actual": 1.5}),
+        ("/jobs/acme", {"actual": 1}),
+        ("/tenants/other", {"budget": 1.5}),
+        ("/tenants/other", {"budget": 2**63}),
+    ],
+)
+def test_bad_money_is_a_4xx_with_a_message(example: Any, path: str, body: dict[str, Any]) -> None:
+    app, _ = example
+    client = app.test_client()
+    assert client.post("/tenants/acme", json={"budget": 1_000}).status_code == 201
+    answer = client.post(path, json=body)
+    assert 400 <= answer.status_code < 500, answer.data
+    assert "microcents" in answer.get_json()["error"]
+    assert client.get("/tenants/acme").get_json()["remaining_microcents"] == 1_000
+    assert client.get("/tenants/other").status_code == 404
+
+
+def test_a_body_that_is_not_json_is_a_400(example: Any) -> None:
+    app, _ = example
+    answer = app.test_client().post("/jobs/acme", data="not json", content_type="text/plain")
+    assert answer.status_code == 400 and "JSON" in answer.get_json()["error"]

@@ -92,3 +92,23 @@ def test_scraped_metrics_count_the_workload_exactly(app: str) -> None:
     assert value(m, "ledger_operation_duration_seconds_count") == 9
     assert value(m, "ledger_operation_duration_seconds_count", ledger_operation="commit") == 1
     assert value(m, "ledger_cas_retries_total") == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "content"),
+    [
+        ("/reserve/acme", b'{"amount": 1.5}'),
+        ("/reserve/acme", b'{"amount": "abc"}'),
+        ("/reserve/acme", b'{"amount": %d}' % 2**63),
+        ("/reserve/acme", b'{"amount": -1}'),
+        ("/reserve/acme", b"not json"),
+        ("/reserve/acme", b"[1, 2]"),
+        ("/tenants/other", b'{"budget": 1.5}'),
+    ],
+)
+def test_bad_bodies_are_a_400_with_a_message(app: str, path: str, content: bytes) -> None:
+    assert httpx.post(f"{app}/tenants/acme", json={"budget": 1_000}).status_code == 201
+    answer = httpx.post(f"{app}{path}", content=content)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]
+    assert httpx.post(f"{app}/reserve/acme", json={"amount": 1_000}).json()["status"] == "reserved"

@@ -26,11 +26,11 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import BigInteger, Column, Identity, MetaData, String, Table, insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -55,13 +55,18 @@ class WorkFailed(RuntimeError):
     """The (simulated) expensive work failed after the budget was held."""
 
 
+#: An amount: a whole number of microcents that fits the ledger's signed 64 bits.
+#: strict: 1.5, "12" and true are refused (422), not coerced.
+Microcents = Annotated[int, Field(strict=True, ge=0, le=2**63 - 1)]
+
+
 class NewTenant(BaseModel):
-    budget: int
+    budget: Microcents
 
 
 class JobRequest(BaseModel):
-    estimate: int
-    actual: int
+    estimate: Microcents
+    actual: Microcents
     work_ms: int = 0
     fail: bool = False
 

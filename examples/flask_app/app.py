@@ -60,12 +60,39 @@ class WorkFailed(RuntimeError):
     """The (simulated) expensive work failed after the budget was held."""
 
 
+MAX_MICROCENTS = 2**63 - 1
+
+
+class BadRequest(ValueError):
+    """The request's body is not what the route takes (answered 400, nothing changed)."""
+
+
+def body_of(data: Any) -> dict[str, Any]:
+    """The JSON object of the request, or BadRequest."""
+    if not isinstance(data, dict):
+        raise BadRequest('the body must be a JSON object, e.g. {"estimate": 300000}')
+    return data
+
+
+def microcents(body: dict[str, Any], key: str) -> int:
+    """``body[key]`` as an amount: a whole number of microcents, 0 to 2^63 - 1.
+
+    ``int()`` alone would turn 1.5 into 1 and "abc" into a 500.
+    """
+    value = body.get(key)
+    if type(value) is not int or not 0 <= value <= MAX_MICROCENTS:
+        raise BadRequest(
+            f"{key} must be a whole number of microcents from 0 to {MAX_MICROCENTS}, not {value!r}"
+        )
+    return value
+
+
 def do_the_work(body: dict[str, Any]) -> int:
     """Stands for the slow, costly call (an LLM, a payment); returns what it cost."""
     time.sleep(int(body.get("work_ms", 0)) / 1000)
     if body.get("fail"):
         raise WorkFailed("the work failed after the budget was held")
-    return int(body["actual"])
+    return microcents(body, "actual")
 
 
 def create_app(database_url: str | None = None) -> Flask:
@@ -90,9 +117,13 @@ def create_app(database_url: str | None = None) -> Flask:
         status = 404 if isinstance(error, TenantNotFound) else 402
         return jsonify(error.outcome.to_dict()), status
 
+    @app.errorhandler(BadRequest)
+    def bad_request(error: BadRequest) -> Any:
+        return jsonify(error=str(error)), 400
+
     @app.post("/tenants/<tenant>")
     def create_tenant(tenant: str) -> Any:
-        budget = int(request.get_json(force=True)["budget"])
+        budget = microcents(body_of(request.get_json(force=True, silent=True)), "budget")
         created = budgets.ledger.ensure_tenant(tenant, budget)
         db.session.commit()
         return jsonify(created=created), 201 if created else 200
@@ -106,9 +137,11 @@ def create_app(database_url: str | None = None) -> Flask:
 
     @app.post("/jobs/<tenant>")
     def run_job(tenant: str) -> Any:
-        body = request.get_json(force=True)
+        body = body_of(request.get_json(force=True, silent=True))
+        estimate = microcents(body, "estimate")
+        microcents(body, "actual")  # checked before anything is held
         # A refusal raises RefusedError (answered 402 above); nothing was held.
-        with budgets.ledger.hold(tenant, int(body["estimate"]), ttl=HOLD_TTL) as hold:
+        with budgets.ledger.hold(tenant, estimate, ttl=HOLD_TTL) as hold:
             cost = do_the_work(body)  # no transaction open, no lock held
             job = Job(tenant=tenant, cost_microcents=cost)
             db.session.add(job)

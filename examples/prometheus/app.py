@@ -47,6 +47,48 @@ import ledger.telemetry
 ROUTES = re.compile(r"^/(tenants|reserve|commit|release)/([^/]+)$")
 
 
+MAX_MICROCENTS = 2**63 - 1
+
+
+class BadAmount(ValueError):
+    """An amount in the body is not a whole number of microcents in range (answered 400)."""
+
+
+def microcents(data: dict[str, Any], key: str) -> int:
+    """``data[key]`` as an amount; ``int()`` alone would turn 1.5 into 1."""
+    value = data.get(key)
+    if type(value) is not int or not 0 <= value <= MAX_MICROCENTS:
+        raise BadAmount(
+            f"{key} must be a whole number of microcents from 0 to {MAX_MICROCENTS}, not {value!r}"
+        )
+    return value
+
+
+def dispatch(book: ledger.Ledger, action: str, key: str, data: dict[str, Any]) -> tuple[int, Any]:
+    """Run one POST route: (HTTP status, JSON payload)."""
+    if action in ("commit", "release") and not key.isdigit():
+        return 400, {"error": f"{key!r} is not a reservation id"}
+    try:
+        if action == "tenants":
+            created = book.ensure_tenant(key, microcents(data, "budget"))
+            return 201 if created else 200, {"created": created}
+        if action == "reserve":
+            deadline = data.get("expires_at")
+            outcome: Any = book.try_reserve(
+                key,
+                microcents(data, "amount"),
+                ttl=data.get("ttl"),
+                expires_at=None if deadline is None else datetime.fromisoformat(deadline),
+            )
+        elif action == "commit":
+            outcome = book.commit(int(key), microcents(data, "actual"))
+        else:
+            outcome = book.release(int(key))
+    except (ledger.errors.LedgerError, BadAmount) as exc:
+        return 400, {"error": str(exc)}
+    return 200 if outcome.ok else 409, outcome.to_dict()
+
+
 def make_server(book: ledger.Ledger, port: int) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -61,32 +103,19 @@ def make_server(book: ledger.Ledger, port: int) -> ThreadingHTTPServer:
 
         def do_POST(self) -> None:
             size = int(self.headers.get("Content-Length") or 0)
-            data = json.loads(self.rfile.read(size) or b"{}")
+            try:
+                data = json.loads(self.rfile.read(size) or b"{}")
+            except ValueError:
+                data = None
+            if not isinstance(data, dict):
+                return self._send(400, {"error": 'the body must be a JSON object: {"amount": 300}'})
             if self.path == "/expire":
                 return self._send(200, {"expired": book.expire_holds()})
             match = ROUTES.match(self.path)
             if match is None:
                 return self._send(404, {"error": "not found"})
-            action, key = match.groups()
-            try:
-                if action == "tenants":
-                    created = book.ensure_tenant(key, int(data["budget"]))
-                    return self._send(201 if created else 200, {"created": created})
-                if action == "reserve":
-                    deadline = data.get("expires_at")
-                    outcome: Any = book.try_reserve(
-                        key,
-                        int(data["amount"]),
-                        ttl=data.get("ttl"),
-                        expires_at=None if deadline is None else datetime.fromisoformat(deadline),
-                    )
-                elif action == "commit":
-                    outcome = book.commit(int(key), int(data["actual"]))
-                else:
-                    outcome = book.release(int(key))
-            except ledger.errors.LedgerError as exc:
-                return self._send(400, {"error": str(exc)})
-            return self._send(200 if outcome.ok else 409, outcome.to_dict())
+            status, payload = dispatch(book, *match.groups(), data)
+            return self._send(status, payload)
 
         def _send(self, status: int, payload: dict[str, Any]) -> None:
             body = json.dumps(payload).encode()

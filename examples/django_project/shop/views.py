@@ -31,19 +31,54 @@ class WorkFailed(RuntimeError):
     """The (simulated) work failed after the budget was held."""
 
 
+MAX_MICROCENTS = 2**63 - 1
+
+
+class BadRequest(ValueError):
+    """The request's body is not what the view takes (answered 400, nothing changed)."""
+
+
+def body_of(request: HttpRequest) -> dict[str, Any]:
+    """The request's JSON object, or BadRequest."""
+    try:
+        data = json.loads(request.body)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise BadRequest('the body must be a JSON object, e.g. {"estimate": 300000}')
+    return data
+
+
+def microcents(body: dict[str, Any], key: str) -> int:
+    """``body[key]`` as an amount: a whole number of microcents, 0 to 2^63 - 1.
+
+    ``int()`` alone would turn 1.5 into 1 and "abc" into a 500.
+    """
+    value = body.get(key)
+    if type(value) is not int or not 0 <= value <= MAX_MICROCENTS:
+        raise BadRequest(
+            f"{key} must be a whole number of microcents from 0 to {MAX_MICROCENTS}, not {value!r}"
+        )
+    return value
+
+
 def do_the_work(body: dict[str, Any]) -> int:
     """Stands for the slow, costly call (an LLM, a payment); returns what it cost."""
     time.sleep(int(body.get("work_ms", 0)) / 1000)
     if body.get("fail"):
         raise WorkFailed("the work failed after the budget was held")
-    return int(body["actual"])
+    return microcents(body, "actual")
 
 
 @csrf_exempt
 def tenant(request: HttpRequest, tenant: str) -> HttpResponse:
     book = get_ledger()
     if request.method == "POST":
-        created = book.ensure_tenant(tenant, int(json.loads(request.body)["budget"]))
+        try:
+            budget = microcents(body_of(request), "budget")
+        except BadRequest as bad:
+            return JsonResponse({"error": str(bad)}, status=400)
+        created = book.ensure_tenant(tenant, budget)
         return JsonResponse({"created": created}, status=201 if created else 200)
     row = book.tenant(tenant)
     if row is None:
@@ -53,10 +88,15 @@ def tenant(request: HttpRequest, tenant: str) -> HttpResponse:
 
 @csrf_exempt
 def run_job(request: HttpRequest, tenant: str) -> HttpResponse:
-    body = json.loads(request.body)
+    try:
+        body = body_of(request)
+        estimate = microcents(body, "estimate")
+        microcents(body, "actual")  # checked before anything is held
+    except BadRequest as bad:
+        return JsonResponse({"error": str(bad)}, status=400)
     book = get_ledger()
     try:
-        with book.hold(tenant, int(body["estimate"]), ttl=HOLD_TTL) as hold:
+        with book.hold(tenant, estimate, ttl=HOLD_TTL) as hold:
             cost = do_the_work(body)  # no transaction open, no lock held
             with transaction.atomic():
                 job = Job.objects.create(tenant=tenant, cost_microcents=cost)
