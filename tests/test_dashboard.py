@@ -85,6 +85,8 @@ def backdated_history(raw: psycopg.Connection, tenant: str, budget: int, spends:
             },
         ).fetchone()
         assert done is not None and done[0] == "committed", done
+    # The row's own creation time is not journaled; make it agree with the history.
+    raw.execute("UPDATE ledger.tenants SET created_at = %s WHERE tenant_id = %s", (first, tenant))
 
 
 def populate(book: ledger.Ledger, raw: psycopg.Connection) -> None:

