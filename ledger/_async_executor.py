@@ -214,6 +214,7 @@ class AsyncDatabase:
         self._owned = owned
         self._opened = False
         self._lock = asyncio.Lock()
+        self._busy = 0  # connections of the pool this database holds right now
 
     async def run(self, op: Op[T], caller: Any) -> T:
         result = await self._run(op, caller)
@@ -283,9 +284,17 @@ class AsyncDatabase:
                 if not self._opened:
                     await _translated_open(pool)
                     self._opened = True
+        if self._busy == 0 and pool.get_stats().get("pool_available", 0) == 0:
+            # No connection idle and none lent out: the pool is still (re)connecting.
+            # A down server must answer now, not after the pool's timeout.
+            await _probe(pool)
         try:
             async with pool.connection() as conn:
-                yield conn
+                self._busy += 1
+                try:
+                    yield conn
+                finally:
+                    self._busy -= 1
         except errors.LedgerError:
             raise
         except psycopg.Error as exc:
@@ -328,6 +337,30 @@ class AsyncDatabase:
             await self._source.close()
         else:
             await self._source.dispose()
+
+
+async def _probe(pool: AsyncConnectionPool[Any]) -> None:
+    """Connect once, directly, when the pool holds no connection at all.
+
+    The pool's own workers retry a refused connection in the background while
+    the caller waits ``timeout`` seconds for one; the sync ``Ledger`` reports a
+    down server at once, and so must this. One direct attempt (bounded by the
+    pool's timeout) tells "refused" from "busy": refused raises
+    :class:`~ledger.errors.ConnectionLost` now; otherwise the pool is waited on.
+    """
+    conninfo, given = pool.conninfo, pool.kwargs
+    if not isinstance(conninfo, str) or not isinstance(given, dict | None):
+        return  # computed per connection by the pool's owner: leave it to the pool
+    kwargs = dict(given or {})
+    kwargs.setdefault("connect_timeout", max(1, int(pool.timeout)))
+    try:
+        conn = await psycopg.AsyncConnection.connect(conninfo, **kwargs)
+    except psycopg.Error as exc:
+        raise errors.ConnectionLost(
+            f"the PostgreSQL server refused a connection ({exc}); check that it is up "
+            "and that the URL's host, port and credentials are right"
+        ) from exc
+    await conn.close()
 
 
 async def _translated_open(pool: AsyncConnectionPool[Any]) -> None:

@@ -46,6 +46,7 @@ from .outcomes import (
     AdjustOutcome,
     AllowanceOutcome,
     ConservationStatus,
+    ExpiredHolds,
     PeriodSpend,
     RefundOutcome,
     Renewals,
@@ -141,6 +142,32 @@ class AsyncLedger:
         found = await self._router.route(tenant_id, q)
         return found if found is not None else (q, None)
 
+    async def _op(self, build: Callable[[Queries], Op[T]]) -> Op[T]:
+        """The operation ``build`` makes, its arguments checked before any I/O.
+
+        Operations check their arguments when they are built; the first call
+        must look the statements up (a round trip, which waits on a down
+        server), so it first builds the operation with the plain statements:
+        bad input raises at once, as in the sync :class:`~ledger.Ledger`.
+        """
+        if self._routed is None:
+            build(self._plain_q)
+        return build(await self._queries())
+
+    async def _tenant_op(
+        self,
+        tenant_id: str | None,
+        connection: AsyncConnectable | None,
+        build: Callable[[Queries], Op[T]],
+    ) -> tuple[Op[T], AsyncDatabase | None]:
+        """:meth:`_op` for a call about one tenant (None: not known), routed as ``_at`` says."""
+        if self._routed is None or self._router is not None:
+            build(self._plain_q)  # before the lookup or the shard map is consulted
+        if tenant_id is None:
+            return build(await self._queries()), None
+        q, db = await self._at(tenant_id, connection)
+        return build(q), db
+
     async def _queries(self) -> Queries:
         """The statements, as :attr:`ledger.Ledger._q` finds them: on a Citus schema that
         ``ledger distribute`` prepared, the single-tenant writes are calls of their
@@ -212,8 +239,10 @@ class AsyncLedger:
         instead of being silently ignored, because a typo should not look
         like success.
         """
-        q, db = await self._at(tenant_id, connection)
-        return await self._run(ops.ensure_tenant(q, tenant_id, budget_microcents), connection, db)
+        op, db = await self._tenant_op(
+            tenant_id, connection, lambda q: ops.ensure_tenant(q, tenant_id, budget_microcents)
+        )
+        return await self._run(op, connection, db)
 
     async def top_up_tenant(
         self,
@@ -224,8 +253,11 @@ class AsyncLedger:
         connection: AsyncConnectable | None = None,
     ) -> TopUpOutcome:
         """Add funds: ``initial`` and ``remaining`` grow together, lifetime spend is kept."""
-        q, db = await self._at(tenant_id, connection)
-        op = ops.top_up_tenant(q, tenant_id, amount_microcents, idempotency_key)
+        op, db = await self._tenant_op(
+            tenant_id,
+            connection,
+            lambda q: ops.top_up_tenant(q, tenant_id, amount_microcents, idempotency_key),
+        )
         return await self._run(op, connection, db)
 
     async def set_max_reserved_microcents(
@@ -237,8 +269,10 @@ class AsyncLedger:
         :class:`~ledger.errors.TenantNotFound` instead of storing a cap for a
         tenant that does not exist yet.
         """
-        q, db = await self._at(tenant_id, connection)
-        await self._run(ops.set_max_reserved(q, tenant_id, max_microcents), connection, db)
+        op, db = await self._tenant_op(
+            tenant_id, connection, lambda q: ops.set_max_reserved(q, tenant_id, max_microcents)
+        )
+        await self._run(op, connection, db)
 
     # --------------------------------------------------------- two-phase spend
 
@@ -263,8 +297,13 @@ class AsyncLedger:
         entry, by :meth:`expire_holds` or lazily, and a tenant's lapsed holds
         never cause a reserve to be refused.
         """
-        q, db = await self._at(tenant_id, connection)
-        op = ops.try_reserve(q, tenant_id, cost_microcents, ttl, expires_at, idempotency_key)
+        op, db = await self._tenant_op(
+            tenant_id,
+            connection,
+            lambda q: ops.try_reserve(
+                q, tenant_id, cost_microcents, ttl, expires_at, idempotency_key
+            ),
+        )
         return await self._run(op, connection, db)
 
     async def commit(
@@ -285,12 +324,11 @@ class AsyncLedger:
         the tenant key (and, on a sharded deployment, a single shard); it is
         required with ``idempotency_key``, since keys are scoped per tenant.
         """
-        q, db = (
-            await self._at(tenant_id, connection)
-            if tenant_id is not None
-            else (await self._queries(), None)
+        op, db = await self._tenant_op(
+            tenant_id,
+            connection,
+            lambda q: ops.commit(q, reservation_id, actual_microcents, tenant_id, idempotency_key),
         )
-        op = ops.commit(q, reservation_id, actual_microcents, tenant_id, idempotency_key)
         return await self._run(op, connection, db)
 
     async def release(
@@ -302,12 +340,11 @@ class AsyncLedger:
         connection: AsyncConnectable | None = None,
     ) -> SettlementOutcome:
         """Cancel a hold, returning its full amount to ``remaining``."""
-        q, db = (
-            await self._at(tenant_id, connection)
-            if tenant_id is not None
-            else (await self._queries(), None)
+        op, db = await self._tenant_op(
+            tenant_id,
+            connection,
+            lambda q: ops.release(q, reservation_id, tenant_id, idempotency_key),
         )
-        op = ops.release(q, reservation_id, tenant_id, idempotency_key)
         return await self._run(op, connection, db)
 
     # ------------------------------------------------------------ corrections
@@ -331,9 +368,12 @@ class AsyncLedger:
         changes nothing. ``reason`` (required, at most 1000 UTF-8 bytes) is
         journaled with the entry. See docs/corrections.md.
         """
-        q, db = await self._at(tenant_id, connection)
-        op = _corrections.refund(
-            q, tenant_id, reservation_id, amount_microcents, reason, idempotency_key
+        op, db = await self._tenant_op(
+            tenant_id,
+            connection,
+            lambda q: _corrections.refund(
+                q, tenant_id, reservation_id, amount_microcents, reason, idempotency_key
+            ),
         )
         return await self._run(op, connection, db)
 
@@ -353,8 +393,11 @@ class AsyncLedger:
         ``remaining`` below zero is refused (``insufficient``); so is one that
         would overflow. ``0`` is bad input. See docs/corrections.md.
         """
-        q, db = await self._at(tenant_id, connection)
-        op = _corrections.adjust(q, tenant_id, amount_microcents, reason, idempotency_key)
+        op, db = await self._tenant_op(
+            tenant_id,
+            connection,
+            lambda q: _corrections.adjust(q, tenant_id, amount_microcents, reason, idempotency_key),
+        )
         return await self._run(op, connection, db)
 
     # --------------------------------------------------------------- batches
@@ -374,7 +417,7 @@ class AsyncLedger:
         :class:`~ledger.errors.BatchRefused` (its ``outcomes`` say why).
         """
         return await self._run(
-            _batch.try_reserve_many(await self._queries(), items, all_or_nothing), connection
+            await self._op(lambda q: _batch.try_reserve_many(q, items, all_or_nothing)), connection
         )
 
     async def commit_many(
@@ -386,7 +429,7 @@ class AsyncLedger:
     ) -> list[SettlementOutcome]:
         """Settle many holds (``CommitItem`` or ``(reservation_id, actual)``), in order."""
         return await self._run(
-            _batch.commit_many(await self._queries(), items, all_or_nothing), connection
+            await self._op(lambda q: _batch.commit_many(q, items, all_or_nothing)), connection
         )
 
     async def release_many(
@@ -398,22 +441,24 @@ class AsyncLedger:
     ) -> list[SettlementOutcome]:
         """Release many holds (``ReleaseItem``, a reservation id, or a tuple), in order."""
         return await self._run(
-            _batch.release_many(await self._queries(), items, all_or_nothing), connection
+            await self._op(lambda q: _batch.release_many(q, items, all_or_nothing)), connection
         )
 
     # ---------------------------------------------------------------- expiry
 
     async def expire_holds(
         self, *, limit: int = 1000, connection: AsyncConnectable | None = None
-    ) -> int:
+    ) -> ExpiredHolds:
         """Expire up to ``limit`` lapsed holds, oldest deadline first; returns how many.
 
         Each hold is expired by its own statement, which locks it with
         ``FOR UPDATE SKIP LOCKED``: any number of sweepers can run at once
         (from cron, a worker loop, several processes) and never wait on each
-        other or expire a hold twice.
+        other or expire a hold twice. The count is an ``int`` whose ``skipped``
+        names tenants whose holds could not be expired (their period could not
+        be renewed), with why; the sweep expired the others' holds.
         """
-        return await self._run(ops.expire_holds(await self._queries(), limit), connection)
+        return await self._run(await self._op(lambda q: ops.expire_holds(q, limit)), connection)
 
     # ---------------------------------------------------------------- periods
 
@@ -444,17 +489,19 @@ class AsyncLedger:
         Changing only the amounts takes effect at the next boundary; changing
         the schedule starts a new period now (docs/periods.md).
         """
-        op = _periods.set_allowance(
-            await self._queries(),
-            tenant_id,
-            allowance_microcents,
-            months,
-            days,
-            anchor,
-            time_zone,
-            min_rollover_microcents,
-            max_rollover_microcents,
-            idempotency_key,
+        op = await self._op(
+            lambda q: _periods.set_allowance(
+                q,
+                tenant_id,
+                allowance_microcents,
+                months,
+                days,
+                anchor,
+                time_zone,
+                min_rollover_microcents,
+                max_rollover_microcents,
+                idempotency_key,
+            )
         )
         return await self._run(op, connection)
 
@@ -470,7 +517,7 @@ class AsyncLedger:
         Holds opened in its last period then settle as holds from a closed
         period (their unspent part is forfeited, docs/periods.md).
         """
-        op = _periods.clear_allowance(await self._queries(), tenant_id, idempotency_key)
+        op = await self._op(lambda q: _periods.clear_allowance(q, tenant_id, idempotency_key))
         return await self._run(op, connection)
 
     async def renew_periods(
@@ -482,13 +529,13 @@ class AsyncLedger:
         period; this is for tenants nobody writes to, so that their balances
         and journals show each period. Tenants are picked ``SKIP LOCKED``, so
         sweepers and lazy renewals never renew a period twice or wait on each
-        other. Returns ``Renewals(tenants, periods)``; call again while
-        ``tenants == limit``.
+        other. Returns ``Renewals(tenants, periods, skipped)``: a tenant that
+        cannot be renewed is named in ``skipped`` and passed over. Call again
+        while ``tenants == limit``.
         """
-        tenants, periods = await self._run(
-            _periods.renew_periods(await self._queries(), limit), connection
+        return await self._run(
+            await self._op(lambda q: _periods.renew_periods(q, limit)), connection
         )
-        return Renewals(tenants, periods)
 
     async def period_spend(
         self,
@@ -504,7 +551,7 @@ class AsyncLedger:
         there. Raises :class:`~ledger.errors.NoAllowance` for a tenant without
         an allowance and :class:`~ledger.errors.TenantNotFound` for no tenant.
         """
-        op = _periods.period_spend(await self._queries(), tenant_id, period_index)
+        op = await self._op(lambda q: _periods.period_spend(q, tenant_id, period_index))
         return await self._run(op, connection)
 
     # ----------------------------------------------------------- idempotency
@@ -519,7 +566,7 @@ class AsyncLedger:
         (24 hours is a common choice).
         """
         return await self._run(
-            ops.prune_idempotency_keys(await self._queries(), older_than), connection
+            await self._op(lambda q: ops.prune_idempotency_keys(q, older_than)), connection
         )
 
     # --------------------------------------------------------------- reads
@@ -528,8 +575,10 @@ class AsyncLedger:
         self, tenant_id: str, *, connection: AsyncConnectable | None = None
     ) -> TenantLedger | None:
         """One tenant's balances, or None if it does not exist."""
-        q, db = await self._at(tenant_id, connection)
-        row = await self._run(ops.tenant_row(q, tenant_id), connection, db)
+        op, db = await self._tenant_op(
+            tenant_id, connection, lambda q: ops.tenant_row(q, tenant_id)
+        )
+        row = await self._run(op, connection, db)
         if row is None:
             return None
         return TenantLedger(
@@ -541,8 +590,10 @@ class AsyncLedger:
         )
 
     async def _tenant_row(self, tenant_id: str, connection: AsyncConnectable | None) -> Any:
-        q, db = await self._at(tenant_id, connection)
-        return await self._run(ops.tenant_row(q, tenant_id), connection, db)
+        op, db = await self._tenant_op(
+            tenant_id, connection, lambda q: ops.tenant_row(q, tenant_id)
+        )
+        return await self._run(op, connection, db)
 
     async def remaining_microcents(
         self, tenant_id: str, *, connection: AsyncConnectable | None = None
@@ -637,7 +688,9 @@ class AsyncLedger:
         the old state or the restored one, never a mix. Open holds are
         voided; caps are kept.
         """
-        await self._run(ops.restore_from_snapshot(await self._queries(), snapshot), connection)
+        await self._run(
+            await self._op(lambda q: ops.restore_from_snapshot(q, snapshot)), connection
+        )
 
     # --------------------------------------------------------- certificates
 
@@ -661,7 +714,7 @@ class AsyncLedger:
     ) -> CertificateCheck:
         """Is this database at or after a certificate kept outside it (not rolled back)?"""
         return await self._run(
-            _outside.check_against_certificate(await self._queries(), certificate), connection
+            await self._op(lambda q: _outside.check_against_certificate(q, certificate)), connection
         )
 
     # --------------------------------------------------------------- journal
@@ -687,7 +740,8 @@ class AsyncLedger:
         if since_certificate is not None:
             since_certificate = _validate.positive_count("since_certificate", since_certificate)
         return await self._run(
-            _verify.verify_journal(await self._queries(), since_certificate, progress), connection
+            await self._op(lambda q: _verify.verify_journal(q, since_certificate, progress)),
+            connection,
         )
 
     # --------------------------------------------------------- observability
@@ -696,7 +750,7 @@ class AsyncLedger:
         self, *, minutes: int = 60, top: int = 5, connection: AsyncConnectable | None = None
     ) -> LedgerStats:
         """See :meth:`Ledger.stats`."""
-        return await self._run(_stats.stats(await self._queries(), minutes, top), connection)
+        return await self._run(await self._op(lambda q: _stats.stats(q, minutes, top)), connection)
 
     # ---------------------------------------------------------- as-of queries
 
@@ -704,13 +758,15 @@ class AsyncLedger:
         self, tenant_id: str, at: datetime, *, connection: AsyncConnectable | None = None
     ) -> BalanceAt | None:
         """One tenant's balances at ``at``, or None if it did not exist then (docs/asof.md)."""
-        return await self._run(_asof.balance_at(await self._queries(), tenant_id, at), connection)
+        return await self._run(
+            await self._op(lambda q: _asof.balance_at(q, tenant_id, at)), connection
+        )
 
     async def balances_at(
         self, at: datetime, *, connection: AsyncConnectable | None = None
     ) -> list[BalanceAt]:
         """Every tenant that existed at ``at``, in tenant id order, from one snapshot."""
-        return await self._run(_asof.balances_at(await self._queries(), at), connection)
+        return await self._run(await self._op(lambda q: _asof.balances_at(q, at)), connection)
 
     async def spend_between(
         self,
@@ -722,7 +778,7 @@ class AsyncLedger:
     ) -> SpendReport:
         """Commits minus refunds between ``start`` (exclusive) and ``end`` (inclusive)."""
         return await self._run(
-            _asof.spend_between(await self._queries(), start, end, tenant_id), connection
+            await self._op(lambda q: _asof.spend_between(q, start, end, tenant_id)), connection
         )
 
     async def asof_checkpoint(

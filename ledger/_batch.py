@@ -187,12 +187,12 @@ def commit_many(
         return ops.commit(q, p[0], p[1], p[2], p[3])
 
     def decide(plan: _Plan, p: Settlement) -> SettlementOutcome | None:
-        rid, actual, _, _ = p
+        rid, actual, hint, _ = p
         if actual < 0:
             return SettlementOutcome(Status.INVALID_AMOUNT)
         if rid > _I64_MAX:
             return SettlementOutcome(Status.MISSING_RESERVATION)
-        return _decide_commit(plan, rid, actual)
+        return _decide_commit(plan, rid, actual, hint)
 
     return _settle_op(q, prepared, decide, single, all_or_nothing)
 
@@ -208,7 +208,7 @@ def release_many(
     def decide(plan: _Plan, p: Settlement) -> SettlementOutcome | None:
         if p[0] > _I64_MAX:
             return SettlementOutcome(Status.MISSING_RESERVATION)
-        return _decide_release(plan, p[0])
+        return _decide_release(plan, p[0], p[2])
 
     return _settle_op(q, prepared, decide, single, all_or_nothing)
 
@@ -342,9 +342,24 @@ def _decide_reserve(
     return _Granted(len(plan.opened) - 1, t.remaining)
 
 
-def _decide_commit(plan: _Plan, rid: int, actual: int) -> SettlementOutcome | None:
-    """The commit of a live hold; None when the hold is not (or no longer) there."""
+def _held(plan: _Plan, rid: int, hint: str | None) -> tuple[str, int, int | None] | None:
+    """Hold ``rid`` as the batch locked it, or None if it is not there *under* ``hint``.
+
+    An item's ``tenant_id`` is a check, as in the single ``commit``/``release``
+    (``commit_for_tenant`` looks the hold up by tenant and id): another
+    tenant's hold is reported as gone, never settled.
+    """
     held = plan.holds.get(rid)
+    if held is None or (hint is not None and held[0] != hint):
+        return None
+    return held
+
+
+def _decide_commit(
+    plan: _Plan, rid: int, actual: int, hint: str | None
+) -> SettlementOutcome | None:
+    """The commit of a live hold; None when the hold is not (or no longer) there."""
+    held = _held(plan, rid, hint)
     if held is None:
         return None
     t = plan.tenants[held[0]]
@@ -368,8 +383,8 @@ def _decide_commit(plan: _Plan, rid: int, actual: int) -> SettlementOutcome | No
     )
 
 
-def _decide_release(plan: _Plan, rid: int) -> SettlementOutcome | None:
-    held = plan.holds.get(rid)
+def _decide_release(plan: _Plan, rid: int, hint: str | None) -> SettlementOutcome | None:
+    held = _held(plan, rid, hint)
     if held is None:
         return None
     t = plan.tenants[held[0]]

@@ -52,6 +52,7 @@ from .outcomes import (
     AdjustOutcome,
     AllowanceOutcome,
     ConservationStatus,
+    ExpiredHolds,
     PeriodSpend,
     RefundOutcome,
     Renewals,
@@ -411,13 +412,17 @@ class Ledger:
 
     # ---------------------------------------------------------------- expiry
 
-    def expire_holds(self, *, limit: int = 1000, connection: Connectable | None = None) -> int:
+    def expire_holds(
+        self, *, limit: int = 1000, connection: Connectable | None = None
+    ) -> ExpiredHolds:
         """Expire up to ``limit`` lapsed holds, oldest deadline first; returns how many.
 
         Each hold is expired by its own statement, which locks it with
         ``FOR UPDATE SKIP LOCKED``: any number of sweepers can run at once
         (from cron, a worker loop, several processes) and never wait on each
-        other or expire a hold twice.
+        other or expire a hold twice. The count is an ``int`` whose ``skipped``
+        names tenants whose holds could not be expired (their period could not
+        be renewed), with why; the sweep expired the others' holds.
         """
         return self._run(ops.expire_holds(self._q, limit), connection)
 
@@ -488,11 +493,11 @@ class Ledger:
         period; this is for tenants nobody writes to, so that their balances
         and journals show each period. Tenants are picked ``SKIP LOCKED``, so
         sweepers and lazy renewals never renew a period twice or wait on each
-        other. Returns ``Renewals(tenants, periods)``; call again while
-        ``tenants == limit``.
+        other. Returns ``Renewals(tenants, periods, skipped)``: a tenant that
+        cannot be renewed is named in ``skipped`` and passed over. Call again
+        while ``tenants == limit``.
         """
-        tenants, periods = self._run(_periods.renew_periods(self._q, limit), connection)
-        return Renewals(tenants, periods)
+        return self._run(_periods.renew_periods(self._q, limit), connection)
 
     def period_spend(
         self,

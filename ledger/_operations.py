@@ -26,9 +26,11 @@ from .journal import RootHasher
 from .outcomes import (
     Balance,
     ConservationStatus,
+    ExpiredHolds,
     Outcome,
     ReserveOutcome,
     SettlementOutcome,
+    SkippedTenant,
     Status,
     TopUpOutcome,
     commit_outcome,
@@ -415,22 +417,56 @@ def missing(q: Queries, rid: int) -> Steps[SettlementOutcome]:
     return SettlementOutcome(Status.MISSING_RESERVATION)
 
 
-def expire_holds(q: Queries, limit: int) -> Op[int]:
+def expire_holds(q: Queries, limit: int) -> Op[ExpiredHolds]:
     count = _validate.positive_count("limit", limit)
 
-    def steps() -> Steps[int]:
+    def steps() -> Steps[ExpiredHolds]:
         yield from ledger_wide(q, "expire_holds")
+        skipped: dict[str, str] = {}
         if q.distributed:
-            return (yield from _sweep_by_tenant(q, count))
-        done = 0
-        while done < count and (yield from expire_one(q, q.expire_any)) is not None:
-            done += 1
-        return done
+            done = yield from _sweep_by_tenant(q, count, skipped)
+        else:
+            done = 0
+            while done < count:
+                row = yield from sweep_one(q, q.expire_any, skipped, skip=list(skipped))
+                if row is None:
+                    break
+                done += row is not SKIPPED
+        return ExpiredHolds(done, tuple(SkippedTenant(t, e) for t, e in skipped.items()))
 
     return Op(steps)
 
 
-def _sweep_by_tenant(q: Queries, count: int) -> Steps[int]:
+#: sweep_one's answer when the hold's tenant could not be renewed (and is skipped).
+SKIPPED = object()
+
+
+def sweep_one(q: Queries, sql: str, skipped: dict[str, str], **params: Any) -> Steps[Any]:
+    """:func:`expire_one` for the sweepers: a tenant that cannot be renewed is passed over.
+
+    A lapsed hold of a tenant due for renewal is expired after the renewal. If
+    that renewal fails (``try_renew_tenant`` answers its error), the tenant is
+    added to ``skipped`` with the error and :data:`SKIPPED` comes back: the
+    sweep goes on with the other tenants' holds, and one
+    tenant never stops expiry for everyone (issue 22).
+    """
+    params.setdefault("ikey", None)
+    for _ in range(_CAS_ATTEMPTS):
+        row = yield from first_row(sql, params)
+        if row is None or row.status != "renew":
+            if row is not None:
+                _telemetry.expired(row.tenant_id, row.reservation_id, row.returned)
+            return row
+        renewed = yield from first_row(q.try_renew_tenant, {"tenant_id": row.tenant_id})
+        if renewed is not None and renewed.error is not None:
+            skipped[row.tenant_id] = renewed.error
+            return SKIPPED
+        if "skip" in params:
+            params["skip"] = list(skipped)
+    raise errors.RetryableError("a tenant kept entering new periods during an expiry; retry it")
+
+
+def _sweep_by_tenant(q: Queries, count: int, skipped: dict[str, str]) -> Steps[int]:
     """``expire_holds`` on Citus: candidates read without a lock, each expired per tenant.
 
     Citus refuses ``expire_any``'s ``FOR UPDATE SKIP LOCKED`` across shards. The
@@ -452,7 +488,10 @@ def _sweep_by_tenant(q: Queries, count: int) -> Steps[int]:
         progress = 0
         for tenant, holds in per_tenant.items():
             for _ in range(holds):
-                if (yield from expire_one(q, q.expire_for_tenant, tenant_id=tenant)) is None:
+                if tenant in skipped:
+                    break
+                row = yield from sweep_one(q, q.expire_for_tenant, skipped, tenant_id=tenant)
+                if row is None or row is SKIPPED:
                     break
                 progress += 1
         done += progress

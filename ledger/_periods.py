@@ -16,15 +16,15 @@ appends one ``renew`` entry per period that has begun. Three callers use it:
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from . import _validate, errors
-from ._executor import Op, Steps
+from ._executor import Fetch, Op, Steps
 from ._operations import first_row, idempotent, ledger_wide
 from ._queries import Queries
-from .outcomes import AllowanceOutcome, Outcome, PeriodSpend, Status
+from .outcomes import AllowanceOutcome, Outcome, PeriodSpend, Renewals, SkippedTenant, Status
 
 I64_MAX = _validate.I64_MAX
 #: Longest period a schedule may have (100 years), so interval arithmetic stays far
@@ -131,7 +131,7 @@ def set_allowance(
         "allowance": allowance,
         "months": m,
         "days": d,
-        "anchor": at.isoformat(),
+        "anchor": at.astimezone(UTC).isoformat(),  # the instant, whatever its offset
         "time_zone": zone,
         "min_rollover": low,
         "max_rollover": high,
@@ -162,14 +162,16 @@ def _allowance_outcome(row: Any) -> AllowanceOutcome:
     )
 
 
-def renew_periods(q: Queries, limit: int) -> Op[tuple[int, int]]:
-    """Renew up to ``limit`` due tenants: (tenants renewed, periods renewed)."""
+def renew_periods(q: Queries, limit: int) -> Op[Renewals]:
+    """Renew up to ``limit`` due tenants, passing over (and naming) any it cannot renew."""
     count = _validate.positive_count("limit", limit)
 
-    def steps() -> Steps[tuple[int, int]]:
+    def steps() -> Steps[Renewals]:
         yield from ledger_wide(q, "renew_periods")
-        row = yield from first_row(q.renew_due, {"limit": count})
-        return int(row.tenants), int(row.periods)
+        rows = yield Fetch(q.renew_due, {"limit": count})
+        skipped = tuple(SkippedTenant(r.tenant_id, r.error) for r in rows if r.error is not None)
+        done = [int(r.periods) for r in rows if r.error is None and r.periods]
+        return Renewals(len(done), sum(done), skipped)
 
     return Op(steps, "READ COMMITTED")
 
@@ -188,6 +190,12 @@ def period_spend(q: Queries, tenant_id: str, period_index: int | None) -> Op[Per
             raise errors.TenantNotFound(Outcome(Status.MISSING_TENANT), tenant_id=tenant_id)
         if not row.has_allowance:
             raise errors.NoAllowance(tenant_id)
+        if not row.representable:
+            raise errors.InputError(
+                f"period_index {row.period} of tenant {tenant_id!r} begins or ends outside "
+                "the years 1 to 9999: ask for a period nearer the tenant's current one "
+                f"({row.current})"
+            )
         renewed = row.renewed_to is not None and row.period <= row.renewed_to
         credited = row.credited if row.credited is not None else row.allowance_now
         if renewed and row.credited is None:  # before the tenant had an allowance

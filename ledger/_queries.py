@@ -139,6 +139,7 @@ class Queries:
     renew_tenant: str
     renew_tenants: str
     renew_due: str
+    try_renew_tenant: str
     set_allowance: str
     clear_allowance: str
     period_spend: str

@@ -9,7 +9,7 @@ fit a ``bigint`` and the column constraints.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from .errors import (
     AmountTypeError,
@@ -81,11 +81,21 @@ def tenant_id(value: object) -> str:
 
 
 def schema_name(value: object) -> str:
-    """The schema name is spliced into SQL text, so only a plain identifier is allowed."""
+    """The schema name is spliced into SQL text, so only a plain identifier is allowed.
+
+    PostgreSQL reserves ``pg_*`` names for its own schemas (``pg_catalog``,
+    ``pg_toast``, ``pg_temp``) and ``information_schema`` is the standard's
+    catalog: a ledger there would be mixed into the system's objects.
+    """
     if not isinstance(value, str) or not _SCHEMA_RE.match(value):
         raise InvalidSchemaName(
             f"schema must be a lowercase SQL identifier matching {_SCHEMA_RE.pattern}, "
             f"got {value!r}"
+        )
+    if value.startswith("pg_") or value == "information_schema":
+        raise InvalidSchemaName(
+            f"schema {value!r} is reserved for PostgreSQL's own catalogs; "
+            "pick another name (the default is 'ledger')"
         )
     return value
 
@@ -121,16 +131,37 @@ def expiry(ttl: object, expires_at: object) -> tuple[int | None, datetime | None
             raise AmountTypeError(
                 f"ttl must be a datetime.timedelta or whole seconds (int), got {type(ttl).__name__}"
             )
-        if not 0 < micros <= I64_MAX:
-            raise AmountValueError(f"ttl must be positive and finite, got {ttl!r}")
+        if not 0 < micros <= MAX_TTL_US:
+            raise AmountValueError(
+                f"ttl must be positive and at most {MAX_TTL.days} days, got {ttl!r}; "
+                "for a hold that never lapses pass no ttl"
+            )
         return micros, None
     if expires_at is not None:
         if not isinstance(expires_at, datetime) or expires_at.tzinfo is None:
             raise InputError(
                 "expires_at must be a timezone-aware datetime (for example datetime.now(UTC))"
             )
-        return None, expires_at
+        now = datetime.now(UTC)
+        if expires_at <= now:
+            raise InputError(
+                f"expires_at {expires_at.isoformat()} is not in the future (now is "
+                f"{now.isoformat()}): the hold would be born lapsed; pass a later instant"
+            )
+        if expires_at - now > MAX_TTL:
+            raise InputError(
+                f"expires_at must be at most {MAX_TTL.days} days ahead, got "
+                f"{expires_at.isoformat()}; for a hold that never lapses pass none"
+            )
+        # One instant, one spelling: the idempotency request hash must not see the offset.
+        return None, expires_at.astimezone(UTC)
     return None, None
+
+
+#: The longest hold deadline (about a century): ``now() + ttl`` must stay a valid
+#: timestamp, and a hold meant never to lapse is a hold without a deadline.
+MAX_TTL = timedelta(days=36_600)
+MAX_TTL_US = MAX_TTL // timedelta(microseconds=1)
 
 
 def positive_count(name: str, value: object) -> int:

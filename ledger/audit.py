@@ -36,7 +36,9 @@ def grant_auditor(
     Run it as the owner of the ledger schema. Give people access by granting
     them the role (``GRANT ledger_auditor TO alice``) or by setting a
     password and LOGIN on it. The views run with their owner's rights, so the
-    role needs, and gets, no rights on the tables themselves.
+    role needs, and gets, no rights on the tables themselves; they filter by
+    ``tenant_visible()`` (revision 0007), so a tenant-scoped role that is
+    also an auditor still sees only its own tenant (docs/deployment.md).
     """
     schema = _validate.schema_name(schema)
     if not isinstance(role, str) or not _ROLE_RE.match(role):
@@ -51,6 +53,9 @@ def grant_auditor(
                     f'THEN CREATE ROLE "{role}" NOLOGIN; END IF; END $$'
                 )
             )
+            # Exactly these grants, however often it runs (and whatever it held before).
+            conn.execute(text(f'REVOKE ALL ON ALL TABLES IN SCHEMA {q} FROM "{role}"'))
+            conn.execute(text(f'REVOKE ALL ON ALL FUNCTIONS IN SCHEMA {q} FROM "{role}"'))
             conn.execute(text(f'GRANT USAGE ON SCHEMA {q} TO "{role}"'))
             views = ", ".join(f"{q}.{v}" for v in AUDIT_VIEWS)
             conn.execute(text(f'GRANT SELECT ON {views} TO "{role}"'))

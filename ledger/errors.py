@@ -45,6 +45,14 @@ class InvalidSchemaName(InputError):
     """The schema name must be a plain lowercase SQL identifier."""
 
 
+class SchemaOccupied(InputError):
+    """The schema holds tables the ledger did not create (no ledger revision recorded).
+
+    Migrating there would mix the ledger's tables with someone else's: pick
+    another schema (the default, ``ledger``, is the usual choice).
+    """
+
+
 class MalformedSnapshot(InputError):
     """A snapshot document is not shaped like a ledger snapshot."""
 

@@ -222,9 +222,13 @@ class TenantState:
     ``period`` is the budget period the tenant is in (None without an
     allowance), ``hold_periods`` the period each hold was opened in (known for
     holds opened during the replay), ``refundable`` what each commit seen
-    during the replay can still refund. ``from_genesis`` says the replay saw
-    the tenant's whole history, so a refund of a commit it never saw is an
-    error rather than a commit before the checkpoint.
+    during the replay can still refund. ``from_genesis`` says the replay knows
+    every commit that can still be refunded (it saw the tenant's whole history,
+    or a restore or removal since, which end every earlier commit's
+    refundability), so a refund of a commit it never saw is an error rather
+    than a commit before the checkpoint. ``ended`` holds the holds whose
+    period a schedule change or a clear closed: they settle as holds from an
+    ended period whatever index the tenant's next period has.
     """
 
     exists: bool = False
@@ -240,6 +244,7 @@ class TenantState:
     hold_periods: dict[int, int | None] = field(default_factory=dict)
     refundable: dict[int, int] = field(default_factory=dict)
     from_genesis: bool = True
+    ended: set[int] = field(default_factory=set)
 
     def balances(self) -> tuple[int, int, int, int, int]:
         return (self.initial, self.remaining, self.reserved, self.committed, self.cap)
@@ -325,6 +330,9 @@ class Replayer:
         s.exists = True
         s.holds.clear()
         s.hold_periods.clear()
+        s.ended.clear()
+        s.refundable.clear()  # a restore replaces the balances earlier commits were in
+        s.from_genesis = True
         s.period = getattr(e, "period_index", None)
         s.initial, s.remaining, s.reserved, s.committed, s.cap = (
             e.initial_microcents,
@@ -349,6 +357,9 @@ class Replayer:
         s.exists = False
         s.holds.clear()
         s.hold_periods.clear()
+        s.ended.clear()
+        s.refundable.clear()
+        s.from_genesis = True
         s.period = None
         s.initial = s.remaining = s.reserved = s.committed = 0
 
@@ -393,6 +404,9 @@ class Replayer:
             self.flag(
                 e.seq, "invalid_entry", f"hold {rid} settled as period {period}, opened in {known}"
             )
+        if rid in s.ended:
+            s.ended.discard(rid)
+            return True
         return period is not None and period != s.period
 
     def _committed(self, e: Any) -> None:
@@ -436,6 +450,8 @@ class Replayer:
         now_remaining = carry + allowance
         s.initial += now_remaining - s.remaining
         s.remaining = now_remaining
+        if period is None:  # a schedule change or a clear ends the periods of open holds
+            s.ended.update(r for r, p in s.hold_periods.items() if p is not None)
         s.period = period
 
     def _refunded(self, e: Any) -> None:

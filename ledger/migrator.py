@@ -27,6 +27,7 @@ from sqlalchemy.exc import DBAPIError
 
 from . import _validate, errors
 from ._engine import EngineLike, as_engine
+from ._translate import translate
 
 
 def script_location() -> Path:
@@ -58,6 +59,7 @@ def _run(target: EngineLike | Connection, schema: str, action: str, revision: st
     if isinstance(target, Connection):
         # A host application's connection (for example from its alembic env.py):
         # inside its transaction if one is open, else committing step by step.
+        _refuse_foreign_tables(target, schema, action)
         with _IN_PROCESS, _preserving_alembic_proxies():
             cfg = _config(schema)
             cfg.attributes["connection"] = target
@@ -68,12 +70,45 @@ def _run(target: EngineLike | Connection, schema: str, action: str, revision: st
         # Not in a transaction: env.py commits each revision on its own and
         # runs the online phases (CONCURRENTLY, batched backfills) outside one.
         with _IN_PROCESS, _preserving_alembic_proxies(), engine.connect() as conn:
+            _refuse_foreign_tables(conn, schema, action)
             cfg = _config(schema)
             cfg.attributes["connection"] = conn
             getattr(command, action)(cfg, revision)
     finally:
         if owned:
             engine.dispose()
+
+
+#: Tables revision 0001 creates: finding one in a schema without a ledger revision
+#: means the schema belongs to something else.
+_FIRST_TABLES = ("tenants", "reservations", "journal", "idempotency_keys", "certificates")
+
+
+def _refuse_foreign_tables(conn: Connection, schema: str, action: str) -> None:
+    """Refuse, before any DDL, an upgrade into a schema whose tables are not the ledger's.
+
+    ``migrate(schema="public")`` in a database whose application has its own
+    ``public.tenants`` would otherwise fail half-way with a raw driver error.
+    """
+    if action != "upgrade":
+        return
+    began = not conn.in_transaction()  # env.py decides how revisions commit: leave none open
+    try:
+        found = inspect(conn)
+        if found.has_table("alembic_version", schema=schema):
+            return
+        clash = [t for t in _FIRST_TABLES if found.has_table(t, schema=schema)]
+    except DBAPIError as exc:
+        raise translate(exc) from exc
+    finally:
+        if began and conn.in_transaction():
+            conn.rollback()
+    if clash:
+        raise errors.SchemaOccupied(
+            f"schema {schema!r} already has table(s) {', '.join(clash)} that no ledger "
+            "migration made (it records no revision): migrate into another schema, for "
+            "example schema='ledger' (the default)"
+        )
 
 
 @contextmanager

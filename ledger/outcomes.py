@@ -143,11 +143,42 @@ class AllowanceOutcome(Outcome):
     remaining_microcents: int | None = None
 
 
+class SkippedTenant(NamedTuple):
+    """A tenant a sweeper could not process: passed over, never a reason to stop.
+
+    ``error`` is the database's SQLSTATE and message (for example a tenant whose
+    stored state an operator edited by hand). The tenant stays as it was; the
+    sweep went on with the others.
+    """
+
+    tenant_id: str
+    error: str
+
+
 class Renewals(NamedTuple):
-    """Result of :meth:`Ledger.renew_periods`: tenants renewed and renew entries written."""
+    """Result of :meth:`Ledger.renew_periods`: tenants renewed and renew entries written.
+
+    ``skipped`` names the due tenants the sweep could not renew, with why.
+    """
 
     tenants: int
     periods: int
+    skipped: tuple[SkippedTenant, ...] = ()
+
+
+class ExpiredHolds(int):
+    """What :meth:`Ledger.expire_holds` returns: the number of holds expired (an int).
+
+    ``skipped`` names the tenants whose lapsed holds could not be expired (their
+    period could not be renewed), with why; the sweep expired the others'.
+    """
+
+    skipped: tuple[SkippedTenant, ...]
+
+    def __new__(cls, count: int, skipped: tuple[SkippedTenant, ...] = ()) -> ExpiredHolds:
+        made = super().__new__(cls, count)
+        made.skipped = skipped
+        return made
 
 
 @dataclass(frozen=True, slots=True)

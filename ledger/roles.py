@@ -6,6 +6,10 @@ nothing, so it cannot update or delete journal entries, disable the journal's
 triggers or drop the CHECK constraints. The auditor role reads the audit
 views only. Row-level security, if enabled, confines a tenant-scoped role to
 the tenant named by ``SET LOCAL ledger.tenant_id = '...'`` in its transaction.
+
+Every grant is listed below with the statement that needs it
+(docs/deployment.md prints the same table); the functions revoke everything
+first, so re-running them after an upgrade leaves exactly these grants.
 """
 
 from __future__ import annotations
@@ -17,30 +21,91 @@ from sqlalchemy import Connection, text
 from . import _validate, errors
 from ._engine import EngineLike, as_engine
 from ._translate import translate_errors
-from .audit import AUDIT_FUNCTIONS, grant_auditor
+from .audit import grant_auditor
 
 _ROLE_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
-#: Tables the application writes through the ledger's statements.
-WRITABLE = (
-    "tenants",
-    "reservations",
-    "detached_tenants",
-    "idempotency_keys",
-    "certificate_baseline",
-    # periods: set_allowance / clear_allowance write a tenant's allowance
-    "allowances",
-)
-#: Tables it may only append to and read.
-#: (``refusals``: the spend statements log refusals there; nothing rewrites them.)
-APPEND_ONLY = (
-    "journal",
-    "certificates",
-    "certificate_checkpoints",
-    "refusals",
-    "asof_checkpoints",
-)
-#: Tables carrying tenant_id, isolated by row-level security when enabled.
+#: The group role whose members row-level security confines to one tenant
+#: (revision 0007's ``caller_is_tenant_scoped()`` names it; cluster-wide).
+SCOPED_GROUP = "ledger_tenant_scoped"
+
+#: Table -> (privileges, why the application role needs them).
+APPLICATION_GRANTS: dict[str, tuple[tuple[str, ...], str]] = {
+    "tenants": (
+        ("SELECT", "INSERT", "UPDATE", "DELETE"),
+        "every operation reads and updates its tenant row (the compare-and-swap);"
+        " ensure_tenant inserts; restore_from_snapshot deletes tenants the snapshot lacks",
+    ),
+    "reservations": (
+        ("SELECT", "INSERT", "DELETE", "UPDATE (created_at)"),
+        "try_reserve inserts a hold; commit, release and expiry lock it (SELECT ... FOR"
+        " UPDATE needs UPDATE on one column: created_at, which no money rule reads) and"
+        " delete it; no amount, tenant or expiry can be rewritten",
+    ),
+    "journal": (
+        ("SELECT", "INSERT"),
+        "every state change appends its entry in the same statement; verify_journal reads;"
+        " nothing updates or deletes (the triggers refuse it, and the role lacks the grant)",
+    ),
+    "idempotency_keys": (
+        ("SELECT", "INSERT", "UPDATE", "DELETE"),
+        "a keyed call claims its key, records its outcome, and forgets keys past retention",
+    ),
+    "detached_tenants": (
+        ("SELECT", "INSERT", "UPDATE", "DELETE"),
+        "restore parks a removed tenant's chain head (INSERT ... ON CONFLICT DO UPDATE when"
+        " it was parked before); ensure_tenant and restore unpark it (DELETE)",
+    ),
+    "allowances": (
+        ("SELECT", "INSERT", "UPDATE", "DELETE"),
+        "set_allowance and clear_allowance write the tenant's schedule; restore drops it",
+    ),
+    "refusals": (("SELECT", "INSERT"), "a refused spend logs its refusal; nothing rewrites it"),
+    "certificates": (("SELECT", "INSERT"), "certify appends a certificate"),
+    "certificate_checkpoints": (
+        ("SELECT", "INSERT"),
+        "certify records every tenant's chain head; verify_journal compares them",
+    ),
+    "certificate_baseline": (
+        ("SELECT", "UPDATE"),
+        "certify moves the one baseline row; never inserted or deleted after revision 0001",
+    ),
+    "asof_checkpoints": (
+        ("SELECT",),
+        "the as-of queries read the cache; only asof_checkpoint() (the owner's) writes it",
+    ),
+}
+#: Sequence -> (privileges, why).
+APPLICATION_SEQUENCE_GRANTS: dict[str, tuple[tuple[str, ...], str]] = {
+    "reservation_id_seq": (("USAGE",), "nextval draws hold ids; no setval, so ids never repeat"),
+    "snapshot_version_seq": (
+        ("USAGE", "UPDATE"),
+        "snapshots draw a version; restore_from_snapshot sets it to the snapshot's (setval)",
+    ),
+    "checkpoint_id_seq": (("USAGE",), "certify draws a checkpoint id"),
+}
+#: Functions revoked from PUBLIC that the application role executes, and why.
+APPLICATION_FUNCTIONS: dict[str, str] = {
+    "asof_checkpoint()": "Ledger.asof_checkpoint writes the as-of cache from the journal",
+}
+
+#: A tenant-scoped role: the single-tenant subset (ledger-wide operations are refused).
+SCOPED_GRANTS: dict[str, tuple[tuple[str, ...], str]] = {
+    "tenants": (("SELECT", "INSERT", "UPDATE"), "its tenant's operations; no restore"),
+    "reservations": APPLICATION_GRANTS["reservations"],
+    "journal": APPLICATION_GRANTS["journal"],
+    "idempotency_keys": APPLICATION_GRANTS["idempotency_keys"],
+    "detached_tenants": (("SELECT", "DELETE"), "ensure_tenant unparks its own tenant"),
+    "allowances": APPLICATION_GRANTS["allowances"],
+    "refusals": APPLICATION_GRANTS["refusals"],
+    "asof_checkpoints": (("SELECT",), "its own tenant's as-of answers"),
+}
+SCOPED_SEQUENCE_GRANTS: dict[str, tuple[tuple[str, ...], str]] = {
+    "reservation_id_seq": APPLICATION_SEQUENCE_GRANTS["reservation_id_seq"],
+    "snapshot_version_seq": (("USAGE",), "snapshot of its own tenant draws a version"),
+}
+
+#: Tables carrying tenant_id: one row-level security policy each (revision 0007).
 TENANT_SCOPED = (
     "tenants",
     "reservations",
@@ -50,6 +115,7 @@ TENANT_SCOPED = (
     "allowances",
     "asof_checkpoints",
     "refusals",
+    "certificate_checkpoints",
 )
 
 
@@ -68,25 +134,50 @@ def _ensure_role(conn: Connection, role: str) -> None:
     )
 
 
+def _grant_exactly(
+    conn: Connection,
+    q: str,
+    role: str,
+    tables: dict[str, tuple[tuple[str, ...], str]],
+    sequences: dict[str, tuple[tuple[str, ...], str]],
+    functions: dict[str, str],
+) -> None:
+    """Revoke what ``role`` holds in the schema, then grant exactly the lists."""
+    conn.execute(text(f'REVOKE ALL ON ALL TABLES IN SCHEMA {q} FROM "{role}"'))
+    conn.execute(text(f'REVOKE ALL ON ALL SEQUENCES IN SCHEMA {q} FROM "{role}"'))
+    conn.execute(text(f'REVOKE ALL ON ALL FUNCTIONS IN SCHEMA {q} FROM "{role}"'))
+    conn.execute(text(f'GRANT USAGE ON SCHEMA {q} TO "{role}"'))
+    for table, (privileges, _why) in tables.items():
+        conn.execute(text(f'GRANT {", ".join(privileges)} ON {q}.{table} TO "{role}"'))
+    for sequence, (privileges, _why) in sequences.items():
+        conn.execute(text(f'GRANT {", ".join(privileges)} ON SEQUENCE {q}.{sequence} TO "{role}"'))
+    for function in functions:
+        conn.execute(text(f'GRANT EXECUTE ON FUNCTION {q}.{function} TO "{role}"'))
+
+
 def grant_application(
     engine_or_url: EngineLike, role: str = "ledger_app", *, schema: str = "ledger"
 ) -> None:
-    """Create ``role`` (NOLOGIN if missing) with exactly what ledger operations need."""
+    """Create ``role`` (NOLOGIN if missing) with exactly what ledger operations need.
+
+    :data:`APPLICATION_GRANTS` lists each grant and the statement that needs
+    it. Re-running it replaces whatever the role held before (roles made by
+    versions before revision 0007 held more: ``setval`` on the hold ids, say).
+    """
     role = _role(role)
     schema = _validate.schema_name(schema)
-    q = f'"{schema}"'
     engine, owned = as_engine(engine_or_url)
     try:
         with translate_errors(), engine.begin() as conn:
             _ensure_role(conn, role)
-            conn.execute(text(f'GRANT USAGE ON SCHEMA {q} TO "{role}"'))
-            writable = ", ".join(f"{q}.{t}" for t in WRITABLE)
-            conn.execute(text(f'GRANT SELECT, INSERT, UPDATE, DELETE ON {writable} TO "{role}"'))
-            append = ", ".join(f"{q}.{t}" for t in APPEND_ONLY)
-            conn.execute(text(f'GRANT SELECT, INSERT ON {append} TO "{role}"'))
-            conn.execute(text(f'GRANT USAGE, UPDATE ON ALL SEQUENCES IN SCHEMA {q} TO "{role}"'))
-            conn.execute(text(f'GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA {q} TO "{role}"'))
-            conn.execute(text(f'GRANT SELECT ON ALL TABLES IN SCHEMA {q} TO "{role}"'))
+            _grant_exactly(
+                conn,
+                f'"{schema}"',
+                role,
+                APPLICATION_GRANTS,
+                APPLICATION_SEQUENCE_GRANTS,
+                APPLICATION_FUNCTIONS,
+            )
     finally:
         if owned:
             engine.dispose()
@@ -109,43 +200,54 @@ def enable_row_level_security(
 ) -> None:
     """Confine ``role`` to the tenant set with ``SET LOCAL ledger.tenant_id``.
 
-    The role gets the application grants plus a policy on every tenant-scoped
-    table: rows of other tenants are invisible and cannot be written, and
-    with no tenant set it sees nothing. Other roles are not affected.
+    The role joins the group :data:`SCOPED_GROUP` and gets the single-tenant
+    grants (:data:`SCOPED_GRANTS`). Every tenant-scoped table carries one
+    policy, ``tenant_scope``, on the rule ``tenant_visible(tenant_id)``: a
+    member of the group sees and writes its own tenant's rows only (none
+    with no tenant set), everyone else every row. The audit views apply the
+    same rule, so any number of roles can be isolated and none frees another.
+    Ledger-wide tables (certificates, the baseline) it cannot touch at all.
     """
     role = _role(role)
     schema = _validate.schema_name(schema)
-    grant_application(engine_or_url, role, schema=schema)
     q = f'"{schema}"'
     engine, owned = as_engine(engine_or_url)
     try:
         with translate_errors(), engine.begin() as conn:
+            _ensure_role(conn, SCOPED_GROUP)
+            _ensure_role(conn, role)
+            _grant_exactly(conn, q, role, SCOPED_GRANTS, SCOPED_SEQUENCE_GRANTS, {})
+            conn.execute(text(f'GRANT "{SCOPED_GROUP}" TO "{role}"'))
             for table in TENANT_SCOPED:
-                policy = f"{table}_{role}_isolation"
+                _drop_legacy_policies(conn, schema, table)
                 conn.execute(text(f"ALTER TABLE {q}.{table} ENABLE ROW LEVEL SECURITY"))
-                conn.execute(text(f'DROP POLICY IF EXISTS "{policy}" ON {q}.{table}'))
+                conn.execute(text(f"DROP POLICY IF EXISTS tenant_scope ON {q}.{table}"))
                 conn.execute(
                     text(
-                        f'CREATE POLICY "{policy}" ON {q}.{table} TO "{role}" '
-                        "USING (tenant_id = current_setting('ledger.tenant_id', true)) "
-                        "WITH CHECK (tenant_id = current_setting('ledger.tenant_id', true))"
+                        f"CREATE POLICY tenant_scope ON {q}.{table} "
+                        f"USING ({q}.tenant_visible(tenant_id)) "
+                        f"WITH CHECK ({q}.tenant_visible(tenant_id))"
                     )
                 )
-                # Roles without a policy of their own keep seeing everything.
-                everyone = f"{table}_others"
-                conn.execute(text(f'DROP POLICY IF EXISTS "{everyone}" ON {q}.{table}'))
-                conn.execute(
-                    text(
-                        f'CREATE POLICY "{everyone}" ON {q}.{table} '
-                        f"USING (NOT pg_has_role(current_user, '{role}', 'MEMBER')) "
-                        f"WITH CHECK (NOT pg_has_role(current_user, '{role}', 'MEMBER'))"
-                    )
-                )
-            # The as-of audit functions run with their owner's rights, past
-            # these policies: a tenant-scoped role asks Ledger.balances_at,
-            # which reads the tables as the role.
-            functions = ", ".join(f"{q}.{f}" for f in AUDIT_FUNCTIONS)
-            conn.execute(text(f'REVOKE EXECUTE ON FUNCTION {functions} FROM "{role}"'))
     finally:
         if owned:
             engine.dispose()
+
+
+def _drop_legacy_policies(conn: Connection, schema: str, table: str) -> None:
+    """Drop what versions before 0007 made: ``<table>_others`` and ``<table>_<role>_isolation``."""
+    names = conn.execute(
+        text(
+            "SELECT policyname FROM pg_catalog.pg_policies "
+            "WHERE schemaname = :schema AND tablename = :table "
+            "AND (policyname = :others OR policyname LIKE :isolation)"
+        ),
+        {
+            "schema": schema,
+            "table": table,
+            "others": f"{table}_others",
+            "isolation": f"{table}\\_%\\_isolation",
+        },
+    ).scalars()
+    for name in list(names):
+        conn.execute(text(f'DROP POLICY "{name}" ON "{schema}".{table}'))

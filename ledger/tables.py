@@ -65,6 +65,7 @@ def metadata(schema: str = "ledger") -> MetaData:
         Column("journal_head", LargeBinary, nullable=False, server_default=_ZERO_HEAD),
         Column("period_index", BigInteger, nullable=True),  # revision 0006
         Column("renews_at", DateTime(timezone=True), nullable=True),
+        Column("period_high", BigInteger, nullable=True),  # revision 0007
         CheckConstraint(
             "octet_length(tenant_id) BETWEEN 1 AND 255", name="tenants_tenant_id_length"
         ),
@@ -216,6 +217,7 @@ def metadata(schema: str = "ledger") -> MetaData:
         _amount("min_rollover_microcents", server_default=text("0")),
         _amount("max_rollover_microcents", server_default=text("0")),
         _created_at(),
+        _amount("index_offset", server_default=text("0")),  # revision 0007
         CheckConstraint("allowance_microcents >= 0", name="allowances_amount_nonnegative"),
         CheckConstraint(
             "period_months >= 0 AND period_days >= 0 AND (period_months > 0) <> (period_days > 0)",

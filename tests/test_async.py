@@ -251,3 +251,36 @@ def test_async_ledger_reports_an_unreachable_server_as_a_ledger_error() -> None:
                 await book.tenant_count()
 
     asyncio.run(main())
+
+
+def test_async_bad_input_against_a_down_server_raises_before_any_io() -> None:
+    """Issue 22 finding 13: these waited on the pool (60 s) instead of raising at once.
+
+    The pool would wait 600 s for a connection; every call must answer long
+    before that (wait_for turns a hang into a failure instead of a stuck run).
+    """
+    url = "postgresql+psycopg://nobody@127.0.0.1:1/none"
+    calls: list[tuple[Any, type[Exception]]] = [
+        (lambda b: b.try_reserve("t", 1.5), errors.AmountTypeError),
+        (lambda b: b.try_reserve("", 1), errors.InvalidTenantId),
+        (lambda b: b.try_reserve("t", 2**63), errors.AmountValueError),
+        (lambda b: b.try_reserve("t", 1, ttl="soon"), errors.AmountTypeError),
+        (lambda b: b.commit("1", 5), errors.AmountTypeError),
+        (lambda b: b.release(-1), errors.InputError),
+        (lambda b: b.top_up_tenant("t", 1.5), errors.AmountTypeError),
+        (lambda b: b.refund("t", 1, 0, reason="x"), errors.AmountValueError),
+        (lambda b: b.renew_periods(limit=0), errors.InputError),
+        (lambda b: b.commit_many([("x", 1)]), errors.AmountTypeError),
+        (lambda b: b.tenant(""), errors.InvalidTenantId),
+    ]
+
+    async def main() -> None:
+        async with ledger.AsyncLedger(url, pool_timeout=600) as book:
+            for call, error in calls:
+                with pytest.raises(error):
+                    await asyncio.wait_for(call(book), 60)
+            # a valid call reports the down server at once, not after the pool timeout
+            with pytest.raises(errors.ConnectionLost):
+                await asyncio.wait_for(book.try_reserve("t", 1), 60)
+
+    asyncio.run(main())

@@ -319,3 +319,33 @@ def test_batch_statements_are_planned_per_call_single_ones_prepared(db_url: str)
             pool.put(conn)
     assert any("journal_hash" in s for s in prepared)  # try_reserve and commit
     assert not [s for s in prepared if "planned per call" in s or "tenant_rows AS" in s]
+
+
+@pytest.mark.parametrize("kind", ["commit", "release"])
+def test_an_items_tenant_id_is_a_check_as_in_the_single_call(
+    book: ledger.Ledger, raw: psycopg.Connection, kind: str
+) -> None:
+    """Issue 22 finding 4: commit_many settled another tenant's hold that the single
+    commit(rid, tenant_id=...) refuses as missing_reservation."""
+    book.ensure_tenant("a", 1_000)
+    book.ensure_tenant("b", 1_000)
+    theirs = book.try_reserve("b", 100).reservation_id
+    mine = book.try_reserve("a", 100).reservation_id
+    assert theirs is not None and mine is not None
+    before = state(raw)
+    if kind == "commit":
+        single = book.commit(theirs, 50, tenant_id="a")
+        batch = book.commit_many(
+            [CommitItem(theirs, 50, tenant_id="a"), CommitItem(mine, 50, tenant_id="a")]
+        )
+    else:
+        single = book.release(theirs, tenant_id="a")
+        batch = book.release_many(
+            [ReleaseItem(theirs, tenant_id="a"), ReleaseItem(mine, tenant_id="a")]
+        )
+    assert single.status == "missing_reservation"
+    assert batch[0] == single  # identical to the item alone
+    assert batch[1].ok  # the item that names its own tenant settles
+    assert book.tenant("b") == ledger.TenantLedger("b", 1_000, 900, 100, 0)  # untouched
+    assert state(raw) != before
+    assert book.verify_journal().ok

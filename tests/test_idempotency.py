@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import psycopg
@@ -182,3 +182,27 @@ def test_retry_after_the_commit_reply_is_lost(db_url: str) -> None:
         lossy.close()
         book.close()
         proxy.close()
+
+
+def test_the_same_instant_with_another_utc_offset_is_the_same_request(
+    book: ledger.Ledger,
+) -> None:
+    """Issue 22 finding 10: the request hash used isoformat(), offset and all."""
+    book.ensure_tenant("t", 1_000)
+    at = datetime.now(UTC) + timedelta(hours=1)
+    paris = at.astimezone(timezone(timedelta(hours=1)))
+    first = book.try_reserve("t", 10, expires_at=at, idempotency_key="k")
+    assert book.try_reserve("t", 10, expires_at=paris, idempotency_key="k") == first
+    assert book.tenant("t").reserved_microcents == 10  # type: ignore[union-attr]
+    with pytest.raises(errors.IdempotencyConflict):  # another instant is another request
+        book.try_reserve("t", 10, expires_at=at + timedelta(seconds=1), idempotency_key="k")
+    anchor = datetime(2026, 1, 1, tzinfo=UTC)
+    made = book.set_allowance("t", 5, anchor=anchor, months=1, idempotency_key="a")
+    again = book.set_allowance(
+        "t",
+        5,
+        anchor=anchor.astimezone(timezone(timedelta(hours=-5))),
+        months=1,
+        idempotency_key="a",
+    )
+    assert again == made

@@ -191,12 +191,12 @@ def tenant_reader(url: str, name: str) -> tuple[Loop, psycopg.Connection]:
 
 
 #: The revision the previous release ran on; tests/released/ holds its writer's statements.
-RELEASED_WRITER = "0005"
+RELEASED_WRITER = "0006"
 
 
 def released_writer(url: str, name: str) -> tuple[Loop, psycopg.Connection]:
     """The previous release's reserve and commit, as it sent them (raw SQL, autocommit)."""
-    statements = parse((Path(__file__).parent / "released" / "spend_0005.sql").read_text())
+    statements = parse((Path(__file__).parent / "released" / "spend_0006.sql").read_text())
     reserve, commit = (
         statements[n].replace("{schema}", '"ledger"') for n in ("try_reserve", "commit_for_tenant")
     )

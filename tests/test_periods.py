@@ -203,17 +203,49 @@ def test_changing_the_schedule_leaves_the_old_periods_first(
     k = daily(book, "t", 500, 100)
     hold = book.try_reserve("t", 50).reservation_id
     assert hold is not None
-    # A weekly schedule anchored now: its index (0) does not move forward from k.
-    out = book.set_allowance("t", 700, days=7, anchor=datetime.now(UTC) - timedelta(seconds=1))
-    assert out.period_index == 0 and k > 0
+    # A weekly schedule anchored now: its own index (0) is not past k, so the
+    # tenant's periods are numbered on from k + 1 (period indexes only increase).
+    anchor = datetime.now(UTC) - timedelta(seconds=1)
+    out = book.set_allowance("t", 700, days=7, anchor=anchor)
+    assert out.period_index == k + 1 and k > 0
     assert [(e[0], e[1], e[2]) for e in entries(raw, "t", "renew")][-2:] == [
-        ("renew", None, 0),
-        ("renew", 0, 0),
+        ("renew", k, 0),
+        ("renew", k + 1, 0),
     ]
+    spend = book.period_spend("t")  # the schedule's period 0, as the tenant's k + 1
+    assert (spend.period_index, spend.current_period_index) == (k + 1, k + 1)
+    assert spend.starts_at == anchor and spend.ends_at == anchor + 7 * DAY
     # The hold's period closed: committing 20 of 50 forfeits 30, remaining stays.
     initial, remaining, _, _ = balances(book, "t")
     assert book.commit(hold, 20).ok
     assert balances(book, "t") == (initial - 30, remaining, 0, 20)
+    clean(book)
+
+
+@pytest.mark.parametrize("cleared_first", [False, True])
+def test_a_schedule_change_never_revives_a_hold_from_an_ended_period(
+    book: ledger.Ledger, raw: psycopg.Connection, cleared_first: bool
+) -> None:
+    """Issue 22, finding 5: a new schedule whose own index equals an old hold's period
+    must not make that hold current again (its release would carry the ended period's
+    money into the new one)."""
+    k = daily(book, "t", 500, 100)
+    hold = book.try_reserve("t", 50).reservation_id
+    assert hold is not None
+    backdate(raw, "t", 1)
+    assert book.renew_periods().tenants == 1  # period k ended by renewal: k + 1
+    if cleared_first:
+        assert book.clear_allowance("t").ok
+    # A daily schedule whose index now is exactly the hold's period k.
+    anchor = datetime.now(UTC) - k * DAY - DAY / 4
+    out = book.set_allowance("t", 100, days=1, anchor=anchor)
+    assert out.ok and out.period_index == k + 2  # after every index used, never k again
+    initial, remaining, reserved, _ = balances(book, "t")
+    assert book.release(hold).ok
+    # Forfeited: nothing returns to remaining, initial falls by the hold.
+    assert balances(book, "t") == (initial - 50, remaining, reserved - 50, 0)
+    assert book.period_spend("t").starts_at == anchor + k * DAY
+    assert [p for p in renewals(raw, "t")] == sorted(set(renewals(raw, "t")))  # increasing
     clean(book)
 
 
@@ -479,6 +511,81 @@ def test_the_sweeper_renews_idle_tenants_in_limited_rounds(
     for name in "abcde":
         assert balances(book, name) == (100, 100, 0, 0)
     assert balances(book, "plain") == (3, 3, 0, 0)
+    clean(book)
+
+
+def test_one_tenant_that_cannot_renew_stops_no_sweeper(
+    book: ledger.Ledger, raw: psycopg.Connection
+) -> None:
+    """Issue 22 finding 3: a failing tenant was picked first on every call, and both
+    sweepers raised there; now it is named in ``skipped`` and the others are served."""
+    for name, due in (("a", 1), ("broken", 3), ("c", 1)):
+        daily(book, name, 10, 100)
+        assert book.try_reserve(name, 5, ttl=timedelta(milliseconds=1)).ok
+        backdate(raw, name, due)
+    time.sleep(0.05)
+    with raw.transaction():  # an operator's hand edit the renewal cannot read
+        raw.execute(
+            "UPDATE ledger.allowances SET time_zone = 'Nowhere/Atlantis' WHERE tenant_id = 'broken'"
+        )
+    expired = book.expire_holds()
+    assert expired == 2
+    assert [s.tenant_id for s in expired.skipped] == ["broken"]
+    assert "time zone" in expired.skipped[0].error
+    first = book.renew_periods(limit=1)  # broken is the oldest due: reported, not counted
+    assert (first.tenants, [s.tenant_id for s in first.skipped]) == (0, ["broken"])
+    for name in ("a", "c"):
+        assert book.tenant(name).reserved_microcents == 0  # type: ignore[union-attr]
+        assert balances(book, name) == (100, 100, 0, 0)
+    backdate(raw, "a", 1)
+    backdate(raw, "c", 1)
+    one = book.renew_periods(limit=1)
+    assert (one.tenants, [s.tenant_id for s in one.skipped]) == (1, ["broken"])
+    two = book.renew_periods(limit=1)
+    assert (two.tenants, [s.tenant_id for s in two.skipped]) == (1, ["broken"])
+    assert book.renew_periods(limit=5).tenants == 0
+    assert book.tenant("broken").reserved_microcents == 5  # type: ignore[union-attr]
+    with raw.transaction():
+        raw.execute("UPDATE ledger.allowances SET time_zone = 'UTC' WHERE tenant_id = 'broken'")
+    assert book.renew_periods(limit=5) == ledger.Renewals(1, 3)
+    assert book.expire_holds() == 1
+    clean(book)
+
+
+@pytest.mark.parametrize(
+    "budget,hold,allowance,high,credited",
+    [
+        # the review's case: 2^62+1 a period with 2^62-1 held: initial would be 2^63
+        (2**62 + 1, 2**62 - 1, 2**62 + 1, 0, 2**62),
+        # an "unlimited" budget with some spend and a rolling allowance
+        (2**63 - 1, 10, 100, 2**63 - 1 - 100, 90),
+    ],
+)
+def test_a_renewal_that_would_overflow_is_clamped_to_what_fits(
+    book: ledger.Ledger,
+    raw: psycopg.Connection,
+    budget: int,
+    hold: int,
+    allowance: int,
+    high: int,
+    credited: int,
+) -> None:
+    """Finding 3: carry, then allowance, are cut so that initial stays within 2^63-1."""
+    daily(book, "big", budget, allowance, high=high)
+    held = book.try_reserve("big", hold)
+    assert held.ok
+    if high:
+        assert book.commit(held.reservation_id, hold).ok  # type: ignore[arg-type]
+    backdate(raw, "big", 1)
+    assert book.renew_periods() == ledger.Renewals(1, 1)
+    t = book.tenant("big")
+    assert t is not None
+    assert t.initial_microcents == 2**63 - 1  # as much as fits, and no more
+    assert t.remaining_microcents + t.reserved_microcents + t.committed_microcents == 2**63 - 1
+    (renew,) = entries(raw, "big", "renew")[-1:]
+    assert renew[0] == "renew" and renew[2] == credited
+    assert book.try_reserve("big", 1).ok  # every write still works
+    assert book.expire_holds() == 0
     clean(book)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -210,3 +211,66 @@ def test_fuzzed_inputs_never_leak_driver_errors(
             call()
     snap = book.snapshot()
     assert ledger.conservation_status_for_snapshot(snap).is_balanced
+
+
+@pytest.mark.parametrize(
+    "schema", ["pg_catalog", "pg_toast", "pg_temp", "pg_anything", "information_schema"]
+)
+def test_system_schema_names_are_refused(db_url: str, schema: str) -> None:
+    """Issue 22 finding 9: these raised a raw ReservedName, or were accepted."""
+    with pytest.raises(errors.InvalidSchemaName, match="reserved"):
+        ledger.Ledger(db_url, schema=schema)
+    with pytest.raises(errors.InvalidSchemaName):
+        ledger.migrate(db_url, schema=schema)
+
+
+def test_migrating_into_a_schema_with_someone_elses_tables_is_refused(
+    db_url: str, raw: psycopg.Connection
+) -> None:
+    """``migrate(schema="public")`` over an application's own public.tenants (finding 9)."""
+    with raw.transaction():
+        raw.execute("CREATE TABLE public.tenants (id int PRIMARY KEY, name text)")
+        raw.execute("INSERT INTO public.tenants VALUES (1, 'theirs')")
+    with pytest.raises(errors.SchemaOccupied, match="tenants"):
+        ledger.migrate(db_url, schema="public")
+    assert raw.execute("SELECT * FROM public.tenants").fetchall() == [(1, "theirs")]
+    assert raw.execute("SELECT to_regclass('public.alembic_version')").fetchone() == (None,)
+    assert raw.execute("SELECT to_regclass('public.journal')").fetchone() == (None,)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"ttl": timedelta(microseconds=2**63 - 1)},
+        {"ttl": timedelta(days=36_601)},
+        {"ttl": 10**12},
+        {"expires_at": datetime.now(UTC) - timedelta(seconds=1)},
+        {"expires_at": datetime(2000, 1, 1, tzinfo=UTC)},
+        {"expires_at": datetime(9999, 1, 1, tzinfo=UTC)},
+    ],
+    ids=["ttl-max", "ttl-century", "ttl-seconds", "expires-past", "expires-2000", "expires-9999"],
+)
+def test_deadlines_out_of_range_are_typed_errors_and_change_nothing(
+    book: ledger.Ledger, raw: psycopg.Connection, kwargs: dict[str, Any]
+) -> None:
+    """Finding 9: a huge ttl raised DatabaseError 22008; a past expires_at made a lapsed hold."""
+    book.ensure_tenant("t", 100)
+    before = state(raw)
+    with pytest.raises(errors.InputError):
+        book.try_reserve("t", 1, **kwargs)
+    with pytest.raises(errors.InputError):
+        book.try_reserve_many([ledger.ReserveItem("t", 1, **kwargs)])
+    assert state(raw) == before
+    assert book.try_reserve("t", 1, ttl=timedelta(days=36_600)).ok  # the longest allowed
+
+
+def test_period_spend_outside_the_calendar_is_a_typed_error(book: ledger.Ledger) -> None:
+    """Finding 9: period -1 of a schedule anchored near year 1 raised DatabaseError."""
+    book.ensure_tenant("t", 100)
+    book.set_allowance("t", 10, anchor=datetime(1, 1, 2, tzinfo=UTC), days=1)
+    for index in (-1, -(2**62), 2**62):
+        with pytest.raises(errors.InputError):
+            book.period_spend("t", index)
+    with pytest.raises(errors.InputError, match="years 1 to 9999"):
+        book.period_spend("t", -1)
+    assert book.period_spend("t", 0).starts_at == datetime(1, 1, 2, tzinfo=UTC)

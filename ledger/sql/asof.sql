@@ -242,44 +242,8 @@ ORDER BY tenant_id
 -- name: asof_checkpoint
 -- One row per tenant with entries after its newest checkpoint: the chain head,
 -- the latest stamp of every entry up to it, and running commit and refund
--- totals up to it. The previous checkpoint covers the entries before it, so
--- only the new ones are read, through the primary key. One statement, so
--- heads and entries come from one snapshot; concurrent checkpointers insert
--- identical rows (DO NOTHING).
-WITH ids AS (
-    SELECT tenant_id, journal_seq AS head FROM {schema}.tenants
-    UNION ALL
-    SELECT tenant_id, journal_seq FROM {schema}.detached_tenants
-), fresh AS MATERIALIZED (
-    SELECT i.tenant_id, i.head, COALESCE(p.journal_seq, 0) AS prev_seq,
-           p.effective_at AS prev_at, COALESCE(p.commits, 0) AS commits,
-           COALESCE(p.committed_microcents, 0) AS committed,
-           COALESCE(p.refunds, 0) AS refunds, COALESCE(p.refunded_microcents, 0) AS refunded
-    FROM ids AS i
-    LEFT JOIN LATERAL (
-        SELECT * FROM {schema}.asof_checkpoints AS m
-        WHERE m.tenant_id = i.tenant_id
-        ORDER BY m.journal_seq DESC LIMIT 1
-    ) AS p ON true
-    WHERE i.head > COALESCE(p.journal_seq, 0)
-), marked AS (
-    INSERT INTO {schema}.asof_checkpoints (
-        tenant_id, journal_seq, effective_at, commits, committed_microcents, refunds,
-        refunded_microcents)
-    SELECT f.tenant_id, f.head, GREATEST(f.prev_at, n.latest), f.commits + n.commits,
-           f.committed + n.committed, f.refunds + n.refunds, f.refunded + n.refunded
-    FROM fresh AS f
-    CROSS JOIN LATERAL (
-        SELECT max(j.created_at) AS latest,
-               count(*) FILTER (WHERE j.op = 'commit') AS commits,
-               COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'commit'), 0) AS committed,
-               count(*) FILTER (WHERE j.op = 'refund') AS refunds,
-               COALESCE(sum(j.amount_microcents) FILTER (WHERE j.op = 'refund'), 0) AS refunded
-        FROM {schema}.journal AS j
-        WHERE j.tenant_id = f.tenant_id AND j.seq > f.prev_seq AND j.seq <= f.head
-    ) AS n
-    ON CONFLICT (tenant_id, journal_seq) DO NOTHING
-    RETURNING tenant_id
-)
-SELECT (SELECT count(*) FROM marked) AS tenants,
-       (SELECT COALESCE(sum(head - prev_seq), 0) FROM fresh) AS entries
+-- totals up to it (only the new entries are read). The statement is the
+-- SECURITY DEFINER function asof_checkpoint() (revision 0007): every value
+-- is computed from the journal by the function itself, and only the owner may
+-- write asof_checkpoints, so no role can plant a row the answers above trust.
+SELECT tenants, entries FROM {schema}.asof_checkpoint()

@@ -7,11 +7,12 @@
 -- Expire one lapsed hold and return its amount. {pick} narrows the choice: any
 -- lapsed hold (the sweeper, with SKIP LOCKED so many sweepers share the work),
 -- one tenant's (lazily, before a reserve is refused), or one hold by id.
--- This one: any lapsed hold, SKIP LOCKED (the sweeper).
+-- This one: any lapsed hold, SKIP LOCKED (the sweeper), except the holds of the
+-- tenants in %(skip)s (the sweep could not renew them: ledger._operations.expire_holds).
 WITH hold AS MATERIALIZED (
     SELECT tenant_id, reservation_id, amount_microcents AS amount, period_index AS period
     FROM {schema}.reservations
-    WHERE expires_at <= now()
+    WHERE expires_at <= now() AND NOT (tenant_id = ANY(CAST(%(skip)b AS text[])))
     ORDER BY expires_at, reservation_id
     LIMIT 1
     FOR UPDATE SKIP LOCKED

@@ -58,17 +58,9 @@ FROM v LEFT JOIN LATERAL (
 ) AS t ON true
 
 -- name: tenant_scoped
--- Is the current role confined to one tenant by row-level security (`ledger
--- roles isolate`)? True when row security is active for it on the tenants
--- table and it is a member of a role with a policy of its own there (the
--- catch-all policy for everyone else is granted to PUBLIC, oid 0). Owners and
--- superusers bypass row security. Ledger-wide operations ask this first
--- (ledger._operations.ledger_wide says why).
-SELECT row_security_active('{schema}.tenants') AND EXISTS (
-    SELECT 1
-    FROM pg_catalog.pg_policy AS p
-    CROSS JOIN LATERAL unnest(p.polroles) AS r(role_oid)
-    WHERE p.polrelid = '{schema}.tenants'::regclass
-      AND r.role_oid <> 0
-      AND pg_has_role(current_user, r.role_oid, 'MEMBER')
-) AS scoped
+-- Is the current role confined to one tenant (`ledger roles isolate`: a member
+-- of the group role ledger_tenant_scoped, neither superuser nor BYPASSRLS)?
+-- The same rule the audit views and the row-level security policies apply
+-- (caller_is_tenant_scoped, revision 0007). Ledger-wide operations ask this
+-- first (ledger._operations.ledger_wide says why).
+SELECT {schema}.caller_is_tenant_scoped() AS scoped
