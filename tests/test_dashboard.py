@@ -89,6 +89,18 @@ def backdated_history(raw: psycopg.Connection, tenant: str, budget: int, spends:
     raw.execute("UPDATE ledger.tenants SET created_at = %s WHERE tenant_id = %s", (first, tenant))
 
 
+def lapsed_hold(raw: psycopg.Connection, tenant: str, amount: int, deadline: datetime) -> None:
+    """A hold whose deadline has passed, through the ledger's own statement.
+
+    ``try_reserve`` refuses a deadline in the past (a hold born lapsed); the
+    statement itself takes any deadline, as a hold that outlived its own has.
+    """
+    q = _queries.for_schema("ledger")
+    params = {"tenant_id": tenant, "amount": amount, "ttl_us": None, "ikey": None}
+    held = raw.execute(q.try_reserve, {**params, "expires_at": deadline}).fetchone()
+    assert held is not None and held[0] == "reserved", held
+
+
 def populate(book: ledger.Ledger, raw: psycopg.Connection) -> None:
     now = datetime.now(UTC)
     days = (150, 120, 95, 64, 33, 12, 3)
@@ -117,7 +129,7 @@ def populate(book: ledger.Ledger, raw: psycopg.Connection) -> None:
     assert book.try_reserve("broke", 12).status == "insufficient"
     # Last, since a refused reserve of the tenant would expire a lapsed hold.
     book.try_reserve("acme", 250_000)  # open, no deadline
-    book.try_reserve("acme", 100_000, expires_at=now - timedelta(hours=1))  # lapsed
+    lapsed_hold(raw, "acme", 100_000, now - timedelta(hours=1))
     assert book.verify_journal().ok
 
 
