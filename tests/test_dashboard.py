@@ -304,9 +304,28 @@ def test_overview_numbers_are_the_apis(
     assert number(browser, "#check-journal [data-field=entries]") == entries
     latest = raw_m.execute("SELECT max(certificate_id) FROM ledger.certificates").fetchone()[0]  # type: ignore[index]
     assert number(browser, "#check-certificate [data-field=certificate_id]") == latest
-    # The auditor role cannot read the refusal log: the page says so and how to change it.
-    assert "GRANT SELECT ON ledger.refusals TO ledger_auditor" in browser.text("#refusals-hidden")
     assert "as role ledger_auditor" in browser.text("footer")
+
+
+def test_refusals_are_the_apis(browser: Browser, dash: str, book_m: ledger.Ledger) -> None:
+    """Refusals over time, read as the auditor through the view refusal_log (revision 0008)."""
+    browser.get(f"{dash}/")
+    stats = book_m.stats(minutes=24 * 60)
+    assert stats.refused == 3
+    assert number(browser, "#check-refusals [data-field=refusals]") == stats.refused
+    shown = browser.run(
+        "return Array.from(document.querySelectorAll('#refusals-by-status tr')).slice(1)"
+        ".map(r => [r.dataset.op, r.dataset.status, Number(r.querySelector('[data-field=n]').innerText)])"
+    )
+    assert [tuple(x) for x in shown] == list(stats.refusals)
+    bars = browser.run(
+        "return Array.from(document.querySelectorAll('#refusals rect.bar')).map(r => Number(r.dataset.value))"
+    )
+    assert len(bars) == 24 and sum(bars) == stats.refused
+    browser.get(f"{dash}/?hours=1")
+    assert (
+        number(browser, "#check-refusals [data-field=refusals]") == book_m.stats(minutes=60).refused
+    )
 
 
 def test_every_amount_shows_every_digit_on_a_narrow_screen(browser: Browser, dash: str) -> None:
@@ -567,38 +586,6 @@ def test_good_parameters_work(http: httpx.Client) -> None:
         assert http.get(path).status_code == 200, path
 
 
-def test_refusals_show_once_the_role_may_read_them(
-    auditor_url: str, module_db: str, raw_m: psycopg.Connection, book_m: ledger.Ledger
-) -> None:
-    raw_m.execute("GRANT SELECT ON ledger.refusals TO ledger_auditor")
-    try:
-        with dashboard(auditor_url) as base:
-            b = Browser(*find())
-            try:
-                b.get(f"{base}/")
-                stats = book_m.stats(minutes=24 * 60)
-                assert stats.refused == 3
-                assert number(b, "#check-refusals [data-field=refusals]") == stats.refused
-                shown = b.run(
-                    "return Array.from(document.querySelectorAll('#refusals-by-status tr')).slice(1)"
-                    ".map(r => [r.dataset.op, r.dataset.status, Number(r.querySelector('[data-field=n]').innerText)])"
-                )
-                assert [tuple(x) for x in shown] == list(stats.refusals)
-                bars = b.run(
-                    "return Array.from(document.querySelectorAll('#refusals rect.bar')).map(r => Number(r.dataset.value))"
-                )
-                assert len(bars) == 24 and sum(bars) == stats.refused
-                b.get(f"{base}/?hours=1")
-                assert (
-                    number(b, "#check-refusals [data-field=refusals]")
-                    == book_m.stats(minutes=60).refused
-                )
-            finally:
-                b.close()
-    finally:
-        raw_m.execute("REVOKE SELECT ON ledger.refusals FROM ledger_auditor")
-
-
 def test_a_tampered_ledger_turns_the_checks_red(
     db_url: str, book: ledger.Ledger, raw: psycopg.Connection
 ) -> None:
@@ -637,7 +624,6 @@ def test_a_tampered_ledger_turns_the_checks_red(
 def test_the_dashboards_connections_cannot_write(auditor_url: str) -> None:
     found = dash_access.check(auditor_url)
     assert found.role == "ledger_auditor" and found.login.startswith("dash_")
-    assert not found.refusals_visible
 
     async def probe() -> list[Any]:
         db = dash_access.Database(found, max_size=1)
@@ -655,6 +641,7 @@ def test_the_dashboards_connections_cannot_write(auditor_url: str) -> None:
                 "UPDATE ledger.tenants SET remaining_microcents = 0",
                 "INSERT INTO ledger.journal (tenant_id, seq) VALUES ('x', 1)",
                 "SELECT * FROM ledger.tenants",
+                "SELECT * FROM ledger.refusals",  # the view refusal_log, not the table
                 "CREATE TABLE ledger.x (a int)",
             ):
                 with pytest.raises(
@@ -669,7 +656,7 @@ def test_the_dashboards_connections_cannot_write(auditor_url: str) -> None:
 
     seen = asyncio.run(probe())
     assert seen[0] == ("ledger_auditor", "on", "repeatable read")
-    assert len(seen) == 5
+    assert len(seen) == 6  # the row, then every refused statement
 
 
 def test_check_says_what_is_wrong(db_url: str, empty_db_url: str) -> None:
@@ -697,6 +684,9 @@ def test_check_says_what_is_wrong(db_url: str, empty_db_url: str) -> None:
         dash_access.check(db_url, schema="elsewhere")
     with pytest.raises(errors.InputError):
         dash_access.check(db_url, role="Robert'); DROP")
+    ledger.migrate(empty_db_url, "0007")  # before the view refusal_log
+    with pytest.raises(errors.SchemaNotMigrated, match=r"refusal_log.*run `ledger migrate`"):
+        dash_access.check(empty_db_url)
 
 
 def _cli(*argv: str) -> Any:

@@ -50,8 +50,6 @@ class Access:
     schema: str
     role: str
     login: str
-    #: The refusal log has no audit view; the role reads it only if granted SELECT on it.
-    refusals_visible: bool
 
 
 def conninfo(url: str) -> str:
@@ -216,8 +214,7 @@ def _check(conn: psycopg.Connection[Any], info: str, schema: str, role: str) -> 
         )
     conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
     conn.execute(sql.SQL("SELECT 1 FROM {}.balances LIMIT 1").format(sql.Identifier(schema)))
-    refusals = relations.get("refusals", (False, False, False))[1]
-    return Access(info, schema, role, str(login), bool(refusals))
+    return Access(info, schema, role, str(login))
 
 
 class Database:

@@ -2,11 +2,9 @@
 -- (docs/audit.md) and nothing else, so they run as the auditor role, which
 -- can read nothing else: ledger/dashboard/access.py checks that role before
 -- the server starts, and every page runs in one REPEATABLE READ READ ONLY
--- transaction, so all its numbers come from one snapshot.
---
--- The one exception is `refusals_*`: the refusal log is a table with no audit
--- view, so those two run only when the role has been granted SELECT on it
--- (docs/dashboard.md). Same {schema} and %(param)s conventions as ledger/sql.
+-- transaction, so all its numbers come from one snapshot. The refusals come
+-- from the view refusal_log (revision 0008). Same {schema} and %(param)s
+-- conventions as ledger/sql.
 
 -- name: totals
 -- Ledger-wide sums as numeric (exact; they may exceed 64 bits) and counts.
@@ -111,7 +109,7 @@ LIMIT %(limit)s
 -- Refused spends of the window (created_at after now() minus the window), as
 -- `ledger stats` counts them.
 SELECT op, status, count(*) AS n
-FROM {schema}.refusals
+FROM {schema}.refusal_log
 WHERE created_at > now() - make_interval(hours => CAST(%(hours)s AS integer))
 GROUP BY op, status
 ORDER BY n DESC, op, status
@@ -131,7 +129,7 @@ WITH w AS (
                                AS integer) - 1, 0),
                  CAST(%(buckets)s AS integer) - 1) AS k,
            count(*) AS n
-    FROM {schema}.refusals AS r, w
+    FROM {schema}.refusal_log AS r, w
     WHERE r.created_at > w.start
     GROUP BY 1
 )

@@ -45,9 +45,7 @@ async def view(v: View) -> Rendered:
         holds = await fetch_holds(conn, q)
         lapsed = await fetch_lapsed_holds(conn, q, LISTED)
         spenders = await fetch_top_spenders(conn, q, TOP_SPENDERS)
-        refusals = (
-            await fetch_refusals(conn, q, hours, SLICES) if v.access.refusals_visible else None
-        )
+        refusals = await fetch_refusals(conn, q, hours, SLICES)
     return Rendered(
         "overview.html",
         "Overview",
@@ -65,7 +63,7 @@ async def view(v: View) -> Rendered:
             "hours": hours,
             "slice": duration(hours * 3600 // SLICES),
             "refusals": refusals,
-            "refusal_chart": _refusal_chart(refusals) if refusals is not None else None,
+            "refusal_chart": _refusal_chart(refusals),
         },
     )
 
