@@ -40,8 +40,11 @@ fi
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
     step "apt-get install chromium chromium-driver (the dashboard's browser tests)"
     if [ "$(id -u)" = 0 ]; then
-        apt-get install -y -q chromium chromium-driver >/dev/null \
-            || { apt-get update -q && apt-get install -y -q chromium chromium-driver; }
+        # Without recommends (printing, avahi, samba, perl: ~100 packages the headless
+        # browser never loads); fonts-liberation is the one recommended font.
+        chromium_pkgs=(--no-install-recommends chromium chromium-driver fonts-liberation)
+        apt-get install -y -q "${chromium_pkgs[@]}" >/dev/null \
+            || { apt-get update -q && apt-get install -y -q "${chromium_pkgs[@]}"; }
     else
         echo "chromium is missing; the dashboard's browser tests will be skipped (CI installs it as root, and fails without it)" >&2
     fi
