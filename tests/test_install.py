@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.request
 import venv
 import zipfile
 from collections.abc import Iterator
@@ -184,8 +185,33 @@ def test_cli_extra_console_script_on_embedded_default(wheel: Path, server_tmp: P
         assert json.loads(shown.stdout)["remaining_microcents"] == 42
         path = json.loads(run([*exe, "embedded", "path"], env=env).stdout)["data_dir"]
         assert path == str(server_tmp / "pgdata")
+        # The dashboard on the same embedded default, as the auditor role.
+        granted = run([*exe, "grant-auditor"], env=env)
+        assert granted.returncode == 0, granted.stderr
+        page = dashboard_page([*exe, "dashboard", "--port", "0"], env, "/tenant?id=kept")
+        assert 'data-microcents="42"' in page and "as role <code>ledger_auditor</code>" in page
     finally:
         run([*exe, "embedded", "stop"], env=env)
+
+
+def dashboard_page(argv: list[str], env: dict[str, str], path: str) -> str:
+    """Start ``ledger --json dashboard`` (a test venv's), GET ``path`` from it, stop it."""
+    env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd="/"
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read() if proc.stderr else ""
+        url = json.loads(line)["url"]
+        assert url.startswith("http://127.0.0.1:"), url
+        with urllib.request.urlopen(url.rstrip("/") + path, timeout=60) as answer:
+            assert answer.status == 200
+            return str(answer.read().decode())
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=60)
 
 
 def test_wheel_ships_the_dashboards_templates_and_styles(wheel: Path) -> None:
