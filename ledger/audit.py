@@ -17,6 +17,8 @@ AUDIT_VIEWS = (
     "reserved_mismatches",
     "certificate_history",
     "journal_entries",
+    # revision 0008: the refused spends (refusals), filtered like the others
+    "refusal_log",
 )
 
 #: Audit functions (revision 0006, docs/asof.md): SECURITY DEFINER, EXECUTE revoked from PUBLIC.

@@ -5,7 +5,8 @@
 #
 # 0. installs Debian's pgbouncer when it is missing and we are root (CI), and builds a
 #    PgBouncer >= 1.21 (scripts/pgbouncer.sh, cached outside the repo) for the
-#    prepared-statements variant of the pooler tests;
+#    prepared-statements variant of the pooler tests; installs Debian's chromium and
+#    chromium-driver for the dashboard's browser tests (in CI they fail without them);
 # 1. creates .venv (or $LEDGER_VENV) and installs the package with its test extras;
 # 2. runs ruff (lint and format check) and mypy;
 # 3. runs pytest on PostgreSQL 18 from the embedded wheel
@@ -33,6 +34,19 @@ if ! command -v pgbouncer >/dev/null && [ ! -x /usr/sbin/pgbouncer ]; then
         apt-get install -y -q pgbouncer >/dev/null || { apt-get update -q && apt-get install -y -q pgbouncer; }
     else
         echo "pgbouncer is missing; its tests will be skipped (CI installs it as root)" >&2
+    fi
+fi
+
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    step "apt-get install chromium chromium-driver (the dashboard's browser tests)"
+    if [ "$(id -u)" = 0 ]; then
+        # Without recommends (printing, avahi, samba, perl: ~100 packages the headless
+        # browser never loads); fonts-liberation is the one recommended font.
+        chromium_pkgs=(--no-install-recommends chromium chromium-driver fonts-liberation)
+        apt-get install -y -q "${chromium_pkgs[@]}" >/dev/null \
+            || { apt-get update -q && apt-get install -y -q "${chromium_pkgs[@]}"; }
+    else
+        echo "chromium is missing; the dashboard's browser tests will be skipped (CI installs it as root, and fails without it)" >&2
     fi
 fi
 

