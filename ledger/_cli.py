@@ -115,13 +115,22 @@ def _amount(value: str, in_units: bool, *, negative_ok: bool = False) -> int:
                 )
             parsed = int(text)
     except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
+        _bad_parameter(str(exc))
     if parsed < 0 and not negative_ok:
-        raise click.BadParameter(
+        _bad_parameter(
             f"{value} is negative; amounts here are 0 or more "
             "(to take budget away, use `ledger adjust TENANT_ID -AMOUNT --reason ...`)"
         )
     return parsed
+
+
+def _bad_parameter(message: str) -> NoReturn:
+    """A bad argument found inside a command: JSON under --json, click's usage error otherwise."""
+    current = click.get_current_context(silent=True)
+    ctx = current.find_object(Context) if current is not None else None
+    if ctx is not None and ctx.as_json:
+        _fail(EXIT_BAD_INPUT, message, ctx)
+    raise click.BadParameter(message)
 
 
 #: Commands whose amounts may look like options (-5): click passes them through
