@@ -7,7 +7,8 @@ decided here, in order, by the rules the single statements' probes apply
 (spend.sql), on an in-memory copy of the locked rows: exactly sequential
 application, including a large item that does not fit followed by a small one
 that does. The journal chain is extended entry by entry with
-:func:`ledger.journal.entry_hash`, byte for byte the SQL ``journal_hash``.
+:func:`ledger.journal.entry_hash` in entry format 2, byte for byte the SQL
+``journal_hash``.
 One ``batch_apply`` statement then writes the final balances, the holds and
 every journal entry with ``unnest``: the server does a few set-based writes
 for a batch of a thousand, not a thousand operations. The database still
@@ -41,7 +42,7 @@ from . import _operations as ops
 from . import _validate, errors
 from ._executor import Fetch, Nested, Op, Steps
 from ._queries import Queries
-from .journal import entry_hash_us, microseconds
+from .journal import ENTRY_FORMAT, entry_hash_us, microseconds
 from .outcomes import (
     Outcome,
     ReserveOutcome,
@@ -530,6 +531,7 @@ class _Plan:
                 None,
                 period,
                 None,
+                entry_format=ENTRY_FORMAT,  # batch_apply labels its entries with it
             )
         for t in self.tenants.values():
             t.head = heads[t.tenant_id]

@@ -3,8 +3,12 @@
 Every state change appends one entry; each entry's hash covers the previous
 entry's hash (the tenant's chain head) and the entry's canonical bytes, so
 editing, deleting, reordering or inserting an entry breaks the chain from
-that point. ``docs/journal.md`` specifies the byte layout (version tag
-``sqlledger/journal/v1``); the SQL function ``journal_hash`` and
+that point. ``docs/journal.md`` specifies the byte layouts: entries written
+since revision 0009 use format 2 (tag ``sqlledger/journal/v2``, injective:
+every nullable field carries a presence byte), older entries format 1 (tag
+``sqlledger/journal/v1``, which encodes NULL like 0 or ''). The journal's
+``entry_format`` column says which (NULL for format 1). The SQL function
+``journal_hash`` (format 2) and ``journal_hash_v1`` (format 1) and
 :func:`entry_hash` here must produce the same bytes.
 
 :class:`Replayer` rebuilds one tenant's balances and open holds from its
@@ -22,6 +26,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 JOURNAL_TAG = b"sqlledger/journal/v1\x00"
+JOURNAL_TAG_V2 = b"sqlledger/journal/v2\x00"
+#: The entry format every writer uses since revision 0009 (``journal.entry_format``).
+ENTRY_FORMAT = 2
+#: The formats :func:`entry_hash` knows; NULL in the column (None here) is format 1.
+ENTRY_FORMATS = (None, 1, 2)
 ROOT_TAG = b"sqlledger/journal-root/v1\x00"
 GENESIS = bytes(32)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -52,11 +61,17 @@ def entry_hash(
     idempotency_key: str | None,
     period_index: int | None = None,
     reason: str | None = None,
+    *,
+    entry_format: int | None = None,
 ) -> bytes:
-    """SHA-256 of the canonical v1 encoding; the SQL ``journal_hash`` mirrors it.
+    """SHA-256 of an entry's canonical encoding in ``entry_format``.
 
-    ``period_index`` and ``reason`` (revision 0006) are appended only when
-    either is present, so every entry written before them hashes as it did.
+    ``entry_format`` is the journal column of the same name: None (or 1) is
+    the v1 encoding (SQL ``journal_hash_v1``; ``journal_hash`` before revision
+    0009), in which ``period_index`` and ``reason`` (revision 0006) are a
+    trailer appended only when either is present; 2 is the injective v2
+    encoding of SQL ``journal_hash``, which every writer uses since revision
+    0009 (docs/journal.md has both layouts).
     """
     return entry_hash_us(
         prev,
@@ -75,6 +90,7 @@ def entry_hash(
         idempotency_key,
         period_index,
         reason,
+        entry_format=entry_format,
     )
 
 
@@ -100,11 +116,74 @@ def entry_hash_us(
     idempotency_key: str | None,
     period_index: int | None = None,
     reason: str | None = None,
+    *,
+    entry_format: int | None = None,
 ) -> bytes:
-    """:func:`entry_hash` with the timestamp already in epoch microseconds.
+    """:func:`entry_hash` with the timestamp already in epoch microseconds."""
+    if entry_format == ENTRY_FORMAT:
+        return entry_hash_v2_us(
+            prev,
+            tenant_id,
+            seq,
+            op,
+            reservation_id,
+            amount,
+            hold,
+            initial,
+            remaining,
+            reserved,
+            committed,
+            cap,
+            at_us,
+            idempotency_key,
+            period_index,
+            reason,
+        )
+    if entry_format is not None and entry_format != 1:
+        raise ValueError(f"unknown journal entry format {entry_format!r}")
+    return _entry_hash_v1_us(
+        prev,
+        tenant_id,
+        seq,
+        op,
+        reservation_id,
+        amount,
+        hold,
+        initial,
+        remaining,
+        reserved,
+        committed,
+        cap,
+        at_us,
+        idempotency_key,
+        period_index,
+        reason,
+    )
+
+
+def _entry_hash_v1_us(
+    prev: bytes,
+    tenant_id: str,
+    seq: int,
+    op: str,
+    reservation_id: int | None,
+    amount: int | None,
+    hold: int | None,
+    initial: int,
+    remaining: int,
+    reserved: int,
+    committed: int,
+    cap: int,
+    at_us: int,
+    idempotency_key: str | None,
+    period_index: int | None,
+    reason: str | None,
+) -> bytes:
+    """Format 1: absent numbers are 0, an absent key or reason is empty (not injective).
 
     The same bytes, packed in three ``struct`` calls and hashed in one: a
-    batch hashes thousands of entries sharing one timestamp (bench.batch_profile).
+    batch used to hash thousands of entries sharing one timestamp
+    (bench.batch_profile); old entries are still verified with it.
     """
     tid = tenant_id.encode("utf-8")
     name = op.encode("utf-8")
@@ -136,6 +215,70 @@ def entry_hash_us(
         note = (reason or "").encode("utf-8")
         message += _PERIOD.pack(-1 if period_index is None else period_index, len(note)) + note
     return hashlib.sha256(message).digest()
+
+
+_ABSENT = b"\x00"
+_PRESENT = b"\x01"
+_SOME_I64 = struct.Struct(">Bq")  # presence byte 1, then the value
+_BALANCES = struct.Struct(">6q")  # 5 balances, timestamp
+
+
+def _some_i64(value: int | None) -> bytes:
+    return _ABSENT if value is None else _SOME_I64.pack(1, value)
+
+
+def _some_text(value: str | None) -> bytes:
+    if value is None:
+        return _ABSENT
+    data = value.encode("utf-8")
+    return _PRESENT + _U32.pack(len(data)) + data
+
+
+def entry_hash_v2_us(
+    prev: bytes,
+    tenant_id: str,
+    seq: int,
+    op: str,
+    reservation_id: int | None,
+    amount: int | None,
+    hold: int | None,
+    initial: int,
+    remaining: int,
+    reserved: int,
+    committed: int,
+    cap: int,
+    at_us: int,
+    idempotency_key: str | None,
+    period_index: int | None,
+    reason: str | None,
+) -> bytes:
+    """Format 2 (SQL ``journal_hash``): every nullable field is a presence byte, then its value.
+
+    0x00 alone for NULL; 0x01 and the value (an i64, or a u32 length and
+    UTF-8) otherwise. Every field is self-delimiting, so two different entries
+    never encode alike: NULL, 0, -1 and '' are four different things.
+    """
+    tid = tenant_id.encode("utf-8")
+    name = op.encode("utf-8")
+    return hashlib.sha256(
+        b"".join(
+            (
+                JOURNAL_TAG_V2,
+                prev,
+                _U32.pack(len(tid)),
+                tid,
+                _SEQ_OP.pack(seq, len(name)),
+                name,
+                _some_i64(reservation_id),
+                _some_i64(amount),
+                _some_i64(hold),
+                _BALANCES.pack(initial, remaining, reserved, committed, cap, at_us),
+                _some_text(idempotency_key),
+                _some_i64(period_index),
+                _some_text(reason),
+            )
+        )
+    ).digest()
 
 
 class RootHasher:
@@ -266,30 +409,7 @@ class Replayer:
         s = self.state
         if e.seq != s.seq + 1:
             self.flag(e.seq, "sequence_gap", f"expected entry {s.seq + 1}, found {e.seq}")
-        expected = entry_hash(
-            s.head,
-            self.tenant_id,
-            e.seq,
-            e.op,
-            e.reservation_id,
-            e.amount_microcents,
-            e.hold_microcents,
-            e.initial_microcents,
-            e.remaining_microcents,
-            e.reserved_microcents,
-            e.committed_microcents,
-            e.max_reserved_microcents,
-            e.created_at,
-            e.idempotency_key,
-            getattr(e, "period_index", None),
-            getattr(e, "reason", None),
-        )
-        if bytes(e.entry_hash) != expected:
-            self.flag(
-                e.seq,
-                "hash_mismatch",
-                f"{e.op} entry does not hash to its stored value (edited or out of chain)",
-            )
+        self._check_hash(e)
         self._transition(e)
         recorded = (
             e.initial_microcents,
@@ -308,6 +428,58 @@ class Replayer:
         s.initial, s.remaining, s.reserved, s.committed, s.cap = recorded
         s.seq = e.seq
         s.head = bytes(e.entry_hash)
+
+    def _check_hash(self, e: Any) -> None:
+        """The entry must hash to its stored value from the head, in the format it names.
+
+        An entry whose hash matches the *other* format instead is accepted too:
+        a downgrade below revision 0009 drops the ``entry_format`` labels of
+        format-2 entries, and an earlier release's batches (which hash in
+        Python) label format-1 hashes 2 while a rolling upgrade is under way.
+        That costs no tamper-evidence: a stored format-2 hash can be the
+        encoding of one row only (format 2 is injective, and no format-1
+        encoding, whose tag differs, can hit it), and a format-1 hash covers
+        the same rows either way. docs/journal.md says more.
+        """
+        entry_format = getattr(e, "entry_format", None)
+        if entry_format not in ENTRY_FORMATS:
+            self.flag(
+                e.seq,
+                "hash_mismatch",
+                f"{e.op} entry names entry format {entry_format!r}, which no writer uses",
+            )
+            return
+        stored = bytes(e.entry_hash)
+        named = 2 if entry_format == ENTRY_FORMAT else 1
+        for candidate in (named, 3 - named):
+            if stored == self._hash(e, candidate):
+                return
+        self.flag(
+            e.seq,
+            "hash_mismatch",
+            f"{e.op} entry does not hash to its stored value (edited or out of chain)",
+        )
+
+    def _hash(self, e: Any, entry_format: int) -> bytes:
+        return entry_hash(
+            self.state.head,
+            self.tenant_id,
+            e.seq,
+            e.op,
+            e.reservation_id,
+            e.amount_microcents,
+            e.hold_microcents,
+            e.initial_microcents,
+            e.remaining_microcents,
+            e.reserved_microcents,
+            e.committed_microcents,
+            e.max_reserved_microcents,
+            e.created_at,
+            e.idempotency_key,
+            getattr(e, "period_index", None),
+            getattr(e, "reason", None),
+            entry_format=entry_format,
+        )
 
     def _transition(self, e: Any) -> None:
         """Apply one entry's change to the replayed state, flagging what cannot happen."""

@@ -181,6 +181,8 @@ def metadata(schema: str = "ledger") -> MetaData:
         Column("entry_hash", LargeBinary, nullable=False),
         Column("period_index", BigInteger, nullable=True),  # revision 0006
         Column("reason", Text, nullable=True),
+        # revision 0009: NULL is format 1 (every row written before it), new rows get 2
+        Column("entry_format", SmallInteger, nullable=True, server_default=text("2")),
         PrimaryKeyConstraint("tenant_id", "seq", name="journal_pkey"),
         Index(
             "journal_reservation_id_idx",

@@ -470,7 +470,7 @@ def forge(raw: psycopg.Connection, tenant: str, op: str, rid: int | None, amount
     reason = "forged"
     digest = entry_hash(
         bytes(head), tenant, seq + 1, op, rid, amount, None, initial, remaining, reserved,
-        spent, cap, at, None, None, reason,
+        spent, cap, at, None, None, reason, entry_format=2,
     )  # fmt: skip
     raw.execute(
         "INSERT INTO ledger.journal (tenant_id, seq, op, reservation_id, amount_microcents,"

@@ -118,16 +118,27 @@ def test_python_and_sql_hash_agree(raw: psycopg.Connection) -> None:
         )
         at = datetime(2026, 11, 29, 3, 4, 5, rng.randint(0, 999_999), tzinfo=UTC)
         key = rng.choice([None, "k", "ключ-" + "9" * 40])
-        sql = raw.execute(
-            "SELECT ledger.journal_hash(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (prev, *args, at, key),
-        ).fetchone()
-        assert sql is not None
-        assert bytes(sql[0]) == entry_hash(prev, *args, at, key)  # type: ignore[arg-type]
+        for function, entry_format in (("journal_hash", 2), ("journal_hash_v1", None)):
+            sql = raw.execute(
+                f"SELECT ledger.{function}(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (prev, *args, at, key),
+            ).fetchone()
+            assert sql is not None
+            assert bytes(sql[0]) == entry_hash(  # type: ignore[misc]
+                prev,
+                *args,  # type: ignore[arg-type]
+                at,
+                key,
+                entry_format=entry_format,
+            )
 
 
 def test_python_and_sql_hash_agree_with_period_and_reason(raw: psycopg.Connection) -> None:
-    """Revision 0006's overload: the trailer only when a period or a reason is there."""
+    """Revision 0006's overload, in format 1 (``journal_hash_v1`` since revision 0009).
+
+    The trailer only when a period or a reason is there. Format 2 is compared
+    field by field in tests/test_journal_format.py.
+    """
     rng = random.Random(6)
     at = datetime(2026, 11, 30, 1, 2, 3, 456789, tzinfo=UTC)
     for period, reason in [
@@ -152,7 +163,7 @@ def test_python_and_sql_hash_agree_with_period_and_reason(raw: psycopg.Connectio
             0,
         )
         sql = raw.execute(
-            "SELECT ledger.journal_hash(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+            "SELECT ledger.journal_hash_v1(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
             " %s, %s)",
             (prev, *args, at, "key", period, reason),
         ).fetchone()
@@ -306,6 +317,9 @@ def test_detects_consistently_rewritten_history_through_the_certificate(
             e["max_reserved_microcents"],
             e["created_at"],
             e["idempotency_key"],
+            e["period_index"],
+            e["reason"],
+            entry_format=e["entry_format"],
         )
         tamper(
             raw,

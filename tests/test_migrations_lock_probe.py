@@ -8,7 +8,7 @@ on a shared machine. Wall-clock latencies and sampled lock waits are measured
 too and printed (docs/migrations.md quotes them).
 
 Two upgrades are probed:
-- the previous release's revision to head (today 0006 -> 0008, every
+- the previous release's revision to head (today 0006 -> 0009, every
   unreleased revision in one upgrade) with the previous release's
   reserve/commit writer (its statements, kept verbatim in tests/released/) and
   a balance reader: what a rolling deploy runs while the migration does;

@@ -83,8 +83,8 @@ ORDER BY h.reservation_id
 -- Write a decided batch: each touched tenant's final balances and chain head
 -- (only if its chain is where the batch found it, which the lock guarantees),
 -- the holds it opens and closes, and one journal entry per change, hashed in
--- order by the batch (ledger.journal.entry_hash, the same bytes as
--- journal_hash). The guard rolls everything back if any count is off.
+-- order by the batch (ledger.journal.entry_hash in entry format 2, the same
+-- bytes as journal_hash). The guard rolls everything back if any count is off.
 /* planned per call: never prepared (ledger._executor.PER_CALL) */
 WITH tenant_rows AS (
     SELECT *
@@ -134,10 +134,11 @@ WITH tenant_rows AS (
     INSERT INTO {schema}.journal (
         tenant_id, seq, op, reservation_id, amount_microcents, hold_microcents,
         initial_microcents, remaining_microcents, reserved_microcents, committed_microcents,
-        max_reserved_microcents, idempotency_key, created_at, entry_hash, period_index)
+        max_reserved_microcents, idempotency_key, created_at, entry_hash, period_index,
+        entry_format)
     SELECT j.tenant_id, j.seq, j.op, j.reservation_id, j.amount, j.hold, j.initial,
            j.remaining, j.reserved, j.committed, j.cap, NULL, CAST(%(at)s AS timestamptz),
-           j.entry_hash, j.period_index
+           j.entry_hash, j.period_index, CAST(2 AS smallint)
     FROM unnest(CAST(%(j_tenant)b AS text[]), CAST(%(j_seq)s AS bigint[]),
                 CAST(%(j_op)b AS text[]), CAST(%(j_id)s AS bigint[]),
                 CAST(%(j_amount)s AS bigint[]), CAST(%(j_hold)s AS bigint[]),

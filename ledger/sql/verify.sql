@@ -6,7 +6,8 @@
 SELECT j.tenant_id, j.seq, j.op, j.reservation_id, j.amount_microcents,
        j.hold_microcents, j.initial_microcents, j.remaining_microcents,
        j.reserved_microcents, j.committed_microcents, j.max_reserved_microcents,
-       j.idempotency_key, j.created_at, j.entry_hash, j.period_index, j.reason
+       j.idempotency_key, j.created_at, j.entry_hash, j.period_index, j.reason,
+       j.entry_format
 FROM {schema}.journal AS j
 ORDER BY j.tenant_id, j.seq
 
@@ -15,7 +16,8 @@ ORDER BY j.tenant_id, j.seq
 SELECT j.tenant_id, j.seq, j.op, j.reservation_id, j.amount_microcents,
        j.hold_microcents, j.initial_microcents, j.remaining_microcents,
        j.reserved_microcents, j.committed_microcents, j.max_reserved_microcents,
-       j.idempotency_key, j.created_at, j.entry_hash, j.period_index, j.reason
+       j.idempotency_key, j.created_at, j.entry_hash, j.period_index, j.reason,
+       j.entry_format
 FROM {schema}.journal AS j
 WHERE j.seq > COALESCE((
     SELECT c.journal_seq FROM {schema}.certificate_checkpoints AS c
