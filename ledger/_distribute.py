@@ -551,12 +551,18 @@ SHARD_LOCK = "lock_tenant_shard"
 SHARD_HERE = "lock_shard_here"
 _SHARD_HERE_BODY = """
 BEGIN
-    PERFORM lock_shard_metadata(5, ARRAY[shard]);  -- 5 = ShareLock, as SHARD_LOCK
-    RETURN EXISTS (SELECT 1 FROM pg_dist_placement AS p
+    PERFORM pg_catalog.lock_shard_metadata(5, ARRAY[shard]);  -- 5 = ShareLock, as SHARD_LOCK
+    RETURN EXISTS (SELECT 1 FROM pg_catalog.pg_dist_placement AS p
                    WHERE p.shardid = shard
-                     AND p.groupid = (SELECT l.groupid FROM pg_dist_local_group AS l));
+                     AND p.groupid = (SELECT l.groupid FROM pg_catalog.pg_dist_local_group AS l));
 END
 """
+_SHARD_LOCK_BODY = "SELECT pg_catalog.lock_shard_metadata(5, ARRAY[shard])"  # 5 = ShareLock
+#: Every SECURITY DEFINER function here runs with this search path and names every
+#: relation and function with its schema: ``pg_temp`` last, or a caller's TEMP table
+#: (a TEMP ``pg_dist_placement``, say) would come first and change the answer
+#: (issue 22, finding 12; PostgreSQL's "Writing SECURITY DEFINER Functions Safely").
+_DEFINER_SEARCH_PATH = "pg_catalog, pg_temp"
 #: ``routed_<statement>_<hash>_s<anchor shard id>``: the statement on one shard group.
 SHARD_SUFFIX = "_s"
 #: ``journal_hash``'s STABLE twin, for statements on the shards themselves: Citus
@@ -731,26 +737,19 @@ def _create_routed(conn: Connection, schema: str, changed: list[str]) -> None:
     queries = for_schema(schema)
     tenant_keyed = sorted(t for t, has_key in _tables(conn, schema).items() if has_key)
     q = f'"{schema}"'
-    if not conn.execute(
-        text("SELECT to_regprocedure(:f) IS NOT NULL"), {"f": f"{q}.{SHARD_LOCK}(bigint)"}
-    ).scalar():
-        conn.execute(
-            text(
-                f"CREATE FUNCTION {q}.{SHARD_LOCK}(shard bigint) RETURNS void"
-                " LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog"
-                " AS 'SELECT lock_shard_metadata(5, ARRAY[shard])'"  # 5 = ShareLock
-            )
+    # Made again when missing or stale (a body or search path of an earlier version).
+    if _definer_source(conn, f"{q}.{SHARD_LOCK}(bigint)") != _SHARD_LOCK_BODY:
+        conn.exec_driver_sql(
+            f"CREATE OR REPLACE FUNCTION {q}.{SHARD_LOCK}(shard bigint) RETURNS void"
+            " LANGUAGE sql VOLATILE SECURITY DEFINER"
+            f" SET search_path = {_DEFINER_SEARCH_PATH} AS $lock${_SHARD_LOCK_BODY}$lock$"
         )
         changed.append(f"created {SHARD_LOCK}")
-    here = conn.execute(
-        text("SELECT prosrc FROM pg_proc WHERE oid = to_regprocedure(:f)"),
-        {"f": f"{q}.{SHARD_HERE}(bigint)"},
-    ).scalar()
-    if here != _SHARD_HERE_BODY:
+    if _definer_source(conn, f"{q}.{SHARD_HERE}(bigint)") != _SHARD_HERE_BODY:
         conn.exec_driver_sql(
             f"CREATE OR REPLACE FUNCTION {q}.{SHARD_HERE}(shard bigint) RETURNS boolean"
-            " LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog"
-            f" AS $here${_SHARD_HERE_BODY}$here$"
+            " LANGUAGE plpgsql VOLATILE SECURITY DEFINER"
+            f" SET search_path = {_DEFINER_SEARCH_PATH} AS $here${_SHARD_HERE_BODY}$here$"
         )
         changed.append(f"created {SHARD_HERE}")
     _create_shard_hash(conn, schema, changed)
@@ -787,6 +786,17 @@ def _create_routed(conn: Connection, schema: str, changed: list[str]) -> None:
         if re.sub(rf"{SHARD_SUFFIX}\d+$", "", function) not in wanted:
             conn.execute(text(f"DROP FUNCTION {signature}"))
             changed.append(f"dropped {function}")
+
+
+def _definer_source(conn: Connection, signature: str) -> str | None:
+    """A SECURITY DEFINER function's body, or None if it is missing or has another search path."""
+    found = conn.execute(
+        text("SELECT prosrc, proconfig FROM pg_catalog.pg_proc WHERE oid = to_regprocedure(:f)"),
+        {"f": signature},
+    ).first()
+    if found is None or list(found.proconfig or ()) != [f"search_path={_DEFINER_SEARCH_PATH}"]:
+        return None
+    return str(found.prosrc)
 
 
 def _create_shard_hash(conn: Connection, schema: str, changed: list[str]) -> None:

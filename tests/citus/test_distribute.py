@@ -341,3 +341,58 @@ def test_every_shard_group_gets_static_functions_and_the_fallback_still_works(
     assert remote.one_round_trip(), remote.summary()
     assert book.tenant("acme") == ledger.TenantLedger("acme", 100, 50, 50, 0)
     assert book.verify_journal().ok
+
+
+def test_a_temp_pg_dist_placement_does_not_change_lock_shard_here(
+    citus_url: str, schema: str, book: ledger.Ledger, raw: psycopg.Connection
+) -> None:
+    """Issue 22, finding 12: the SECURITY DEFINER guards search pg_catalog, then pg_temp.
+
+    With ``search_path = pg_catalog`` alone PostgreSQL searches the caller's
+    temporary schema first, so a caller's TEMP ``pg_dist_placement`` decided
+    whether a shard was "here". Checked on the tenant's worker (the shard is
+    here: an empty fake must not hide it) and on the other (it is not: a fake
+    row must not place it here). A guard made by an earlier version, with the
+    old search path, is made again by ``distribute``.
+    """
+    from ledger._distribute import SHARD_HERE, SHARD_LOCK
+
+    book.ensure_tenant("acme", 100)
+    q = f'"{schema}"'
+    shard, port = raw.execute(
+        "SELECT s.shardid, s.nodeport FROM citus_shards AS s"
+        " WHERE s.shardid = get_shard_id_for_distribution_column(%s::regclass, 'acme')",
+        (f"{q}.tenants",),
+    ).fetchone()  # type: ignore[misc]
+    workers = [p for (p,) in raw.execute("SELECT nodeport FROM pg_dist_node WHERE groupid > 0")]
+    assert port in workers and len(workers) >= 2
+    for worker_port in workers:
+        url = make_url(plain(citus_url)).set(port=worker_port).render_as_string(hide_password=False)
+        with psycopg.connect(url, autocommit=True) as worker:
+            for function in (SHARD_HERE, SHARD_LOCK):
+                assert worker.execute(
+                    "SELECT proconfig FROM pg_proc WHERE oid = to_regprocedure(%s)",
+                    (f"{q}.{function}(bigint)",),
+                ).fetchone() == (["search_path=pg_catalog, pg_temp"],), (function, worker_port)
+            here = worker_port == port
+            worker.execute("CREATE TEMP TABLE pg_dist_placement (shardid bigint, groupid int)")
+            if not here:  # claim the shard for this node
+                worker.execute(
+                    "INSERT INTO pg_temp.pg_dist_placement"
+                    " SELECT %s, groupid FROM pg_catalog.pg_dist_local_group",
+                    (shard,),
+                )
+            for path in ("pg_temp, pg_catalog", "pg_catalog"):
+                worker.execute(f"SET search_path = {path}")
+                answer = worker.execute(f"SELECT {q}.{SHARD_HERE}(%s)", (shard,)).fetchone()
+                assert answer == (here,), (worker_port, path)
+    # An old guard (search path without pg_temp) is replaced by the next distribute.
+    raw.execute(f"ALTER FUNCTION {q}.{SHARD_HERE}(bigint) SET search_path = pg_catalog")
+    changed = distribute(alchemy(citus_url), schema).changed
+    assert f"created {SHARD_HERE}" in changed
+    assert raw.execute(
+        "SELECT proconfig FROM pg_proc WHERE oid = to_regprocedure(%s)",
+        (f"{q}.{SHARD_HERE}(bigint)",),
+    ).fetchone() == (["search_path=pg_catalog, pg_temp"],)
+    assert book.try_reserve("acme", 10).ok
+    assert book.verify_journal().ok
