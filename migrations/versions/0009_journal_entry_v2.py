@@ -201,11 +201,32 @@ def _journal_hash(q: str, body_14: str, body_16: str) -> None:
     )
 
 
+def _one_connection_per_node_on_citus() -> None:
+    """As revisions 0006 and 0007: shard DDL and function DDL share one transaction on Citus.
+
+    Citus sends a function's DDL to every node over one connection per node,
+    which it refuses after the ALTER TABLE on the distributed journal has run
+    in parallel over several; sequential mode uses one connection throughout.
+    """
+    op.execute(
+        sa.text("""
+        DO $$
+        BEGIN
+            IF EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus') THEN
+                PERFORM set_config('citus.multi_shard_modify_mode', 'sequential', true);
+            END IF;
+        END
+        $$
+    """)
+    )
+
+
 def upgrade() -> None:
     migrator.locked(_expand)
 
 
 def _expand() -> None:
+    _one_connection_per_node_on_citus()
     s = _schema()
     q = f'"{s}"'
     # Metadata only: no default while the column is added, so no row is filled.
@@ -227,6 +248,7 @@ def downgrade() -> None:
 
 
 def _contract() -> None:
+    _one_connection_per_node_on_citus()
     s = _schema()
     q = f'"{s}"'
     op.execute(sa.text(f"ALTER TABLE {q}.journal ALTER COLUMN entry_format DROP DEFAULT"))
