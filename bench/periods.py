@@ -29,8 +29,9 @@ import psycopg
 
 import ledger
 from ledger import _operations as ops
-from ledger._executor import Fetch, PsycopgExecutor, Steps, drive
+from ledger._executor import PsycopgExecutor, drive
 from ledger._queries import for_schema
+from ledger._requests import Fetch, Steps
 
 from . import scratch
 

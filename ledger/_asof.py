@@ -47,9 +47,9 @@ from datetime import datetime
 from typing import Any
 
 from . import _validate, errors
-from ._executor import Fetch, Op, OpenStream, ReadStream, Steps
 from ._operations import first_row, ledger_wide
 from ._queries import Queries
+from ._requests import Fetch, Op, OpenStream, ReadStream, Steps
 
 _BATCH = 2_000
 

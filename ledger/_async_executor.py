@@ -29,20 +29,8 @@ from psycopg import IsolationLevel
 from psycopg.rows import namedtuple_row
 
 from . import _telemetry, errors
-from ._executor import (
-    Fetch,
-    FetchEach,
-    Nested,
-    Op,
-    OpenStream,
-    Params,
-    ReadStream,
-    Request,
-    Steps,
-    positional,
-    prepare_for,
-    values,
-)
+from ._executor import positional, prepare_for, values
+from ._requests import Fetch, FetchEach, Nested, Op, OpenStream, Params, ReadStream, Request, Steps
 from ._translate import translate
 
 if TYPE_CHECKING:

@@ -34,11 +34,11 @@ from ._batch import CommitItem, ReleaseItem, ReserveItem
 from ._direct import AsyncWorkerRouter
 from ._distribute import routed_queries_async
 from ._engine import normalise_url
-from ._executor import Op
 from ._hold import AsyncHold
 from ._ledger import DEFAULT_HOLD_TTL
 from ._outside import CertificateCheck
 from ._queries import Queries, for_schema
+from ._requests import Op
 from ._stats import LedgerStats
 from .finance import FinancialCertificate
 from .journal import JournalReport

@@ -40,8 +40,8 @@ from typing import Any, TypeVar
 
 from . import _operations as ops
 from . import _validate, errors
-from ._executor import Fetch, Nested, Op, Steps
 from ._queries import Queries
+from ._requests import Fetch, Nested, Op, Steps
 from .journal import ENTRY_FORMAT, entry_hash_us, microseconds
 from .outcomes import (
     Outcome,

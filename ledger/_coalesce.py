@@ -39,7 +39,8 @@ from psycopg.rows import namedtuple_row
 from sqlalchemy import Engine
 
 from . import errors
-from ._executor import Fetch, Op, PsycopgExecutor, Steps, _rows, positional, values
+from ._executor import PsycopgExecutor, _rows, positional, values
+from ._requests import Fetch, Op, Steps
 from ._translate import translate
 
 T = TypeVar("T")

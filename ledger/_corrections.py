@@ -10,9 +10,9 @@ ledger/sql/corrections.sql and the ``refund_commit`` function of migration
 from __future__ import annotations
 
 from . import _validate, errors
-from ._executor import Op, Steps
 from ._operations import cas, first_row, idempotent
 from ._queries import Queries
+from ._requests import Op, Steps
 from .outcomes import AdjustOutcome, RefundOutcome, Status, adjust_outcome, refund_outcome
 
 #: A reason is free text for people, stored in every journal entry it explains.

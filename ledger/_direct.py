@@ -42,10 +42,10 @@ from . import errors
 from ._async_executor import AsyncDatabase
 from ._distribute import shard_variant
 from ._engine import as_engine
-from ._executor import Fetch, Op, Steps
 from ._pghash import hashtext
 from ._pool import OwnPool
 from ._queries import Queries
+from ._requests import Fetch, Op, Steps
 
 #: How long a worker that could not be reached is left out (its tenants' calls
 #: go through the coordinator meanwhile).

@@ -52,9 +52,9 @@ from sqlalchemy import exc as sa_exc
 
 from . import _validate, errors
 from ._engine import EngineLike, as_engine
-from ._executor import Fetch, Op, Steps
 from ._keyed import ANSWER, KEYED, OUTCOME, REQUEST_HASH, KeyedOperation, missing_sql, outcome_sql
 from ._queries import DistributedQueries, Queries, for_schema
+from ._requests import Fetch, Op, Steps
 from ._translate import translate
 
 __all__ = ["Distribution", "distribute"]

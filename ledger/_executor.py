@@ -2,8 +2,8 @@
 
 Operations (:mod:`ledger._operations`, :mod:`ledger._batch`,
 :mod:`ledger._verify`) are written once, as generators that *yield requests*
-(:class:`Fetch` a statement, :class:`FetchEach` over many parameter sets,
-:class:`OpenStream`/:class:`ReadStream` for large scans, :class:`Nested` for a
+(:mod:`ledger._requests`: ``Fetch`` a statement, ``FetchEach`` over many
+parameter sets, ``OpenStream``/``ReadStream`` for large scans, ``Nested`` for a
 step inside a savepoint) and receive the rows back. They never see a
 connection. An :class:`Executor` carries the requests out on one connection;
 there is one executor per back-end:
@@ -31,10 +31,9 @@ import re
 import time
 from abc import ABC, abstractmethod
 from collections import namedtuple
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import IsolationLevel
@@ -49,9 +48,18 @@ from ._translate import _driver_error, translate
 if TYPE_CHECKING:
     from ._coalesce import Coalescer
 
-T = TypeVar("T")
-Params = Mapping[str, Any]
-Isolation = Literal["AUTOCOMMIT", "READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"]
+from ._requests import (
+    Fetch,
+    FetchEach,
+    Nested,
+    Op,
+    OpenStream,
+    Params,
+    ReadStream,
+    Request,
+    Steps,
+    T,
+)
 
 _RETRY_ATTEMPTS = 5
 _TRANSIENT = (errors.SerializationConflict, errors.DeadlockDetected)
@@ -60,80 +68,6 @@ _ISOLATION = {
     "REPEATABLE READ": IsolationLevel.REPEATABLE_READ,
     "SERIALIZABLE": IsolationLevel.SERIALIZABLE,
 }
-
-
-# ---------------------------------------------------------------- requests
-
-
-@dataclass(frozen=True, slots=True)
-class Fetch:
-    """Run one statement; the reply is its rows (an empty list if it returns none)."""
-
-    sql: str
-    params: Params
-
-
-@dataclass(frozen=True, slots=True)
-class FetchEach:
-    """Run one statement per parameter set, pipelined where the back-end can.
-
-    The reply is one list of rows per parameter set, in order.
-    """
-
-    sql: str
-    params: Sequence[Params]
-
-
-@dataclass(frozen=True, slots=True)
-class OpenStream:
-    """Start a scan that is read in slices (a server-side cursor); the reply is a handle."""
-
-    sql: str
-    params: Params
-
-
-@dataclass(frozen=True, slots=True)
-class ReadStream:
-    """The next ``size`` rows of an open stream; an empty list at the end."""
-
-    stream: int
-    size: int
-
-
-@dataclass(frozen=True, slots=True)
-class Nested:
-    """Run ``steps`` inside a savepoint: if they raise, only their own writes are undone.
-
-    With ``when_owned=False`` the savepoint is skipped when the ledger owns
-    the transaction (an exception then rolls the whole transaction back
-    anyway, so the savepoint would be a wasted round trip).
-    """
-
-    steps: Callable[[], Steps[Any]]
-    when_owned: bool = True
-
-
-Request = Fetch | FetchEach | OpenStream | ReadStream | Nested
-Steps = Generator[Request, Any, T]
-
-
-@dataclass(frozen=True, slots=True)
-class Op(Generic[T]):
-    """One ledger operation: its steps, and the transaction they need.
-
-    ``AUTOCOMMIT`` means every statement stands alone (on the ledger's own
-    connection each is its own transaction, and a transient conflict retries
-    just that statement); any other isolation runs all steps in one
-    transaction, retried as a whole when the ledger owns it. ``then``, if
-    set, turns the result into a follow-up operation run in a transaction of
-    its own (certify: a REPEATABLE READ snapshot, then a short write), or
-    into None when the result is final (a keyed call on Citus that answered
-    in one command, ledger/_keyed.py).
-    """
-
-    steps: Callable[[], Steps[Any]]
-    isolation: Isolation = "AUTOCOMMIT"
-    then: Callable[[Any], Op[T] | None] | None = None
 
 
 # --------------------------------------------------------------- back-ends

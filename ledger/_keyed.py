@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from . import _telemetry, errors
-from ._executor import Fetch, Op, Steps
+from ._requests import Fetch, Op, Steps
 from .outcomes import (
     Outcome,
     adjust_outcome,

@@ -40,11 +40,12 @@ from ._coalesce import Coalescer
 from ._direct import WorkerRouter
 from ._distribute import routed_queries
 from ._engine import EngineLike, as_engine
-from ._executor import Connectable, Database, Op
+from ._executor import Connectable, Database
 from ._hold import Hold
 from ._outside import CertificateCheck
 from ._pool import OwnPool
 from ._queries import Queries, for_schema
+from ._requests import Op
 from ._stats import LedgerStats
 from .finance import FinancialCertificate
 from .journal import JournalReport

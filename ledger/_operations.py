@@ -19,8 +19,8 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from . import _keyed, _telemetry, _validate, errors
-from ._executor import Fetch, Op, Steps
 from ._queries import Queries
+from ._requests import Fetch, Op, Steps
 from .finance import FinancialCertificate, certify_snapshot
 from .journal import RootHasher
 from .outcomes import (

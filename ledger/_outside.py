@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from . import errors
-from ._executor import Fetch, Op, Steps
 from ._operations import first_row
 from ._queries import Queries
+from ._requests import Fetch, Op, Steps
 from .finance import FinancialCertificate
 from .journal import GENESIS, RootHasher
 

@@ -21,9 +21,9 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from . import _validate, errors
-from ._executor import Fetch, Op, Steps
 from ._operations import first_row, idempotent, ledger_wide
 from ._queries import Queries
+from ._requests import Fetch, Op, Steps
 from .outcomes import AllowanceOutcome, Outcome, PeriodSpend, Renewals, SkippedTenant, Status
 
 I64_MAX = _validate.I64_MAX

@@ -12,9 +12,9 @@ from datetime import datetime
 from typing import Any
 
 from . import _validate, errors
-from ._executor import Op
 from ._operations import first_row
 from ._queries import Queries
+from ._requests import Op
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from typing import Any
 
 from . import errors
-from ._executor import Fetch, Op, OpenStream, ReadStream, Steps
 from ._operations import ledger_wide
 from ._queries import Queries
+from ._requests import Fetch, Op, OpenStream, ReadStream, Steps
 from .journal import (
     GENESIS,
     Discrepancy,

@@ -32,8 +32,9 @@ from sqlalchemy import create_engine, pool, text
 import ledger
 from ledger import CommitItem, ReleaseItem, Status, cli, errors
 from ledger import _operations as ops
-from ledger._executor import Fetch, Op, PsycopgExecutor, drive
+from ledger._executor import PsycopgExecutor, drive
 from ledger._queries import for_schema
+from ledger._requests import Fetch, Op
 from ledger.roles import create_roles, enable_row_level_security
 
 DAY = timedelta(days=1)

@@ -97,6 +97,45 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
     assert _find_cycle({"a": {"b"}, "b": set()}) is None
 
 
+#: Modules whose code is operations (steps that yield requests): they need the
+#: request types, never a driver.
+OPERATION_MODULES = (
+    "ledger._operations",
+    "ledger._batch",
+    "ledger._verify",
+    "ledger._asof",
+    "ledger._periods",
+    "ledger._corrections",
+    "ledger._stats",
+    "ledger._outside",
+)
+DRIVERS = {"ledger._executor", "ledger._async_executor"}
+
+
+def _third_party_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = {
+        a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+    }
+    found |= {
+        (n.module or "").split(".")[0]
+        for n in ast.walk(tree)
+        if isinstance(n, ast.ImportFrom) and not n.level
+    }
+    return found
+
+
+def test_the_request_types_need_no_driver() -> None:
+    path = MODULES["ledger._requests"]
+    assert _runtime_imports("ledger._requests", path) == set()
+    assert not _third_party_imports(path) & {"psycopg", "sqlalchemy", "psycopg_pool"}
+
+
+@pytest.mark.parametrize("module", OPERATION_MODULES)
+def test_operations_do_not_import_a_driver(module: str) -> None:
+    assert not _runtime_imports(module, MODULES[module]) & DRIVERS
+
+
 BACKEND_TYPES = re.compile(
     r"isinstance\([^)]*\b(Connection|Session|scoped_session|ForeignConnection|AsyncConnection|"
     r"AsyncSession)\b"
