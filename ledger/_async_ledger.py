@@ -31,14 +31,13 @@ from . import _operations as ops
 from ._asof import AsOfCheckpoint, BalanceAt, SpendReport
 from ._async_executor import AsyncDatabase
 from ._batch import CommitItem, ReleaseItem, ReserveItem
-from ._direct import AsyncWorkerRouter
-from ._distribute import routed_queries_async
 from ._engine import normalise_url
 from ._hold import AsyncHold
 from ._ledger import DEFAULT_HOLD_TTL
 from ._outside import CertificateCheck
 from ._queries import Queries, for_schema
 from ._requests import Op
+from ._routing import AsyncWorkerRouter, routed_queries_async
 from ._stats import LedgerStats
 from .finance import FinancialCertificate
 from .journal import JournalReport

@@ -37,8 +37,6 @@ from . import _operations as ops
 from ._asof import AsOfCheckpoint, BalanceAt, SpendReport
 from ._batch import CommitItem, ReleaseItem, ReserveItem
 from ._coalesce import Coalescer
-from ._direct import WorkerRouter
-from ._distribute import routed_queries
 from ._engine import EngineLike, as_engine
 from ._executor import Connectable, Database
 from ._hold import Hold
@@ -46,6 +44,7 @@ from ._outside import CertificateCheck
 from ._pool import OwnPool
 from ._queries import Queries, for_schema
 from ._requests import Op
+from ._routing import WorkerRouter, routed_queries
 from ._stats import LedgerStats
 from .finance import FinancialCertificate
 from .journal import JournalReport

@@ -1,4 +1,4 @@
-"""Clients on the workers: ``Ledger(url, route_to_workers=True)`` (ledger/_direct.py).
+"""Clients on the workers: ``Ledger(url, route_to_workers=True)`` (ledger/citus/routing.py).
 
 What must hold, checked against Citus itself:
 
@@ -33,7 +33,7 @@ from sqlalchemy.engine import make_url
 
 import ledger
 from ledger import errors
-from ledger._pghash import hashtext
+from ledger.citus.hash import hashtext
 
 from ..helpers import holds_match_reserved
 from .conftest import alchemy, plain

@@ -1,0 +1,98 @@
+"""The Citus wing (ledger/citus/) is reached from the core at one seam only.
+
+On plain PostgreSQL no code of ledger/citus/ runs (tests/test_keyed_plain.py
+proves it on a server); this keeps the shape that makes it so: the core
+modules do not import the wing, except ``ledger._routing`` (the seam), and
+the public ``ledger.distribute`` with the CLI command that calls it. No core
+module asks which kind of schema it runs on: the statements object answers.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import ledger
+
+PACKAGE = Path(ledger.__file__).parent
+WING = PACKAGE / "citus"
+
+#: Core modules allowed to import ledger.citus, and why.
+SEAM = {
+    "_routing.py": "the strategy seam: which statements, which worker",
+    "__init__.py": "ledger.distribute, public API",
+}
+
+
+def _allowed(relative: str) -> bool:
+    """The seam, or the CLI (its ``ledger distribute`` command), a module or a package."""
+    return relative in SEAM or relative.startswith(("_cli", "cli"))
+
+
+def _core_modules() -> list[Path]:
+    return [p for p in PACKAGE.rglob("*.py") if WING not in p.parents]
+
+
+def _imports_the_wing(path: Path) -> bool:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1])
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            names = [f"{target}.{a.name}" for a in node.names] + [target]
+            if any(n == "ledger.citus" or n.startswith("ledger.citus.") for n in names):
+                return True
+        elif isinstance(node, ast.Import) and any(
+            a.name.startswith("ledger.citus") for a in node.names
+        ):
+            return True
+    return False
+
+
+def test_the_core_imports_the_wing_at_the_seam_only() -> None:
+    importers = {str(p.relative_to(PACKAGE)) for p in _core_modules() if _imports_the_wing(p)}
+    assert all(_allowed(i) for i in importers), (
+        f"import ledger.citus through ledger._routing: {importers}"
+    )
+    assert "_routing.py" in importers
+
+
+def test_the_wing_detector_detects_an_import() -> None:
+    module = PACKAGE / "_routing.py"
+    assert _imports_the_wing(module)
+    assert not _imports_the_wing(PACKAGE / "_operations.py")
+
+
+#: What a flag leak looks like: the core asking which kind of schema it has.
+FLAGS = {"distributed", "DistributedQueries", "keyed_call"}
+
+
+def _flags(path: Path) -> list[int]:
+    """Lines that name a flag in code (an attribute or a name; docstrings do not count)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return sorted(
+        node.lineno
+        for node in ast.walk(tree)
+        if (isinstance(node, ast.Attribute) and node.attr in FLAGS)
+        or (isinstance(node, ast.Name) and node.id in FLAGS)
+    )
+
+
+def test_no_core_module_asks_whether_the_schema_is_distributed() -> None:
+    offenders = [
+        f"{p.relative_to(PACKAGE)}:{n}"
+        for p in _core_modules()
+        if not _allowed(str(p.relative_to(PACKAGE)))
+        for n in _flags(p)
+    ]
+    assert offenders == []
+
+
+def test_the_flag_detector_detects_a_flag(tmp_path: Path) -> None:
+    leaky = tmp_path / "leaky.py"
+    leaky.write_text("def f(q):\n    return q.distributed\n", encoding="utf-8")
+    assert _flags(leaky) == [2]
