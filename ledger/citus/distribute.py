@@ -50,6 +50,7 @@ from .._engine import EngineLike, as_engine
 from .._translate import translate
 from .functions import create_routed
 from .names import ANCHOR, DISTRIBUTION_COLUMN, FUNCTION_ARGUMENT, ROUTED_PREFIX
+from .sql import render
 
 __all__ = ["Distribution", "distribute"]
 
@@ -150,8 +151,8 @@ def _journal_hash_immutable(conn: Connection, q: str) -> None:
     """
     for signature in _JOURNAL_HASHES:
         function = signature.format(q=q)
-        if conn.execute(text("SELECT to_regprocedure(:f) IS NOT NULL"), {"f": function}).scalar():
-            conn.execute(text(f"ALTER FUNCTION {function} IMMUTABLE"))
+        if conn.execute(text(render("procedure_exists")), {"f": function}).scalar():
+            conn.execute(text(render("make_immutable", function=function)))
 
 
 def _create_distributed(
@@ -167,18 +168,12 @@ def _create_distributed(
         )
     if name == ANCHOR:
         conn.execute(
-            text(
-                "SELECT create_distributed_table(CAST(:t AS regclass), :c,"
-                " shard_count => CAST(:n AS int))"
-            ),
+            text(render("distribute_anchor")),
             {"t": f"{q}.{name}", "c": DISTRIBUTION_COLUMN, "n": shard_count},
         )
     else:
         conn.execute(
-            text(
-                "SELECT create_distributed_table(CAST(:t AS regclass), :c,"
-                " colocate_with => :anchor)"
-            ),
+            text(render("distribute_colocated")),
             {"t": f"{q}.{name}", "c": DISTRIBUTION_COLUMN, "anchor": f"{q}.{ANCHOR}"},
         )
 
@@ -191,7 +186,7 @@ def _distribute(conn: Connection, schema: str, shard_count: int | None) -> Distr
     q = f'"{schema}"'
     changed: list[str] = []
     # Only for this transaction: lets Citus distribute the journal with its triggers.
-    conn.execute(text("SET LOCAL citus.enable_unsafe_triggers = on"))
+    conn.execute(text(render("allow_unsafe_triggers")))
     _journal_hash_immutable(conn, q)
 
     tenant_keyed = sorted(
@@ -236,9 +231,7 @@ def _distribute(conn: Connection, schema: str, shard_count: int | None) -> Distr
     for name in ledger_wide:
         state = _citus_state(conn, schema, name)
         if state is None:
-            conn.execute(
-                text("SELECT create_reference_table(CAST(:t AS regclass))"), {"t": f"{q}.{name}"}
-            )
+            conn.execute(text(render("make_reference_table")), {"t": f"{q}.{name}"})
             copied.append(name)
             changed.append(f"made {name} a reference table")
         elif state[0] != "n" or not _is_reference(conn, schema, name):
@@ -249,10 +242,7 @@ def _distribute(conn: Connection, schema: str, shard_count: int | None) -> Distr
             )
 
     _drop_local_copies(conn, schema, copied)
-    count = conn.execute(
-        text("SELECT shard_count FROM citus_tables WHERE table_name = CAST(:t AS regclass)"),
-        {"t": f"{q}.{ANCHOR}"},
-    ).scalar_one()
+    count = conn.execute(text(render("shard_count")), {"t": f"{q}.{ANCHOR}"}).scalar_one()
     return Distribution(
         schema=schema,
         citus_version=version,
@@ -272,7 +262,7 @@ def _migrated_revision(conn: Connection, schema: str, tables: dict[str, bool]) -
             f"schema {schema!r} has no migrated ledger in this database; run "
             f"ledger.migrate(url, schema={schema!r}) (or `ledger migrate`) on the coordinator first"
         )
-    revision = conn.execute(text(f'SELECT version_num FROM "{schema}".alembic_version')).scalar()
+    revision = conn.execute(text(render("migrated_revision", schema=f'"{schema}"'))).scalar()
     if revision in _BEFORE_JOURNAL:
         # Revision 0002 backfills the journal with one statement that uses now(): on
         # distributed tables the worker's part and the coordinator's part see
@@ -287,24 +277,20 @@ def _migrated_revision(conn: Connection, schema: str, tables: dict[str, bool]) -
 
 def _lock(conn: Connection, schema: str) -> None:
     """The same lock as ledger.migrate: a migration and a distribution never interleave."""
-    conn.execute(
-        text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"sql-ledger:{schema}"}
-    )
+    conn.execute(text(render("migration_lock")), {"key": f"sql-ledger:{schema}"})
 
 
 def _citus_version(conn: Connection) -> str:
-    version = conn.execute(
-        text("SELECT extversion FROM pg_extension WHERE extname = 'citus'")
-    ).scalar()
+    version = conn.execute(text(render("citus_version"))).scalar()
     if version is None:
-        server = conn.execute(text("SHOW server_version")).scalar()
-        database = conn.execute(text("SELECT current_database()")).scalar()
+        server = conn.execute(text(render("server_version"))).scalar()
+        database = conn.execute(text(render("current_database"))).scalar()
         raise errors.CitusNotAvailable(
             f"database {database!r} (PostgreSQL {server}) has no Citus extension, so there is "
             "nothing to distribute: on plain PostgreSQL the ledger needs no distribution step. "
             "On Citus, connect to the coordinator's database where CREATE EXTENSION citus ran"
         )
-    if not conn.execute(text("SELECT citus_is_coordinator()")).scalar():
+    if not conn.execute(text(render("is_coordinator"))).scalar():
         raise errors.CitusNotAvailable(
             "this Citus node is a worker; run the distribution on the coordinator"
         )
@@ -314,17 +300,7 @@ def _citus_version(conn: Connection) -> str:
 def _tables(conn: Connection, schema: str) -> dict[str, bool]:
     """The schema's tables and whether each has a ``tenant_id`` column (shards excluded)."""
     rows = conn.execute(
-        text(
-            """
-            SELECT c.relname,
-                   EXISTS (SELECT 1 FROM pg_attribute AS a
-                           WHERE a.attrelid = c.oid AND a.attname = :column
-                             AND NOT a.attisdropped) AS has_key
-            FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
-            WHERE n.nspname = :schema AND c.relkind IN ('r', 'p') AND NOT c.relispartition
-              AND NOT relation_is_a_known_shard(c.oid)
-            """
-        ),
+        text(render("schema_tables")),
         {"schema": schema, "column": DISTRIBUTION_COLUMN},
     ).all()
     return {name: bool(has_key) for name, has_key in rows}
@@ -337,35 +313,21 @@ def _tenant_keyed(conn: Connection, schema: str) -> list[str]:
 
 def _collation(conn: Connection, schema: str, table: str) -> str | None:
     value = conn.execute(
-        text(
-            "SELECT co.collname FROM pg_attribute AS a"
-            " LEFT JOIN pg_collation AS co ON co.oid = a.attcollation"
-            " WHERE a.attrelid = CAST(:t AS regclass) AND a.attname = :c"
-        ),
-        {"t": f'"{schema}".{table}', "c": DISTRIBUTION_COLUMN},
+        text(render("column_collation")), {"t": f'"{schema}".{table}', "c": DISTRIBUTION_COLUMN}
     ).scalar()
     return None if value is None else str(value)
 
 
 def _citus_state(conn: Connection, schema: str, table: str) -> tuple[str, str | None, int] | None:
     """(partition method, distribution column, colocation id), or None for a plain table."""
-    row = conn.execute(
-        text(
-            "SELECT partmethod, column_to_column_name(logicalrelid, partkey), colocationid"
-            " FROM pg_dist_partition WHERE logicalrelid = CAST(:t AS regclass)"
-        ),
-        {"t": f'"{schema}".{table}'},
-    ).first()
+    row = conn.execute(text(render("citus_state")), {"t": f'"{schema}".{table}'}).first()
     if row is None:
         return None
     return str(row[0]), (None if row[1] is None else str(row[1])), int(row[2])
 
 
 def _is_reference(conn: Connection, schema: str, table: str) -> bool:
-    kind = conn.execute(
-        text("SELECT citus_table_type FROM citus_tables WHERE table_name = CAST(:t AS regclass)"),
-        {"t": f'"{schema}".{table}'},
-    ).scalar()
+    kind = conn.execute(text(render("citus_table_type")), {"t": f'"{schema}".{table}'}).scalar()
     return kind == "reference"
 
 
@@ -380,25 +342,17 @@ def _describe(method: str, column: str | None) -> str:
 def _ensure_default(conn: Connection, schema: str, sequence: str, table: str, column: str) -> bool:
     """Make ``sequence`` the column's default, so Citus gives each node its own id range."""
     q = f'"{schema}"'
-    exists = conn.execute(
-        text("SELECT to_regclass(:s) IS NOT NULL"), {"s": f"{q}.{sequence}"}
-    ).scalar()
+    exists = conn.execute(text(render("relation_exists")), {"s": f"{q}.{sequence}"}).scalar()
     if not exists:
         return False
     current = conn.execute(
-        text(
-            "SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef AS d"
-            " JOIN pg_attribute AS a ON a.attrelid = d.adrelid AND a.attnum = d.adnum"
-            " WHERE d.adrelid = CAST(:t AS regclass) AND a.attname = :c"
-        ),
-        {"t": f"{q}.{table}", "c": column},
+        text(render("column_default")), {"t": f"{q}.{table}", "c": column}
     ).scalar()
     if current is not None and sequence in str(current):
         return False
     conn.execute(
         text(
-            f"ALTER TABLE {q}.{table} ALTER COLUMN {column} "
-            f"SET DEFAULT nextval('{q}.{sequence}'::regclass)"
+            render("set_sequence_default", schema=q, table=table, column=column, sequence=sequence)
         )
     )
     return True
@@ -417,49 +371,22 @@ def _drop_local_copies(conn: Connection, schema: str, tables: list[str]) -> None
     for name in tables:
         triggers = [
             str(t)
-            for t in conn.execute(
-                text(
-                    "SELECT tgname FROM pg_trigger WHERE tgrelid = CAST(:t AS regclass)"
-                    " AND NOT tgisinternal AND tgenabled <> 'D'"
-                    " AND (tgtype & 32) <> 0"  # TRIGGER_TYPE_TRUNCATE
-                ),
-                {"t": f"{q}.{name}"},
-            ).scalars()
+            for t in conn.execute(text(render("truncate_triggers")), {"t": f"{q}.{name}"}).scalars()
         ]
-        conn.execute(text("SET LOCAL citus.enable_ddl_propagation = off"))
+        conn.execute(text(render("ddl_propagation_off")))
         for trigger in triggers:
-            conn.execute(text(f'ALTER TABLE {q}.{name} DISABLE TRIGGER "{trigger}"'))
-        conn.execute(
-            text("SELECT truncate_local_data_after_distributing_table(CAST(:t AS regclass))"),
-            {"t": f"{q}.{name}"},
-        )
+            conn.execute(text(render("disable_trigger", schema=q, table=name, trigger=trigger)))
+        conn.execute(text(render("truncate_local_data")), {"t": f"{q}.{name}"})
         for trigger in triggers:
-            conn.execute(text(f'ALTER TABLE {q}.{name} ENABLE TRIGGER "{trigger}"'))
-        conn.execute(text("SET LOCAL citus.enable_ddl_propagation = on"))
+            conn.execute(text(render("enable_trigger", schema=q, table=name, trigger=trigger)))
+        conn.execute(text(render("ddl_propagation_on")))
 
 
 def _distribute_functions(conn: Connection, schema: str, changed: list[str]) -> tuple[str, ...]:
     """Delegate every function with a ``p_tenant_id`` argument to the tenant's worker."""
     q = f'"{schema}"'
     rows = conn.execute(
-        text(
-            """
-            SELECT p.oid::regprocedure::text AS signature,
-                   array_position(p.proargnames, :arg) - 1 AS arg_index,
-                   o.distribution_argument_index AS current_index,
-                   o.colocationid AS current_colocation,
-                   COALESCE(o.force_delegation, false) AS current_force,
-                   starts_with(p.proname, :prefix) AS routed,
-                   (SELECT colocationid FROM pg_dist_partition
-                    WHERE logicalrelid = CAST(:anchor AS regclass)) AS anchor_colocation
-            FROM pg_proc AS p
-            LEFT JOIN pg_dist_object AS o
-                   ON o.classid = 'pg_proc'::regclass AND o.objid = p.oid
-            WHERE p.pronamespace = CAST(:schema AS regnamespace)
-              AND :arg = ANY(p.proargnames)
-            ORDER BY 1
-            """
-        ),
+        text(render("tenant_functions")),
         {"arg": FUNCTION_ARGUMENT, "schema": q, "anchor": f"{q}.{ANCHOR}", "prefix": ROUTED_PREFIX},
     ).all()
     done: list[str] = []
@@ -468,10 +395,7 @@ def _distribute_functions(conn: Connection, schema: str, changed: list[str]) -> 
         # call's claim, operation and record) each call runs on the tenant's worker.
         if current_index != arg_index or current_colocation != anchor or force != routed:
             conn.execute(
-                text(
-                    "SELECT create_distributed_function(:f, :arg, colocate_with => :anchor,"
-                    " force_delegation => CAST(:force AS bool))"
-                ),
+                text(render("delegate_function")),
                 {
                     "f": signature,
                     "arg": FUNCTION_ARGUMENT,

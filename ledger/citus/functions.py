@@ -44,6 +44,7 @@ from .names import (
     SHARD_LOCK,
     SHARD_SUFFIX,
 )
+from .sql import render, render_body
 
 #: The single-tenant statements a Ledger calls through a routed function on Citus.
 ROUTED_STATEMENTS = (
@@ -65,15 +66,6 @@ ROUTED_STATEMENTS = (
 )
 #: Part of every routed function's hash: bumped when the generated body changes shape.
 _GENERATION = 5
-_SHARD_HERE_BODY = """
-BEGIN
-    PERFORM pg_catalog.lock_shard_metadata(5, ARRAY[shard]);  -- 5 = ShareLock, as SHARD_LOCK
-    RETURN EXISTS (SELECT 1 FROM pg_catalog.pg_dist_placement AS p
-                   WHERE p.shardid = shard
-                     AND p.groupid = (SELECT l.groupid FROM pg_catalog.pg_dist_local_group AS l));
-END
-"""
-_SHARD_LOCK_BODY = "SELECT pg_catalog.lock_shard_metadata(5, ARRAY[shard])"  # 5 = ShareLock
 #: Every SECURITY DEFINER function here runs with this search path and names every
 #: relation and function with its schema: ``pg_temp`` last, or a caller's TEMP table
 #: (a TEMP ``pg_dist_placement``, say) would come first and change the answer
@@ -121,7 +113,7 @@ def _describe_statement(conn: Connection, sql: str) -> tuple[list[str], list[tup
     def type_name(oid: int) -> str:
         if oid == 0:
             return "text"
-        name = conn.execute(text("SELECT format_type(:o, NULL)"), {"o": oid}).scalar()
+        name = conn.execute(text(render("type_name")), {"o": oid}).scalar()
         return "text" if name in (None, "unknown") else str(name)
 
     return [type_name(o) for o in params], [(c, type_name(o)) for c, o in columns]
@@ -150,15 +142,11 @@ def _routed_definition(
     arguments = ", ".join(f"p_{p} {t}" for p, t in zip(params, types, strict=True))
     returns = ", ".join(f'"{c}" {t}' for c, t in columns)
     tables = [t for t in tenant_keyed if re.search(rf"{re.escape(q)}\.{t}\b", body)]
+    # Indented here: the file's statements start at their first keyword.
     shards = "\n".join(
-        f"        statement := regexp_replace(statement, '{q}\\.{t}\\M', shard_name("
-        f"'{q}.{t}'::regclass, get_shard_id_for_distribution_column('{q}.{t}'::regclass, $1)),"
-        f" 'g');"
-        for t in tables
+        "        " + render("routed_shard_rewrite", schema=q, table=t) for t in tables
     )
     using = ", ".join(f"${i + 1}" for i in range(len(params)))
-    # use_column: the RETURNS TABLE columns (status, tenant_id, ...) are PL/pgSQL
-    # variables too; inside the statement a name always means the table's column.
     # The shard lock is the one Citus's own executor takes before writing a shard
     # (ShareLock on the colocated shards' metadata): a shard move blocks writes with
     # it, so after it the placement read here is current, and a write never lands
@@ -167,31 +155,18 @@ def _routed_definition(
     # there is one (_create_shard_functions: static SQL, so PL/pgSQL keeps its plan
     # for the session); otherwise its text is rewritten to the shards and EXECUTEd,
     # which parses and plans it on every call.
-    create = (
-        f"CREATE OR REPLACE FUNCTION {q}.{function}({arguments})\n"
-        f"RETURNS TABLE({returns}) LANGUAGE plpgsql VOLATILE AS $routed$\n"
-        f"#variable_conflict use_column\n"
-        f"DECLARE\n    statement text := $statement$\n{body}\n$statement$;\n"
-        f"    anchor bigint := get_shard_id_for_distribution_column(\n"
-        f"        '{q}.{ANCHOR}'::regclass, $1);\n"
-        f"    inner_function text := '{function}{SHARD_SUFFIX}' || anchor;\n"
-        f"BEGIN\n"
-        f"    IF EXISTS (SELECT 1 FROM pg_proc WHERE proname = inner_function\n"
-        f"               AND pronamespace = '{q}'::regnamespace) THEN\n"
-        f"        -- the shard function takes the shard lock and checks the placement\n"
-        f"        RETURN QUERY EXECUTE 'SELECT * FROM {q}.' || quote_ident(inner_function)\n"
-        f"            || '({using})'\n"
-        f"            USING {using};\n"
-        f"        RETURN;\n"
-        f"    END IF;\n"
-        f"    PERFORM {q}.{SHARD_LOCK}(anchor);\n"
-        f"    IF NOT EXISTS (SELECT 1 FROM pg_dist_placement WHERE shardid = anchor\n"
-        f"               AND groupid = (SELECT groupid FROM pg_dist_local_group)) THEN\n"
-        f"        RETURN QUERY\n{body};\n"
-        f"    ELSE\n"
-        f"{shards}\n"
-        f"        RETURN QUERY EXECUTE statement USING {using};\n"
-        f"    END IF;\nEND\n$routed$"
+    create = render(
+        "routed_function",
+        schema=q,
+        function=function,
+        arguments=arguments,
+        returns=returns,
+        statement=body,
+        anchor=ANCHOR,
+        shard_suffix=SHARD_SUFFIX,
+        using=using,
+        shard_lock=SHARD_LOCK,
+        shards=shards,
     )
     return function, f"{q}.{function}({', '.join(types)})", create, types
 
@@ -214,13 +189,8 @@ def _shard_source(schema: str, sql: str, anchor: int, shards: dict[str, str]) ->
     local = body.replace(f"{q}.journal_hash(", f"{q}.{SHARD_HASH}(")
     for table, shard in shards.items():
         local = re.sub(rf"{re.escape(q)}\.{table}\b", shard.replace("\\", r"\\"), local)
-    return (
-        "\n#variable_conflict use_column\nBEGIN\n"
-        f"    IF {q}.{SHARD_HERE}({anchor}) THEN\n"
-        f"        RETURN QUERY\n{local};\n"
-        "    ELSE\n"
-        f"        RETURN QUERY\n{body};\n"
-        "    END IF;\nEND\n"
+    return render_body(
+        "shard_body", schema=q, shard_here=SHARD_HERE, anchor=anchor, local=local, statement=body
     )
 
 
@@ -235,9 +205,13 @@ def _shard_function(
     q = f'"{schema}"'
     params = routed_parameters(sql)
     arguments = ", ".join(f"a_{p} {t}" for p, t in zip(params, types, strict=True))
-    return (
-        f"CREATE OR REPLACE FUNCTION {q}.{function}({arguments})\n"
-        f"RETURNS TABLE({columns}) LANGUAGE plpgsql VOLATILE AS $shard${source}$shard$"
+    return render(
+        "shard_function",
+        schema=q,
+        function=function,
+        arguments=arguments,
+        returns=columns,
+        body=source,
     )
 
 
@@ -252,20 +226,21 @@ def create_routed(
     queries = for_schema(schema)
     q = f'"{schema}"'
     # Made again when missing or stale (a body or search path of an earlier version).
-    if _definer_source(conn, f"{q}.{SHARD_LOCK}(bigint)") != _SHARD_LOCK_BODY:
-        conn.exec_driver_sql(
-            f"CREATE OR REPLACE FUNCTION {q}.{SHARD_LOCK}(shard bigint) RETURNS void"
-            " LANGUAGE sql VOLATILE SECURITY DEFINER"
-            f" SET search_path = {_DEFINER_SEARCH_PATH} AS $lock${_SHARD_LOCK_BODY}$lock$"
-        )
-        changed.append(f"created {SHARD_LOCK}")
-    if _definer_source(conn, f"{q}.{SHARD_HERE}(bigint)") != _SHARD_HERE_BODY:
-        conn.exec_driver_sql(
-            f"CREATE OR REPLACE FUNCTION {q}.{SHARD_HERE}(shard bigint) RETURNS boolean"
-            " LANGUAGE plpgsql VOLATILE SECURITY DEFINER"
-            f" SET search_path = {_DEFINER_SEARCH_PATH} AS $here${_SHARD_HERE_BODY}$here$"
-        )
-        changed.append(f"created {SHARD_HERE}")
+    for function, template, source in (
+        (SHARD_LOCK, "shard_lock_function", render("shard_lock_body")),
+        (SHARD_HERE, "shard_here_function", render_body("shard_here_body")),
+    ):
+        if _definer_source(conn, f"{q}.{function}(bigint)") != source:
+            conn.exec_driver_sql(
+                render(
+                    template,
+                    schema=q,
+                    function=function,
+                    search_path=_DEFINER_SEARCH_PATH,
+                    body=source,
+                )
+            )
+            changed.append(f"created {function}")
     _create_shard_hash(conn, schema, changed)
     wanted: set[str] = set()
     groups = _shard_groups(conn, schema)
@@ -290,35 +265,29 @@ def create_routed(
         _create_shard_functions(conn, schema, function, sql, groups, changed)
     _create_keyed(conn, schema, queries, groups, wanted, changed)
     stale = conn.execute(
-        text(
-            "SELECT p.oid::regprocedure::text, p.proname FROM pg_proc AS p"
-            " WHERE p.pronamespace = CAST(:s AS regnamespace) AND starts_with(p.proname, :prefix)"
-        ),
-        {"s": f'"{schema}"', "prefix": ROUTED_PREFIX},
+        text(render("generated_functions")), {"s": f'"{schema}"', "prefix": ROUTED_PREFIX}
     ).all()
     for signature, function in stale:
         if re.sub(rf"{SHARD_SUFFIX}\d+$", "", function) not in wanted:
-            conn.execute(text(f"DROP FUNCTION {signature}"))
+            conn.execute(text(render("drop_function", signature=signature)))
             changed.append(f"dropped {function}")
 
 
 def function_exists(conn: Connection, schema: str, name: str) -> bool:
     """Does ``schema`` have a function called ``name`` (any arguments)?"""
-    found = conn.execute(
-        text(
-            "SELECT 1 FROM pg_proc WHERE pronamespace = CAST(:s AS regnamespace) AND proname = :f"
-        ),
-        {"s": f'"{schema}"', "f": name},
-    ).first()
+    found = conn.execute(text(render("function_exists")), {"s": f'"{schema}"', "f": name}).first()
     return found is not None
+
+
+def _functions_named(conn: Connection, schema: str, prefix: str) -> dict[str, str]:
+    """name -> body of the schema's functions whose names start with ``prefix``."""
+    rows = conn.execute(text(render("functions_named")), {"s": f'"{schema}"', "f": prefix})
+    return {str(name): str(source) for name, source in rows.all()}
 
 
 def _definer_source(conn: Connection, signature: str) -> str | None:
     """A SECURITY DEFINER function's body, or None if it is missing or has another search path."""
-    found = conn.execute(
-        text("SELECT prosrc, proconfig FROM pg_catalog.pg_proc WHERE oid = to_regprocedure(:f)"),
-        {"f": signature},
-    ).first()
+    found = conn.execute(text(render("definer_source")), {"f": signature}).first()
     if found is None or list(found.proconfig or ()) != [f"search_path={_DEFINER_SEARCH_PATH}"]:
         return None
     return str(found.prosrc)
@@ -333,21 +302,20 @@ def _create_shard_hash(conn: Connection, schema: str, changed: list[str]) -> Non
     """
 
     def overloads(name: str) -> dict[str, str]:
-        rows = conn.execute(
-            text(
-                "SELECT pg_get_function_arguments(oid), prosrc FROM pg_proc"
-                " WHERE pronamespace = CAST(:s AS regnamespace) AND proname = :f"
-            ),
-            {"s": f'"{schema}"', "f": name},
-        ).all()
+        rows = conn.execute(text(render("overloads")), {"s": f'"{schema}"', "f": name}).all()
         return {str(a): str(src) for a, src in rows}
 
     made = overloads(SHARD_HASH)
     for arguments, source in overloads("journal_hash").items():
         if made.get(arguments) != source:
             conn.exec_driver_sql(
-                f'CREATE OR REPLACE FUNCTION "{schema}".{SHARD_HASH}({arguments}) RETURNS bytea'
-                f" LANGUAGE sql STABLE PARALLEL SAFE AS $hash${source}$hash$"
+                render(
+                    "shard_hash_function",
+                    schema=f'"{schema}"',
+                    function=SHARD_HASH,
+                    arguments=arguments,
+                    body=source,
+                )
             )
             changed.append(f"created {SHARD_HASH}({arguments})")
 
@@ -359,21 +327,7 @@ def _shard_groups(conn: Connection, schema: str) -> dict[int, dict[str, str]]:
     ones with the anchor shard's minimum value.
     """
     rows = conn.execute(
-        text(
-            """
-            SELECT a.shardid AS anchor, c.relname AS tbl,
-                   shard_name(s.logicalrelid, s.shardid) AS shard
-            FROM pg_dist_shard AS a
-            JOIN pg_dist_shard AS s ON s.shardminvalue = a.shardminvalue
-            JOIN pg_dist_partition AS p ON p.logicalrelid = s.logicalrelid
-                 AND p.colocationid = (SELECT colocationid FROM pg_dist_partition
-                                       WHERE logicalrelid = CAST(:anchor AS regclass))
-            JOIN pg_class AS c ON c.oid = s.logicalrelid
-            WHERE a.logicalrelid = CAST(:anchor AS regclass)
-              AND c.relnamespace = CAST(:s AS regnamespace)
-            """
-        ),
-        {"anchor": f'"{schema}".{ANCHOR}', "s": f'"{schema}"'},
+        text(render("shard_groups")), {"anchor": f'"{schema}".{ANCHOR}', "s": f'"{schema}"'}
     ).all()
     groups: dict[int, dict[str, str]] = {}
     for anchor, table, shard in rows:
@@ -402,15 +356,7 @@ def _create_shard_functions(
     """
     if not groups:
         return
-    existing: dict[str, str] = dict(
-        conn.execute(
-            text(
-                "SELECT proname, prosrc FROM pg_proc WHERE pronamespace = CAST(:s AS regnamespace)"
-                " AND starts_with(proname, :f)"
-            ),
-            {"s": f'"{schema}"', "f": function + SHARD_SUFFIX},
-        ).all()
-    )
+    existing = _functions_named(conn, schema, function + SHARD_SUFFIX)
     # Missing, or naming shards that are gone (a table a migration dropped and
     # created again has new shards): made again.
     wanted = {a: _shard_source(schema, sql, a, shards) for a, shards in groups.items()}
@@ -503,50 +449,19 @@ def _keyed_source(
     apply = call(operation.statement, getattr(queries, operation.statement))
     unclaim = call("idempotency_unclaim", queries.idempotency_unclaim)
     record = call("idempotency_record", queries.idempotency_record)
-    return f"""
-#variable_conflict use_column
-DECLARE
-    v_claimed boolean;
-    v_found boolean;
-    v_outcome jsonb;
-    v_count bigint;
-    r record;
-BEGIN
-    SELECT c.claimed INTO v_claimed FROM {claim} AS c;
-    IF v_claimed IS NULL THEN
-        -- Claimed before (or by a concurrent duplicate, whose transaction the claim
-        -- waited for): its request hash and outcome; Python checks and replays.
-        RETURN QUERY SELECT 'replay'::text, k.request_hash, k.outcome, {nulls}
-            FROM {read} AS k;
-        RETURN;
-    END IF;
-    SELECT * INTO r FROM {apply} AS o;
-    v_found := FOUND;
-    IF v_found THEN
-        v_outcome := {recorded};
-    ELSE
-        v_outcome := {missing};
-    END IF;
-    IF v_outcome IS NULL THEN
-        -- Not final: the statement wrote nothing; take the claim back.
-        SELECT count(*) INTO v_count FROM {unclaim} AS u;
-        IF v_count <> 1 THEN
-            PERFORM {q}.invariant_failed('a keyed call could not take back its own claim');
-        END IF;
-        RETURN QUERY SELECT 'fallback'::text, NULL::bytea, NULL::jsonb, {nulls};
-        RETURN;
-    END IF;
-    SELECT count(*) INTO v_count FROM {record} AS w;
-    IF v_count <> 1 THEN
-        PERFORM {q}.invariant_failed('a keyed call recorded its outcome on ' || v_count || ' keys');
-    END IF;
-    IF v_found THEN
-        RETURN QUERY SELECT 'applied'::text, NULL::bytea, v_outcome, {row};
-    ELSE
-        RETURN QUERY SELECT 'applied'::text, NULL::bytea, v_outcome, {nulls};
-    END IF;
-END
-"""
+    return render_body(
+        "keyed_body",
+        schema=q,
+        claim=claim,
+        read=read,
+        apply=apply,
+        unclaim=unclaim,
+        record=record,
+        recorded=recorded,
+        missing=missing,
+        nulls=nulls,
+        row=row,
+    )
 
 
 def _create_keyed(
@@ -599,37 +514,20 @@ def _create_keyed(
             using = ", ".join(f"${i + 1}" for i in range(len(params)))
             nulls = ", ".join(f"NULL::{t}" for _, t in op_columns)
             conn.exec_driver_sql(
-                f"CREATE OR REPLACE FUNCTION {q}.{function}({arguments})\n"
-                f"RETURNS TABLE({returns}) LANGUAGE plpgsql VOLATILE AS $routed$\n"
-                f"DECLARE\n"
-                f"    anchor bigint := get_shard_id_for_distribution_column(\n"
-                f"        '{q}.{ANCHOR}'::regclass, $1);\n"
-                f"    inner_function text := '{function}{SHARD_SUFFIX}' || anchor;\n"
-                f"BEGIN\n"
-                f"    -- No guard of its own: each shard function it calls takes the shard\n"
-                f"    -- lock and checks the placement (the first one's lock holds until COMMIT).\n"
-                f"    IF EXISTS (SELECT 1 FROM pg_proc WHERE proname = inner_function\n"
-                f"               AND pronamespace = '{q}'::regnamespace) THEN\n"
-                f"        RETURN QUERY EXECUTE 'SELECT * FROM {q}.'\n"
-                f"            || quote_ident(inner_function) || '({using})'\n"
-                f"            USING {using};\n"
-                f"    ELSE\n"
-                f"        -- No function for this shard group (a split since distribute):\n"
-                f"        -- nothing done, the ledger runs the three statements.\n"
-                f"        RETURN QUERY SELECT 'fallback'::text, NULL::bytea, NULL::jsonb,\n"
-                f"            {nulls};\n"
-                f"    END IF;\nEND\n$routed$"
+                render(
+                    "keyed_function",
+                    schema=q,
+                    function=function,
+                    arguments=arguments,
+                    returns=returns,
+                    anchor=ANCHOR,
+                    shard_suffix=SHARD_SUFFIX,
+                    using=using,
+                    nulls=nulls,
+                )
             )
             changed.append(f"created {function}")
-        existing: dict[str, str] = dict(
-            conn.execute(
-                text(
-                    "SELECT proname, prosrc FROM pg_proc"
-                    " WHERE pronamespace = CAST(:s AS regnamespace) AND starts_with(proname, :f)"
-                ),
-                {"s": q, "f": function + SHARD_SUFFIX},
-            ).all()
-        )
+        existing = _functions_named(conn, schema, function + SHARD_SUFFIX)
         made = 0
         for anchor in sorted(groups):
             inner = f"{function}{SHARD_SUFFIX}{anchor}"
@@ -638,8 +536,14 @@ def _create_keyed(
                 continue
             arguments = ", ".join(f"a_{p} {types[p]}" for p in params)
             conn.exec_driver_sql(
-                f"CREATE OR REPLACE FUNCTION {q}.{inner}({arguments})\n"
-                f"RETURNS TABLE({returns}) LANGUAGE plpgsql VOLATILE AS $shard${source}$shard$"
+                render(
+                    "shard_function",
+                    schema=q,
+                    function=inner,
+                    arguments=arguments,
+                    returns=returns,
+                    body=source,
+                )
             )
             made += 1
         if made:

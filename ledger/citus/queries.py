@@ -31,6 +31,7 @@ from .functions import (
 )
 from .keyed import KEYED
 from .names import ROUTED_PREFIX, SHARD_LOCK, SHARD_SUFFIX
+from .sql import render
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,14 +110,14 @@ def routed_variant(plain: Queries, schema: str, functions: set[str]) -> Queries:
         function = routed_function_name(name, sql)
         if function in functions:
             args = ", ".join(f"%({p})s" for p in routed_parameters(sql))
-            calls[name] = f"SELECT * FROM {q}.{function}({args})"
+            calls[name] = render("routed_call", schema=q, function=function, arguments=args)
     statements = {f.name: calls.get(f.name, getattr(plain, f.name)) for f in fields(plain)}
     keyed = []
     for name, operation in KEYED.items():
         function = keyed_function_name(plain, name)
         if function in functions:
             args = ", ".join(f"%({p})s" for p in keyed_parameters(plain, operation))
-            keyed.append((name, f"SELECT * FROM {q}.{function}({args})"))
+            keyed.append((name, render("routed_call", schema=q, function=function, arguments=args)))
     return DistributedQueries(**statements, keyed=tuple(keyed))
 
 
@@ -148,7 +149,14 @@ def shard_variant(routed: Queries, anchor: int, functions: set[str]) -> Queries:
     return type(routed)(**statements)
 
 
-#: ``SELECT * FROM "schema".routed_<name>_<hash>(<args>``, as :func:`routed_variant` writes it.
-_ROUTED_CALL = re.compile(
-    rf'^(SELECT \* FROM "[^"]+"\.)({ROUTED_PREFIX}\w+_[0-9a-f]{{8}})\((.*)$', re.S
-)
+def _call_pattern() -> re.Pattern[str]:
+    """``SELECT * FROM "schema".routed_<name>_<hash>(<args>``: a ``routed_call`` as
+    :func:`routed_variant` writes it (ledger/sql/citus/functions.sql), read back as
+    (up to the function, the function, what follows its opening parenthesis)."""
+    head = render("routed_call", schema="\x00", function="\x01", arguments="").partition("\x01")[0]
+    before, after = head.split("\x00")
+    schema = f'{re.escape(before)}"[^"]+"{re.escape(after)}'
+    return re.compile(rf"^({schema})({ROUTED_PREFIX}\w+_[0-9a-f]{{8}})\((.*)$", re.S)
+
+
+_ROUTED_CALL = _call_pattern()

@@ -10,9 +10,16 @@ module asks which kind of schema it runs on: the statements object answers.
 from __future__ import annotations
 
 import ast
+import re
+from dataclasses import fields
 from pathlib import Path
 
+import pytest
+
 import ledger
+from ledger._queries import Queries
+from ledger.citus import sql as citus_sql
+from ledger.citus.sql import _PLACEHOLDER
 
 PACKAGE = Path(ledger.__file__).parent
 WING = PACKAGE / "citus"
@@ -96,3 +103,75 @@ def test_the_flag_detector_detects_a_flag(tmp_path: Path) -> None:
     leaky = tmp_path / "leaky.py"
     leaky.write_text("def f(q):\n    return q.distributed\n", encoding="utf-8")
     assert _flags(leaky) == [2]
+
+
+SQL_TEXT = re.compile(
+    r"\b(SELECT|UPDATE|INSERT|DELETE|ALTER|CREATE)\b.*\b(FROM|SET|INTO|WHERE|TABLE|FUNCTION)\b",
+    re.S,
+)
+
+
+def _string_literals(path: Path) -> list[str]:
+    """Every string constant (f-string parts included) that is not a docstring."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    return [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in docstrings
+    ]
+
+
+def test_the_wing_keeps_its_sql_in_sql_files() -> None:
+    """ledger/sql/citus/*.sql holds the wing's statements and templates; the code names them."""
+    for path in WING.glob("*.py"):
+        for literal in _string_literals(path):
+            assert not SQL_TEXT.search(literal), f"{path.name}: {literal[:60]!r}"
+
+
+def test_every_citus_statement_is_used_and_filled() -> None:
+    code = "\n".join(p.read_text(encoding="utf-8") for p in WING.glob("*.py"))
+    for name, template in citus_sql.statements().items():
+        assert f'"{name}"' in code, f"{name} is never rendered"
+        assert "{" not in _PLACEHOLDER.sub("", template), f"{name}: a brace that is no placeholder"
+
+
+def test_rendering_fills_once_and_refuses_a_missing_value() -> None:
+    assert citus_sql.render("routed_call", schema='"s"', function="f", arguments="{x}") == (
+        'SELECT * FROM "s".f({x})'
+    )
+    with pytest.raises(KeyError, match=re.escape("routed_call needs a value for {arguments}")):
+        citus_sql.render("routed_call", schema='"s"', function="f")
+    # Their own names: a ledger never runs them, they are no Queries fields.
+    assert not set(citus_sql.statements()) & {f.name for f in fields(Queries)}
+
+
+def test_a_routed_call_becomes_its_shard_functions_call() -> None:
+    from ledger._queries import for_schema
+    from ledger.citus.functions import routed_function_name
+    from ledger.citus.names import SHARD_LOCK
+    from ledger.citus.queries import DistributedQueries, routed_variant, shard_variant
+
+    plain = for_schema("ledger")
+    function = routed_function_name("top_up", plain.top_up)
+    routed = routed_variant(plain, "ledger", {SHARD_LOCK, function})
+    assert isinstance(routed, DistributedQueries)
+    assert routed.top_up == (
+        f'SELECT * FROM "ledger".{function}(%(tenant_id)s, %(amount)s, %(ikey)s)'
+    )
+    assert routed.set_cap == plain.set_cap  # no routed function made: sent as it is
+    on_shard = shard_variant(routed, 102008, {f"{function}_s102008"})
+    assert on_shard.top_up == (
+        f'SELECT * FROM "ledger".{function}_s102008(%(tenant_id)s, %(amount)s, %(ikey)s)'
+    )
+    assert shard_variant(routed, 102009, set()).top_up == routed.top_up
+    assert routed_variant(plain, "ledger", {function}) is plain  # no shard lock: not distributed
