@@ -76,16 +76,21 @@ def parse(text: str) -> dict[str, str]:
     return queries
 
 
-@functools.cache
-def _templates() -> dict[str, str]:
+def read_folder(*folder: str) -> dict[str, str]:
+    """``{name: sql}`` of every ``.sql`` file in ``ledger/<folder>`` (not its subfolders)."""
     found: dict[str, str] = {}
-    for entry in sorted(resources.files("ledger").joinpath("sql").iterdir(), key=str):
+    for entry in sorted(resources.files("ledger").joinpath(*folder).iterdir(), key=str):
         if entry.name.endswith(".sql"):
             for name, sql in parse(entry.read_text(encoding="utf-8")).items():
                 if name in found:
                     raise ValueError(f"query {name!r} is defined in two .sql files")
                 found[name] = sql
     return found
+
+
+@functools.cache
+def _templates() -> dict[str, str]:
+    return read_folder("sql")
 
 
 @dataclass(frozen=True, slots=True)

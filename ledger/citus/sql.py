@@ -1,7 +1,7 @@
 """The Citus wing's SQL: ``ledger/sql/citus/*.sql``, read like the rest of ``ledger/sql/``.
 
 The same ``-- name: <name>`` blocks as the ledger's statements
-(:func:`ledger._queries.parse`), in three files: ``distribute.sql`` (the DDL
+(:func:`ledger._queries.read_folder`), in three files: ``distribute.sql`` (the DDL
 of ``ledger distribute``), ``catalog.sql`` (what it reads to decide what to
 do) and ``functions.sql`` (templates of the PL/pgSQL functions it
 generates). They are not :class:`~ledger._queries.Queries` fields: a ledger
@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import functools
 import re
-from importlib import resources
 
-from .._queries import parse
+from .._queries import read_folder
 
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
@@ -26,15 +25,7 @@ _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 @functools.cache
 def statements() -> dict[str, str]:
     """Every named statement of ``ledger/sql/citus/*.sql``."""
-    found: dict[str, str] = {}
-    folder = resources.files("ledger").joinpath("sql", "citus")
-    for entry in sorted(folder.iterdir(), key=str):
-        if entry.name.endswith(".sql"):
-            for name, text in parse(entry.read_text(encoding="utf-8")).items():
-                if name in found:
-                    raise ValueError(f"query {name!r} is defined in two .sql files")
-                found[name] = text
-    return found
+    return read_folder("sql", "citus")
 
 
 def render(name: str, **values: object) -> str:

@@ -77,7 +77,7 @@ def three_statement_ledger(engine: Engine, book: ledger.Ledger, schema: str) -> 
     routed = book._q
     assert isinstance(routed, DistributedQueries) and routed.keyed
     three = ledger.Ledger(engine, schema=schema)
-    three._queries = replace(routed, keyed=())
+    three._routing._keep(replace(routed, keyed=()))  # these statements from now on
     return three
 
 

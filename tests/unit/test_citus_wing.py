@@ -175,3 +175,20 @@ def test_a_routed_call_becomes_its_shard_functions_call() -> None:
     )
     assert shard_variant(routed, 102009, set()).top_up == routed.top_up
     assert routed_variant(plain, "ledger", {function}) is plain  # no shard lock: not distributed
+
+
+def test_routing_is_the_same_on_both_sides() -> None:
+    import inspect
+
+    from ledger._routing import AsyncRouting, Routing
+
+    def public(cls: type) -> dict[str, list[str]]:
+        return {
+            name: list(inspect.signature(member).parameters)
+            for name, member in vars(cls).items()
+            if callable(member) and not name.startswith("_")
+        }
+
+    assert public(Routing) == public(AsyncRouting)
+    assert {"queries", "at", "close"} <= set(public(Routing))
+    assert all(inspect.iscoroutinefunction(getattr(AsyncRouting, n)) for n in public(AsyncRouting))
