@@ -1,5 +1,10 @@
 """Batches: many items, one transaction, a constant handful of set-based statements.
 
+(Over 600 lines on purpose: the three batch kinds share one plan, lock,
+decide in order, apply once, and the decisions mirror spend.sql's probes
+rule by rule; split apart, a reviewer could no longer check them side by
+side.)
+
 A batch locks every hold and tenant it touches, in one fixed order, and reads
 their balances and chain heads (``batch_*_begin`` in ledger/sql/batches.sql).
 Nobody else can change them until the batch commits, so the items are then

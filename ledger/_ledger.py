@@ -87,7 +87,7 @@ class Ledger:
 
     ``route_to_workers=True`` (a URL only), on a schema ``ledger distribute``
     spread over Citus: calls about one tenant go straight to the tenant's
-    worker instead of through the coordinator (ledger/_direct.py,
+    worker instead of through the coordinator (ledger/citus/routing.py,
     docs/scale-out.md).
     """
 

@@ -1,5 +1,10 @@
 """Every single-tenant and ledger-wide operation, written once.
 
+(Over 600 lines on purpose: the operations share their building blocks,
+``cas``, ``idempotent``, ``expire_one``, ``missing``, which batches,
+periods and corrections reuse from here; the Citus variants live in
+ledger/citus/steps.py.)
+
 Each function validates its input *before* anything reaches the database
 (bad input raises a typed error and sends nothing), then returns an
 :class:`~ledger._executor.Op`: the steps that yield SQL requests and turn the
