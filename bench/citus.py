@@ -12,7 +12,7 @@
    (or ``--plain URL``), in the same run; the ratio is the figure that counts
    (every node shares the same cores, so it is not a scaling claim). Citus
    twice: clients through the coordinator, and clients on the workers
-   (``Ledger(url, route_to_workers=True)``, ledger/_direct.py). reserve->release
+   (``Ledger(url, route_to_workers=True)``, ledger/citus/routing.py). reserve->release
    (with ``tenant_id``) is measured too.
 3. **CPU per cycle** (with the bench's own plain server): one client, 2,000
    reserve->commit cycles on each back-end; the CPU time of every process of

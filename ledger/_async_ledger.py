@@ -31,14 +31,13 @@ from . import _operations as ops
 from ._asof import AsOfCheckpoint, BalanceAt, SpendReport
 from ._async_executor import AsyncDatabase
 from ._batch import CommitItem, ReleaseItem, ReserveItem
-from ._direct import AsyncWorkerRouter
-from ._distribute import routed_queries_async
 from ._engine import normalise_url
 from ._hold import AsyncHold
 from ._ledger import DEFAULT_HOLD_TTL
 from ._outside import CertificateCheck
-from ._queries import Queries, for_schema
+from ._queries import Queries
 from ._requests import Op
+from ._routing import AsyncRouting, AsyncWorkerRouter
 from ._stats import LedgerStats
 from .finance import FinancialCertificate
 from .journal import JournalReport
@@ -94,10 +93,7 @@ class AsyncLedger:
         route_to_workers: bool = False,
     ) -> None:
         self.schema = _validate.schema_name(schema)
-        self._plain_q = for_schema(self.schema)
-        self._routed: Queries | None = None
-        #: On Citus with route_to_workers=True: each tenant's calls go to its worker.
-        self._router: AsyncWorkerRouter | None = None
+        workers: AsyncWorkerRouter | None = None
         url_given = isinstance(engine_or_url, str) or type(engine_or_url).__name__ == "URL"
         if route_to_workers and not url_given:
             raise errors.InputError(
@@ -119,13 +115,18 @@ class AsyncLedger:
             )
             self._db = AsyncDatabase(pool, owned=True)
             if route_to_workers:
-                self._router = AsyncWorkerRouter(
+                workers = AsyncWorkerRouter(
                     url, lambda op: self._db.run(op, None), pool_size=pool_size
                 )
         else:
             engine = _async_engine(engine_or_url)
             self._url = engine.url
             self._db = AsyncDatabase(engine, owned=False)
+        #: Which statements, and (route_to_workers=True on Citus) which worker a
+        #: tenant's calls go to (ledger/_routing.py).
+        self._routing = AsyncRouting(
+            self._url, self.schema, lambda op: self._db.run(op, None), workers=workers
+        )
 
     async def _run(
         self, op: Op[T], connection: AsyncConnectable | None, db: AsyncDatabase | None = None
@@ -136,11 +137,9 @@ class AsyncLedger:
         self, tenant_id: object, connection: AsyncConnectable | None
     ) -> tuple[Queries, AsyncDatabase | None]:
         """The statements and database for a call about one tenant (see ``Ledger._at``)."""
-        q = await self._queries()
-        if self._router is None or connection is not None:
-            return q, None
-        found = await self._router.route(tenant_id, q)
-        return found if found is not None else (q, None)
+        if connection is not None:
+            return await self._queries(), None
+        return await self._routing.at(tenant_id)
 
     async def _op(self, build: Callable[[Queries], Op[T]]) -> Op[T]:
         """The operation ``build`` makes, its arguments checked before any I/O.
@@ -150,8 +149,8 @@ class AsyncLedger:
         server), so it first builds the operation with the plain statements:
         bad input raises at once, as in the sync :class:`~ledger.Ledger`.
         """
-        if self._routed is None:
-            build(self._plain_q)
+        if not self._routing.looked_up:
+            build(self._routing.plain)
         return build(await self._queries())
 
     async def _tenant_op(
@@ -161,8 +160,8 @@ class AsyncLedger:
         build: Callable[[Queries], Op[T]],
     ) -> tuple[Op[T], AsyncDatabase | None]:
         """:meth:`_op` for a call about one tenant (None: not known), routed as ``_at`` says."""
-        if self._routed is None or self._router is not None:
-            build(self._plain_q)  # before the lookup or the shard map is consulted
+        if not self._routing.looked_up or self._routing.workers is not None:
+            build(self._routing.plain)  # before the lookup or the shard map is consulted
         if tenant_id is None:
             return build(await self._queries()), None
         q, db = await self._at(tenant_id, connection)
@@ -171,22 +170,14 @@ class AsyncLedger:
     async def _queries(self) -> Queries:
         """The statements, as :attr:`ledger.Ledger._q` finds them: on a Citus schema that
         ``ledger distribute`` prepared, the single-tenant writes are calls of their
-        routed functions (ledger/_distribute.py). The same lookup and per-process
+        routed functions (ledger/citus/). The same lookup and per-process
         cache as :class:`~ledger.Ledger`, awaited on first use; on plain PostgreSQL
         the statements stay as they are."""
-        if self._routed is None:
-            found = await routed_queries_async(
-                self._url, self.schema, lambda op: self._db.run(op, None)
-            )
-            if found is None:  # the lookup failed (server down): plain statements this time
-                return self._plain_q
-            self._routed = found
-        return self._routed
+        return await self._routing.queries()
 
     async def close(self) -> None:
         """Close the ledger's own pool (an engine passed in is left to its owner)."""
-        if self._router is not None:
-            await self._router.close()
+        await self._routing.close()
         await self._db.close()
 
     async def __aenter__(self) -> AsyncLedger:

@@ -1,5 +1,10 @@
 """Batches: many items, one transaction, a constant handful of set-based statements.
 
+(Over 600 lines on purpose: the three batch kinds share one plan, lock,
+decide in order, apply once, and the decisions mirror spend.sql's probes
+rule by rule; split apart, a reviewer could no longer check them side by
+side.)
+
 A batch locks every hold and tenant it touches, in one fixed order, and reads
 their balances and chain heads (``batch_*_begin`` in ledger/sql/batches.sql).
 Nobody else can change them until the batch commits, so the items are then
@@ -27,7 +32,9 @@ routed to its tenant's worker. The batch first locks its holds (by id) and
 then its tenants (by id), one routed statement each, the order used on one
 server, so concurrent batches cannot deadlock. The results are sequential
 application by construction; the transaction commits with two-phase commit
-when its tenants live on more than one worker (docs/scale-out.md).
+when its tenants live on more than one worker (docs/scale-out.md). The
+statements object decides which (``q.reserve_batch``, ``q.settle_batch``:
+the steps here on one server, :mod:`ledger.citus.steps` on Citus).
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ from typing import Any, TypeVar
 
 from . import _operations as ops
 from . import _validate, errors
-from ._queries import Queries
+from ._queries import Queries, Settlement
 from ._requests import Fetch, Nested, Op, Steps
 from .journal import ENTRY_FORMAT, entry_hash_us, microseconds
 from .outcomes import (
@@ -144,17 +151,15 @@ def try_reserve_many(
         for tenant, cost, ttl, expires_at, key in batch:
             yield ops.try_reserve(q, tenant, cost, ttl, expires_at, key)
 
-    def steps() -> Steps[list[ReserveOutcome]]:
-        if q.distributed:
-            yield from _lock_on_workers(q, [], sorted({p[0] for p in prepared}))
-            return (yield from _one_by_one(singles)())
-        tenants = sorted({p[0] for p in prepared})
+    tenants = sorted({p[0] for p in prepared})
+
+    def one_server() -> Steps[list[ReserveOutcome]]:
         rows = (yield Fetch(q.batch_reserve_begin, {"ids": tenants})) if tenants else []
         if _renew_due(rows):
             yield Fetch(q.renew_tenants, {"ids": _renew_due(rows)})
             rows = yield Fetch(q.batch_reserve_begin, {"ids": tenants})
         if keyed or (rows and rows[0].lapsed):
-            return (yield from _one_by_one(singles)())
+            return (yield from one_by_one(singles)())
         plan = _Plan(rows[0].at if rows else None, rows)
         decided = [
             _decide_reserve(plan, tenant, cost, ttl_us, deadline)
@@ -176,7 +181,7 @@ def try_reserve_many(
         ]
         return (yield from _finish(q, plan, outcomes, all_or_nothing))
 
-    return _op(steps, all_or_nothing)
+    return _op(lambda: q.reserve_batch(tenants, singles, one_server), all_or_nothing)
 
 
 def commit_many(
@@ -212,9 +217,6 @@ def release_many(
         return _decide_release(plan, p[0], p[2])
 
     return _settle_op(q, prepared, decide, single, all_or_nothing)
-
-
-Settlement = tuple[int, int, str | None, str | None]  # (rid, actual or 0, tenant, key)
 
 
 def _renew_due(rows: list[Any]) -> list[str]:
@@ -264,15 +266,13 @@ def _settle_op(
     def singles() -> Iterator[Op[SettlementOutcome]]:
         return (single(p) for p in prepared)
 
-    def steps() -> Steps[list[SettlementOutcome]]:
-        if q.distributed:
-            return (yield from _settle_on_workers(q, prepared, single))
+    def one_server() -> Steps[list[SettlementOutcome]]:
         rows = (yield Fetch(q.batch_settle_begin, begin)) if rids else []
         if _renew_due(rows):
             yield Fetch(q.renew_tenants, {"ids": _renew_due(rows)})
             rows = yield Fetch(q.batch_settle_begin, begin)
         if keyed or any(r.lapsed for r in rows):
-            return (yield from _one_by_one(singles)())
+            return (yield from one_by_one(singles)())
         plan = _Plan(rows[0].at if rows else None, rows)
         plan.holds = {
             r.reservation_id: (r.tenant_id, r.amount_microcents, r.hold_period) for r in rows
@@ -294,7 +294,7 @@ def _settle_op(
         ]
         return (yield from _finish(q, plan, outcomes, all_or_nothing))
 
-    return _op(steps, all_or_nothing)
+    return _op(lambda: q.settle_batch(prepared, single, one_server), all_or_nothing)
 
 
 # ------------------------------------------------------------- the decisions
@@ -636,39 +636,7 @@ def _finish(
     return outcomes
 
 
-def _lock_on_workers(q: Queries, holds: list[tuple[int, str]], tenants: list[str]) -> Steps[None]:
-    """On Citus: lock a batch's holds, then its tenants, each by a routed statement.
-
-    The same order as ``batch_*_begin`` on one server and as single settlements
-    (hold, then tenant), by id, so batches and single operations never wait on
-    each other in a cycle; then the items are applied one by one.
-    """
-    for rid, tenant in holds:
-        yield Fetch(q.lock_hold, {"tenant_id": tenant, "reservation_id": rid})
-    for tenant in tenants:
-        yield Fetch(q.lock_tenant, {"tenant_id": tenant})
-
-
-def _settle_on_workers(
-    q: Queries, prepared: list[Settlement], single: Callable[[Settlement], Op[SettlementOutcome]]
-) -> Steps[list[SettlementOutcome]]:
-    """Commit or release batches on Citus: find each hold's tenant, lock, then item by item.
-
-    A hold's tenant is read once (``hold_tenant``, no lock) and then passed to its
-    item's settlement, which finds the hold under it again, locked.
-    """
-    found: dict[int, str] = {}
-    for rid, _, hint, _ in prepared:
-        if rid <= _I64_MAX and rid not in found:
-            tenant = yield from ops.hold_tenant(q, rid, hint)
-            if tenant is not None and tenant != ops.GONE:
-                found[rid] = tenant
-    yield from _lock_on_workers(q, sorted(found.items()), sorted(set(found.values())))
-    filled = [(rid, actual, hint or found.get(rid), key) for rid, actual, hint, key in prepared]
-    return (yield from _one_by_one(lambda: (single(p) for p in filled))())
-
-
-def _one_by_one(
+def one_by_one(
     singles: Callable[[], Iterator[Op[OutcomeT]]],
 ) -> Callable[[], Steps[list[OutcomeT]]]:
     """Apply the items with the single operations' own steps, in order."""
@@ -677,7 +645,7 @@ def _one_by_one(
         outcomes = []
         for single in singles():
             outcome = yield from single.steps()
-            while single.then is not None:  # a keyed call on Citus that fell back (_keyed)
+            while single.then is not None:  # a keyed call on Citus that fell back
                 follow = single.then(outcome)
                 if follow is None:
                     break

@@ -36,10 +36,10 @@ import click
 
 from . import _periods, _validate, embedded, errors
 from . import migrator as migrations
-from ._distribute import distribute as distribute_schema
 from ._ledger import Ledger
 from ._money import format_units, parse_units
 from ._outside import load_certificate
+from .citus.distribute import distribute as distribute_schema
 from .outcomes import Outcome, Status
 from .snapshot import BudgetSnapshot, TenantLedger
 

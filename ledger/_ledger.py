@@ -37,15 +37,14 @@ from . import _operations as ops
 from ._asof import AsOfCheckpoint, BalanceAt, SpendReport
 from ._batch import CommitItem, ReleaseItem, ReserveItem
 from ._coalesce import Coalescer
-from ._direct import WorkerRouter
-from ._distribute import routed_queries
 from ._engine import EngineLike, as_engine
 from ._executor import Connectable, Database
 from ._hold import Hold
 from ._outside import CertificateCheck
 from ._pool import OwnPool
-from ._queries import Queries, for_schema
+from ._queries import Queries
 from ._requests import Op
+from ._routing import Routing, WorkerRouter
 from ._stats import LedgerStats
 from .finance import FinancialCertificate
 from .journal import JournalReport
@@ -88,7 +87,7 @@ class Ledger:
 
     ``route_to_workers=True`` (a URL only), on a schema ``ledger distribute``
     spread over Citus: calls about one tenant go straight to the tenant's
-    worker instead of through the coordinator (ledger/_direct.py,
+    worker instead of through the coordinator (ledger/citus/routing.py,
     docs/scale-out.md).
     """
 
@@ -115,26 +114,23 @@ class Ledger:
             # (ledger/_pool.py); a caller's Engine keeps SQLAlchemy's pool.
             pool=pool,
         )
-        self._plain_q = for_schema(self.schema)
-        self._queries: Queries | None = None
-        #: On Citus with route_to_workers=True: each tenant's calls go to its worker.
-        self._router = (
-            WorkerRouter(self.engine, pool, lambda op: self._db.run(op, None))
+        #: Which statements, and (route_to_workers=True on Citus) which worker a
+        #: tenant's calls go to (ledger/_routing.py).
+        self._routing = Routing(
+            self.engine.url,
+            self.schema,
+            lambda op: self._db.run(op, None),
+            workers=WorkerRouter(self.engine, pool, lambda op: self._db.run(op, None))
             if route_to_workers and pool is not None
-            else None
+            else None,
         )
 
     @property
     def _q(self) -> Queries:
         """The statements: on a Citus schema that ``ledger distribute`` prepared, the
         single-tenant writes become calls of their routed functions, one round trip to
-        the tenant's worker (ledger/_distribute.py). Looked up on first use, then kept."""
-        if self._queries is None:
-            found = routed_queries(self.engine.url, self.schema, lambda op: self._db.run(op, None))
-            if found is None:  # the lookup failed (server down): plain statements this time
-                return self._plain_q
-            self._queries = found
-        return self._queries
+        the tenant's worker (ledger/citus/). Looked up on first use, then kept."""
+        return self._routing.queries()
 
     #: Where operations run when no ``connection=`` is given: None means the
     #: ledger's own connection; a bound ledger (:meth:`bind`) asks its framework.
@@ -157,17 +153,15 @@ class Ledger:
 
         With ``route_to_workers=True`` on a distributed schema, and no
         connection of the caller's: the tenant's worker's pool and its shard
-        functions (ledger/_direct.py). Otherwise the ledger's own, as always.
+        functions (ledger/citus/routing.py). Otherwise the ledger's own, as always.
         """
-        q = self._q
-        if self._router is None or connection is not None or self._default_connection is not None:
-            return q, None
-        return self._router.route(tenant_id, q) or (q, None)
+        if connection is not None or self._default_connection is not None:
+            return self._q, None
+        return self._routing.at(tenant_id)
 
     def close(self) -> None:
         """Stop coalescing, and dispose of the engine if the ledger created it."""
-        if self._router is not None:
-            self._router.close()
+        self._routing.close()
         self._db.close()
         if self._owns_engine:
             self.engine.dispose()
@@ -773,9 +767,9 @@ class BoundLedger(Ledger):
         self.engine = ledger.engine
         self._owns_engine = False
         self._db = ledger._db
-        self._plain_q, self._queries = ledger._plain_q, ledger._queries
+        # The same statements; operations join the framework's connection: never routed.
+        self._routing = ledger._routing
         self._default_connection = connection
-        self._router = None  # operations join the framework's connection: never routed
         self._unbound = ledger
 
     @property

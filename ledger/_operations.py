@@ -1,5 +1,10 @@
 """Every single-tenant and ledger-wide operation, written once.
 
+(Over 600 lines on purpose: the operations share their building blocks,
+``cas``, ``idempotent``, ``expire_one``, ``missing``, which batches,
+periods and corrections reuse from here; the Citus variants live in
+ledger/citus/steps.py.)
+
 Each function validates its input *before* anything reaches the database
 (bad input raises a typed error and sends nothing), then returns an
 :class:`~ledger._executor.Op`: the steps that yield SQL requests and turn the
@@ -18,8 +23,8 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from . import _keyed, _telemetry, _validate, errors
-from ._queries import Queries
+from . import _telemetry, _validate, errors
+from ._queries import GONE, Queries
 from ._requests import Fetch, Op, Steps
 from .finance import FinancialCertificate, certify_snapshot
 from .journal import RootHasher
@@ -34,6 +39,7 @@ from .outcomes import (
     Status,
     TopUpOutcome,
     commit_outcome,
+    outcome_from_dict,
     release_outcome,
     reserve_outcome,
     top_up_outcome,
@@ -117,11 +123,12 @@ def idempotent(
     connection) reads it too. The same key with a different request raises
     :class:`~ledger.errors.IdempotencyConflict`.
 
-    ``routed`` names the operation (a key of :data:`ledger._keyed.KEYED`) and
-    its statement's parameters when the call is one of those: on a Citus
+    ``routed`` names the operation (a key of :data:`ledger.citus.keyed.KEYED`)
+    and its statement's parameters when the call is one of those: on a Citus
     schema where ``ledger distribute`` made its keyed function, claim,
-    operation and record are then one routed call (:mod:`ledger._keyed`),
-    which falls back to these steps when its answer is not final.
+    operation and record are then one routed call (``q.idempotent``, answered
+    by :mod:`ledger.citus.keyed`), which falls back to these steps when its
+    answer is not final. On one server ``q.idempotent`` gives back these steps.
     """
     if key is None:
         return Op(steps)
@@ -132,7 +139,7 @@ def idempotent(
     ids = {"tenant_id": tenant_id, "ikey": key}
 
     def replayed(stored_hash: Any, stored: Any) -> OutcomeT:
-        return _keyed.replay(outcome_type, stored_hash, stored, request_hash, tenant_id, key)
+        return replay(outcome_type, stored_hash, stored, request_hash, tenant_id, key)
 
     def once() -> Steps[OutcomeT]:
         claimed = yield Fetch(q.idempotency_claim, {**ids, "request_hash": request_hash})
@@ -151,12 +158,31 @@ def idempotent(
             )
         return outcome
 
-    three_statements: Op[OutcomeT] = Op(once, "READ COMMITTED")
-    call = None if routed is None else q.keyed_call(routed[0])
-    if routed is None or call is None:
-        return three_statements
-    operation = _keyed.KEYED[routed[0]]
-    return _keyed.one_command(call, operation, routed[1], request_hash, replayed, three_statements)
+    return q.idempotent(routed, request_hash, replayed, Op(once, "READ COMMITTED"))
+
+
+def replay(
+    outcome_type: type[OutcomeT],
+    stored_hash: Any,
+    stored: Any,
+    request_hash: bytes,
+    tenant_id: str,
+    key: str,
+) -> OutcomeT:
+    """The recorded outcome of a key claimed before, as every path replays it."""
+    if bytes(stored_hash) != request_hash:
+        raise errors.IdempotencyConflict(tenant_id, key)
+    if isinstance(stored, str):  # a driver that does not decode jsonb
+        stored = json.loads(stored)
+    if stored is None:  # claimed and committed without its outcome: impossible
+        raise errors.DatabaseError(
+            f"idempotency key {key!r} of tenant {tenant_id!r} is claimed but has no "
+            "recorded outcome; this is a bug: please report it",
+            sqlstate="LG001",
+        )
+    outcome = outcome_from_dict(outcome_type, stored)
+    _telemetry.replayed(outcome.status)
+    return outcome
 
 
 def ledger_wide(q: Queries, operation: str) -> Steps[None]:
@@ -176,13 +202,13 @@ def ledger_wide(q: Queries, operation: str) -> Steps[None]:
         raise errors.TenantScopedRole(operation)
 
 
-def _key_scope(tenant_id: str | None, key: str | None) -> str | None:
+def _check_key_scope(tenant_id: str | None, key: str | None) -> None:
+    """A settlement's idempotency key is scoped under the tenant the caller names."""
     if key is not None and tenant_id is None:
         raise errors.InputError(
             "idempotency keys are scoped per tenant: pass tenant_id= together with "
             "idempotency_key= to commit() and release()"
         )
-    return tenant_id
 
 
 # --------------------------------------------------------------------- tenants
@@ -290,80 +316,58 @@ def commit(
 ) -> Op[SettlementOutcome]:
     rid = _validate.reservation_id(reservation_id)
     actual = _validate.amount("actual_microcents", actual_microcents)
-    hint = None if tenant_id is None else _validate.tenant_id(tenant_id)
+    tenant_id = None if tenant_id is None else _validate.tenant_id(tenant_id)
     key = _validate.idempotency_key(idempotency_key)
-    scope = _key_scope(hint, key)
-    params = {"reservation_id": rid, "actual": actual, "tenant_id": hint, "ikey": key}
+    _check_key_scope(tenant_id, key)
+    params = {"reservation_id": rid, "actual": actual, "tenant_id": tenant_id, "ikey": key}
 
     def steps() -> Steps[SettlementOutcome]:
         if actual < 0:
             return SettlementOutcome(Status.INVALID_AMOUNT)
         if rid > I64_MAX:
             return SettlementOutcome(Status.MISSING_RESERVATION)
-        tenant = yield from hold_tenant(q, rid, hint)
-        if tenant == GONE:
+        owner = yield from q.hold_owner(rid, tenant_id)
+        if owner is GONE:
             return (yield from missing(q, rid))
-        sql = q.commit if tenant is None else q.commit_for_tenant
-        row = yield from cas(sql, {**params, "tenant_id": tenant}, q.renew_tenant)
+        sql = q.commit if owner is None else q.commit_for_tenant
+        row = yield from cas(sql, {**params, "tenant_id": owner}, q.renew_tenant)
         if row is None:
             return (yield from missing(q, rid))
         if row.status == "lapsed":
-            return (yield from expire_lapsed(q, rid, tenant))
+            return (yield from expire_lapsed(q, rid, owner))
         return commit_outcome(row, actual)
 
     request = {"op": "commit", "reservation_id": rid, "actual": actual}
     routed = ("commit", params) if actual >= 0 and rid <= I64_MAX else None
-    return idempotent(q, scope, key, request, SettlementOutcome, steps, routed)
+    return idempotent(q, tenant_id, key, request, SettlementOutcome, steps, routed)
 
 
 def release(
     q: Queries, reservation_id: int, tenant_id: str | None, idempotency_key: str | None
 ) -> Op[SettlementOutcome]:
     rid = _validate.reservation_id(reservation_id)
-    hint = None if tenant_id is None else _validate.tenant_id(tenant_id)
+    tenant_id = None if tenant_id is None else _validate.tenant_id(tenant_id)
     key = _validate.idempotency_key(idempotency_key)
-    scope = _key_scope(hint, key)
-    params = {"reservation_id": rid, "tenant_id": hint, "ikey": key}
+    _check_key_scope(tenant_id, key)
+    params = {"reservation_id": rid, "tenant_id": tenant_id, "ikey": key}
 
     def steps() -> Steps[SettlementOutcome]:
         if rid > I64_MAX:
             return SettlementOutcome(Status.MISSING_RESERVATION)
-        tenant = yield from hold_tenant(q, rid, hint)
-        if tenant == GONE:
+        owner = yield from q.hold_owner(rid, tenant_id)
+        if owner is GONE:
             return (yield from missing(q, rid))
-        sql = q.release if tenant is None else q.release_for_tenant
-        row = yield from cas(sql, {**params, "tenant_id": tenant}, q.renew_tenant)
+        sql = q.release if owner is None else q.release_for_tenant
+        row = yield from cas(sql, {**params, "tenant_id": owner}, q.renew_tenant)
         if row is None:
             return (yield from missing(q, rid))
         if row.status == "lapsed":
-            return (yield from expire_lapsed(q, rid, tenant))
+            return (yield from expire_lapsed(q, rid, owner))
         return release_outcome(row)
 
     request = {"op": "release", "reservation_id": rid}
     routed = ("release", params) if rid <= I64_MAX else None
-    return idempotent(q, scope, key, request, SettlementOutcome, steps, routed)
-
-
-#: hold_tenant's answer when the hold does not exist (settled, expired or never made).
-GONE = "\x00gone"
-
-
-def hold_tenant(q: Queries, rid: int, hint: str | None) -> Steps[str | None]:
-    """The tenant to settle hold ``rid`` under: ``hint``, or on Citus the hold's own.
-
-    With a tenant the settlement is one tenant-keyed statement, which Citus
-    routes to the tenant's worker. Without one, plain PostgreSQL settles by id
-    alone in one statement (None: nothing is sent here). Citus refuses a
-    locking read that does not filter by the tenant, so on a distributed
-    schema the tenant is read first, without a lock (``hold_tenant`` in
-    ledger/sql/distributed.sql: one command per shard); the settlement then
-    locks the hold under that tenant and re-checks it. ``GONE`` if there is
-    no such hold.
-    """
-    if hint is not None or not q.distributed:
-        return hint
-    row = yield from first_row(q.hold_tenant, {"reservation_id": rid})
-    return GONE if row is None else str(row.tenant_id)
+    return idempotent(q, tenant_id, key, request, SettlementOutcome, steps, routed)
 
 
 # ---------------------------------------------------------------------- expiry
@@ -423,15 +427,17 @@ def expire_holds(q: Queries, limit: int) -> Op[ExpiredHolds]:
     def steps() -> Steps[ExpiredHolds]:
         yield from ledger_wide(q, "expire_holds")
         skipped: dict[str, str] = {}
-        if q.distributed:
-            done = yield from _sweep_by_tenant(q, count, skipped)
-        else:
+
+        def one_server() -> Steps[int]:
             done = 0
             while done < count:
                 row = yield from sweep_one(q, q.expire_any, skipped, skip=list(skipped))
                 if row is None:
                     break
                 done += row is not SKIPPED
+            return done
+
+        done = yield from q.sweep(count, skipped, one_server)
         return ExpiredHolds(done, tuple(SkippedTenant(t, e) for t, e in skipped.items()))
 
     return Op(steps)
@@ -464,40 +470,6 @@ def sweep_one(q: Queries, sql: str, skipped: dict[str, str], **params: Any) -> S
         if "skip" in params:
             params["skip"] = list(skipped)
     raise errors.RetryableError("a tenant kept entering new periods during an expiry; retry it")
-
-
-def _sweep_by_tenant(q: Queries, count: int, skipped: dict[str, str]) -> Steps[int]:
-    """``expire_holds`` on Citus: candidates read without a lock, each expired per tenant.
-
-    Citus refuses ``expire_any``'s ``FOR UPDATE SKIP LOCKED`` across shards. The
-    oldest lapsed holds are read without a lock (``expire_candidates``); for each,
-    its tenant's oldest lapsed hold is expired by ``expire_for_tenant``, routed to
-    the tenant's worker, which locks it (``SKIP LOCKED``) and re-checks the
-    deadline. A hold expired or settled meanwhile by another sweeper or a
-    settlement is deleted under that lock, so it is skipped here: each hold is
-    expired exactly once. A round that expires nothing (every candidate taken by
-    someone else, or locked) ends the sweep, as SKIP LOCKED does on one server.
-    """
-    done = 0
-    while done < count:
-        wanted = count - done
-        rows = yield Fetch(q.expire_candidates, {"limit": wanted})
-        per_tenant: dict[str, int] = {}
-        for r in rows:
-            per_tenant[r.tenant_id] = per_tenant.get(r.tenant_id, 0) + 1
-        progress = 0
-        for tenant, holds in per_tenant.items():
-            for _ in range(holds):
-                if tenant in skipped:
-                    break
-                row = yield from sweep_one(q, q.expire_for_tenant, skipped, tenant_id=tenant)
-                if row is None or row is SKIPPED:
-                    break
-                progress += 1
-        done += progress
-        if progress == 0 or len(rows) < wanted:
-            break
-    return done
 
 
 def prune_idempotency_keys(q: Queries, older_than: timedelta) -> Op[int]:

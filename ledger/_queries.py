@@ -8,14 +8,41 @@ The only substitution is ``{schema}``, replaced by the quoted schema name
 
 The names are the fields of :class:`Queries`; loading fails loudly if a file
 and the fields disagree, so a statement can always be found with grep.
+
+:class:`Queries` is also the seam between the core and the Citus wing
+(:mod:`ledger.citus`): the few steps whose plan differs on a distributed
+schema (finding a hold's tenant, the expiry sweep, batches, keyed calls) are
+methods here that answer for one server, and
+:class:`ledger.citus.queries.DistributedQueries` answers for Citus. The
+operations call them and never test which kind of schema they run on, so a
+call on plain PostgreSQL never enters ledger/citus/.
 """
 
 from __future__ import annotations
 
+import enum
 import functools
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from importlib import resources
-from typing import ClassVar
+from typing import Any, Final, TypeVar
+
+from ._requests import Op, Steps
+from .outcomes import Outcome
+
+OutcomeT = TypeVar("OutcomeT", bound=Outcome)
+#: A batch's settlement item: (reservation id, actual or 0, tenant id or None, key or None).
+Settlement = tuple[int, int, str | None, str | None]
+
+
+class Gone(enum.Enum):
+    """:meth:`Queries.hold_owner`'s answer when the hold does not exist."""
+
+    GONE = "no such hold (settled, expired or never made)"
+
+
+#: The one value of :class:`Gone`.
+GONE: Final = Gone.GONE
 
 _HEADER = "-- name: "
 
@@ -49,10 +76,10 @@ def parse(text: str) -> dict[str, str]:
     return queries
 
 
-@functools.cache
-def _templates() -> dict[str, str]:
+def read_folder(*folder: str) -> dict[str, str]:
+    """``{name: sql}`` of every ``.sql`` file in ``ledger/<folder>`` (not its subfolders)."""
     found: dict[str, str] = {}
-    for entry in sorted(resources.files("ledger").joinpath("sql").iterdir(), key=str):
+    for entry in sorted(resources.files("ledger").joinpath(*folder).iterdir(), key=str):
         if entry.name.endswith(".sql"):
             for name, sql in parse(entry.read_text(encoding="utf-8")).items():
                 if name in found:
@@ -61,14 +88,18 @@ def _templates() -> dict[str, str]:
     return found
 
 
+@functools.cache
+def _templates() -> dict[str, str]:
+    return read_folder("sql")
+
+
 @dataclass(frozen=True, slots=True)
 class Queries:
-    """Every statement of the ledger, with the schema name spliced in."""
+    """Every statement of the ledger, with the schema name spliced in.
 
-    #: True for a schema distributed on Citus (:class:`DistributedQueries`): operations
-    #: then find a hold's tenant before settling it, since Citus runs a locking read
-    #: only when it filters by the tenant (docs/scale-out.md).
-    distributed: ClassVar[bool] = False
+    The methods at the end are the steps that differ on Citus, as they run on
+    one server (see the module's docstring).
+    """
 
     # tenants.sql
     ensure_tenant: str
@@ -157,29 +188,52 @@ class Queries:
     asof_spends: str
     asof_checkpoint: str
 
-    def keyed_call(self, operation: str) -> str | None:
-        """The one-command call of a keyed operation (Citus only: :mod:`ledger._keyed`)."""
-        return None
+    # ----------------------------------------- the steps Citus answers differently
 
+    def idempotent(
+        self,
+        operation: tuple[str, Mapping[str, Any]] | None,
+        request_hash: bytes,
+        replayed: Callable[[Any, Any], OutcomeT],
+        three_statements: Op[OutcomeT],
+    ) -> Op[OutcomeT]:
+        """A keyed call: claim, operation and record, here in one transaction of three
+        statements. ``operation`` (its name and parameters) lets Citus make it one call."""
+        return three_statements
 
-@dataclass(frozen=True, slots=True)
-class DistributedQueries(Queries):
-    """The statements of a schema that ``ledger distribute`` spread over Citus workers.
+    def hold_owner(self, rid: int, tenant_id: str | None) -> Steps[str | Gone | None]:
+        """The tenant to settle hold ``rid`` under: the caller's ``tenant_id``.
 
-    Single-tenant statements may be calls of their routed functions
-    (:func:`ledger._distribute.routed_variant`); settlements without a tenant
-    and the expiry sweeper look the tenant up first (ledger/sql/distributed.sql).
-    """
+        With a tenant the settlement is one tenant-keyed statement; without one,
+        one server settles by id alone (None), in one statement: nothing is sent
+        here. Citus must find the hold's tenant first, or :data:`GONE`.
+        """
+        return tenant_id
+        yield  # a generator, like the steps Citus answers with
 
-    distributed: ClassVar[bool] = True
-    #: (operation, call of its ``routed_keyed_*`` function) where ``distribute`` made one.
-    keyed: tuple[tuple[str, str], ...] = ()
+    def sweep(
+        self, count: int, skipped: dict[str, str], one_server: Callable[[], Steps[int]]
+    ) -> Steps[int]:
+        """The expiry sweep of up to ``count`` holds: ``one_server``'s ``expire_any`` loop."""
+        return one_server()
 
-    def keyed_call(self, operation: str) -> str | None:
-        for name, call in self.keyed:
-            if name == operation:
-                return call
-        return None
+    def reserve_batch(
+        self,
+        tenants: list[str],
+        singles: Callable[[], Iterator[Op[OutcomeT]]],
+        one_server: Callable[[], Steps[list[OutcomeT]]],
+    ) -> Steps[list[OutcomeT]]:
+        """A reserve batch: ``one_server`` locks every tenant in one statement and decides."""
+        return one_server()
+
+    def settle_batch(
+        self,
+        prepared: list[Settlement],
+        single: Callable[[Settlement], Op[OutcomeT]],
+        one_server: Callable[[], Steps[list[OutcomeT]]],
+    ) -> Steps[list[OutcomeT]]:
+        """A commit or release batch: ``one_server`` locks holds and tenants in one statement."""
+        return one_server()
 
 
 @functools.cache

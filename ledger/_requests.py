@@ -83,7 +83,7 @@ class Op(Generic[T]):
     set, turns the result into a follow-up operation run in a transaction of
     its own (certify: a REPEATABLE READ snapshot, then a short write), or
     into None when the result is final (a keyed call on Citus that answered
-    in one command, ledger/_keyed.py).
+    in one command, ledger/citus/keyed.py).
     """
 
     steps: Callable[[], Steps[Any]]

@@ -21,7 +21,7 @@ import psycopg
 from sqlalchemy import make_url
 
 import ledger
-from ledger._queries import DistributedQueries
+from ledger.citus.queries import DistributedQueries
 
 TENANTS = 20
 

@@ -1,4 +1,4 @@
-"""ledger._pghash.hashtext equals the server's hashtext on any text (hypothesis)."""
+"""ledger.citus.hash.hashtext equals the server's hashtext on any text (hypothesis)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger._pghash import hashtext
+from ledger.citus.hash import hashtext
 
 # PostgreSQL text cannot hold NUL or lone surrogates (not valid UTF-8).
 TEXTS = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=80)

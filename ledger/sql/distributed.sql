@@ -1,4 +1,4 @@
--- Statements only a distributed (Citus) schema runs: ledger/_distribute.py, docs/scale-out.md.
+-- Statements only a distributed (Citus) schema runs: ledger/citus/, docs/scale-out.md.
 --
 -- On Citus a locking read must filter by the tenant (the distribution column),
 -- so what plain PostgreSQL does in one statement by reservation id alone
@@ -47,7 +47,7 @@ FOR UPDATE
 
 -- name: shard_map
 -- Where the tenants live, for clients that connect to the workers directly
--- (ledger/_direct.py): each shard group's hash range (its `tenants` shard, the
+-- (ledger/citus/routing.py): each shard group's hash range (its `tenants` shard, the
 -- anchor of the group) and the node that holds its placement. A tenant's row is
 -- in the shard whose [low, high] holds hashtext(tenant_id).
 SELECT s.shardid AS anchor,

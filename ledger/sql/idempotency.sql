@@ -16,7 +16,7 @@ WHERE tenant_id = %(tenant_id)s AND idempotency_key = %(ikey)s
 RETURNING true AS recorded
 
 -- name: idempotency_unclaim
--- Citus only (ledger/_keyed.py): a keyed call whose answer is not final takes back
+-- Citus only (ledger/citus/keyed.py): a keyed call whose answer is not final takes back
 -- the claim it made in the same transaction, then runs the three-statement path.
 DELETE FROM {schema}.idempotency_keys
 WHERE tenant_id = %(tenant_id)s AND idempotency_key = %(ikey)s AND outcome IS NULL

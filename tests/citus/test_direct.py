@@ -1,4 +1,4 @@
-"""Clients on the workers: ``Ledger(url, route_to_workers=True)`` (ledger/_direct.py).
+"""Clients on the workers: ``Ledger(url, route_to_workers=True)`` (ledger/citus/routing.py).
 
 What must hold, checked against Citus itself:
 
@@ -33,7 +33,7 @@ from sqlalchemy.engine import make_url
 
 import ledger
 from ledger import errors
-from ledger._pghash import hashtext
+from ledger.citus.hash import hashtext
 
 from ..helpers import holds_match_reserved
 from .conftest import alchemy, plain
@@ -57,7 +57,7 @@ def placement_port(url: str, schema: str, tenant: str) -> int:
 
 def routed_port(book: ledger.Ledger, tenant: str) -> int | None:
     """The port of the pool the ledger picks for ``tenant`` (None: the coordinator)."""
-    router = book._router
+    router = book._routing.workers
     assert router is not None
     found = router.route(tenant, book._q)
     if found is None:
@@ -201,8 +201,8 @@ def test_a_stale_map_after_a_shard_move_costs_speed_not_money(citus_url: str, sc
         with ledger.Ledger(alchemy(citus_url), schema=schema) as check:  # the coordinator
             assert check.tenant("acme") == ledger.TenantLedger("acme", 1_000, 940, 0, 60)
         # Reading the map again routes to the new worker.
-        assert book._router is not None
-        book._router._shards._read_at = float("-inf")
+        assert book._routing.workers is not None
+        book._routing.workers._shards._read_at = float("-inf")
         assert routed_port(book, "acme") == after
         assert book.try_reserve("acme", 40).ok
         assert book.verify_journal().ok
@@ -327,8 +327,8 @@ def test_an_unreachable_worker_sends_calls_through_the_coordinator(
 ) -> None:
     with direct(citus_url, schema) as book:
         book.ensure_tenant("acme", 1_000)
-        assert book._router is not None
-        _point_map_at_a_closed_port(book._router)
+        assert book._routing.workers is not None
+        _point_map_at_a_closed_port(book._routing.workers)
         hold = book.try_reserve("acme", 100)  # connecting fails: nothing sent, coordinator
         assert hold.ok and hold.reservation_id is not None
         # The closed port is left out for a while and the map is read again at once:
@@ -342,10 +342,10 @@ def test_an_unreachable_worker_sends_calls_through_the_coordinator(
             alchemy(citus_url), schema=schema, route_to_workers=True
         ) as book:
             await book.ensure_tenant("beta", 500)
-            assert book._router is not None
-            book._router._connect_timeout = 1.0
-            await book._router.close()  # forget the pools opened so far
-            _point_map_at_a_closed_port(book._router)
+            assert book._routing.workers is not None
+            book._routing.workers._connect_timeout = 1.0
+            await book._routing.workers.close()  # forget the pools opened so far
+            _point_map_at_a_closed_port(book._routing.workers)
             hold = await book.try_reserve("beta", 100)
             assert hold.ok and hold.reservation_id is not None
             assert (await book.release(hold.reservation_id, tenant_id="beta")).ok

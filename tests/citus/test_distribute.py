@@ -303,8 +303,8 @@ def test_every_shard_group_gets_static_functions_and_the_fallback_still_works(
     function rewrites its statement to the shards and EXECUTEs it: same result,
     one command; ``distribute`` makes the missing ones again.
     """
-    from ledger._distribute import ROUTED_STATEMENTS
-    from ledger._keyed import KEYED
+    from ledger.citus.functions import ROUTED_STATEMENTS
+    from ledger.citus.keyed import KEYED
 
     made = _shard_functions(raw, schema)
     assert len(made) == (len(ROUTED_STATEMENTS) + len(KEYED)) * SHARDS
@@ -355,7 +355,7 @@ def test_a_temp_pg_dist_placement_does_not_change_lock_shard_here(
     row must not place it here). A guard made by an earlier version, with the
     old search path, is made again by ``distribute``.
     """
-    from ledger._distribute import SHARD_HERE, SHARD_LOCK
+    from ledger.citus.names import SHARD_HERE, SHARD_LOCK
 
     book.ensure_tenant("acme", 100)
     q = f'"{schema}"'

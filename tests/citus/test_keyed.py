@@ -1,4 +1,4 @@
-"""Keyed (idempotent) single-tenant calls on Citus: one routed call (ledger/_keyed.py).
+"""Keyed (idempotent) single-tenant calls on Citus: one routed call (ledger/citus/keyed.py).
 
 A keyed call claims its key, applies the operation and records the outcome in
 one call of its ``routed_keyed_*`` function on the tenant's worker. What these
@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 import ledger
 from ledger import ReserveItem, TenantLedger, errors
-from ledger._queries import DistributedQueries
+from ledger.citus.queries import DistributedQueries
 from ledger.outcomes import Outcome
 
 from .conftest import Recorder, Remote, alchemy, logged_engine
@@ -77,7 +77,7 @@ def three_statement_ledger(engine: Engine, book: ledger.Ledger, schema: str) -> 
     routed = book._q
     assert isinstance(routed, DistributedQueries) and routed.keyed
     three = ledger.Ledger(engine, schema=schema)
-    three._queries = replace(routed, keyed=())
+    three._routing._keep(replace(routed, keyed=()))  # these statements from now on
     return three
 
 

@@ -1,4 +1,4 @@
-"""ledger._pghash.hashtext against values PostgreSQL 15 printed (``SELECT hashtext(s)``).
+"""ledger.citus.hash.hashtext against values PostgreSQL 15 printed (``SELECT hashtext(s)``).
 
 Every length of tail (0-11 bytes after the 12-byte blocks) and multi-byte
 UTF-8 are covered; tests/test_pghash.py compares random strings with the
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from ledger._pghash import hashtext
+from ledger.citus.hash import hashtext
 
 PRINTED_BY_POSTGRESQL = {
     "": -1477818771,

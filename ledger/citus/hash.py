@@ -7,7 +7,7 @@ shardmaxvalue]`` range holds the result. For ``tenant_id text COLLATE "C"``
 ``hash_bytes`` (Bob Jenkins' lookup3, as in PostgreSQL's
 ``src/common/hashfn.c``) over the string's UTF-8 bytes, read as a signed
 32-bit integer. A client that connects to the workers directly
-(:mod:`ledger._direct`) computes it to pick the tenant's worker without
+(:mod:`ledger.citus.routing`) computes it to pick the tenant's worker without
 asking the server first.
 
 The value is PostgreSQL's on little-endian machines (x86-64, arm64), where

@@ -6,7 +6,7 @@ three statements between BEGIN and COMMIT. On a distributed schema that is
 five remote commands to the tenant's worker. ``ledger distribute`` also makes,
 per keyed operation listed in :data:`KEYED`, one routed function that does
 claim -> operation -> record on the worker in a single call
-(``routed_keyed_<operation>_<hash>``, built in :mod:`ledger._distribute`), and
+(``routed_keyed_<operation>_<hash>``, built in :mod:`ledger.citus.functions`), and
 the call of it is the operation's first step here.
 
 One meaning of a recorded outcome: the stored JSON is always
@@ -32,13 +32,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from . import _telemetry, errors
-from ._requests import Fetch, Op, Steps
-from .outcomes import (
+from .. import errors
+from .._requests import Fetch, Op, Steps
+from ..outcomes import (
     Outcome,
     adjust_outcome,
     commit_outcome,
-    outcome_from_dict,
     release_outcome,
     reserve_outcome,
     top_up_outcome,
@@ -127,7 +126,7 @@ class _Symbol:
     def __bool__(self) -> bool:
         raise TypeError(
             "an outcome mapper branched on a value other than the row's status; "
-            "keyed calls on Citus cannot derive its outcome in SQL (ledger/_keyed.py)"
+            "keyed calls on Citus cannot derive its outcome in SQL (ledger/citus/keyed.py)"
         )
 
     def __eq__(self, other: object) -> bool:
@@ -226,8 +225,8 @@ def one_command(
 
     ``replayed`` turns the stored request hash and outcome of a key claimed
     before into the replayed outcome, or raises
-    :class:`~ledger.errors.IdempotencyConflict` (:func:`replay`, as the
-    three-statement path does).
+    :class:`~ledger.errors.IdempotencyConflict`
+    (:func:`ledger._operations.replay`, as the three-statement path does).
     """
 
     def first() -> Steps[Any]:
@@ -255,27 +254,3 @@ def one_command(
         return fallback if result is _FALLBACK else None  # None: the answer is final
 
     return Op(first, "AUTOCOMMIT", then=then)
-
-
-def replay(
-    outcome_type: type[OutcomeT],
-    stored_hash: Any,
-    stored: Any,
-    request_hash: bytes,
-    tenant_id: str,
-    key: str,
-) -> OutcomeT:
-    """The recorded outcome of a key claimed before, as every path replays it."""
-    if bytes(stored_hash) != request_hash:
-        raise errors.IdempotencyConflict(tenant_id, key)
-    if isinstance(stored, str):  # a driver that does not decode jsonb
-        stored = json.loads(stored)
-    if stored is None:  # claimed and committed without its outcome: impossible
-        raise errors.DatabaseError(
-            f"idempotency key {key!r} of tenant {tenant_id!r} is claimed but has no "
-            "recorded outcome; this is a bug: please report it",
-            sqlstate="LG001",
-        )
-    outcome = outcome_from_dict(outcome_type, stored)
-    _telemetry.replayed(outcome.status)
-    return outcome

@@ -7,9 +7,9 @@ which the worker parses and plans again. Measured per reserve->commit cycle
 the statements themselves. Citus runs queries from any node with metadata, so
 a ledger made with ``route_to_workers=True`` keeps a map of where each shard
 group lives (the ``shard_map`` statement, read from the coordinator), hashes
-the tenant id as Citus does (:func:`ledger._pghash.hashtext`), and sends the
+the tenant id as Citus does (:func:`ledger.citus.hash.hashtext`), and sends the
 call to that worker over a pool of its own, as a call of the shard group's
-shard function (:func:`ledger._distribute.shard_variant`), which psycopg
+shard function (:func:`ledger.citus.queries.shard_variant`), which psycopg
 prepares like any statement.
 
 Correctness never depends on the map being current: the shard function takes
@@ -38,14 +38,14 @@ from typing import Any, Generic, TypeVar
 import psycopg
 from sqlalchemy import URL, Engine
 
-from . import errors
-from ._async_executor import AsyncDatabase
-from ._distribute import shard_variant
-from ._engine import as_engine
-from ._pghash import hashtext
-from ._pool import OwnPool
-from ._queries import Queries
-from ._requests import Fetch, Op, Steps
+from .. import errors
+from .._async_executor import AsyncDatabase
+from .._engine import as_engine
+from .._pool import OwnPool
+from .._queries import Queries
+from .._requests import Fetch, Op, Steps
+from .hash import hashtext
+from .queries import DistributedQueries, shard_variant
 
 #: How long a worker that could not be reached is left out (its tenants' calls
 #: go through the coordinator meanwhile).
@@ -197,7 +197,7 @@ class WorkerRouter:
 
     def route(self, tenant_id: object, routed: Queries) -> tuple[Queries, OwnPool] | None:
         """(statements, pool) for a call about ``tenant_id``; None: go through the coordinator."""
-        if not routed.distributed:  # plain PostgreSQL, or a schema not distributed (yet)
+        if not isinstance(routed, DistributedQueries):  # not distributed (yet)
             return None
         if self._shards.due():
             with self._reading:
@@ -259,7 +259,7 @@ class AsyncWorkerRouter:
         self, tenant_id: object, routed: Queries
     ) -> tuple[Queries, AsyncDatabase] | None:
         """(statements, database) for a call about ``tenant_id``; None: the coordinator."""
-        if not routed.distributed:
+        if not isinstance(routed, DistributedQueries):
             return None
         if self._shards.due():
             async with self._reading:

@@ -1,0 +1,220 @@
+"""Where the core meets the Citus wing: which statements a ledger uses, and where they run.
+
+A :class:`~ledger.Ledger` or :class:`~ledger.AsyncLedger` asks here, once, which
+statements its schema takes (:func:`routed_queries`): one catalog read
+(``routed_functions``) tells a schema that ``ledger distribute`` prepared
+from any other. On plain PostgreSQL, and on a schema not distributed (yet),
+the answer is the plain :class:`~ledger._queries.Queries` and nothing of
+:mod:`ledger.citus` runs, then or later. On a distributed schema it is a
+:class:`ledger.citus.queries.DistributedQueries`, which answers the steps that
+differ there itself (see :mod:`ledger._queries`).
+
+Each facade keeps one :class:`Routing` (:class:`AsyncRouting`) and asks it,
+per call, for the statements (``queries()``) or for the statements and the
+connections a call about one tenant takes (``at(tenant_id)``): the ledger's
+own, or with ``route_to_workers=True`` on a distributed schema the tenant's
+worker's (a worker router of :mod:`ledger.citus.routing`, re-exported here so
+that the facades import the wing from this one module; a layout test keeps
+it so). :class:`Routing` is :class:`AsyncRouting` without ``await``, line for
+line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from sqlalchemy import URL
+
+from . import errors
+from ._queries import Queries, for_schema
+from ._requests import Fetch, Op, Steps
+from .citus.names import SHARD_LOCK
+from .citus.queries import routed_variant
+from .citus.routing import AsyncWorkerRouter, WorkerRouter
+
+if TYPE_CHECKING:
+    from ._async_executor import AsyncDatabase
+    from ._pool import OwnPool
+
+__all__ = [
+    "AsyncRouting",
+    "AsyncWorkerRouter",
+    "Routing",
+    "WorkerRouter",
+    "forget",
+    "lookup",
+    "routed_queries",
+    "routed_queries_async",
+]
+
+#: (engine url, schema) -> the Queries a Ledger or AsyncLedger uses there (routed on Citus).
+_ROUTED: dict[tuple[str, str], Queries] = {}
+
+
+def _key(url: URL, schema: str) -> tuple[str, str]:
+    return (url.render_as_string(hide_password=True), schema)
+
+
+def lookup(schema: str) -> Op[Queries]:
+    """Find the schema's routed functions (one catalog read) and the statements to use.
+
+    An operation like any other, so :class:`~ledger.Ledger` and
+    :class:`~ledger.AsyncLedger` run the same lookup on their own back-ends.
+    In a transaction of its own (not coalesced with other callers' statements).
+    A schema without the shard lock function is not distributed: its plain
+    statements, without a call into :mod:`ledger.citus`.
+    """
+    q = for_schema(schema)
+
+    def steps() -> Steps[Queries]:
+        rows = yield Fetch(q.routed_functions, {})
+        functions = {str(r.name) for r in rows}
+        if SHARD_LOCK not in functions:
+            return q
+        return routed_variant(q, schema, functions)
+
+    return Op(steps, "READ COMMITTED")
+
+
+def routed_queries(url: URL, schema: str, run: Callable[[Op[Queries]], Queries]) -> Queries | None:
+    """The statements for ``schema``: routed function calls where ``distribute`` made them.
+
+    On plain PostgreSQL and on an undistributed schema this is
+    :func:`~ledger._queries.for_schema` unchanged. Found once per URL and
+    schema (``run`` carries out :func:`lookup`) and cached; when the lookup
+    itself fails (server down), None is returned and it runs again next time.
+    """
+    key = _key(url, schema)
+    found = _ROUTED.get(key)
+    if found is None:
+        try:
+            found = _ROUTED[key] = run(lookup(schema))
+        except errors.DatabaseError:
+            return None
+    return found
+
+
+async def routed_queries_async(
+    url: URL, schema: str, run: Callable[[Op[Queries]], Awaitable[Queries]]
+) -> Queries | None:
+    """:func:`routed_queries` for :class:`~ledger.AsyncLedger`: the same lookup and cache."""
+    key = _key(url, schema)
+    found = _ROUTED.get(key)
+    if found is None:
+        try:
+            found = _ROUTED[key] = await run(lookup(schema))
+        except errors.DatabaseError:
+            return None
+    return found
+
+
+def forget(schema: str) -> None:
+    """Look ``schema`` up again: ``ledger distribute`` just changed its functions.
+
+    Ledgers created from now on in this process see the new routed functions;
+    other processes pick them up when they next start (docs/scale-out.md).
+    """
+    for key in [k for k in _ROUTED if k[1] == schema]:
+        del _ROUTED[key]
+
+
+W = TypeVar("W")
+
+
+class _Routes(Generic[W]):
+    """What :class:`Routing` and :class:`AsyncRouting` keep: the statements once looked
+    up, and the worker router, if any (``route_to_workers=True``)."""
+
+    def __init__(self, url: URL, schema: str, run: Callable[[Op[Any]], Any], workers: W | None):
+        self._url = url
+        self._schema = schema
+        self._run = run
+        #: The statements before the lookup (and while it fails): build an operation
+        #: with them first to check its arguments before any I/O.
+        self.plain = for_schema(schema)
+        self._found: Queries | None = None
+        self.workers = workers
+
+    @property
+    def looked_up(self) -> bool:
+        """Has the lookup answered (the statements are known, no more I/O to find them)?"""
+        return self._found is not None
+
+    def _keep(self, found: Queries | None) -> Queries:
+        if found is None:  # the lookup failed (server down): plain statements this time
+            return self.plain
+        self._found = found
+        return found
+
+
+class AsyncRouting(_Routes[AsyncWorkerRouter]):
+    """Which statements an :class:`~ledger.AsyncLedger`'s calls take, and where they run.
+
+    ``run`` carries out the lookup on the ledger's own database; ``workers``
+    (``route_to_workers=True``) sends a call about one tenant of a distributed
+    schema to that tenant's worker.
+    """
+
+    def __init__(
+        self,
+        url: URL,
+        schema: str,
+        run: Callable[[Op[Any]], Awaitable[Any]],
+        *,
+        workers: AsyncWorkerRouter | None = None,
+    ) -> None:
+        super().__init__(url, schema, run, workers)
+
+    async def queries(self) -> Queries:
+        """The statements: looked up on first use, then kept; plain while the lookup fails."""
+        if self._found is not None:
+            return self._found
+        return self._keep(await routed_queries_async(self._url, self._schema, self._run))
+
+    async def at(self, tenant_id: object) -> tuple[Queries, AsyncDatabase | None]:
+        """The statements and database for a call about ``tenant_id`` (None: the ledger's)."""
+        q = await self.queries()
+        if self.workers is None:
+            return q, None
+        found = await self.workers.route(tenant_id, q)
+        return found if found is not None else (q, None)
+
+    async def close(self) -> None:
+        if self.workers is not None:
+            await self.workers.close()
+
+
+class Routing(_Routes[WorkerRouter]):
+    """Which statements a :class:`~ledger.Ledger`'s calls take, and where they run.
+
+    :class:`AsyncRouting` without ``await``.
+    """
+
+    def __init__(
+        self,
+        url: URL,
+        schema: str,
+        run: Callable[[Op[Any]], Any],
+        *,
+        workers: WorkerRouter | None = None,
+    ) -> None:
+        super().__init__(url, schema, run, workers)
+
+    def queries(self) -> Queries:
+        """The statements: looked up on first use, then kept; plain while the lookup fails."""
+        if self._found is not None:
+            return self._found
+        return self._keep(routed_queries(self._url, self._schema, self._run))
+
+    def at(self, tenant_id: object) -> tuple[Queries, OwnPool | None]:
+        """The statements and pool for a call about ``tenant_id`` (None: the ledger's)."""
+        q = self.queries()
+        if self.workers is None:
+            return q, None
+        found = self.workers.route(tenant_id, q)
+        return found if found is not None else (q, None)
+
+    def close(self) -> None:
+        if self.workers is not None:
+            self.workers.close()
