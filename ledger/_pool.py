@@ -19,6 +19,19 @@ that comes back broken, closed or inside a transaction is closed, not kept;
 a lost connection also drops the idle ones, as SQLAlchemy invalidates its
 pool on a disconnect.
 
+Why not ``psycopg_pool.ConnectionPool``, which the async side uses? Measured
+(issue 23) with ``python -m bench.pool_cpu --ops 2000 --rounds 5``: the same
+ledger, cycles and server in one run, only the pool swapped, configured
+alike (same connect arguments and setup, 5 kept, 15 at most, autocommit).
+A reserve→commit cycle cost 206 µs of client CPU on OwnPool and 292 µs on
+psycopg_pool (ratio 1.42; 1.36 and 1.77 in two other runs); keyed cycles, four
+times the work, came out even (ratio 0.97). Under cProfile the pool calls alone
+were 24 µs per operation here against 46 µs there (``getconn`` and
+``putconn`` go through their check loop, ready queue, reset and return
+paths, about 14 more calls per operation). The rule was to adopt it within
+5% of the client CPU, so this pool stays; measure again if psycopg_pool's
+checkout path gets cheaper.
+
 Given an Engine, a Connection or a Session, the ledger keeps using
 SQLAlchemy's pool (the application may share it): :class:`OwnPool` is only
 ever made for an engine the ledger created.
