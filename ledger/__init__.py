@@ -22,14 +22,13 @@ from . import errors
 from ._asof import AsOfCheckpoint, BalanceAt, SpendReport, TenantSpend
 from ._async_ledger import AsyncLedger
 from ._batch import CommitItem, ReleaseItem, ReserveItem
+from ._certificate_check import CertificateCheck
 from ._executor import Connectable
 from ._hold import AsyncHold, Hold
 from ._ledger import BoundLedger, Ledger
 from ._money import MICROCENTS_PER_CENT
-from ._outside import CertificateCheck
 from ._stats import LedgerStats
-from .citus.distribute import distribute
-from .finance import (
+from .certificates import (
     ConservationProof,
     FinancialCertificate,
     certify_ledger,
@@ -37,6 +36,7 @@ from .finance import (
     ledger_digest,
     prove_conservation,
 )
+from .citus.distribute import distribute
 from .journal import JournalReport
 from .migrator import migrate
 from .outcomes import (

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from . import (
     _asof,
     _batch,
+    _certificate_check,
     _corrections,
-    _outside,
     _periods,
     _stats,
     _telemetry,
@@ -31,15 +31,15 @@ from . import _operations as ops
 from ._asof import AsOfCheckpoint, BalanceAt, SpendReport
 from ._async_executor import AsyncDatabase
 from ._batch import CommitItem, ReleaseItem, ReserveItem
+from ._certificate_check import CertificateCheck
 from ._engine import normalise_url
 from ._hold import AsyncHold
 from ._ledger import DEFAULT_HOLD_TTL
-from ._outside import CertificateCheck
 from ._queries import Queries
 from ._requests import Op
 from ._routing import AsyncRouting, AsyncWorkerRouter
 from ._stats import LedgerStats
-from .finance import FinancialCertificate
+from .certificates import FinancialCertificate
 from .journal import JournalReport
 from .outcomes import (
     AdjustOutcome,
@@ -705,7 +705,8 @@ class AsyncLedger:
     ) -> CertificateCheck:
         """Is this database at or after a certificate kept outside it (not rolled back)?"""
         return await self._run(
-            await self._op(lambda q: _outside.check_against_certificate(q, certificate)), connection
+            await self._op(lambda q: _certificate_check.check_against_certificate(q, certificate)),
+            connection,
         )
 
     # --------------------------------------------------------------- journal

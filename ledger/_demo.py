@@ -17,7 +17,7 @@ from sqlalchemy import create_engine
 from . import migrator
 from ._engine import normalise_url
 from ._ledger import Ledger
-from .finance import FinancialCertificate
+from .certificates import FinancialCertificate
 from .outcomes import ConservationStatus
 from .snapshot import BudgetSnapshot
 

@@ -24,8 +24,8 @@ from sqlalchemy import URL
 from . import (
     _asof,
     _batch,
+    _certificate_check,
     _corrections,
-    _outside,
     _periods,
     _stats,
     _telemetry,
@@ -36,17 +36,17 @@ from . import (
 from . import _operations as ops
 from ._asof import AsOfCheckpoint, BalanceAt, SpendReport
 from ._batch import CommitItem, ReleaseItem, ReserveItem
+from ._certificate_check import CertificateCheck
 from ._coalesce import Coalescer
 from ._engine import EngineLike, as_engine
 from ._executor import Connectable, Database
 from ._hold import Hold
-from ._outside import CertificateCheck
 from ._pool import OwnPool
 from ._queries import Queries
 from ._requests import Op
 from ._routing import Routing, WorkerRouter
 from ._stats import LedgerStats
-from .finance import FinancialCertificate
+from .certificates import FinancialCertificate
 from .journal import JournalReport
 from .outcomes import (
     AdjustOutcome,
@@ -658,9 +658,11 @@ class Ledger:
         ``certificate`` is a :class:`FinancialCertificate`, its ``to_dict()``,
         or a JSON file written by ``ledger certify -o FILE``. A database
         restored to before the certificate fails with a ``rollback`` problem;
-        see :mod:`ledger._outside` and docs/deployment.md.
+        see :mod:`ledger._certificate_check` and docs/deployment.md.
         """
-        return self._run(_outside.check_against_certificate(self._q, certificate), connection)
+        return self._run(
+            _certificate_check.check_against_certificate(self._q, certificate), connection
+        )
 
     # --------------------------------------------------------------- journal
 

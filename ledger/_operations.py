@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from . import _telemetry, _validate, errors
 from ._queries import GONE, Queries
 from ._requests import Fetch, Op, Steps
-from .finance import FinancialCertificate, certify_snapshot
+from .certificates import FinancialCertificate, certify_snapshot
 from .journal import RootHasher
 from .outcomes import (
     Balance,

@@ -47,7 +47,7 @@ def python_blocks(path: Path) -> list[str]:
 def reference_digest(
     version: int, tenants: Iterable[tuple[str, int, int, int, int]], active_reservations: int
 ) -> bytes:
-    """The ``calyldg1`` digest written from docs/digest.md alone, independently of ledger.finance.
+    """The ``calyldg1`` digest written from docs/digest.md alone, independently of ledger.certificates.
 
     ``tenants`` are (id, initial, remaining, reserved, committed) rows in any
     order; they are sorted by the UTF-8 bytes of the id, as the format says.

@@ -1,4 +1,4 @@
-"""A certificate kept outside the database, checked against it (ledger/_outside.py).
+"""A certificate kept outside the database, checked against it (ledger/_certificate_check.py).
 
 The restore-to-an-earlier-point scenario itself is in test_deployment_backup.py
 (point-in-time recovery); these are the checks' other answers and the CLI.

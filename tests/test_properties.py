@@ -5,7 +5,7 @@ checks, in SQL, that every tenant's reserved total equals the sum of its open
 holds. The first test also checks each step's snapshot against the tables
 read directly with SQL (tenant rows in UTF-8 byte order, the open holds the
 test itself tracks) and its digest against ``tests.helpers.reference_digest``,
-an encoder written from docs/digest.md independently of ``ledger.finance``.
+an encoder written from docs/digest.md independently of ``ledger.certificates``.
 """
 
 from __future__ import annotations

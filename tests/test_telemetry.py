@@ -30,9 +30,10 @@ from sqlalchemy import make_url
 
 import ledger
 import ledger.telemetry
-from ledger import _cli, errors
+from ledger import errors
 from ledger._operations import cas, expire_one
 from ledger._requests import Fetch, Op
+from ledger.cli import commands as _cli
 
 #: A deadline 1 µs after the reserve (on the database clock): lapsed by the next
 #: statement. (An expires_at in the past is refused: the hold would be born lapsed.)

@@ -38,9 +38,9 @@ from flask import Flask, current_app, g
 from flask.cli import with_appcontext
 from sqlalchemy import Connection, Engine, create_engine
 
-from .. import _cli as ledger_cli
 from .._engine import normalise_url
 from .._ledger import BoundLedger, Ledger
+from ..cli import commands as ledger_cli
 
 EXTENSION_KEY = "sql_ledger"
 _G_CONNECTION = "_sql_ledger_connection"

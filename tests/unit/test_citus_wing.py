@@ -33,7 +33,7 @@ SEAM = {
 
 def _allowed(relative: str) -> bool:
     """The seam, or the CLI (its ``ledger distribute`` command), a module or a package."""
-    return relative in SEAM or relative.startswith(("_cli", "cli"))
+    return relative in SEAM or relative.startswith("cli/")
 
 
 def _core_modules() -> list[Path]:

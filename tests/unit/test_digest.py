@@ -1,4 +1,4 @@
-"""Digests, proofs and pure certificates (ledger/finance.py), without a database.
+"""Digests, proofs and pure certificates (ledger/certificates.py), without a database.
 
 Three independent references for ``ledger_digest``: the fixed vectors of
 docs/digest.md, an encoder written from that document's table

@@ -107,7 +107,7 @@ OPERATION_MODULES = (
     "ledger._periods",
     "ledger._corrections",
     "ledger._stats",
-    "ledger._outside",
+    "ledger._certificate_check",
 )
 DRIVERS = {"ledger._executor", "ledger._async_executor"}
 

@@ -35,7 +35,7 @@ from . import errors
 from ._operations import first_row
 from ._queries import Queries
 from ._requests import Fetch, Op, Steps
-from .finance import FinancialCertificate
+from .certificates import FinancialCertificate
 from .journal import GENESIS, RootHasher
 
 

@@ -1,12 +1,13 @@
 """Entry point of the ``ledger`` command; importable without the ``[cli]`` extra.
 
-The commands (:mod:`ledger._cli`) need click and rich, which the base install
+The commands (:mod:`ledger.cli.commands`, one module per command group
+beside it) need click and rich, which the base install
 (the library alone) does not bring. :func:`run` checks for them first, so a
 user who installed only ``sql-ledger`` gets one line naming the extra to
 install and exit code 3, not a traceback. ``ledger.cli.main`` (the click
 group, which Django's ``manage.py ledger`` runs), the commands that
 ``flask ledger`` reuses and the ``EXIT_*`` codes are loaded from
-:mod:`ledger._cli` on first use; without click that raises
+:mod:`ledger.cli.commands` on first use; without click that raises
 :class:`ledger.errors.MissingExtra`.
 """
 
@@ -17,11 +18,11 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from .errors import MissingExtra
+from ..errors import MissingExtra
 
 if TYPE_CHECKING:
     # What other modules use (the Flask and Django integrations build on these).
-    from ._cli import (
+    from .commands import (
         EXIT_BAD_INPUT,
         EXIT_DATABASE,
         EXIT_OK,
@@ -67,7 +68,7 @@ __all__ = [
 #: The packages the commands import (both in the [cli] extra).
 CLI_MODULES = ("click", "rich")
 
-#: "Database or environment error"; equal to _cli.EXIT_DATABASE (tests check),
+#: "Database or environment error"; equal to base.EXIT_DATABASE (tests check),
 #: repeated here because that module cannot be imported when this code runs.
 _EXIT_ENVIRONMENT = 3
 
@@ -79,7 +80,7 @@ def run() -> None:
     for module in CLI_MODULES:
         if importlib.util.find_spec(module) is None:
             _report_missing(MissingExtra(module, feature=_FEATURE))
-    from ._cli import run as run_commands
+    from .commands import run as run_commands
 
     run_commands()
 
@@ -93,13 +94,13 @@ def _report_missing(error: MissingExtra) -> NoReturn:
 
 
 def __getattr__(name: str) -> Any:
-    """The names in ``__all__`` (``cli.main``, ``cli.EXIT_*`` ...), from ledger._cli."""
+    """The names in ``__all__`` (``cli.main``, ``cli.EXIT_*`` ...), from ledger.cli.commands."""
     if name not in __all__:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     try:
-        from . import _cli
+        from . import commands
     except ModuleNotFoundError as exc:
         if exc.name not in CLI_MODULES:
             raise
         raise MissingExtra(exc.name, feature=_FEATURE) from exc
-    return getattr(_cli, name)
+    return getattr(commands, name)
