@@ -69,7 +69,7 @@ SELECT certificate_id, committed_since_last_certificate FROM stored
 SELECT checkpoint_id FROM {schema}.certificates WHERE certificate_id = CAST(%(certificate_id)s AS bigint)
 
 -- name: outside_latest
--- For checking a database against a certificate kept outside it (ledger/_outside.py).
+-- For checking a database against a certificate kept outside it (ledger/_certificate_check.py).
 SELECT max(certificate_id) AS latest FROM {schema}.certificates
 
 -- name: outside_certificate
