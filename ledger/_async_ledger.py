@@ -129,9 +129,19 @@ class AsyncLedger:
         )
 
     async def _run(
-        self, op: Op[T], connection: AsyncConnectable | None, db: AsyncDatabase | None = None
+        self,
+        op: Op[T],
+        connection: AsyncConnectable | None,
+        db: AsyncDatabase | None = None,
+        *,
+        name: str,
+        tenant_id: object = None,
+        reservation_id: object = None,
     ) -> T:
-        return await _telemetry.arun((db or self._db).run, op, connection)
+        """Run ``op`` as the operation ``name`` (its span and metrics, docs/observability.md)."""
+        return await _telemetry.arun(
+            (db or self._db).run, op, connection, name, tenant_id, reservation_id
+        )
 
     async def _at(
         self, tenant_id: object, connection: AsyncConnectable | None
@@ -233,7 +243,7 @@ class AsyncLedger:
         op, db = await self._tenant_op(
             tenant_id, connection, lambda q: ops.ensure_tenant(q, tenant_id, budget_microcents)
         )
-        return await self._run(op, connection, db)
+        return await self._run(op, connection, db, name="ensure_tenant", tenant_id=tenant_id)
 
     async def top_up_tenant(
         self,
@@ -249,7 +259,7 @@ class AsyncLedger:
             connection,
             lambda q: ops.top_up_tenant(q, tenant_id, amount_microcents, idempotency_key),
         )
-        return await self._run(op, connection, db)
+        return await self._run(op, connection, db, name="top_up_tenant", tenant_id=tenant_id)
 
     async def set_max_reserved_microcents(
         self, tenant_id: str, max_microcents: int, *, connection: AsyncConnectable | None = None
@@ -263,7 +273,7 @@ class AsyncLedger:
         op, db = await self._tenant_op(
             tenant_id, connection, lambda q: ops.set_max_reserved(q, tenant_id, max_microcents)
         )
-        await self._run(op, connection, db)
+        await self._run(op, connection, db, name="set_max_reserved_microcents", tenant_id=tenant_id)
 
     # --------------------------------------------------------- two-phase spend
 
@@ -295,7 +305,7 @@ class AsyncLedger:
                 q, tenant_id, cost_microcents, ttl, expires_at, idempotency_key
             ),
         )
-        return await self._run(op, connection, db)
+        return await self._run(op, connection, db, name="try_reserve", tenant_id=tenant_id)
 
     async def commit(
         self,
@@ -320,7 +330,9 @@ class AsyncLedger:
             connection,
             lambda q: ops.commit(q, reservation_id, actual_microcents, tenant_id, idempotency_key),
         )
-        return await self._run(op, connection, db)
+        return await self._run(
+            op, connection, db, name="commit", tenant_id=tenant_id, reservation_id=reservation_id
+        )
 
     async def release(
         self,
@@ -336,7 +348,9 @@ class AsyncLedger:
             connection,
             lambda q: ops.release(q, reservation_id, tenant_id, idempotency_key),
         )
-        return await self._run(op, connection, db)
+        return await self._run(
+            op, connection, db, name="release", tenant_id=tenant_id, reservation_id=reservation_id
+        )
 
     # ------------------------------------------------------------ corrections
 
@@ -366,7 +380,9 @@ class AsyncLedger:
                 q, tenant_id, reservation_id, amount_microcents, reason, idempotency_key
             ),
         )
-        return await self._run(op, connection, db)
+        return await self._run(
+            op, connection, db, name="refund", tenant_id=tenant_id, reservation_id=reservation_id
+        )
 
     async def adjust(
         self,
@@ -389,7 +405,7 @@ class AsyncLedger:
             connection,
             lambda q: _corrections.adjust(q, tenant_id, amount_microcents, reason, idempotency_key),
         )
-        return await self._run(op, connection, db)
+        return await self._run(op, connection, db, name="adjust", tenant_id=tenant_id)
 
     # --------------------------------------------------------------- batches
 
@@ -408,7 +424,9 @@ class AsyncLedger:
         :class:`~ledger.errors.BatchRefused` (its ``outcomes`` say why).
         """
         return await self._run(
-            await self._op(lambda q: _batch.try_reserve_many(q, items, all_or_nothing)), connection
+            await self._op(lambda q: _batch.try_reserve_many(q, items, all_or_nothing)),
+            connection,
+            name="try_reserve_many",
         )
 
     async def commit_many(
@@ -420,7 +438,9 @@ class AsyncLedger:
     ) -> list[SettlementOutcome]:
         """Settle many holds (``CommitItem`` or ``(reservation_id, actual)``), in order."""
         return await self._run(
-            await self._op(lambda q: _batch.commit_many(q, items, all_or_nothing)), connection
+            await self._op(lambda q: _batch.commit_many(q, items, all_or_nothing)),
+            connection,
+            name="commit_many",
         )
 
     async def release_many(
@@ -432,7 +452,9 @@ class AsyncLedger:
     ) -> list[SettlementOutcome]:
         """Release many holds (``ReleaseItem``, a reservation id, or a tuple), in order."""
         return await self._run(
-            await self._op(lambda q: _batch.release_many(q, items, all_or_nothing)), connection
+            await self._op(lambda q: _batch.release_many(q, items, all_or_nothing)),
+            connection,
+            name="release_many",
         )
 
     # ---------------------------------------------------------------- expiry
@@ -449,7 +471,9 @@ class AsyncLedger:
         names tenants whose holds could not be expired (their period could not
         be renewed), with why; the sweep expired the others' holds.
         """
-        return await self._run(await self._op(lambda q: ops.expire_holds(q, limit)), connection)
+        return await self._run(
+            await self._op(lambda q: ops.expire_holds(q, limit)), connection, name="expire_holds"
+        )
 
     # ---------------------------------------------------------------- periods
 
@@ -494,7 +518,7 @@ class AsyncLedger:
                 idempotency_key,
             )
         )
-        return await self._run(op, connection)
+        return await self._run(op, connection, name="set_allowance", tenant_id=tenant_id)
 
     async def clear_allowance(
         self,
@@ -509,7 +533,7 @@ class AsyncLedger:
         period (their unspent part is forfeited, docs/periods.md).
         """
         op = await self._op(lambda q: _periods.clear_allowance(q, tenant_id, idempotency_key))
-        return await self._run(op, connection)
+        return await self._run(op, connection, name="clear_allowance", tenant_id=tenant_id)
 
     async def renew_periods(
         self, *, limit: int = 1000, connection: AsyncConnectable | None = None
@@ -525,7 +549,9 @@ class AsyncLedger:
         while ``tenants == limit``.
         """
         return await self._run(
-            await self._op(lambda q: _periods.renew_periods(q, limit)), connection
+            await self._op(lambda q: _periods.renew_periods(q, limit)),
+            connection,
+            name="renew_periods",
         )
 
     async def period_spend(
@@ -543,7 +569,7 @@ class AsyncLedger:
         an allowance and :class:`~ledger.errors.TenantNotFound` for no tenant.
         """
         op = await self._op(lambda q: _periods.period_spend(q, tenant_id, period_index))
-        return await self._run(op, connection)
+        return await self._run(op, connection, name="period_spend", tenant_id=tenant_id)
 
     # ----------------------------------------------------------- idempotency
 
@@ -557,7 +583,9 @@ class AsyncLedger:
         (24 hours is a common choice).
         """
         return await self._run(
-            await self._op(lambda q: ops.prune_idempotency_keys(q, older_than)), connection
+            await self._op(lambda q: ops.prune_idempotency_keys(q, older_than)),
+            connection,
+            name="prune_idempotency_keys",
         )
 
     # --------------------------------------------------------------- reads
@@ -569,7 +597,7 @@ class AsyncLedger:
         op, db = await self._tenant_op(
             tenant_id, connection, lambda q: ops.tenant_row(q, tenant_id)
         )
-        row = await self._run(op, connection, db)
+        row = await self._run(op, connection, db, name="tenant", tenant_id=tenant_id)
         if row is None:
             return None
         return TenantLedger(
@@ -580,73 +608,77 @@ class AsyncLedger:
             row.committed_microcents,
         )
 
-    async def _tenant_row(self, tenant_id: str, connection: AsyncConnectable | None) -> Any:
+    async def _tenant_row(
+        self, tenant_id: str, connection: AsyncConnectable | None, name: str
+    ) -> Any:
         op, db = await self._tenant_op(
             tenant_id, connection, lambda q: ops.tenant_row(q, tenant_id)
         )
-        return await self._run(op, connection, db)
+        return await self._run(op, connection, db, name=name, tenant_id=tenant_id)
 
     async def remaining_microcents(
         self, tenant_id: str, *, connection: AsyncConnectable | None = None
     ) -> int | None:
-        row = await self._tenant_row(tenant_id, connection)
+        row = await self._tenant_row(tenant_id, connection, name="remaining_microcents")
         return None if row is None else int(row.remaining_microcents)
 
     async def reserved_microcents(
         self, tenant_id: str, *, connection: AsyncConnectable | None = None
     ) -> int:
         """Sum of open holds; 0 for an unknown tenant, as in the seed."""
-        row = await self._tenant_row(tenant_id, connection)
+        row = await self._tenant_row(tenant_id, connection, name="reserved_microcents")
         return 0 if row is None else int(row.reserved_microcents)
 
     async def committed_microcents(
         self, tenant_id: str, *, connection: AsyncConnectable | None = None
     ) -> int | None:
         """Lifetime spend (monotonic), not the amount currently held."""
-        row = await self._tenant_row(tenant_id, connection)
+        row = await self._tenant_row(tenant_id, connection, name="committed_microcents")
         return None if row is None else int(row.committed_microcents)
 
     async def initial_microcents(
         self, tenant_id: str, *, connection: AsyncConnectable | None = None
     ) -> int | None:
         """Total ever granted: the creation budget plus every top-up."""
-        row = await self._tenant_row(tenant_id, connection)
+        row = await self._tenant_row(tenant_id, connection, name="initial_microcents")
         return None if row is None else int(row.initial_microcents)
 
     async def max_reserved_microcents(
         self, tenant_id: str, *, connection: AsyncConnectable | None = None
     ) -> int | None:
         """The cap on open holds (0 = none), or None for an unknown tenant."""
-        row = await self._tenant_row(tenant_id, connection)
+        row = await self._tenant_row(tenant_id, connection, name="max_reserved_microcents")
         return None if row is None else int(row.max_reserved_microcents)
 
-    async def _counts(self, connection: AsyncConnectable | None) -> Any:
-        return await self._run(ops.counts(await self._queries()), connection)
+    async def _counts(self, connection: AsyncConnectable | None, name: str) -> Any:
+        return await self._run(ops.counts(await self._queries()), connection, name=name)
 
     async def tenant_count(self, *, connection: AsyncConnectable | None = None) -> int:
-        return int((await self._counts(connection)).tenants)
+        return int((await self._counts(connection, name="tenant_count")).tenants)
 
     async def active_reservations(self, *, connection: AsyncConnectable | None = None) -> int:
         """Number of open holds across all tenants."""
-        return int((await self._counts(connection)).reservations)
+        return int((await self._counts(connection, name="active_reservations")).reservations)
 
     async def total_committed_microcents(
         self, *, connection: AsyncConnectable | None = None
     ) -> int:
         """Lifetime spend summed over tenants, exactly (a Python int, never wrapped)."""
-        return int((await self._counts(connection)).committed)
+        return int((await self._counts(connection, name="total_committed_microcents")).committed)
 
     async def committed_since_last_certificate(
         self, *, connection: AsyncConnectable | None = None
     ) -> int:
         """Spend since the last certificate's baseline (negative after restoring an older state)."""
-        counts = await self._counts(connection)
+        counts = await self._counts(connection, name="committed_since_last_certificate")
         delta = int(counts.committed) - int(counts.baseline)
         return max(min(delta, _I64_MAX), _validate.I64_MIN)
 
     async def snapshot_version(self, *, connection: AsyncConnectable | None = None) -> int:
         """Version of the latest snapshot (0 before the first one)."""
-        return await self._run(ops.snapshot_version(await self._queries()), connection)
+        return await self._run(
+            ops.snapshot_version(await self._queries()), connection, name="snapshot_version"
+        )
 
     # ------------------------------------------------------------ snapshots
 
@@ -656,7 +688,7 @@ class AsyncLedger:
         Everything is read by a single statement in a REPEATABLE READ
         transaction, so the snapshot balances even while writers are busy.
         """
-        return await self._run(ops.snapshot(await self._queries()), connection)
+        return await self._run(ops.snapshot(await self._queries()), connection, name="snapshot")
 
     async def verify_conservation(
         self, *, connection: AsyncConnectable | None = None
@@ -666,7 +698,9 @@ class AsyncLedger:
         Like the seed it advances the snapshot version. The scan runs in the
         database, so its memory use does not grow with the number of tenants.
         """
-        return await self._run(ops.verify_conservation(await self._queries()), connection)
+        return await self._run(
+            ops.verify_conservation(await self._queries()), connection, name="verify_conservation"
+        )
 
     async def restore_from_snapshot(
         self, snapshot: BudgetSnapshot, *, connection: AsyncConnectable | None = None
@@ -680,7 +714,9 @@ class AsyncLedger:
         voided; caps are kept.
         """
         await self._run(
-            await self._op(lambda q: ops.restore_from_snapshot(q, snapshot)), connection
+            await self._op(lambda q: ops.restore_from_snapshot(q, snapshot)),
+            connection,
+            name="restore_from_snapshot",
         )
 
     # --------------------------------------------------------- certificates
@@ -695,7 +731,7 @@ class AsyncLedger:
         the baseline row, so concurrent certifiers serialise on it instead of
         failing with serialization errors.
         """
-        return await self._run(ops.certify(await self._queries()), connection)
+        return await self._run(ops.certify(await self._queries()), connection, name="certify")
 
     async def check_against_certificate(
         self,
@@ -705,7 +741,9 @@ class AsyncLedger:
     ) -> CertificateCheck:
         """Is this database at or after a certificate kept outside it (not rolled back)?"""
         return await self._run(
-            await self._op(lambda q: _outside.check_against_certificate(q, certificate)), connection
+            await self._op(lambda q: _outside.check_against_certificate(q, certificate)),
+            connection,
+            name="check_against_certificate",
         )
 
     # --------------------------------------------------------------- journal
@@ -733,6 +771,7 @@ class AsyncLedger:
         return await self._run(
             await self._op(lambda q: _verify.verify_journal(q, since_certificate, progress)),
             connection,
+            name="verify_journal",
         )
 
     # --------------------------------------------------------- observability
@@ -741,7 +780,9 @@ class AsyncLedger:
         self, *, minutes: int = 60, top: int = 5, connection: AsyncConnectable | None = None
     ) -> LedgerStats:
         """See :meth:`Ledger.stats`."""
-        return await self._run(await self._op(lambda q: _stats.stats(q, minutes, top)), connection)
+        return await self._run(
+            await self._op(lambda q: _stats.stats(q, minutes, top)), connection, name="stats"
+        )
 
     # ---------------------------------------------------------- as-of queries
 
@@ -750,14 +791,19 @@ class AsyncLedger:
     ) -> BalanceAt | None:
         """One tenant's balances at ``at``, or None if it did not exist then (docs/asof.md)."""
         return await self._run(
-            await self._op(lambda q: _asof.balance_at(q, tenant_id, at)), connection
+            await self._op(lambda q: _asof.balance_at(q, tenant_id, at)),
+            connection,
+            name="balance_at",
+            tenant_id=tenant_id,
         )
 
     async def balances_at(
         self, at: datetime, *, connection: AsyncConnectable | None = None
     ) -> list[BalanceAt]:
         """Every tenant that existed at ``at``, in tenant id order, from one snapshot."""
-        return await self._run(await self._op(lambda q: _asof.balances_at(q, at)), connection)
+        return await self._run(
+            await self._op(lambda q: _asof.balances_at(q, at)), connection, name="balances_at"
+        )
 
     async def spend_between(
         self,
@@ -769,14 +815,19 @@ class AsyncLedger:
     ) -> SpendReport:
         """Commits minus refunds between ``start`` (exclusive) and ``end`` (inclusive)."""
         return await self._run(
-            await self._op(lambda q: _asof.spend_between(q, start, end, tenant_id)), connection
+            await self._op(lambda q: _asof.spend_between(q, start, end, tenant_id)),
+            connection,
+            name="spend_between",
+            tenant_id=tenant_id,
         )
 
     async def asof_checkpoint(
         self, *, connection: AsyncConnectable | None = None
     ) -> AsOfCheckpoint:
         """Record each tenant's chain position and latest stamp: a cache for as-of queries."""
-        return await self._run(_asof.asof_checkpoint(await self._queries()), connection)
+        return await self._run(
+            _asof.asof_checkpoint(await self._queries()), connection, name="asof_checkpoint"
+        )
 
 
 def _async_engine(candidate: object) -> AsyncEngine:

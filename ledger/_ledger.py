@@ -136,15 +136,25 @@ class Ledger:
     #: ledger's own connection; a bound ledger (:meth:`bind`) asks its framework.
     _default_connection: Callable[[], Connectable] | None = None
 
-    def _run(self, op: Op[T], connection: Connectable | None, pool: OwnPool | None = None) -> T:
+    def _run(
+        self,
+        op: Op[T],
+        connection: Connectable | None,
+        pool: OwnPool | None = None,
+        *,
+        name: str,
+        tenant_id: object = None,
+        reservation_id: object = None,
+    ) -> T:
+        """Run ``op`` as the operation ``name`` (its span and metrics, docs/observability.md)."""
         if connection is None and self._default_connection is not None:
             connection = self._default_connection()
         if pool is not None:
             run: Callable[[Op[T], Connectable | None], T] = functools.partial(
                 self._db.run, pool=pool
             )
-            return _telemetry.run(run, op, connection)
-        return _telemetry.run(self._db.run, op, connection)
+            return _telemetry.run(run, op, connection, name, tenant_id, reservation_id)
+        return _telemetry.run(self._db.run, op, connection, name, tenant_id, reservation_id)
 
     def _at(
         self, tenant_id: object, connection: Connectable | None
@@ -188,7 +198,13 @@ class Ledger:
         like success.
         """
         q, pool = self._at(tenant_id, connection)
-        return self._run(ops.ensure_tenant(q, tenant_id, budget_microcents), connection, pool)
+        return self._run(
+            ops.ensure_tenant(q, tenant_id, budget_microcents),
+            connection,
+            pool,
+            name="ensure_tenant",
+            tenant_id=tenant_id,
+        )
 
     def top_up_tenant(
         self,
@@ -201,7 +217,7 @@ class Ledger:
         """Add funds: ``initial`` and ``remaining`` grow together, lifetime spend is kept."""
         q, pool = self._at(tenant_id, connection)
         op = ops.top_up_tenant(q, tenant_id, amount_microcents, idempotency_key)
-        return self._run(op, connection, pool)
+        return self._run(op, connection, pool, name="top_up_tenant", tenant_id=tenant_id)
 
     def set_max_reserved_microcents(
         self, tenant_id: str, max_microcents: int, *, connection: Connectable | None = None
@@ -213,7 +229,13 @@ class Ledger:
         tenant that does not exist yet.
         """
         q, pool = self._at(tenant_id, connection)
-        self._run(ops.set_max_reserved(q, tenant_id, max_microcents), connection, pool)
+        self._run(
+            ops.set_max_reserved(q, tenant_id, max_microcents),
+            connection,
+            pool,
+            name="set_max_reserved_microcents",
+            tenant_id=tenant_id,
+        )
 
     # --------------------------------------------------------- two-phase spend
 
@@ -240,7 +262,7 @@ class Ledger:
         """
         q, pool = self._at(tenant_id, connection)
         op = ops.try_reserve(q, tenant_id, cost_microcents, ttl, expires_at, idempotency_key)
-        return self._run(op, connection, pool)
+        return self._run(op, connection, pool, name="try_reserve", tenant_id=tenant_id)
 
     def commit(
         self,
@@ -262,7 +284,9 @@ class Ledger:
         """
         q, pool = self._at(tenant_id, connection) if tenant_id is not None else (self._q, None)
         op = ops.commit(q, reservation_id, actual_microcents, tenant_id, idempotency_key)
-        return self._run(op, connection, pool)
+        return self._run(
+            op, connection, pool, name="commit", tenant_id=tenant_id, reservation_id=reservation_id
+        )
 
     def release(
         self,
@@ -275,7 +299,9 @@ class Ledger:
         """Cancel a hold, returning its full amount to ``remaining``."""
         q, pool = self._at(tenant_id, connection) if tenant_id is not None else (self._q, None)
         op = ops.release(q, reservation_id, tenant_id, idempotency_key)
-        return self._run(op, connection, pool)
+        return self._run(
+            op, connection, pool, name="release", tenant_id=tenant_id, reservation_id=reservation_id
+        )
 
     # ------------------------------------------------------------ corrections
 
@@ -302,7 +328,9 @@ class Ledger:
         op = _corrections.refund(
             q, tenant_id, reservation_id, amount_microcents, reason, idempotency_key
         )
-        return self._run(op, connection, pool)
+        return self._run(
+            op, connection, pool, name="refund", tenant_id=tenant_id, reservation_id=reservation_id
+        )
 
     def adjust(
         self,
@@ -322,7 +350,7 @@ class Ledger:
         """
         q, pool = self._at(tenant_id, connection)
         op = _corrections.adjust(q, tenant_id, amount_microcents, reason, idempotency_key)
-        return self._run(op, connection, pool)
+        return self._run(op, connection, pool, name="adjust", tenant_id=tenant_id)
 
     # ------------------------------------------------------------------ holds
 
@@ -383,7 +411,11 @@ class Ledger:
         a single refusal rolls every item back and raises
         :class:`~ledger.errors.BatchRefused` (its ``outcomes`` say why).
         """
-        return self._run(_batch.try_reserve_many(self._q, items, all_or_nothing), connection)
+        return self._run(
+            _batch.try_reserve_many(self._q, items, all_or_nothing),
+            connection,
+            name="try_reserve_many",
+        )
 
     def commit_many(
         self,
@@ -393,7 +425,9 @@ class Ledger:
         connection: Connectable | None = None,
     ) -> list[SettlementOutcome]:
         """Settle many holds (``CommitItem`` or ``(reservation_id, actual)``), in order."""
-        return self._run(_batch.commit_many(self._q, items, all_or_nothing), connection)
+        return self._run(
+            _batch.commit_many(self._q, items, all_or_nothing), connection, name="commit_many"
+        )
 
     def release_many(
         self,
@@ -403,7 +437,9 @@ class Ledger:
         connection: Connectable | None = None,
     ) -> list[SettlementOutcome]:
         """Release many holds (``ReleaseItem``, a reservation id, or a tuple), in order."""
-        return self._run(_batch.release_many(self._q, items, all_or_nothing), connection)
+        return self._run(
+            _batch.release_many(self._q, items, all_or_nothing), connection, name="release_many"
+        )
 
     # ---------------------------------------------------------------- expiry
 
@@ -419,7 +455,7 @@ class Ledger:
         names tenants whose holds could not be expired (their period could not
         be renewed), with why; the sweep expired the others' holds.
         """
-        return self._run(ops.expire_holds(self._q, limit), connection)
+        return self._run(ops.expire_holds(self._q, limit), connection, name="expire_holds")
 
     # ---------------------------------------------------------------- periods
 
@@ -462,7 +498,7 @@ class Ledger:
             max_rollover_microcents,
             idempotency_key,
         )
-        return self._run(op, connection)
+        return self._run(op, connection, name="set_allowance", tenant_id=tenant_id)
 
     def clear_allowance(
         self,
@@ -477,7 +513,7 @@ class Ledger:
         period (their unspent part is forfeited, docs/periods.md).
         """
         op = _periods.clear_allowance(self._q, tenant_id, idempotency_key)
-        return self._run(op, connection)
+        return self._run(op, connection, name="clear_allowance", tenant_id=tenant_id)
 
     def renew_periods(
         self, *, limit: int = 1000, connection: Connectable | None = None
@@ -492,7 +528,7 @@ class Ledger:
         cannot be renewed is named in ``skipped`` and passed over. Call again
         while ``tenants == limit``.
         """
-        return self._run(_periods.renew_periods(self._q, limit), connection)
+        return self._run(_periods.renew_periods(self._q, limit), connection, name="renew_periods")
 
     def period_spend(
         self,
@@ -509,7 +545,7 @@ class Ledger:
         an allowance and :class:`~ledger.errors.TenantNotFound` for no tenant.
         """
         op = _periods.period_spend(self._q, tenant_id, period_index)
-        return self._run(op, connection)
+        return self._run(op, connection, name="period_spend", tenant_id=tenant_id)
 
     # ----------------------------------------------------------- idempotency
 
@@ -522,7 +558,11 @@ class Ledger:
         new request, so keep keys at least as long as clients may retry
         (24 hours is a common choice).
         """
-        return self._run(ops.prune_idempotency_keys(self._q, older_than), connection)
+        return self._run(
+            ops.prune_idempotency_keys(self._q, older_than),
+            connection,
+            name="prune_idempotency_keys",
+        )
 
     # --------------------------------------------------------------- reads
 
@@ -531,7 +571,9 @@ class Ledger:
     ) -> TenantLedger | None:
         """One tenant's balances, or None if it does not exist."""
         q, pool = self._at(tenant_id, connection)
-        row = self._run(ops.tenant_row(q, tenant_id), connection, pool)
+        row = self._run(
+            ops.tenant_row(q, tenant_id), connection, pool, name="tenant", tenant_id=tenant_id
+        )
         if row is None:
             return None
         return TenantLedger(
@@ -542,65 +584,67 @@ class Ledger:
             row.committed_microcents,
         )
 
-    def _tenant_row(self, tenant_id: str, connection: Connectable | None) -> Any:
+    def _tenant_row(self, tenant_id: str, connection: Connectable | None, name: str) -> Any:
         q, pool = self._at(tenant_id, connection)
-        return self._run(ops.tenant_row(q, tenant_id), connection, pool)
+        return self._run(
+            ops.tenant_row(q, tenant_id), connection, pool, name=name, tenant_id=tenant_id
+        )
 
     def remaining_microcents(
         self, tenant_id: str, *, connection: Connectable | None = None
     ) -> int | None:
-        row = self._tenant_row(tenant_id, connection)
+        row = self._tenant_row(tenant_id, connection, name="remaining_microcents")
         return None if row is None else int(row.remaining_microcents)
 
     def reserved_microcents(self, tenant_id: str, *, connection: Connectable | None = None) -> int:
         """Sum of open holds; 0 for an unknown tenant, as in the seed."""
-        row = self._tenant_row(tenant_id, connection)
+        row = self._tenant_row(tenant_id, connection, name="reserved_microcents")
         return 0 if row is None else int(row.reserved_microcents)
 
     def committed_microcents(
         self, tenant_id: str, *, connection: Connectable | None = None
     ) -> int | None:
         """Lifetime spend (monotonic), not the amount currently held."""
-        row = self._tenant_row(tenant_id, connection)
+        row = self._tenant_row(tenant_id, connection, name="committed_microcents")
         return None if row is None else int(row.committed_microcents)
 
     def initial_microcents(
         self, tenant_id: str, *, connection: Connectable | None = None
     ) -> int | None:
         """Total ever granted: the creation budget plus every top-up."""
-        row = self._tenant_row(tenant_id, connection)
+        row = self._tenant_row(tenant_id, connection, name="initial_microcents")
         return None if row is None else int(row.initial_microcents)
 
     def max_reserved_microcents(
         self, tenant_id: str, *, connection: Connectable | None = None
     ) -> int | None:
         """The cap on open holds (0 = none), or None for an unknown tenant."""
-        row = self._tenant_row(tenant_id, connection)
+        row = self._tenant_row(tenant_id, connection, name="max_reserved_microcents")
         return None if row is None else int(row.max_reserved_microcents)
 
-    def _counts(self, connection: Connectable | None) -> Any:
-        return self._run(ops.counts(self._q), connection)
+    def _counts(self, connection: Connectable | None, name: str) -> Any:
+        return self._run(ops.counts(self._q), connection, name=name)
 
     def tenant_count(self, *, connection: Connectable | None = None) -> int:
-        return int(self._counts(connection).tenants)
+        return int(self._counts(connection, name="tenant_count").tenants)
 
     def active_reservations(self, *, connection: Connectable | None = None) -> int:
         """Number of open holds across all tenants."""
-        return int(self._counts(connection).reservations)
+        return int(self._counts(connection, name="active_reservations").reservations)
 
     def total_committed_microcents(self, *, connection: Connectable | None = None) -> int:
         """Lifetime spend summed over tenants, exactly (a Python int, never wrapped)."""
-        return int(self._counts(connection).committed)
+        return int(self._counts(connection, name="total_committed_microcents").committed)
 
     def committed_since_last_certificate(self, *, connection: Connectable | None = None) -> int:
         """Spend since the last certificate's baseline (negative after restoring an older state)."""
-        counts = self._counts(connection)
+        counts = self._counts(connection, name="committed_since_last_certificate")
         delta = int(counts.committed) - int(counts.baseline)
         return max(min(delta, _I64_MAX), _validate.I64_MIN)
 
     def snapshot_version(self, *, connection: Connectable | None = None) -> int:
         """Version of the latest snapshot (0 before the first one)."""
-        return self._run(ops.snapshot_version(self._q), connection)
+        return self._run(ops.snapshot_version(self._q), connection, name="snapshot_version")
 
     # ------------------------------------------------------------ snapshots
 
@@ -610,7 +654,7 @@ class Ledger:
         Everything is read by a single statement in a REPEATABLE READ
         transaction, so the snapshot balances even while writers are busy.
         """
-        return self._run(ops.snapshot(self._q), connection)
+        return self._run(ops.snapshot(self._q), connection, name="snapshot")
 
     def verify_conservation(self, *, connection: Connectable | None = None) -> ConservationStatus:
         """Check the invariant inside PostgreSQL, returning the first offending tenant.
@@ -618,7 +662,7 @@ class Ledger:
         Like the seed it advances the snapshot version. The scan runs in the
         database, so its memory use does not grow with the number of tenants.
         """
-        return self._run(ops.verify_conservation(self._q), connection)
+        return self._run(ops.verify_conservation(self._q), connection, name="verify_conservation")
 
     def restore_from_snapshot(
         self, snapshot: BudgetSnapshot, *, connection: Connectable | None = None
@@ -631,7 +675,9 @@ class Ledger:
         the old state or the restored one, never a mix. Open holds are
         voided; caps are kept.
         """
-        self._run(ops.restore_from_snapshot(self._q, snapshot), connection)
+        self._run(
+            ops.restore_from_snapshot(self._q, snapshot), connection, name="restore_from_snapshot"
+        )
 
     # --------------------------------------------------------- certificates
 
@@ -645,7 +691,7 @@ class Ledger:
         the baseline row, so concurrent certifiers serialise on it instead of
         failing with serialization errors.
         """
-        return self._run(ops.certify(self._q), connection)
+        return self._run(ops.certify(self._q), connection, name="certify")
 
     def check_against_certificate(
         self,
@@ -660,7 +706,11 @@ class Ledger:
         restored to before the certificate fails with a ``rollback`` problem;
         see :mod:`ledger._outside` and docs/deployment.md.
         """
-        return self._run(_outside.check_against_certificate(self._q, certificate), connection)
+        return self._run(
+            _outside.check_against_certificate(self._q, certificate),
+            connection,
+            name="check_against_certificate",
+        )
 
     # --------------------------------------------------------------- journal
 
@@ -684,7 +734,11 @@ class Ledger:
         """
         if since_certificate is not None:
             since_certificate = _validate.positive_count("since_certificate", since_certificate)
-        return self._run(_verify.verify_journal(self._q, since_certificate, progress), connection)
+        return self._run(
+            _verify.verify_journal(self._q, since_certificate, progress),
+            connection,
+            name="verify_journal",
+        )
 
     # --------------------------------------------------------- observability
 
@@ -697,7 +751,7 @@ class Ledger:
         last ``minutes`` by operation and status (the ``refusals`` table);
         the ``top`` tenants by lifetime spend; tenants whose renewal is due.
         """
-        return self._run(_stats.stats(self._q, minutes, top), connection)
+        return self._run(_stats.stats(self._q, minutes, top), connection, name="stats")
 
     # ---------------------------------------------------------- as-of queries
 
@@ -711,7 +765,12 @@ class Ledger:
         the tenant did not exist at ``at``: not yet created, removed, or
         unknown. One statement; an as-of checkpoint shortens its scan.
         """
-        return self._run(_asof.balance_at(self._q, tenant_id, at), connection)
+        return self._run(
+            _asof.balance_at(self._q, tenant_id, at),
+            connection,
+            name="balance_at",
+            tenant_id=tenant_id,
+        )
 
     def balances_at(
         self, at: datetime, *, connection: Connectable | None = None
@@ -721,7 +780,7 @@ class Ledger:
         Computed in the database and streamed: memory holds one row per
         tenant, never the journal.
         """
-        return self._run(_asof.balances_at(self._q, at), connection)
+        return self._run(_asof.balances_at(self._q, at), connection, name="balances_at")
 
     def spend_between(
         self,
@@ -737,7 +796,12 @@ class Ledger:
         spend(a, b) + spend(b, c) == spend(a, c). ``start`` after ``end`` is
         refused with :class:`~ledger.errors.InputError`.
         """
-        return self._run(_asof.spend_between(self._q, start, end, tenant_id), connection)
+        return self._run(
+            _asof.spend_between(self._q, start, end, tenant_id),
+            connection,
+            name="spend_between",
+            tenant_id=tenant_id,
+        )
 
     def asof_checkpoint(self, *, connection: Connectable | None = None) -> AsOfCheckpoint:
         """Record where each tenant's chain stands and its latest stamp so far.
@@ -748,7 +812,7 @@ class Ledger:
         (``ledger asof checkpoint``, from cron); each run reads only the
         entries written since the previous one.
         """
-        return self._run(_asof.asof_checkpoint(self._q), connection)
+        return self._run(_asof.asof_checkpoint(self._q), connection, name="asof_checkpoint")
 
 
 class BoundLedger(Ledger):
