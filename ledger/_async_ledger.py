@@ -30,9 +30,9 @@ from . import (
 from . import _operations as ops
 from ._asof import AsOfCheckpoint, BalanceAt, SpendReport
 from ._async_executor import AsyncDatabase
+from ._async_hold import AsyncHold
 from ._batch import CommitItem, ReleaseItem, ReserveItem
 from ._engine import normalise_url
-from ._hold import AsyncHold
 from ._ledger import DEFAULT_HOLD_TTL
 from ._outside import CertificateCheck
 from ._queries import Queries
@@ -216,18 +216,23 @@ class AsyncLedger:
         See :meth:`ledger.Ledger.hold`: ``async with book.hold(t, 500, ttl=30) as h:
         ...; await h.settle(actual)``.
         """
+        own = self._own_transactions()
         reserved = (
-            await self.try_reserve(
+            await own.try_reserve(
                 tenant_id, estimate_microcents, ttl=ttl, idempotency_key=idempotency_key
             )
         ).raise_for_status()
-        held = AsyncHold(self, tenant_id, reserved, estimate_microcents)
+        held = AsyncHold(self, own, tenant_id, reserved, estimate_microcents)
         try:
             yield held
         except BaseException:
             await held._close(failed=True)
             raise
         await held._close(failed=False)
+
+    def _own_transactions(self) -> AsyncLedger:
+        """This ledger as it runs without ``connection=``: its own transactions."""
+        return self
 
     # ------------------------------------------------------------- tenants
 
