@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: (source, generated), relative to the repository root.
 PAIRS = [
     ("ledger/_async_hold.py", "ledger/_hold.py"),
+    ("ledger/_async_ledger.py", "ledger/_ledger.py"),
 ]
 
 #: Whole words renamed in the sync file (outside sync-only blocks).
@@ -61,7 +62,10 @@ _ASYNC = re.compile(r"\basync (def|with|for)\b")
 _AWAIT = re.compile(r"\bawait ")
 _PRAGMA = re.compile(r"^\s*# unasync: (async-only|sync-only|end)\s*$")
 _COMMENTED = re.compile(r"^(\s*)# ?(.*)$")
-_CALL = re.compile(r"^[\w.]+\(.*\)$", re.DOTALL)
+_OPEN_AWAIT = re.compile(r"\(\s*await ")
+_CALL = re.compile(r"[\w.]+\(")
+#: Kept the source's pragma-marked imports where they are; the sync file is sorted whole.
+_ISORT = re.compile(r"^\s*# isort: (off|on|split)\s*\n", re.MULTILINE)
 
 
 def _header(source: str) -> str:
@@ -77,16 +81,17 @@ def _plain_awaits(text: str) -> str:
     Not the parentheses of a call: ``g(await f(x))`` stays ``g(f(x))``.
     """
     out, i = [], 0
-    while (start := text.find("(await ", i)) != -1:
+    while (found := _OPEN_AWAIT.search(text, i)) is not None:
+        start = found.start()
         depth, j = 0, start
         while j < len(text):
             depth += {"(": 1, ")": -1}.get(text[j], 0)
             if depth == 0:
                 break
             j += 1
-        inner = text[start + len("(await ") : j]
+        inner = text[found.end() : j].strip()
         called = start > 0 and (text[start - 1].isalnum() or text[start - 1] in "_)]")
-        if not called and j < len(text) and _CALL.match(inner) and _balanced(inner):
+        if not called and j < len(text) and _one_call(inner):
             out.append(text[i:start] + inner)
             i = j + 1
         else:
@@ -96,13 +101,17 @@ def _plain_awaits(text: str) -> str:
     return "".join(out)
 
 
-def _balanced(text: str) -> bool:
+def _one_call(text: str) -> bool:
+    """Is ``text`` a single call, ``a.b(...)``, its first parenthesis closed by its last?"""
+    name = _CALL.match(text)
+    if name is None:
+        return False
     depth = 0
-    for ch in text:
-        depth += {"(": 1, ")": -1}.get(ch, 0)
-        if depth < 0:
-            return False
-    return depth == 0
+    for index in range(name.end() - 1, len(text)):
+        depth += {"(": 1, ")": -1}.get(text[index], 0)
+        if depth == 0:
+            return index == len(text) - 1
+    return False
 
 
 def _unasync(text: str) -> str:
@@ -138,7 +147,7 @@ def convert(source: str, path: str) -> str:
     if mode is not None:
         raise SystemExit(f"{path}: '# unasync: {mode}' never ends")
     out.append(_unasync("".join(chunk)))
-    return "".join(out)
+    return _ISORT.sub("", "".join(out))
 
 
 def _ruff(text: str, target: str, *args: str) -> str:

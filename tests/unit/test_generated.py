@@ -83,13 +83,13 @@ def test_marked_blocks() -> None:
         "    # y = AsyncLedger  # kept as written\n"
         "    # unasync: end\n"
         "    async def f(self) -> int:\n"
-        "        return (await self.g()).h + k(await self.g())\n"
+        "        return (await self.g()).h + k(await self.g()) + (await f(1) + g(2)).x\n"
     )
     assert unasync.convert(source, "t.py") == (
         "class Ledger:\n"
         "    y = AsyncLedger  # kept as written\n"
         "    def f(self) -> int:\n"
-        "        return self.g().h + k(self.g())\n"
+        "        return self.g().h + k(self.g()) + (f(1) + g(2)).x\n"
     )
     with pytest.raises(SystemExit, match="never ends"):
         unasync.convert("# unasync: sync-only\n# x = 1\n", "t.py")
