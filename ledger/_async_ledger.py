@@ -390,7 +390,7 @@ class AsyncLedger:
         the caller's or a framework's), so other requests of the tenant are
         not held up by the work; ``ttl`` (a ``timedelta`` or seconds) expires
         the hold if the process dies before settling. Inside the block call
-        ``h.settle(actual)``, which joins ``connection=`` or the bound
+        ``await h.settle(actual)``, which joins ``connection=`` or the bound
         framework transaction when given, so the settlement is atomic with
         the app's writes (if that transaction then rolls back, the hold
         stays open and its TTL returns the amount: the block cannot know
