@@ -1,3 +1,4 @@
+# unasync: async-only
 """The asyncio :class:`AsyncLedger`: the same operations as :class:`~ledger.Ledger`, awaited.
 
 Every method has the same name, arguments, outcomes and errors as its
@@ -5,7 +6,43 @@ Every method has the same name, arguments, outcomes and errors as its
 (``ledger/_operations.py``); only the driver differs
 (:mod:`ledger._async_executor`). ``connection=`` takes a SQLAlchemy
 ``AsyncConnection`` or ``AsyncSession`` to join the caller's transaction.
+
+One source for both faces: this file is the source of ``ledger/_ledger.py``,
+which ``scripts/unasync.py`` generates from it (``await`` dropped, the
+``Async`` names renamed; CI fails when it is stale). The faces differ only
+in blocks marked ``# unasync: async-only`` (code) and ``# unasync:
+sync-only`` (code written as comments here, code in the sync file), and
+each says why: how a ledger gets its connections (a psycopg pool here; a
+SQLAlchemy engine, its own psycopg pool and coalescing there), how a call
+routed to a Citus worker runs (on the worker's database here, on the
+worker's pool there: the two drivers take it so), and the framework
+binding that only the sync face has (``BoundLedger``).
+
+Over 600 lines, for a reason: it is one class, the public API, one short
+method per operation with the docstring users read; the sync-only blocks
+(the sync constructor and ``BoundLedger``) live here too so that both faces
+are read in one place. The logic is elsewhere (``_operations.py`` and the
+modules it names).
 """
+# unasync: end
+# unasync: sync-only
+# """The :class:`Ledger`: calybris' ``BudgetEngine`` semantics on PostgreSQL tables.
+#
+# Method names and outcome fields mirror the seed so a calybris user finds
+# their way around; the state lives in PostgreSQL, so it survives restarts and
+# is shared by every process that connects.
+#
+# Every method takes an optional ``connection=`` (a SQLAlchemy ``Connection``
+# or ``Session``). Given one, the operation joins the caller's transaction and
+# is undone by the caller's rollback. Without one, it runs in its own
+# transaction: a single autocommitted statement for the hot-path operations.
+#
+# The :class:`~ledger.AsyncLedger` source (``ledger/_async_ledger.py``) says
+# where and why the two faces differ. Over 600 lines, for a reason: one class,
+# the public API, one short method per operation with its docstring; the
+# logic is in ``_operations.py`` and the modules it names.
+# """
+# unasync: end
 
 from __future__ import annotations
 
@@ -29,15 +66,11 @@ from . import (
 )
 from . import _operations as ops
 from ._asof import AsOfCheckpoint, BalanceAt, SpendReport
-from ._async_executor import AsyncDatabase
+from ._async_hold import AsyncHold
 from ._batch import CommitItem, ReleaseItem, ReserveItem
 from ._certificate_check import CertificateCheck
-from ._engine import normalise_url
-from ._hold import AsyncHold
-from ._ledger import DEFAULT_HOLD_TTL
 from ._queries import Queries
 from ._requests import Op
-from ._routing import AsyncRouting, AsyncWorkerRouter
 from ._stats import LedgerStats
 from .certificates import FinancialCertificate
 from .journal import JournalReport
@@ -55,6 +88,28 @@ from .outcomes import (
 )
 from .snapshot import BudgetSnapshot, TenantLedger
 
+# isort: off
+# unasync: async-only
+from ._async_executor import AsyncDatabase
+from ._engine import normalise_url
+from ._ledger import DEFAULT_HOLD_TTL
+from ._routing import AsyncRouting, AsyncWorkerRouter
+
+# unasync: end
+# unasync: sync-only
+# import functools
+#
+# from sqlalchemy import URL
+#
+# from ._coalesce import Coalescer
+# from ._engine import EngineLike, as_engine
+# from ._executor import Connectable, Database
+# from ._pool import OwnPool
+# from ._routing import Routing, WorkerRouter
+# unasync: end
+# isort: on
+
+# unasync: async-only
 if TYPE_CHECKING:
     from sqlalchemy import URL
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
@@ -63,14 +118,31 @@ if TYPE_CHECKING:
 else:
     AsyncConnectable = Any
 
+#: Where a call routed to a Citus worker runs: the worker's own database
+#: (the async driver swaps the whole database object).
+_Route = AsyncDatabase
+# unasync: end
+# unasync: sync-only
+# #: Where a call routed to a Citus worker runs: the worker's pool (the sync
+# #: ``Database`` threads ``pool=`` through its runs, ledger/_executor.py).
+# _Route = OwnPool
+# unasync: end
+
 __all__ = ["AsyncLedger"]
 
 T = TypeVar("T")
 
 _I64_MAX = _validate.I64_MAX
 
+# unasync: sync-only
+# #: How long a hold from :meth:`Ledger.hold` lives if nobody settles it (a crash).
+# DEFAULT_HOLD_TTL = timedelta(minutes=10)
+# unasync: end
+
 
 class AsyncLedger:
+    # The constructors differ: each face gets its connections its own way.
+    # unasync: async-only
     """Per-tenant budgets for asyncio apps: :class:`~ledger.Ledger`'s methods, as coroutines.
 
     ``AsyncLedger(url, schema="ledger", pool_size=10, pool_timeout=30.0)`` keeps
@@ -128,16 +200,114 @@ class AsyncLedger:
             self._url, self.schema, lambda op: self._db.run(op, None), workers=workers
         )
 
+    # unasync: end
+    # unasync: sync-only
+    # """Per-tenant budgets with two-phase spend, stored in one PostgreSQL schema.
+    #
+    # ``Ledger(engine_or_url, schema="ledger")``. Pass an existing SQLAlchemy
+    # engine to share its pool; pass a URL and the ledger creates (and
+    # :meth:`close` disposes of) its own. The schema must have been migrated
+    # with :func:`ledger.migrate`.
+    #
+    # ``coalesce=True`` runs the single-statement operations of many threads
+    # together, a round at a time, in one transaction and one round trip per
+    # round (see :mod:`ledger._coalesce`): for threaded servers under load.
+    # Each call still gets its own outcome, after its round has committed.
+    #
+    # ``route_to_workers=True`` (a URL only), on a schema ``ledger distribute``
+    # spread over Citus: calls about one tenant go straight to the tenant's
+    # worker instead of through the coordinator (ledger/citus/routing.py,
+    # docs/scale-out.md).
+    # """
+    #
+    # def __init__(
+    #     self,
+    #     engine_or_url: EngineLike,
+    #     schema: str = "ledger",
+    #     *,
+    #     coalesce: bool = False,
+    #     route_to_workers: bool = False,
+    # ) -> None:
+    #     self.schema = _validate.schema_name(schema)
+    #     if route_to_workers and (coalesce or not isinstance(engine_or_url, (str, URL))):
+    #         raise errors.InputError(
+    #             "route_to_workers=True needs a database URL (the ledger opens its own "
+    #             "connections to the Citus workers) and coalesce=False; see docs/scale-out.md"
+    #         )
+    #     self.engine, self._owns_engine = as_engine(engine_or_url)
+    #     self._url = self.engine.url
+    #     pool = OwnPool(self.engine) if self._owns_engine else None
+    #     self._db = Database(
+    #         self.engine,
+    #         coalescer=Coalescer(self.engine) if coalesce else None,
+    #         # An engine the ledger made is its alone: its own psycopg connections
+    #         # (ledger/_pool.py); a caller's Engine keeps SQLAlchemy's pool.
+    #         pool=pool,
+    #     )
+    #     #: Which statements, and (route_to_workers=True on Citus) which worker a
+    #     #: tenant's calls go to (ledger/_routing.py).
+    #     self._routing = Routing(
+    #         self.engine.url,
+    #         self.schema,
+    #         lambda op: self._db.run(op, None),
+    #         workers=WorkerRouter(self.engine, pool, lambda op: self._db.run(op, None))
+    #         if route_to_workers and pool is not None
+    #         else None,
+    #     )
+    #
+    # @property
+    # def _q(self) -> Queries:
+    #     """:meth:`_queries`, as an attribute: the name ledger/telemetry.py, the Citus
+    #     tests and the benchmarks read the statements by."""
+    #     return self._routing.queries()
+    # unasync: end
+
+    #: Where operations run when no ``connection=`` is given: None means the
+    #: ledger's own connection; a bound ledger (``BoundLedger``, sync only: the
+    #: Flask and Django integrations) asks its framework.
+    _default_connection: Callable[[], AsyncConnectable] | None = None
+
     async def _run(
-        self, op: Op[T], connection: AsyncConnectable | None, db: AsyncDatabase | None = None
+        self,
+        op: Op[T],
+        connection: AsyncConnectable | None,
+        route: _Route | None = None,
+        *,
+        name: str,
+        tenant_id: object = None,
+        reservation_id: object = None,
     ) -> T:
-        return await _telemetry.arun((db or self._db).run, op, connection)
+        """Run ``op`` as the operation ``name`` (its span and metrics, docs/observability.md).
+
+        ``route``: where :meth:`_at` sent a call about one tenant (None: the ledger's own).
+        """
+        # unasync: async-only
+        return await _telemetry.arun(
+            (route or self._db).run, op, connection, name, tenant_id, reservation_id
+        )
+        # unasync: end
+        # unasync: sync-only
+        # if connection is None and self._default_connection is not None:
+        #     connection = self._default_connection()
+        # if route is not None:
+        #     run: Callable[[Op[T], Connectable | None], T] = functools.partial(
+        #         self._db.run, pool=route
+        #     )
+        #     return _telemetry.run(run, op, connection, name, tenant_id, reservation_id)
+        # return _telemetry.run(self._db.run, op, connection, name, tenant_id, reservation_id)
+        # unasync: end
 
     async def _at(
         self, tenant_id: object, connection: AsyncConnectable | None
-    ) -> tuple[Queries, AsyncDatabase | None]:
-        """The statements and database for a call about one tenant (see ``Ledger._at``)."""
-        if connection is not None:
+    ) -> tuple[Queries, _Route | None]:
+        """The statements and connections for a call about one tenant.
+
+        With ``route_to_workers=True`` on a distributed schema, and no
+        connection of the caller's (or a framework's): the tenant's worker and
+        its shard functions (ledger/citus/routing.py). Otherwise the ledger's
+        own, as always.
+        """
+        if connection is not None or self._default_connection is not None:
             return await self._queries(), None
         return await self._routing.at(tenant_id)
 
@@ -147,7 +317,8 @@ class AsyncLedger:
         Operations check their arguments when they are built; the first call
         must look the statements up (a round trip, which waits on a down
         server), so it first builds the operation with the plain statements:
-        bad input raises at once, as in the sync :class:`~ledger.Ledger`.
+        bad input raises at once. (Not for batches: building twice would
+        consume an iterator of items; they look the statements up first.)
         """
         if not self._routing.looked_up:
             build(self._routing.plain)
@@ -158,27 +329,35 @@ class AsyncLedger:
         tenant_id: str | None,
         connection: AsyncConnectable | None,
         build: Callable[[Queries], Op[T]],
-    ) -> tuple[Op[T], AsyncDatabase | None]:
+    ) -> tuple[Op[T], _Route | None]:
         """:meth:`_op` for a call about one tenant (None: not known), routed as ``_at`` says."""
         if not self._routing.looked_up or self._routing.workers is not None:
             build(self._routing.plain)  # before the lookup or the shard map is consulted
         if tenant_id is None:
             return build(await self._queries()), None
-        q, db = await self._at(tenant_id, connection)
-        return build(q), db
+        q, route = await self._at(tenant_id, connection)
+        return build(q), route
 
     async def _queries(self) -> Queries:
-        """The statements, as :attr:`ledger.Ledger._q` finds them: on a Citus schema that
-        ``ledger distribute`` prepared, the single-tenant writes are calls of their
-        routed functions (ledger/citus/). The same lookup and per-process
-        cache as :class:`~ledger.Ledger`, awaited on first use; on plain PostgreSQL
-        the statements stay as they are."""
+        """The statements: on a Citus schema that ``ledger distribute`` prepared, the
+        single-tenant writes become calls of their routed functions, one round trip to
+        the tenant's worker (ledger/citus/). Looked up on first use, then kept; on
+        plain PostgreSQL the statements stay as they are."""
         return await self._routing.queries()
 
     async def close(self) -> None:
+        # unasync: async-only
         """Close the ledger's own pool (an engine passed in is left to its owner)."""
         await self._routing.close()
         await self._db.close()
+        # unasync: end
+        # unasync: sync-only
+        # """Stop coalescing, and dispose of the engine if the ledger created it."""
+        # self._routing.close()
+        # self._db.close()
+        # if self._owns_engine:
+        #     self.engine.dispose()
+        # unasync: end
 
     async def __aenter__(self) -> AsyncLedger:
         return self
@@ -189,6 +368,10 @@ class AsyncLedger:
     def __repr__(self) -> str:
         url = self._url.render_as_string(hide_password=True)
         return f"AsyncLedger({url!r}, schema={self.schema!r})"
+
+    def _own_transactions(self) -> AsyncLedger:
+        """This ledger as it runs without ``connection=``: its own transactions."""
+        return self
 
     # ------------------------------------------------------------------ holds
 
@@ -201,17 +384,29 @@ class AsyncLedger:
         ttl: timedelta | int = DEFAULT_HOLD_TTL,
         idempotency_key: str | None = None,
     ) -> AsyncIterator[AsyncHold]:
-        """Reserve now in a transaction of its own, run the block, then settle or release.
+        """Reserve ``estimate_microcents`` now, run the block with no lock held, then settle.
 
-        See :meth:`ledger.Ledger.hold`: ``async with book.hold(t, 500, ttl=30) as h:
-        ...; await h.settle(actual)``.
+        The reserve is committed at once in a transaction of its own (never
+        the caller's or a framework's), so other requests of the tenant are
+        not held up by the work; ``ttl`` (a ``timedelta`` or seconds) expires
+        the hold if the process dies before settling. Inside the block call
+        ``await h.settle(actual)``, which joins ``connection=`` or the bound
+        framework transaction when given, so the settlement is atomic with
+        the app's writes (if that transaction then rolls back, the hold
+        stays open and its TTL returns the amount: the block cannot know
+        whether the app will still commit). Leaving the block without
+        settling releases the hold; an exception releases it and propagates. A refused reserve
+        raises its typed error (for example
+        :class:`~ledger.errors.InsufficientFundsError`) and the block does
+        not run.
         """
+        own = self._own_transactions()
         reserved = (
-            await self.try_reserve(
+            await own.try_reserve(
                 tenant_id, estimate_microcents, ttl=ttl, idempotency_key=idempotency_key
             )
         ).raise_for_status()
-        held = AsyncHold(self, tenant_id, reserved, estimate_microcents)
+        held = AsyncHold(self, own, tenant_id, reserved, estimate_microcents)
         try:
             yield held
         except BaseException:
@@ -230,10 +425,10 @@ class AsyncLedger:
         instead of being silently ignored, because a typo should not look
         like success.
         """
-        op, db = await self._tenant_op(
+        op, route = await self._tenant_op(
             tenant_id, connection, lambda q: ops.ensure_tenant(q, tenant_id, budget_microcents)
         )
-        return await self._run(op, connection, db)
+        return await self._run(op, connection, route, name="ensure_tenant", tenant_id=tenant_id)
 
     async def top_up_tenant(
         self,
@@ -244,12 +439,12 @@ class AsyncLedger:
         connection: AsyncConnectable | None = None,
     ) -> TopUpOutcome:
         """Add funds: ``initial`` and ``remaining`` grow together, lifetime spend is kept."""
-        op, db = await self._tenant_op(
+        op, route = await self._tenant_op(
             tenant_id,
             connection,
             lambda q: ops.top_up_tenant(q, tenant_id, amount_microcents, idempotency_key),
         )
-        return await self._run(op, connection, db)
+        return await self._run(op, connection, route, name="top_up_tenant", tenant_id=tenant_id)
 
     async def set_max_reserved_microcents(
         self, tenant_id: str, max_microcents: int, *, connection: AsyncConnectable | None = None
@@ -260,10 +455,12 @@ class AsyncLedger:
         :class:`~ledger.errors.TenantNotFound` instead of storing a cap for a
         tenant that does not exist yet.
         """
-        op, db = await self._tenant_op(
+        op, route = await self._tenant_op(
             tenant_id, connection, lambda q: ops.set_max_reserved(q, tenant_id, max_microcents)
         )
-        await self._run(op, connection, db)
+        await self._run(
+            op, connection, route, name="set_max_reserved_microcents", tenant_id=tenant_id
+        )
 
     # --------------------------------------------------------- two-phase spend
 
@@ -288,14 +485,14 @@ class AsyncLedger:
         entry, by :meth:`expire_holds` or lazily, and a tenant's lapsed holds
         never cause a reserve to be refused.
         """
-        op, db = await self._tenant_op(
+        op, route = await self._tenant_op(
             tenant_id,
             connection,
             lambda q: ops.try_reserve(
                 q, tenant_id, cost_microcents, ttl, expires_at, idempotency_key
             ),
         )
-        return await self._run(op, connection, db)
+        return await self._run(op, connection, route, name="try_reserve", tenant_id=tenant_id)
 
     async def commit(
         self,
@@ -315,12 +512,14 @@ class AsyncLedger:
         the tenant key (and, on a sharded deployment, a single shard); it is
         required with ``idempotency_key``, since keys are scoped per tenant.
         """
-        op, db = await self._tenant_op(
+        op, route = await self._tenant_op(
             tenant_id,
             connection,
             lambda q: ops.commit(q, reservation_id, actual_microcents, tenant_id, idempotency_key),
         )
-        return await self._run(op, connection, db)
+        return await self._run(
+            op, connection, route, name="commit", tenant_id=tenant_id, reservation_id=reservation_id
+        )
 
     async def release(
         self,
@@ -331,12 +530,19 @@ class AsyncLedger:
         connection: AsyncConnectable | None = None,
     ) -> SettlementOutcome:
         """Cancel a hold, returning its full amount to ``remaining``."""
-        op, db = await self._tenant_op(
+        op, route = await self._tenant_op(
             tenant_id,
             connection,
             lambda q: ops.release(q, reservation_id, tenant_id, idempotency_key),
         )
-        return await self._run(op, connection, db)
+        return await self._run(
+            op,
+            connection,
+            route,
+            name="release",
+            tenant_id=tenant_id,
+            reservation_id=reservation_id,
+        )
 
     # ------------------------------------------------------------ corrections
 
@@ -359,14 +565,16 @@ class AsyncLedger:
         changes nothing. ``reason`` (required, at most 1000 UTF-8 bytes) is
         journaled with the entry. See docs/corrections.md.
         """
-        op, db = await self._tenant_op(
+        op, route = await self._tenant_op(
             tenant_id,
             connection,
             lambda q: _corrections.refund(
                 q, tenant_id, reservation_id, amount_microcents, reason, idempotency_key
             ),
         )
-        return await self._run(op, connection, db)
+        return await self._run(
+            op, connection, route, name="refund", tenant_id=tenant_id, reservation_id=reservation_id
+        )
 
     async def adjust(
         self,
@@ -384,12 +592,12 @@ class AsyncLedger:
         ``remaining`` below zero is refused (``insufficient``); so is one that
         would overflow. ``0`` is bad input. See docs/corrections.md.
         """
-        op, db = await self._tenant_op(
+        op, route = await self._tenant_op(
             tenant_id,
             connection,
             lambda q: _corrections.adjust(q, tenant_id, amount_microcents, reason, idempotency_key),
         )
-        return await self._run(op, connection, db)
+        return await self._run(op, connection, route, name="adjust", tenant_id=tenant_id)
 
     # --------------------------------------------------------------- batches
 
@@ -402,13 +610,15 @@ class AsyncLedger:
     ) -> list[ReserveOutcome]:
         """Reserve for many items (``ReserveItem`` or ``(tenant_id, cost)``), in order.
 
-        One outcome per item, exactly as if each were a :meth:`AsyncLedger.try_reserve`
+        One outcome per item, exactly as if each were a :meth:`try_reserve`
         call, in a constant number of round trips. With ``all_or_nothing``,
         a single refusal rolls every item back and raises
         :class:`~ledger.errors.BatchRefused` (its ``outcomes`` say why).
         """
         return await self._run(
-            await self._op(lambda q: _batch.try_reserve_many(q, items, all_or_nothing)), connection
+            _batch.try_reserve_many(await self._queries(), items, all_or_nothing),
+            connection,
+            name="try_reserve_many",
         )
 
     async def commit_many(
@@ -420,7 +630,9 @@ class AsyncLedger:
     ) -> list[SettlementOutcome]:
         """Settle many holds (``CommitItem`` or ``(reservation_id, actual)``), in order."""
         return await self._run(
-            await self._op(lambda q: _batch.commit_many(q, items, all_or_nothing)), connection
+            _batch.commit_many(await self._queries(), items, all_or_nothing),
+            connection,
+            name="commit_many",
         )
 
     async def release_many(
@@ -432,7 +644,9 @@ class AsyncLedger:
     ) -> list[SettlementOutcome]:
         """Release many holds (``ReleaseItem``, a reservation id, or a tuple), in order."""
         return await self._run(
-            await self._op(lambda q: _batch.release_many(q, items, all_or_nothing)), connection
+            _batch.release_many(await self._queries(), items, all_or_nothing),
+            connection,
+            name="release_many",
         )
 
     # ---------------------------------------------------------------- expiry
@@ -449,7 +663,9 @@ class AsyncLedger:
         names tenants whose holds could not be expired (their period could not
         be renewed), with why; the sweep expired the others' holds.
         """
-        return await self._run(await self._op(lambda q: ops.expire_holds(q, limit)), connection)
+        return await self._run(
+            await self._op(lambda q: ops.expire_holds(q, limit)), connection, name="expire_holds"
+        )
 
     # ---------------------------------------------------------------- periods
 
@@ -494,7 +710,7 @@ class AsyncLedger:
                 idempotency_key,
             )
         )
-        return await self._run(op, connection)
+        return await self._run(op, connection, name="set_allowance", tenant_id=tenant_id)
 
     async def clear_allowance(
         self,
@@ -509,7 +725,7 @@ class AsyncLedger:
         period (their unspent part is forfeited, docs/periods.md).
         """
         op = await self._op(lambda q: _periods.clear_allowance(q, tenant_id, idempotency_key))
-        return await self._run(op, connection)
+        return await self._run(op, connection, name="clear_allowance", tenant_id=tenant_id)
 
     async def renew_periods(
         self, *, limit: int = 1000, connection: AsyncConnectable | None = None
@@ -525,7 +741,9 @@ class AsyncLedger:
         while ``tenants == limit``.
         """
         return await self._run(
-            await self._op(lambda q: _periods.renew_periods(q, limit)), connection
+            await self._op(lambda q: _periods.renew_periods(q, limit)),
+            connection,
+            name="renew_periods",
         )
 
     async def period_spend(
@@ -543,7 +761,7 @@ class AsyncLedger:
         an allowance and :class:`~ledger.errors.TenantNotFound` for no tenant.
         """
         op = await self._op(lambda q: _periods.period_spend(q, tenant_id, period_index))
-        return await self._run(op, connection)
+        return await self._run(op, connection, name="period_spend", tenant_id=tenant_id)
 
     # ----------------------------------------------------------- idempotency
 
@@ -557,7 +775,9 @@ class AsyncLedger:
         (24 hours is a common choice).
         """
         return await self._run(
-            await self._op(lambda q: ops.prune_idempotency_keys(q, older_than)), connection
+            await self._op(lambda q: ops.prune_idempotency_keys(q, older_than)),
+            connection,
+            name="prune_idempotency_keys",
         )
 
     # --------------------------------------------------------------- reads
@@ -566,10 +786,10 @@ class AsyncLedger:
         self, tenant_id: str, *, connection: AsyncConnectable | None = None
     ) -> TenantLedger | None:
         """One tenant's balances, or None if it does not exist."""
-        op, db = await self._tenant_op(
+        op, route = await self._tenant_op(
             tenant_id, connection, lambda q: ops.tenant_row(q, tenant_id)
         )
-        row = await self._run(op, connection, db)
+        row = await self._run(op, connection, route, name="tenant", tenant_id=tenant_id)
         if row is None:
             return None
         return TenantLedger(
@@ -580,73 +800,77 @@ class AsyncLedger:
             row.committed_microcents,
         )
 
-    async def _tenant_row(self, tenant_id: str, connection: AsyncConnectable | None) -> Any:
-        op, db = await self._tenant_op(
+    async def _tenant_row(
+        self, tenant_id: str, connection: AsyncConnectable | None, name: str
+    ) -> Any:
+        op, route = await self._tenant_op(
             tenant_id, connection, lambda q: ops.tenant_row(q, tenant_id)
         )
-        return await self._run(op, connection, db)
+        return await self._run(op, connection, route, name=name, tenant_id=tenant_id)
 
     async def remaining_microcents(
         self, tenant_id: str, *, connection: AsyncConnectable | None = None
     ) -> int | None:
-        row = await self._tenant_row(tenant_id, connection)
+        row = await self._tenant_row(tenant_id, connection, name="remaining_microcents")
         return None if row is None else int(row.remaining_microcents)
 
     async def reserved_microcents(
         self, tenant_id: str, *, connection: AsyncConnectable | None = None
     ) -> int:
         """Sum of open holds; 0 for an unknown tenant, as in the seed."""
-        row = await self._tenant_row(tenant_id, connection)
+        row = await self._tenant_row(tenant_id, connection, name="reserved_microcents")
         return 0 if row is None else int(row.reserved_microcents)
 
     async def committed_microcents(
         self, tenant_id: str, *, connection: AsyncConnectable | None = None
     ) -> int | None:
         """Lifetime spend (monotonic), not the amount currently held."""
-        row = await self._tenant_row(tenant_id, connection)
+        row = await self._tenant_row(tenant_id, connection, name="committed_microcents")
         return None if row is None else int(row.committed_microcents)
 
     async def initial_microcents(
         self, tenant_id: str, *, connection: AsyncConnectable | None = None
     ) -> int | None:
         """Total ever granted: the creation budget plus every top-up."""
-        row = await self._tenant_row(tenant_id, connection)
+        row = await self._tenant_row(tenant_id, connection, name="initial_microcents")
         return None if row is None else int(row.initial_microcents)
 
     async def max_reserved_microcents(
         self, tenant_id: str, *, connection: AsyncConnectable | None = None
     ) -> int | None:
         """The cap on open holds (0 = none), or None for an unknown tenant."""
-        row = await self._tenant_row(tenant_id, connection)
+        row = await self._tenant_row(tenant_id, connection, name="max_reserved_microcents")
         return None if row is None else int(row.max_reserved_microcents)
 
-    async def _counts(self, connection: AsyncConnectable | None) -> Any:
-        return await self._run(ops.counts(await self._queries()), connection)
+    async def _counts(self, connection: AsyncConnectable | None, name: str) -> Any:
+        return await self._run(ops.counts(await self._queries()), connection, name=name)
 
     async def tenant_count(self, *, connection: AsyncConnectable | None = None) -> int:
-        return int((await self._counts(connection)).tenants)
+        return int((await self._counts(connection, name="tenant_count")).tenants)
 
     async def active_reservations(self, *, connection: AsyncConnectable | None = None) -> int:
         """Number of open holds across all tenants."""
-        return int((await self._counts(connection)).reservations)
+        return int((await self._counts(connection, name="active_reservations")).reservations)
 
     async def total_committed_microcents(
         self, *, connection: AsyncConnectable | None = None
     ) -> int:
         """Lifetime spend summed over tenants, exactly (a Python int, never wrapped)."""
-        return int((await self._counts(connection)).committed)
+        return int((await self._counts(connection, name="total_committed_microcents")).committed)
 
     async def committed_since_last_certificate(
         self, *, connection: AsyncConnectable | None = None
     ) -> int:
         """Spend since the last certificate's baseline (negative after restoring an older state)."""
-        counts = await self._counts(connection)
+        counts = await self._counts(connection, name="committed_since_last_certificate")
         delta = int(counts.committed) - int(counts.baseline)
         return max(min(delta, _I64_MAX), _validate.I64_MIN)
 
     async def snapshot_version(self, *, connection: AsyncConnectable | None = None) -> int:
         """Version of the latest snapshot (0 before the first one)."""
-        return await self._run(ops.snapshot_version(await self._queries()), connection)
+        return await self._run(
+            ops.snapshot_version(await self._queries()), connection, name="snapshot_version"
+        )
 
     # ------------------------------------------------------------ snapshots
 
@@ -656,7 +880,7 @@ class AsyncLedger:
         Everything is read by a single statement in a REPEATABLE READ
         transaction, so the snapshot balances even while writers are busy.
         """
-        return await self._run(ops.snapshot(await self._queries()), connection)
+        return await self._run(ops.snapshot(await self._queries()), connection, name="snapshot")
 
     async def verify_conservation(
         self, *, connection: AsyncConnectable | None = None
@@ -666,7 +890,9 @@ class AsyncLedger:
         Like the seed it advances the snapshot version. The scan runs in the
         database, so its memory use does not grow with the number of tenants.
         """
-        return await self._run(ops.verify_conservation(await self._queries()), connection)
+        return await self._run(
+            ops.verify_conservation(await self._queries()), connection, name="verify_conservation"
+        )
 
     async def restore_from_snapshot(
         self, snapshot: BudgetSnapshot, *, connection: AsyncConnectable | None = None
@@ -680,7 +906,9 @@ class AsyncLedger:
         voided; caps are kept.
         """
         await self._run(
-            await self._op(lambda q: ops.restore_from_snapshot(q, snapshot)), connection
+            await self._op(lambda q: ops.restore_from_snapshot(q, snapshot)),
+            connection,
+            name="restore_from_snapshot",
         )
 
     # --------------------------------------------------------- certificates
@@ -695,7 +923,7 @@ class AsyncLedger:
         the baseline row, so concurrent certifiers serialise on it instead of
         failing with serialization errors.
         """
-        return await self._run(ops.certify(await self._queries()), connection)
+        return await self._run(ops.certify(await self._queries()), connection, name="certify")
 
     async def check_against_certificate(
         self,
@@ -703,10 +931,17 @@ class AsyncLedger:
         *,
         connection: AsyncConnectable | None = None,
     ) -> CertificateCheck:
-        """Is this database at or after a certificate kept outside it (not rolled back)?"""
+        """Is this database at or after a certificate kept outside it (not rolled back)?
+
+        ``certificate`` is a :class:`FinancialCertificate`, its ``to_dict()``,
+        or a JSON file written by ``ledger certify -o FILE``. A database
+        restored to before the certificate fails with a ``rollback`` problem;
+        see :mod:`ledger._certificate_check` and docs/deployment.md.
+        """
         return await self._run(
             await self._op(lambda q: _certificate_check.check_against_certificate(q, certificate)),
             connection,
+            name="check_against_certificate",
         )
 
     # --------------------------------------------------------------- journal
@@ -734,6 +969,7 @@ class AsyncLedger:
         return await self._run(
             await self._op(lambda q: _verify.verify_journal(q, since_certificate, progress)),
             connection,
+            name="verify_journal",
         )
 
     # --------------------------------------------------------- observability
@@ -741,24 +977,46 @@ class AsyncLedger:
     async def stats(
         self, *, minutes: int = 60, top: int = 5, connection: AsyncConnectable | None = None
     ) -> LedgerStats:
-        """See :meth:`Ledger.stats`."""
-        return await self._run(await self._op(lambda q: _stats.stats(q, minutes, top)), connection)
+        """A quick look at the live ledger, read by one statement (``ledger stats``).
+
+        Open and lapsed holds and the oldest hold's age; refused spends of the
+        last ``minutes`` by operation and status (the ``refusals`` table);
+        the ``top`` tenants by lifetime spend; tenants whose renewal is due.
+        """
+        return await self._run(
+            await self._op(lambda q: _stats.stats(q, minutes, top)), connection, name="stats"
+        )
 
     # ---------------------------------------------------------- as-of queries
 
     async def balance_at(
         self, tenant_id: str, at: datetime, *, connection: AsyncConnectable | None = None
     ) -> BalanceAt | None:
-        """One tenant's balances at ``at``, or None if it did not exist then (docs/asof.md)."""
+        """One tenant's balances at ``at`` (timezone-aware), from the journal.
+
+        The state after every entry of the tenant's chain up to the first one
+        stamped after ``at`` (docs/asof.md says why that definition). None if
+        the tenant did not exist at ``at``: not yet created, removed, or
+        unknown. One statement; an as-of checkpoint shortens its scan.
+        """
         return await self._run(
-            await self._op(lambda q: _asof.balance_at(q, tenant_id, at)), connection
+            await self._op(lambda q: _asof.balance_at(q, tenant_id, at)),
+            connection,
+            name="balance_at",
+            tenant_id=tenant_id,
         )
 
     async def balances_at(
         self, at: datetime, *, connection: AsyncConnectable | None = None
     ) -> list[BalanceAt]:
-        """Every tenant that existed at ``at``, in tenant id order, from one snapshot."""
-        return await self._run(await self._op(lambda q: _asof.balances_at(q, at)), connection)
+        """Every tenant that existed at ``at``, in tenant id order, from one snapshot.
+
+        Computed in the database and streamed: memory holds one row per
+        tenant, never the journal.
+        """
+        return await self._run(
+            await self._op(lambda q: _asof.balances_at(q, at)), connection, name="balances_at"
+        )
 
     async def spend_between(
         self,
@@ -768,18 +1026,36 @@ class AsyncLedger:
         tenant_id: str | None = None,
         connection: AsyncConnectable | None = None,
     ) -> SpendReport:
-        """Commits minus refunds between ``start`` (exclusive) and ``end`` (inclusive)."""
+        """Commits minus refunds between ``start`` (exclusive) and ``end`` (inclusive).
+
+        For one tenant or, without ``tenant_id``, every tenant. Windows add up:
+        spend(a, b) + spend(b, c) == spend(a, c). ``start`` after ``end`` is
+        refused with :class:`~ledger.errors.InputError`.
+        """
         return await self._run(
-            await self._op(lambda q: _asof.spend_between(q, start, end, tenant_id)), connection
+            await self._op(lambda q: _asof.spend_between(q, start, end, tenant_id)),
+            connection,
+            name="spend_between",
+            tenant_id=tenant_id,
         )
 
     async def asof_checkpoint(
         self, *, connection: AsyncConnectable | None = None
     ) -> AsOfCheckpoint:
-        """Record each tenant's chain position and latest stamp: a cache for as-of queries."""
-        return await self._run(_asof.asof_checkpoint(await self._queries()), connection)
+        """Record where each tenant's chain stands and its latest stamp so far.
+
+        A cache for :meth:`balance_at`, :meth:`balances_at` and
+        :meth:`spend_between`: queries for a time after a checkpoint scan only
+        the entries after it. It never changes an answer. Run it periodically
+        (``ledger asof checkpoint``, from cron); each run reads only the
+        entries written since the previous one.
+        """
+        return await self._run(
+            _asof.asof_checkpoint(await self._queries()), connection, name="asof_checkpoint"
+        )
 
 
+# unasync: async-only
 def _async_engine(candidate: object) -> AsyncEngine:
     """A SQLAlchemy ``AsyncEngine`` on psycopg, or a typed error saying what to pass."""
     try:
@@ -797,3 +1073,45 @@ def _async_engine(candidate: object) -> AsyncEngine:
             f"postgresql+psycopg:// URL (got {candidate.dialect.name}+{candidate.dialect.driver})"
         )
     return candidate
+
+
+# unasync: end
+# unasync: sync-only
+# class BoundLedger(Ledger):
+#     """A :class:`Ledger` whose operations run on a connection chosen by a framework.
+#
+#     Framework integrations hand this out so that ledger writes join the
+#     framework's transaction (Flask-SQLAlchemy's ``db.session``, Django's
+#     ``transaction.atomic()``) without the caller having to remember it. An
+#     explicit ``connection=`` argument still wins. It is a real ``Ledger``
+#     subclass, so every method keeps its signature and types; it shares the
+#     unbound ledger's engine and never disposes of it.
+#
+#     Sync only: the integrations that bind a ledger (Flask, Django) are sync.
+#     """
+#
+#     def __init__(self, ledger: Ledger, connection: Callable[[], Connectable]) -> None:
+#         self.schema = ledger.schema
+#         self.engine = ledger.engine
+#         self._url = ledger._url
+#         self._owns_engine = False
+#         self._db = ledger._db
+#         # The same statements; operations join the framework's connection: never routed.
+#         self._routing = ledger._routing
+#         self._default_connection = connection
+#         self._unbound = ledger
+#
+#     @property
+#     def ledger(self) -> Ledger:
+#         """The unbound ledger (operations run in their own transactions)."""
+#         return self._unbound
+#
+#     def _own_transactions(self) -> Ledger:
+#         return self._unbound
+#
+#     def close(self) -> None:
+#         """Nothing to do: the unbound ledger owns the engine (and any coalescer)."""
+#
+#     def __repr__(self) -> str:
+#         return f"BoundLedger({self._unbound!r})"
+# unasync: end

@@ -1,3 +1,5 @@
+# Generated from ledger/_async_hold.py by scripts/unasync.py: do not edit.
+# Edit the source, then run `python scripts/unasync.py` (CI checks with --check).
 """Holds that survive slow work: reserve now, work outside the database, settle after.
 
 The row lock a reserve takes on its tenant lasts until the reserve's
@@ -9,6 +11,10 @@ no lock held; the TTL is the safety net if the process dies before it
 settles; the settlement may join the app's transaction (a job row and the
 commit, atomically); and leaving the block without settling, or with an
 exception, releases the hold.
+
+One source for both faces: scripts/unasync.py writes the sync module from
+the asyncio one, and the blocks marked ``# unasync: async-only`` or
+``sync-only`` are the only places they differ, each saying why.
 """
 
 from __future__ import annotations
@@ -17,47 +23,23 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from . import errors
-from .outcomes import ReserveOutcome, SettlementOutcome, Status
+
+# The state of a hold is the same on both faces: defined once, in the asyncio
+# module; AsyncHold is re-exported so that ``from ledger._hold import`` finds both.
+from ._async_hold import AsyncHold, _HoldState
+from .outcomes import ReserveOutcome, SettlementOutcome
 
 if TYPE_CHECKING:
-    from ._async_ledger import AsyncLedger
     from ._ledger import Ledger
+
+__all__ = ["AsyncHold", "Hold"]
 
 log = logging.getLogger("ledger")
 
-#: Settlement outcomes after which the hold no longer exists.
-_GONE = {Status.COMMITTED, Status.RELEASED, Status.EXPIRED, Status.MISSING_RESERVATION}
-
-
-class _HoldState:
-    def __init__(self, tenant_id: str, outcome: ReserveOutcome, amount: int) -> None:
-        assert outcome.reservation_id is not None
-        self.tenant_id = tenant_id
-        self.reservation_id: int = outcome.reservation_id
-        self.amount_microcents = amount
-        self.reserved = outcome
-        #: The settlement that ended the hold (commit, release or expiry), once there is one.
-        self.outcome: SettlementOutcome | None = None
-
-    @property
-    def settled(self) -> bool:
-        """True once the hold is gone: committed, released, or expired."""
-        return self.outcome is not None
-
-    def _record(self, outcome: SettlementOutcome) -> SettlementOutcome:
-        if outcome.status in _GONE:
-            self.outcome = outcome
-        return outcome
-
-    def __repr__(self) -> str:
-        state = "open" if self.outcome is None else str(self.outcome.status)
-        return (
-            f"<{type(self).__name__} {self.reservation_id} of {self.tenant_id!r}: "
-            f"{self.amount_microcents} microcents, {state}>"
-        )
-
 
 class Hold(_HoldState):
+    # Only the sync ledger is bound to a framework's transaction (BoundLedger):
+    # the docstrings say where settle() runs on each face.
     """An open hold, already committed; settle it with the actual cost, or it is released.
 
     ``settle()`` runs on ``connection=`` if given, else where the ledger that
@@ -67,10 +49,16 @@ class Hold(_HoldState):
     """
 
     def __init__(
-        self, book: Ledger, own: Ledger, tenant_id: str, outcome: ReserveOutcome, amount: int
+        self,
+        book: Ledger,
+        own: Ledger,
+        tenant_id: str,
+        outcome: ReserveOutcome,
+        amount: int,
     ) -> None:
         super().__init__(tenant_id, outcome, amount)
         self._book = book
+        #: The ledger as it runs without ``connection=`` (for a bound ledger, the unbound one).
         self._own = own
 
     def settle(
@@ -104,44 +92,4 @@ class Hold(_HoldState):
             if not failed:
                 raise
             # Keep the caller's own exception; the TTL returns the amount later.
-            log.warning("could not release hold %s after an error", self.reservation_id)
-
-
-class AsyncHold(_HoldState):
-    """The asyncio twin of :class:`Hold`: ``await h.settle(actual)``."""
-
-    def __init__(self, book: AsyncLedger, tenant_id: str, outcome: ReserveOutcome, amount: int):
-        super().__init__(tenant_id, outcome, amount)
-        self._book = book
-
-    async def settle(
-        self,
-        actual_microcents: int,
-        *,
-        idempotency_key: str | None = None,
-        connection: Any = None,
-    ) -> SettlementOutcome:
-        """Commit the hold at its actual cost (see :meth:`ledger.AsyncLedger.commit`)."""
-        return self._record(
-            await self._book.commit(
-                self.reservation_id,
-                actual_microcents,
-                tenant_id=self.tenant_id,
-                idempotency_key=idempotency_key,
-                connection=connection,
-            )
-        )
-
-    async def release(self) -> SettlementOutcome:
-        """Give the whole amount back now, in a transaction of its own."""
-        return self._record(await self._book.release(self.reservation_id, tenant_id=self.tenant_id))
-
-    async def _close(self, failed: bool) -> None:
-        if self.settled:
-            return
-        try:
-            await self.release()
-        except errors.LedgerError:
-            if not failed:
-                raise
             log.warning("could not release hold %s after an error", self.reservation_id)

@@ -1,3 +1,5 @@
+# Generated from ledger/_async_ledger.py by scripts/unasync.py: do not edit.
+# Edit the source, then run `python scripts/unasync.py` (CI checks with --check).
 """The :class:`Ledger`: calybris' ``BudgetEngine`` semantics on PostgreSQL tables.
 
 Method names and outcome fields mirror the seed so a calybris user finds
@@ -8,6 +10,11 @@ Every method takes an optional ``connection=`` (a SQLAlchemy ``Connection``
 or ``Session``). Given one, the operation joins the caller's transaction and
 is undone by the caller's rollback. Without one, it runs in its own
 transaction: a single autocommitted statement for the hot-path operations.
+
+The :class:`~ledger.AsyncLedger` source (``ledger/_async_ledger.py``) says
+where and why the two faces differ. Over 600 lines, for a reason: one class,
+the public API, one short method per operation with its docstring; the
+logic is in ``_operations.py`` and the modules it names.
 """
 
 from __future__ import annotations
@@ -62,6 +69,10 @@ from .outcomes import (
 )
 from .snapshot import BudgetSnapshot, TenantLedger
 
+#: Where a call routed to a Citus worker runs: the worker's pool (the sync
+#: ``Database`` threads ``pool=`` through its runs, ledger/_executor.py).
+_Route = OwnPool
+
 __all__ = ["Ledger"]
 
 T = TypeVar("T")
@@ -73,6 +84,7 @@ DEFAULT_HOLD_TTL = timedelta(minutes=10)
 
 
 class Ledger:
+    # The constructors differ: each face gets its connections its own way.
     """Per-tenant budgets with two-phase spend, stored in one PostgreSQL schema.
 
     ``Ledger(engine_or_url, schema="ledger")``. Pass an existing SQLAlchemy
@@ -106,6 +118,7 @@ class Ledger:
                 "connections to the Citus workers) and coalesce=False; see docs/scale-out.md"
             )
         self.engine, self._owns_engine = as_engine(engine_or_url)
+        self._url = self.engine.url
         pool = OwnPool(self.engine) if self._owns_engine else None
         self._db = Database(
             self.engine,
@@ -127,37 +140,85 @@ class Ledger:
 
     @property
     def _q(self) -> Queries:
-        """The statements: on a Citus schema that ``ledger distribute`` prepared, the
-        single-tenant writes become calls of their routed functions, one round trip to
-        the tenant's worker (ledger/citus/). Looked up on first use, then kept."""
+        """:meth:`_queries`, as an attribute: the name ledger/telemetry.py, the Citus
+        tests and the benchmarks read the statements by."""
         return self._routing.queries()
 
     #: Where operations run when no ``connection=`` is given: None means the
-    #: ledger's own connection; a bound ledger (:meth:`bind`) asks its framework.
+    #: ledger's own connection; a bound ledger (``BoundLedger``, sync only: the
+    #: Flask and Django integrations) asks its framework.
     _default_connection: Callable[[], Connectable] | None = None
 
-    def _run(self, op: Op[T], connection: Connectable | None, pool: OwnPool | None = None) -> T:
+    def _run(
+        self,
+        op: Op[T],
+        connection: Connectable | None,
+        route: _Route | None = None,
+        *,
+        name: str,
+        tenant_id: object = None,
+        reservation_id: object = None,
+    ) -> T:
+        """Run ``op`` as the operation ``name`` (its span and metrics, docs/observability.md).
+
+        ``route``: where :meth:`_at` sent a call about one tenant (None: the ledger's own).
+        """
         if connection is None and self._default_connection is not None:
             connection = self._default_connection()
-        if pool is not None:
+        if route is not None:
             run: Callable[[Op[T], Connectable | None], T] = functools.partial(
-                self._db.run, pool=pool
+                self._db.run, pool=route
             )
-            return _telemetry.run(run, op, connection)
-        return _telemetry.run(self._db.run, op, connection)
+            return _telemetry.run(run, op, connection, name, tenant_id, reservation_id)
+        return _telemetry.run(self._db.run, op, connection, name, tenant_id, reservation_id)
 
     def _at(
         self, tenant_id: object, connection: Connectable | None
-    ) -> tuple[Queries, OwnPool | None]:
+    ) -> tuple[Queries, _Route | None]:
         """The statements and connections for a call about one tenant.
 
         With ``route_to_workers=True`` on a distributed schema, and no
-        connection of the caller's: the tenant's worker's pool and its shard
-        functions (ledger/citus/routing.py). Otherwise the ledger's own, as always.
+        connection of the caller's (or a framework's): the tenant's worker and
+        its shard functions (ledger/citus/routing.py). Otherwise the ledger's
+        own, as always.
         """
         if connection is not None or self._default_connection is not None:
-            return self._q, None
+            return self._queries(), None
         return self._routing.at(tenant_id)
+
+    def _op(self, build: Callable[[Queries], Op[T]]) -> Op[T]:
+        """The operation ``build`` makes, its arguments checked before any I/O.
+
+        Operations check their arguments when they are built; the first call
+        must look the statements up (a round trip, which waits on a down
+        server), so it first builds the operation with the plain statements:
+        bad input raises at once. (Not for batches: building twice would
+        consume an iterator of items; they look the statements up first.)
+        """
+        if not self._routing.looked_up:
+            build(self._routing.plain)
+        return build(self._queries())
+
+    def _tenant_op(
+        self,
+        tenant_id: str | None,
+        connection: Connectable | None,
+        build: Callable[[Queries], Op[T]],
+    ) -> tuple[Op[T], _Route | None]:
+        """:meth:`_op` for a call about one tenant (None: not known), routed as ``_at`` says."""
+        if not self._routing.looked_up or self._routing.workers is not None:
+            build(self._routing.plain)  # before the lookup or the shard map is consulted
+        if tenant_id is None:
+            return build(self._queries()), None
+        q, route = self._at(tenant_id, connection)
+        return build(q), route
+
+    def _queries(self) -> Queries:
+        """The statements: on a Citus schema that ``ledger distribute`` prepared, the
+        single-tenant writes become calls of their routed functions, one round trip to
+        the tenant's worker (ledger/citus/). Looked up on first use, then kept; on
+        plain PostgreSQL the statements stay as they are."""
+        return self._routing.queries()
 
     def close(self) -> None:
         """Stop coalescing, and dispose of the engine if the ledger created it."""
@@ -173,156 +234,12 @@ class Ledger:
         self.close()
 
     def __repr__(self) -> str:
-        url = self.engine.url.render_as_string(hide_password=True)
+        url = self._url.render_as_string(hide_password=True)
         return f"Ledger({url!r}, schema={self.schema!r})"
 
-    # ------------------------------------------------------------- tenants
-
-    def ensure_tenant(
-        self, tenant_id: str, budget_microcents: int, *, connection: Connectable | None = None
-    ) -> bool:
-        """Create a tenant with a budget; a no-op if it exists. Returns True if created.
-
-        Deviation from the seed: a negative budget raises ``ValueError``
-        instead of being silently ignored, because a typo should not look
-        like success.
-        """
-        q, pool = self._at(tenant_id, connection)
-        return self._run(ops.ensure_tenant(q, tenant_id, budget_microcents), connection, pool)
-
-    def top_up_tenant(
-        self,
-        tenant_id: str,
-        amount_microcents: int,
-        *,
-        idempotency_key: str | None = None,
-        connection: Connectable | None = None,
-    ) -> TopUpOutcome:
-        """Add funds: ``initial`` and ``remaining`` grow together, lifetime spend is kept."""
-        q, pool = self._at(tenant_id, connection)
-        op = ops.top_up_tenant(q, tenant_id, amount_microcents, idempotency_key)
-        return self._run(op, connection, pool)
-
-    def set_max_reserved_microcents(
-        self, tenant_id: str, max_microcents: int, *, connection: Connectable | None = None
-    ) -> None:
-        """Cap the total of a tenant's open holds; ``0`` (or less) removes the cap.
-
-        Deviation from the seed: an unknown tenant raises
-        :class:`~ledger.errors.TenantNotFound` instead of storing a cap for a
-        tenant that does not exist yet.
-        """
-        q, pool = self._at(tenant_id, connection)
-        self._run(ops.set_max_reserved(q, tenant_id, max_microcents), connection, pool)
-
-    # --------------------------------------------------------- two-phase spend
-
-    def try_reserve(
-        self,
-        tenant_id: str,
-        cost_microcents: int,
-        *,
-        ttl: timedelta | int | None = None,
-        expires_at: datetime | None = None,
-        idempotency_key: str | None = None,
-        connection: Connectable | None = None,
-    ) -> ReserveOutcome:
-        """Place a hold of ``cost_microcents`` if the balance and the cap allow it.
-
-        Checks run in the seed's order: non-positive cost (insufficient),
-        reserved-total overflow, exposure cap, then balance.
-
-        ``ttl`` (a ``timedelta`` or whole seconds, measured on the database
-        clock) or ``expires_at`` (an aware ``datetime``) make the hold expire:
-        its amount then returns to ``remaining`` through an ``expire`` journal
-        entry, by :meth:`expire_holds` or lazily, and a tenant's lapsed holds
-        never cause a reserve to be refused.
-        """
-        q, pool = self._at(tenant_id, connection)
-        op = ops.try_reserve(q, tenant_id, cost_microcents, ttl, expires_at, idempotency_key)
-        return self._run(op, connection, pool)
-
-    def commit(
-        self,
-        reservation_id: int,
-        actual_microcents: int,
-        *,
-        tenant_id: str | None = None,
-        idempotency_key: str | None = None,
-        connection: Connectable | None = None,
-    ) -> SettlementOutcome:
-        """Settle a hold at its actual cost: refund the surplus, or debit an affordable overrun.
-
-        An unaffordable overrun returns ``overrun`` and keeps the hold with
-        nothing refunded; a lifetime-spend overflow returns ``overflow`` and
-        also keeps the hold. A hold past its deadline is expired instead and
-        the answer is ``expired``. Passing ``tenant_id`` lets the lookup use
-        the tenant key (and, on a sharded deployment, a single shard); it is
-        required with ``idempotency_key``, since keys are scoped per tenant.
-        """
-        q, pool = self._at(tenant_id, connection) if tenant_id is not None else (self._q, None)
-        op = ops.commit(q, reservation_id, actual_microcents, tenant_id, idempotency_key)
-        return self._run(op, connection, pool)
-
-    def release(
-        self,
-        reservation_id: int,
-        *,
-        tenant_id: str | None = None,
-        idempotency_key: str | None = None,
-        connection: Connectable | None = None,
-    ) -> SettlementOutcome:
-        """Cancel a hold, returning its full amount to ``remaining``."""
-        q, pool = self._at(tenant_id, connection) if tenant_id is not None else (self._q, None)
-        op = ops.release(q, reservation_id, tenant_id, idempotency_key)
-        return self._run(op, connection, pool)
-
-    # ------------------------------------------------------------ corrections
-
-    def refund(
-        self,
-        tenant_id: str,
-        reservation_id: int,
-        amount_microcents: int,
-        *,
-        reason: str,
-        idempotency_key: str | None = None,
-        connection: Connectable | None = None,
-    ) -> RefundOutcome:
-        """Give back part or all of the tenant's commit of hold ``reservation_id``.
-
-        ``committed`` falls and ``remaining`` grows by ``amount_microcents``
-        (``initial`` is unchanged). The refunds of one commit never add up
-        to more than its amount, however many run at once; a refused refund
-        (``unknown_commit``, ``refund_exceeds_commit``, ``missing_tenant``)
-        changes nothing. ``reason`` (required, at most 1000 UTF-8 bytes) is
-        journaled with the entry. See docs/corrections.md.
-        """
-        q, pool = self._at(tenant_id, connection)
-        op = _corrections.refund(
-            q, tenant_id, reservation_id, amount_microcents, reason, idempotency_key
-        )
-        return self._run(op, connection, pool)
-
-    def adjust(
-        self,
-        tenant_id: str,
-        amount_microcents: int,
-        *,
-        reason: str,
-        idempotency_key: str | None = None,
-        connection: Connectable | None = None,
-    ) -> AdjustOutcome:
-        """Change the tenant's budget by a signed amount, with a journaled ``reason``.
-
-        ``initial`` and ``remaining`` move together; ``reserved`` and
-        ``committed`` are never touched. A negative adjustment that would take
-        ``remaining`` below zero is refused (``insufficient``); so is one that
-        would overflow. ``0`` is bad input. See docs/corrections.md.
-        """
-        q, pool = self._at(tenant_id, connection)
-        op = _corrections.adjust(q, tenant_id, amount_microcents, reason, idempotency_key)
-        return self._run(op, connection, pool)
+    def _own_transactions(self) -> Ledger:
+        """This ledger as it runs without ``connection=``: its own transactions."""
+        return self
 
     # ------------------------------------------------------------------ holds
 
@@ -363,9 +280,188 @@ class Ledger:
             raise
         held._close(failed=False)
 
-    def _own_transactions(self) -> Ledger:
-        """This ledger as it runs without ``connection=``: its own transactions."""
-        return self
+    # ------------------------------------------------------------- tenants
+
+    def ensure_tenant(
+        self, tenant_id: str, budget_microcents: int, *, connection: Connectable | None = None
+    ) -> bool:
+        """Create a tenant with a budget; a no-op if it exists. Returns True if created.
+
+        Deviation from the seed: a negative budget raises ``ValueError``
+        instead of being silently ignored, because a typo should not look
+        like success.
+        """
+        op, route = self._tenant_op(
+            tenant_id, connection, lambda q: ops.ensure_tenant(q, tenant_id, budget_microcents)
+        )
+        return self._run(op, connection, route, name="ensure_tenant", tenant_id=tenant_id)
+
+    def top_up_tenant(
+        self,
+        tenant_id: str,
+        amount_microcents: int,
+        *,
+        idempotency_key: str | None = None,
+        connection: Connectable | None = None,
+    ) -> TopUpOutcome:
+        """Add funds: ``initial`` and ``remaining`` grow together, lifetime spend is kept."""
+        op, route = self._tenant_op(
+            tenant_id,
+            connection,
+            lambda q: ops.top_up_tenant(q, tenant_id, amount_microcents, idempotency_key),
+        )
+        return self._run(op, connection, route, name="top_up_tenant", tenant_id=tenant_id)
+
+    def set_max_reserved_microcents(
+        self, tenant_id: str, max_microcents: int, *, connection: Connectable | None = None
+    ) -> None:
+        """Cap the total of a tenant's open holds; ``0`` (or less) removes the cap.
+
+        Deviation from the seed: an unknown tenant raises
+        :class:`~ledger.errors.TenantNotFound` instead of storing a cap for a
+        tenant that does not exist yet.
+        """
+        op, route = self._tenant_op(
+            tenant_id, connection, lambda q: ops.set_max_reserved(q, tenant_id, max_microcents)
+        )
+        self._run(op, connection, route, name="set_max_reserved_microcents", tenant_id=tenant_id)
+
+    # --------------------------------------------------------- two-phase spend
+
+    def try_reserve(
+        self,
+        tenant_id: str,
+        cost_microcents: int,
+        *,
+        ttl: timedelta | int | None = None,
+        expires_at: datetime | None = None,
+        idempotency_key: str | None = None,
+        connection: Connectable | None = None,
+    ) -> ReserveOutcome:
+        """Place a hold of ``cost_microcents`` if the balance and the cap allow it.
+
+        Checks run in the seed's order: non-positive cost (insufficient),
+        reserved-total overflow, exposure cap, then balance.
+
+        ``ttl`` (a ``timedelta`` or whole seconds, measured on the database
+        clock) or ``expires_at`` (an aware ``datetime``) make the hold expire:
+        its amount then returns to ``remaining`` through an ``expire`` journal
+        entry, by :meth:`expire_holds` or lazily, and a tenant's lapsed holds
+        never cause a reserve to be refused.
+        """
+        op, route = self._tenant_op(
+            tenant_id,
+            connection,
+            lambda q: ops.try_reserve(
+                q, tenant_id, cost_microcents, ttl, expires_at, idempotency_key
+            ),
+        )
+        return self._run(op, connection, route, name="try_reserve", tenant_id=tenant_id)
+
+    def commit(
+        self,
+        reservation_id: int,
+        actual_microcents: int,
+        *,
+        tenant_id: str | None = None,
+        idempotency_key: str | None = None,
+        connection: Connectable | None = None,
+    ) -> SettlementOutcome:
+        """Settle a hold at its actual cost: refund the surplus, or debit an affordable overrun.
+
+        An unaffordable overrun returns ``overrun`` and keeps the hold with
+        nothing refunded; a lifetime-spend overflow returns ``overflow`` and
+        also keeps the hold. A hold past its deadline is expired instead and
+        the answer is ``expired``. Passing ``tenant_id`` lets the lookup use
+        the tenant key (and, on a sharded deployment, a single shard); it is
+        required with ``idempotency_key``, since keys are scoped per tenant.
+        """
+        op, route = self._tenant_op(
+            tenant_id,
+            connection,
+            lambda q: ops.commit(q, reservation_id, actual_microcents, tenant_id, idempotency_key),
+        )
+        return self._run(
+            op, connection, route, name="commit", tenant_id=tenant_id, reservation_id=reservation_id
+        )
+
+    def release(
+        self,
+        reservation_id: int,
+        *,
+        tenant_id: str | None = None,
+        idempotency_key: str | None = None,
+        connection: Connectable | None = None,
+    ) -> SettlementOutcome:
+        """Cancel a hold, returning its full amount to ``remaining``."""
+        op, route = self._tenant_op(
+            tenant_id,
+            connection,
+            lambda q: ops.release(q, reservation_id, tenant_id, idempotency_key),
+        )
+        return self._run(
+            op,
+            connection,
+            route,
+            name="release",
+            tenant_id=tenant_id,
+            reservation_id=reservation_id,
+        )
+
+    # ------------------------------------------------------------ corrections
+
+    def refund(
+        self,
+        tenant_id: str,
+        reservation_id: int,
+        amount_microcents: int,
+        *,
+        reason: str,
+        idempotency_key: str | None = None,
+        connection: Connectable | None = None,
+    ) -> RefundOutcome:
+        """Give back part or all of the tenant's commit of hold ``reservation_id``.
+
+        ``committed`` falls and ``remaining`` grows by ``amount_microcents``
+        (``initial`` is unchanged). The refunds of one commit never add up
+        to more than its amount, however many run at once; a refused refund
+        (``unknown_commit``, ``refund_exceeds_commit``, ``missing_tenant``)
+        changes nothing. ``reason`` (required, at most 1000 UTF-8 bytes) is
+        journaled with the entry. See docs/corrections.md.
+        """
+        op, route = self._tenant_op(
+            tenant_id,
+            connection,
+            lambda q: _corrections.refund(
+                q, tenant_id, reservation_id, amount_microcents, reason, idempotency_key
+            ),
+        )
+        return self._run(
+            op, connection, route, name="refund", tenant_id=tenant_id, reservation_id=reservation_id
+        )
+
+    def adjust(
+        self,
+        tenant_id: str,
+        amount_microcents: int,
+        *,
+        reason: str,
+        idempotency_key: str | None = None,
+        connection: Connectable | None = None,
+    ) -> AdjustOutcome:
+        """Change the tenant's budget by a signed amount, with a journaled ``reason``.
+
+        ``initial`` and ``remaining`` move together; ``reserved`` and
+        ``committed`` are never touched. A negative adjustment that would take
+        ``remaining`` below zero is refused (``insufficient``); so is one that
+        would overflow. ``0`` is bad input. See docs/corrections.md.
+        """
+        op, route = self._tenant_op(
+            tenant_id,
+            connection,
+            lambda q: _corrections.adjust(q, tenant_id, amount_microcents, reason, idempotency_key),
+        )
+        return self._run(op, connection, route, name="adjust", tenant_id=tenant_id)
 
     # --------------------------------------------------------------- batches
 
@@ -383,7 +479,11 @@ class Ledger:
         a single refusal rolls every item back and raises
         :class:`~ledger.errors.BatchRefused` (its ``outcomes`` say why).
         """
-        return self._run(_batch.try_reserve_many(self._q, items, all_or_nothing), connection)
+        return self._run(
+            _batch.try_reserve_many(self._queries(), items, all_or_nothing),
+            connection,
+            name="try_reserve_many",
+        )
 
     def commit_many(
         self,
@@ -393,7 +493,11 @@ class Ledger:
         connection: Connectable | None = None,
     ) -> list[SettlementOutcome]:
         """Settle many holds (``CommitItem`` or ``(reservation_id, actual)``), in order."""
-        return self._run(_batch.commit_many(self._q, items, all_or_nothing), connection)
+        return self._run(
+            _batch.commit_many(self._queries(), items, all_or_nothing),
+            connection,
+            name="commit_many",
+        )
 
     def release_many(
         self,
@@ -403,7 +507,11 @@ class Ledger:
         connection: Connectable | None = None,
     ) -> list[SettlementOutcome]:
         """Release many holds (``ReleaseItem``, a reservation id, or a tuple), in order."""
-        return self._run(_batch.release_many(self._q, items, all_or_nothing), connection)
+        return self._run(
+            _batch.release_many(self._queries(), items, all_or_nothing),
+            connection,
+            name="release_many",
+        )
 
     # ---------------------------------------------------------------- expiry
 
@@ -419,7 +527,9 @@ class Ledger:
         names tenants whose holds could not be expired (their period could not
         be renewed), with why; the sweep expired the others' holds.
         """
-        return self._run(ops.expire_holds(self._q, limit), connection)
+        return self._run(
+            self._op(lambda q: ops.expire_holds(q, limit)), connection, name="expire_holds"
+        )
 
     # ---------------------------------------------------------------- periods
 
@@ -450,19 +560,21 @@ class Ledger:
         Changing only the amounts takes effect at the next boundary; changing
         the schedule starts a new period now (docs/periods.md).
         """
-        op = _periods.set_allowance(
-            self._q,
-            tenant_id,
-            allowance_microcents,
-            months,
-            days,
-            anchor,
-            time_zone,
-            min_rollover_microcents,
-            max_rollover_microcents,
-            idempotency_key,
+        op = self._op(
+            lambda q: _periods.set_allowance(
+                q,
+                tenant_id,
+                allowance_microcents,
+                months,
+                days,
+                anchor,
+                time_zone,
+                min_rollover_microcents,
+                max_rollover_microcents,
+                idempotency_key,
+            )
         )
-        return self._run(op, connection)
+        return self._run(op, connection, name="set_allowance", tenant_id=tenant_id)
 
     def clear_allowance(
         self,
@@ -476,8 +588,8 @@ class Ledger:
         Holds opened in its last period then settle as holds from a closed
         period (their unspent part is forfeited, docs/periods.md).
         """
-        op = _periods.clear_allowance(self._q, tenant_id, idempotency_key)
-        return self._run(op, connection)
+        op = self._op(lambda q: _periods.clear_allowance(q, tenant_id, idempotency_key))
+        return self._run(op, connection, name="clear_allowance", tenant_id=tenant_id)
 
     def renew_periods(
         self, *, limit: int = 1000, connection: Connectable | None = None
@@ -492,7 +604,11 @@ class Ledger:
         cannot be renewed is named in ``skipped`` and passed over. Call again
         while ``tenants == limit``.
         """
-        return self._run(_periods.renew_periods(self._q, limit), connection)
+        return self._run(
+            self._op(lambda q: _periods.renew_periods(q, limit)),
+            connection,
+            name="renew_periods",
+        )
 
     def period_spend(
         self,
@@ -508,8 +624,8 @@ class Ledger:
         there. Raises :class:`~ledger.errors.NoAllowance` for a tenant without
         an allowance and :class:`~ledger.errors.TenantNotFound` for no tenant.
         """
-        op = _periods.period_spend(self._q, tenant_id, period_index)
-        return self._run(op, connection)
+        op = self._op(lambda q: _periods.period_spend(q, tenant_id, period_index))
+        return self._run(op, connection, name="period_spend", tenant_id=tenant_id)
 
     # ----------------------------------------------------------- idempotency
 
@@ -522,7 +638,11 @@ class Ledger:
         new request, so keep keys at least as long as clients may retry
         (24 hours is a common choice).
         """
-        return self._run(ops.prune_idempotency_keys(self._q, older_than), connection)
+        return self._run(
+            self._op(lambda q: ops.prune_idempotency_keys(q, older_than)),
+            connection,
+            name="prune_idempotency_keys",
+        )
 
     # --------------------------------------------------------------- reads
 
@@ -530,8 +650,8 @@ class Ledger:
         self, tenant_id: str, *, connection: Connectable | None = None
     ) -> TenantLedger | None:
         """One tenant's balances, or None if it does not exist."""
-        q, pool = self._at(tenant_id, connection)
-        row = self._run(ops.tenant_row(q, tenant_id), connection, pool)
+        op, route = self._tenant_op(tenant_id, connection, lambda q: ops.tenant_row(q, tenant_id))
+        row = self._run(op, connection, route, name="tenant", tenant_id=tenant_id)
         if row is None:
             return None
         return TenantLedger(
@@ -542,65 +662,65 @@ class Ledger:
             row.committed_microcents,
         )
 
-    def _tenant_row(self, tenant_id: str, connection: Connectable | None) -> Any:
-        q, pool = self._at(tenant_id, connection)
-        return self._run(ops.tenant_row(q, tenant_id), connection, pool)
+    def _tenant_row(self, tenant_id: str, connection: Connectable | None, name: str) -> Any:
+        op, route = self._tenant_op(tenant_id, connection, lambda q: ops.tenant_row(q, tenant_id))
+        return self._run(op, connection, route, name=name, tenant_id=tenant_id)
 
     def remaining_microcents(
         self, tenant_id: str, *, connection: Connectable | None = None
     ) -> int | None:
-        row = self._tenant_row(tenant_id, connection)
+        row = self._tenant_row(tenant_id, connection, name="remaining_microcents")
         return None if row is None else int(row.remaining_microcents)
 
     def reserved_microcents(self, tenant_id: str, *, connection: Connectable | None = None) -> int:
         """Sum of open holds; 0 for an unknown tenant, as in the seed."""
-        row = self._tenant_row(tenant_id, connection)
+        row = self._tenant_row(tenant_id, connection, name="reserved_microcents")
         return 0 if row is None else int(row.reserved_microcents)
 
     def committed_microcents(
         self, tenant_id: str, *, connection: Connectable | None = None
     ) -> int | None:
         """Lifetime spend (monotonic), not the amount currently held."""
-        row = self._tenant_row(tenant_id, connection)
+        row = self._tenant_row(tenant_id, connection, name="committed_microcents")
         return None if row is None else int(row.committed_microcents)
 
     def initial_microcents(
         self, tenant_id: str, *, connection: Connectable | None = None
     ) -> int | None:
         """Total ever granted: the creation budget plus every top-up."""
-        row = self._tenant_row(tenant_id, connection)
+        row = self._tenant_row(tenant_id, connection, name="initial_microcents")
         return None if row is None else int(row.initial_microcents)
 
     def max_reserved_microcents(
         self, tenant_id: str, *, connection: Connectable | None = None
     ) -> int | None:
         """The cap on open holds (0 = none), or None for an unknown tenant."""
-        row = self._tenant_row(tenant_id, connection)
+        row = self._tenant_row(tenant_id, connection, name="max_reserved_microcents")
         return None if row is None else int(row.max_reserved_microcents)
 
-    def _counts(self, connection: Connectable | None) -> Any:
-        return self._run(ops.counts(self._q), connection)
+    def _counts(self, connection: Connectable | None, name: str) -> Any:
+        return self._run(ops.counts(self._queries()), connection, name=name)
 
     def tenant_count(self, *, connection: Connectable | None = None) -> int:
-        return int(self._counts(connection).tenants)
+        return int(self._counts(connection, name="tenant_count").tenants)
 
     def active_reservations(self, *, connection: Connectable | None = None) -> int:
         """Number of open holds across all tenants."""
-        return int(self._counts(connection).reservations)
+        return int(self._counts(connection, name="active_reservations").reservations)
 
     def total_committed_microcents(self, *, connection: Connectable | None = None) -> int:
         """Lifetime spend summed over tenants, exactly (a Python int, never wrapped)."""
-        return int(self._counts(connection).committed)
+        return int(self._counts(connection, name="total_committed_microcents").committed)
 
     def committed_since_last_certificate(self, *, connection: Connectable | None = None) -> int:
         """Spend since the last certificate's baseline (negative after restoring an older state)."""
-        counts = self._counts(connection)
+        counts = self._counts(connection, name="committed_since_last_certificate")
         delta = int(counts.committed) - int(counts.baseline)
         return max(min(delta, _I64_MAX), _validate.I64_MIN)
 
     def snapshot_version(self, *, connection: Connectable | None = None) -> int:
         """Version of the latest snapshot (0 before the first one)."""
-        return self._run(ops.snapshot_version(self._q), connection)
+        return self._run(ops.snapshot_version(self._queries()), connection, name="snapshot_version")
 
     # ------------------------------------------------------------ snapshots
 
@@ -610,7 +730,7 @@ class Ledger:
         Everything is read by a single statement in a REPEATABLE READ
         transaction, so the snapshot balances even while writers are busy.
         """
-        return self._run(ops.snapshot(self._q), connection)
+        return self._run(ops.snapshot(self._queries()), connection, name="snapshot")
 
     def verify_conservation(self, *, connection: Connectable | None = None) -> ConservationStatus:
         """Check the invariant inside PostgreSQL, returning the first offending tenant.
@@ -618,7 +738,9 @@ class Ledger:
         Like the seed it advances the snapshot version. The scan runs in the
         database, so its memory use does not grow with the number of tenants.
         """
-        return self._run(ops.verify_conservation(self._q), connection)
+        return self._run(
+            ops.verify_conservation(self._queries()), connection, name="verify_conservation"
+        )
 
     def restore_from_snapshot(
         self, snapshot: BudgetSnapshot, *, connection: Connectable | None = None
@@ -631,7 +753,11 @@ class Ledger:
         the old state or the restored one, never a mix. Open holds are
         voided; caps are kept.
         """
-        self._run(ops.restore_from_snapshot(self._q, snapshot), connection)
+        self._run(
+            self._op(lambda q: ops.restore_from_snapshot(q, snapshot)),
+            connection,
+            name="restore_from_snapshot",
+        )
 
     # --------------------------------------------------------- certificates
 
@@ -645,7 +771,7 @@ class Ledger:
         the baseline row, so concurrent certifiers serialise on it instead of
         failing with serialization errors.
         """
-        return self._run(ops.certify(self._q), connection)
+        return self._run(ops.certify(self._queries()), connection, name="certify")
 
     def check_against_certificate(
         self,
@@ -661,7 +787,9 @@ class Ledger:
         see :mod:`ledger._certificate_check` and docs/deployment.md.
         """
         return self._run(
-            _certificate_check.check_against_certificate(self._q, certificate), connection
+            self._op(lambda q: _certificate_check.check_against_certificate(q, certificate)),
+            connection,
+            name="check_against_certificate",
         )
 
     # --------------------------------------------------------------- journal
@@ -686,7 +814,11 @@ class Ledger:
         """
         if since_certificate is not None:
             since_certificate = _validate.positive_count("since_certificate", since_certificate)
-        return self._run(_verify.verify_journal(self._q, since_certificate, progress), connection)
+        return self._run(
+            self._op(lambda q: _verify.verify_journal(q, since_certificate, progress)),
+            connection,
+            name="verify_journal",
+        )
 
     # --------------------------------------------------------- observability
 
@@ -699,7 +831,9 @@ class Ledger:
         last ``minutes`` by operation and status (the ``refusals`` table);
         the ``top`` tenants by lifetime spend; tenants whose renewal is due.
         """
-        return self._run(_stats.stats(self._q, minutes, top), connection)
+        return self._run(
+            self._op(lambda q: _stats.stats(q, minutes, top)), connection, name="stats"
+        )
 
     # ---------------------------------------------------------- as-of queries
 
@@ -713,7 +847,12 @@ class Ledger:
         the tenant did not exist at ``at``: not yet created, removed, or
         unknown. One statement; an as-of checkpoint shortens its scan.
         """
-        return self._run(_asof.balance_at(self._q, tenant_id, at), connection)
+        return self._run(
+            self._op(lambda q: _asof.balance_at(q, tenant_id, at)),
+            connection,
+            name="balance_at",
+            tenant_id=tenant_id,
+        )
 
     def balances_at(
         self, at: datetime, *, connection: Connectable | None = None
@@ -723,7 +862,9 @@ class Ledger:
         Computed in the database and streamed: memory holds one row per
         tenant, never the journal.
         """
-        return self._run(_asof.balances_at(self._q, at), connection)
+        return self._run(
+            self._op(lambda q: _asof.balances_at(q, at)), connection, name="balances_at"
+        )
 
     def spend_between(
         self,
@@ -739,7 +880,12 @@ class Ledger:
         spend(a, b) + spend(b, c) == spend(a, c). ``start`` after ``end`` is
         refused with :class:`~ledger.errors.InputError`.
         """
-        return self._run(_asof.spend_between(self._q, start, end, tenant_id), connection)
+        return self._run(
+            self._op(lambda q: _asof.spend_between(q, start, end, tenant_id)),
+            connection,
+            name="spend_between",
+            tenant_id=tenant_id,
+        )
 
     def asof_checkpoint(self, *, connection: Connectable | None = None) -> AsOfCheckpoint:
         """Record where each tenant's chain stands and its latest stamp so far.
@@ -750,7 +896,7 @@ class Ledger:
         (``ledger asof checkpoint``, from cron); each run reads only the
         entries written since the previous one.
         """
-        return self._run(_asof.asof_checkpoint(self._q), connection)
+        return self._run(_asof.asof_checkpoint(self._queries()), connection, name="asof_checkpoint")
 
 
 class BoundLedger(Ledger):
@@ -762,11 +908,14 @@ class BoundLedger(Ledger):
     explicit ``connection=`` argument still wins. It is a real ``Ledger``
     subclass, so every method keeps its signature and types; it shares the
     unbound ledger's engine and never disposes of it.
+
+    Sync only: the integrations that bind a ledger (Flask, Django) are sync.
     """
 
     def __init__(self, ledger: Ledger, connection: Callable[[], Connectable]) -> None:
         self.schema = ledger.schema
         self.engine = ledger.engine
+        self._url = ledger._url
         self._owns_engine = False
         self._db = ledger._db
         # The same statements; operations join the framework's connection: never routed.

@@ -24,12 +24,12 @@ event at once.
 OpenTelemetry is optional (``pip install 'sql-ledger[otel]'``) and only its
 API is used: the application chooses the SDK, exporters and providers. When
 the package is missing, or :func:`configure` turned it off, :func:`run` costs
-a function call and a type check of the result (for the log records). The
-operation's name is the public method that called ``_run`` (found by walking
-past private helpers such as ``_tenant_row``), and its tenant is that
-method's ``tenant_id`` argument: every method, including ones added later,
-is named without code of its own, and the frames are only read when a span
-or a log record needs them.
+a function call and a type check of the result (for the log records). Each
+facade method passes its operation's name (its own public name, so
+``Ledger.remaining_microcents`` is ``remaining_microcents`` even though the
+statement runs in ``_tenant_row``) and the tenant and hold it is about,
+explicitly: span names are documented (docs/observability.md) and must not
+change when code moves, as they would if they were read off the call stack.
 
 Logging (``logging.getLogger("ledger")``): refusals at DEBUG, retries and
 expiries at INFO, failed verifications at ERROR. Records carry tenant ids,
@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
@@ -264,30 +263,29 @@ _PLACEHOLDERS = frozenset(
 # --------------------------------------------------------------- operations
 
 
-def _caller(depth: int) -> tuple[str, dict[str, Any]]:
-    """The public method that ran the operation, and its arguments.
+def run(
+    call: Callable[[A, C], T],
+    op: A,
+    connection: C,
+    name: str,
+    tenant_id: object = None,
+    reservation_id: object = None,
+) -> T:
+    """Run ``call(op, connection)`` (the facade's database) as the operation ``name``.
 
-    ``depth`` frames up is the facade's ``_run``; above it, private helpers
-    (``_tenant_row``, ``_counts``) are skipped.
+    The facade method passes its own public name (the span is
+    ``ledger.<name>``) and the tenant and hold the call is about, explicitly:
+    the names are part of the documented telemetry (docs/observability.md),
+    so a refactor of the facades must not rename a span by moving code
+    around. :func:`arun` is the same for coroutines; both share
+    :func:`_begin`, :func:`_end`, :func:`_end_error` and :func:`_untraced`.
     """
-    frame: Any = sys._getframe(depth + 1)
-    for _ in range(4):
-        if frame.f_back is None or not frame.f_code.co_name.startswith("_"):
-            break
-        frame = frame.f_back
-    return frame.f_code.co_name, frame.f_locals
-
-
-def run(call: Callable[[A, C], T], op: A, connection: C) -> T:
-    """Run ``call(op, connection)`` (the facade's database) as one instrumented operation."""
     inst = _active()
     if inst is None:
         result = call(op, connection)
-        if log.isEnabledFor(logging.DEBUG) or _failed_check(result):
-            _log_result(result, *_caller(2))
+        _untraced(result, name, tenant_id, reservation_id)
         return result
-    name, args = _caller(2)
-    begun = _begin(inst, name, args)
+    begun = _begin(inst, name, tenant_id, reservation_id)
     if begun is None:
         return call(op, connection)
     try:
@@ -295,20 +293,25 @@ def run(call: Callable[[A, C], T], op: A, connection: C) -> T:
     except BaseException as exc:
         _end_error(inst, *begun, exc)
         raise
-    _end(inst, *begun, result, args)
+    _end(inst, *begun, result, tenant_id, reservation_id)
     return result
 
 
-async def arun(call: Callable[[A, C], Awaitable[T]], op: A, connection: C) -> T:
+async def arun(
+    call: Callable[[A, C], Awaitable[T]],
+    op: A,
+    connection: C,
+    name: str,
+    tenant_id: object = None,
+    reservation_id: object = None,
+) -> T:
     """:func:`run` for :class:`~ledger.AsyncLedger` (the span stays current across awaits)."""
     inst = _active()
     if inst is None:
         result = await call(op, connection)
-        if log.isEnabledFor(logging.DEBUG) or _failed_check(result):
-            _log_result(result, *_caller(2))
+        _untraced(result, name, tenant_id, reservation_id)
         return result
-    name, args = _caller(2)
-    begun = _begin(inst, name, args)
+    begun = _begin(inst, name, tenant_id, reservation_id)
     if begun is None:
         return await call(op, connection)
     try:
@@ -316,8 +319,14 @@ async def arun(call: Callable[[A, C], Awaitable[T]], op: A, connection: C) -> T:
     except BaseException as exc:
         _end_error(inst, *begun, exc)
         raise
-    _end(inst, *begun, result, args)
+    _end(inst, *begun, result, tenant_id, reservation_id)
     return result
+
+
+def _untraced(result: Any, name: str, tenant_id: object, reservation_id: object) -> None:
+    """Without telemetry, only the log: refusals at DEBUG, failed checks at ERROR."""
+    if log.isEnabledFor(logging.DEBUG) or _failed_check(result):
+        _log_result(result, name, tenant_id, reservation_id)
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -344,13 +353,11 @@ def _never_raises(fn: F) -> F:
 
 @_never_raises
 def _begin(
-    inst: _Instruments, name: str, args: dict[str, Any]
+    inst: _Instruments, name: str, tenant: object, rid: object
 ) -> tuple[Any, _Record, Any, float] | None:
     attributes: dict[str, Any] = {"ledger.operation": name, "db.system.name": "postgresql"}
-    tenant = args.get("tenant_id")
     if isinstance(tenant, str):
         attributes["ledger.tenant_id"] = tenant
-    rid = args.get("reservation_id")
     if isinstance(rid, int):
         attributes["ledger.reservation_id"] = rid
     span = inst.tracer.start_span(f"ledger.{name}", attributes=attributes)
@@ -373,7 +380,8 @@ def _end(
     tokens: Any,
     start: float,
     result: Any,
-    args: dict[str, Any],
+    tenant: object,
+    rid: object,
 ) -> None:
     elapsed = time.perf_counter() - start
     _detach(tokens)
@@ -406,7 +414,7 @@ def _end(
             span.set_attribute("ledger.batch.size", len(statuses))
     span.end()
     if log.isEnabledFor(logging.DEBUG) or _failed_check(result):
-        _log_result(result, record.name, args)
+        _log_result(result, record.name, tenant, rid)
 
 
 _ATTRIBUTES: dict[tuple[str, str | None], dict[str, str]] = {}
@@ -471,7 +479,7 @@ def _failed_check(result: Any) -> bool:
     return getattr(result, "ok", None) is False
 
 
-def _log_result(result: Any, name: str, args: dict[str, Any]) -> None:
+def _log_result(result: Any, name: str, tenant: object, rid: object) -> None:
     """Refusals at DEBUG, failed verifications at ERROR; nothing else."""
     if _failed_check(result):
         log.error("%s failed: %s", name, _problems(result))
@@ -483,8 +491,8 @@ def _log_result(result: Any, name: str, args: dict[str, Any]) -> None:
                 "%s refused: %s (tenant %s, reservation %s)",
                 name,
                 outcome.status.value,
-                args.get("tenant_id") if isinstance(args.get("tenant_id"), str) else "-",
-                args.get("reservation_id") if isinstance(args.get("reservation_id"), int) else "-",
+                tenant if isinstance(tenant, str) else "-",
+                rid if isinstance(rid, int) else "-",
                 extra={"ledger_operation": name, "ledger_status": outcome.status.value},
             )
 

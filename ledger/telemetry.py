@@ -94,11 +94,11 @@ def observe(book: Ledger, *, meter_provider: MeterProvider | None = None) -> Non
 
     def read() -> Any:
         target = ref()
-        return None if target is None else run(_stats.holds(target._q))
+        return None if target is None else run(_stats.holds(target._queries()))
 
     def drift() -> int:
         target = ref()
-        count = None if target is None else run(_stats.drift(target._q))
+        count = None if target is None else run(_stats.drift(target._queries()))
         return -1 if count is None else int(count)
 
     _observe(read, drift, meter_provider)

@@ -74,6 +74,7 @@ step "ruff (lint, then format check)"
 "$VENV/bin/ruff" format --check ledger tests migrations scripts bench examples
 step "mypy (strict, ledger/)"
 "$VENV/bin/mypy"
+"$VENV/bin/python" scripts/unasync.py --check
 step "squawk: offline SQL of the migrations after the last pre-rules revision (.squawk.toml)"
 "$VENV/bin/python" -c 'from ledger import migrator as m; print(m.sql(m.LINT_FROM + ":head"))' >"${TMPDIR:-/tmp}/ledger-new-migrations.sql"
 "$VENV/bin/squawk" --config .squawk.toml "${TMPDIR:-/tmp}/ledger-new-migrations.sql"

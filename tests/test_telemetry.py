@@ -129,6 +129,44 @@ def test_an_error_ends_its_span_with_the_error_type(
     assert telemetry.total("ledger.operation.outcomes", **{"ledger.outcome": "error"}) == 1
 
 
+#: Reads whose statement runs in a private helper (``_tenant_row``, ``_counts``):
+#: each span must still carry the public method's name, as documented.
+READS = [
+    ("tenant", ("acme",)),
+    ("remaining_microcents", ("acme",)),
+    ("reserved_microcents", ("acme",)),
+    ("committed_microcents", ("acme",)),
+    ("initial_microcents", ("acme",)),
+    ("max_reserved_microcents", ("acme",)),
+    ("tenant_count", ()),
+    ("active_reservations", ()),
+    ("total_committed_microcents", ()),
+    ("committed_since_last_certificate", ()),
+    ("snapshot_version", ()),
+]
+
+
+def test_each_span_is_named_after_the_public_method_called(
+    telemetry: Telemetry, book: ledger.Ledger, db_url: str
+) -> None:
+    book.ensure_tenant("acme", 1_000)
+    telemetry.spans.clear()
+    for method, args in READS:
+        getattr(book, method)(*args)
+
+    async def main() -> None:
+        async with ledger.AsyncLedger(db_url) as abook:
+            for method, args in READS:
+                await getattr(abook, method)(*args)
+
+    asyncio.run(main())
+    names = [s.name for s in telemetry.spans.get_finished_spans()]
+    documented = [f"ledger.{method}" for method, _ in READS]
+    assert names == documented + documented
+    tenants = [attrs(s).get("ledger.tenant_id") for s in telemetry.spans.get_finished_spans()]
+    assert tenants == 2 * [("acme" if args else None) for _, args in READS]
+
+
 class BrokenProcessor(SpanProcessor):
     """A span processor that fails (the SDK passes its exception on to span.end())."""
 
@@ -240,7 +278,7 @@ def test_batches_count_every_item(telemetry: Telemetry, book: ledger.Ledger) -> 
 
 
 def probe(book: ledger.Ledger, op: Op[Any]) -> Any:
-    return book._run(op, None)
+    return book._run(op, None, name="probe")
 
 
 def test_cas_and_serialization_retries_reach_span_metrics_and_log(
@@ -311,9 +349,9 @@ def test_async_retries(telemetry: Telemetry, db_url: str, raw: psycopg.Connectio
 
     async def main() -> None:
         async with ledger.AsyncLedger(db_url) as book:
-            assert await book._run(Op(conflict_steps, "SERIALIZABLE"), None) == "done"
+            assert await book._run(Op(conflict_steps, "SERIALIZABLE"), None, name="probe") == "done"
             raw.execute("SELECT setval('fails', 1, false)")
-            assert await book._run(Op(conflict_steps), None) == "done"
+            assert await book._run(Op(conflict_steps), None, name="probe") == "done"
 
     asyncio.run(main())
     spans = [attrs(s) for s in telemetry.spans.get_finished_spans()]

@@ -1,0 +1,95 @@
+"""The sync faces are generated from their asyncio sources, and must not go stale.
+
+scripts/unasync.py writes ``ledger/_hold.py`` and ``ledger/_ledger.py`` from
+``ledger/_async_hold.py`` and ``ledger/_async_ledger.py``; an edit made to a
+generated file, or a source changed without regenerating, fails here (and
+in scripts/test.sh) with the diff.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "unasync.py"
+sys.path.insert(0, str(SCRIPT.parent))
+import unasync  # noqa: E402
+
+
+def check(root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--check", "--root", str(root)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_the_generated_files_are_current() -> None:
+    done = check(ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.fixture
+def copy(tmp_path: Path) -> Path:
+    """The sources and generated files (and the ruff settings) in a scratch tree."""
+    for source, target in unasync.PAIRS:
+        for name in (source, target):
+            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    return tmp_path
+
+
+def test_the_check_passes_on_an_untouched_copy(copy: Path) -> None:
+    assert check(copy).returncode == 0
+
+
+def test_an_edit_to_a_generated_file_fails_the_check(copy: Path) -> None:
+    target = copy / "ledger" / "_hold.py"
+    target.write_text(target.read_text().replace("def settle(", "def settle2(", 1))
+    done = check(copy)
+    assert done.returncode == 1
+    assert "-    def settle2(" in done.stdout and "+    def settle(" in done.stdout
+    assert "stale" in done.stderr
+
+
+def test_a_source_changed_without_regenerating_fails_the_check(copy: Path) -> None:
+    source = copy / "ledger" / "_async_hold.py"
+    source.write_text(source.read_text().replace("async def release(", "async def give_back(", 1))
+    done = check(copy)
+    assert done.returncode == 1
+    assert "+    def give_back(" in done.stdout
+    assert (
+        subprocess.run([sys.executable, str(SCRIPT), "--root", str(copy)], check=False).returncode
+        == 0
+    )
+    assert check(copy).returncode == 0
+    assert "def give_back(" in (copy / "ledger" / "_hold.py").read_text()
+
+
+def test_marked_blocks() -> None:
+    source = (
+        "class AsyncLedger:\n"
+        "    # unasync: async-only\n"
+        "    x = 1\n"
+        "    # unasync: end\n"
+        "    # unasync: sync-only\n"
+        "    # y = AsyncLedger  # kept as written\n"
+        "    # unasync: end\n"
+        "    async def f(self) -> int:\n"
+        "        return (await self.g()).h + k(await self.g()) + (await f(1) + g(2)).x\n"
+    )
+    assert unasync.convert(source, "t.py") == (
+        "class Ledger:\n"
+        "    y = AsyncLedger  # kept as written\n"
+        "    def f(self) -> int:\n"
+        "        return self.g().h + k(self.g()) + (f(1) + g(2)).x\n"
+    )
+    with pytest.raises(SystemExit, match="never ends"):
+        unasync.convert("# unasync: sync-only\n# x = 1\n", "t.py")
