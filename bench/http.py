@@ -8,7 +8,8 @@ Each app runs as production would run it: Flask and Django under gunicorn
 (one process, one event loop). The client is httpx on asyncio in this
 process. Every request holds budget, "works" for ``work_ms`` (a sleep: the
 stand-in for an LLM call), then settles in one transaction with the app's job
-row. ``tests/test_http_load.py`` drives the same servers with the same code.
+row. ``tests/integration/integrations/test_http_load.py`` drives the same
+servers with the same code.
 """
 
 from __future__ import annotations

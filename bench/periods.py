@@ -12,7 +12,7 @@ Measured in one fresh database, one client, on the ledger's own connections:
 - the first reserve of a period (lazy renewal) against a plain reserve;
 - the sweeper over 1,000 idle tenants with one period due each.
 
-Time passes by moving each tenant's schedule back (tests/test_periods.py's
+Time passes by moving each tenant's schedule back (tests/integration/periods/test_periods.py's
 ``backdate``): the same state as an allowance set that long ago.
 """
 

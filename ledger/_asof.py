@@ -29,7 +29,7 @@ entry up to its seq) is at or before T: every entry up to it belongs to the
 prefix, so the row shortens the scan and cannot move the cut. Rows also
 carry running commit/refund totals, so spend over a long window is the
 difference of two totals rather than a read of the window. Whether rows
-exist changes the cost, never the answer (tests/test_asof.py).
+exist changes the cost, never the answer (tests/integration/periods/test_asof.py).
 
 Certificate checkpoints are not used as starting points: a certificate's
 ``created_at`` bounds the stamps of the entries its checkpoint covers only

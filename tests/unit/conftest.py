@@ -16,5 +16,5 @@ import pytest
 def server_url() -> str:
     pytest.fail(
         "tests/unit is the database-free tier: this test asked for a PostgreSQL server "
-        "(server_url, db_url, book, raw...); move it next to the integration tests in tests/"
+        "(server_url, db_url, book, raw...); move it to the integration tests, tests/integration/<area>/"
     )

@@ -1,6 +1,6 @@
 """The Citus wing (ledger/citus/) is reached from the core at one seam only.
 
-On plain PostgreSQL no code of ledger/citus/ runs (tests/test_keyed_plain.py
+On plain PostgreSQL no code of ledger/citus/ runs (tests/integration/core/test_keyed_plain.py
 proves it on a server); this keeps the shape that makes it so: the core
 modules do not import the wing, except ``ledger._routing`` (the seam), and
 the public ``ledger.distribute`` with the CLI command that calls it. No core

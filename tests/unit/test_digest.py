@@ -29,8 +29,7 @@ from ledger import (
     prove_conservation,
 )
 from ledger.outcomes import Balance
-
-from ..helpers import I64_MAX, I64_MIN, reference_digest
+from tests.helpers import I64_MAX, I64_MIN, reference_digest
 
 VECTORS = [
     (

@@ -5,7 +5,7 @@ spell every byte of the hashed message out by hand; a second, independent
 encoder written from the table in docs/journal.md (``int.to_bytes`` rather
 than ``struct``) is compared with :func:`ledger.journal.entry_hash` on random
 inputs. The SQL twin ``ledger.journal_hash`` is compared with the Python one
-in tests/test_journal.py (it needs PostgreSQL).
+in tests/integration/journal/test_journal.py (it needs PostgreSQL).
 """
 
 from __future__ import annotations

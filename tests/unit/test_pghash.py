@@ -1,7 +1,7 @@
 """ledger.citus.hash.hashtext against values PostgreSQL 15 printed (``SELECT hashtext(s)``).
 
 Every length of tail (0-11 bytes after the 12-byte blocks) and multi-byte
-UTF-8 are covered; tests/test_pghash.py compares random strings with the
+UTF-8 are covered; tests/integration/core/test_pghash_server.py compares random strings with the
 server's own hashtext, tests/citus/test_direct.py with Citus's worker_hash.
 """
 

@@ -22,8 +22,7 @@ from hypothesis import strategies as st
 from ledger import BudgetSnapshot, TenantLedger, conservation_status_for_snapshot, errors
 from ledger.outcomes import Balance
 from ledger.snapshot import validate_for_restore
-
-from ..helpers import I64_MAX, I64_MIN
+from tests.helpers import I64_MAX, I64_MIN
 
 GOOD = {
     "version": 3,

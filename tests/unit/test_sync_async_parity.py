@@ -1,6 +1,6 @@
 """The sync and async faces must stay twins: same public methods, same signatures.
 
-``tests/test_async.py`` compares outcomes; this compares the interfaces, so a
+``tests/integration/core/test_async.py`` compares outcomes; this compares the interfaces, so a
 parameter added to one side only (or renamed, or given another default) fails
 here before any user meets it.
 """

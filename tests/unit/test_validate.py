@@ -4,7 +4,7 @@ Every check runs before any SQL is sent, so it can be exercised on its own:
 each accepted type and range comes back unchanged, each refused one raises
 the documented ``ledger.errors`` type (which also subclasses the matching
 builtin, so generic ``TypeError``/``ValueError`` handlers keep working).
-The integration tier (tests/test_validation.py) checks that the public API
+The integration tier (tests/integration/core/test_validation.py) checks that the public API
 calls these checks and leaves the database unchanged on refusal.
 """
 

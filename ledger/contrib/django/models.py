@@ -2,7 +2,8 @@
 
 Migration 0001_core declares them (``managed = False``) so Django's migration
 state matches: ``makemigrations --check`` finds nothing to do. A change here
-needs a state-only migration in this app; tests/test_django.py fails until then.
+needs a state-only migration in this app;
+tests/integration/integrations/test_django.py fails until then.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Tests that talk to a real PostgreSQL server, one folder per area of the library."""

@@ -1,0 +1,1 @@
+"""Deployment: installs, URLs, PgBouncer, failover, replicas, backups, roles, certificates."""

@@ -1,0 +1,1 @@
+"""The README and docs: their examples run and their claims hold."""

@@ -1,0 +1,1 @@
+"""Framework integrations and example apps: Django, Flask, FastAPI, OpenTelemetry, the dashboard."""

@@ -1,0 +1,1 @@
+"""The hash-chained journal, its formats, tamper evidence and the audit views."""

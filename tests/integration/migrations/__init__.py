@@ -1,0 +1,1 @@
+"""Schema revisions: upgrades, locks, alembic in host applications."""

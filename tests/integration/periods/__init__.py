@@ -1,0 +1,1 @@
+"""Allowances and periods, corrections, as-of queries."""

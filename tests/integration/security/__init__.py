@@ -1,0 +1,1 @@
+"""Least privilege: roles, tenant isolation, SECURITY DEFINER functions."""
