@@ -7,16 +7,23 @@
 #    PgBouncer >= 1.21 (scripts/pgbouncer.sh, cached outside the repo) for the
 #    prepared-statements variant of the pooler tests; installs Debian's chromium and
 #    chromium-driver for the dashboard's browser tests (in CI they fail without them);
-# 1. creates .venv (or $LEDGER_VENV) and installs the package with its test extras;
-# 2. runs ruff (lint and format check) and mypy;
-# 3. runs pytest on PostgreSQL 18 from the embedded wheel
-#    (or on $LEDGER_TEST_DATABASE_URL if you set it);
-# 4. runs the benchmark harness in smoke mode;
-# 5. if Debian's PostgreSQL 15 server is installed (/usr/lib/postgresql/15/bin),
-#    starts a throwaway PostgreSQL 15 and runs pytest again against it;
-# 6. in CI (CI=true) or with LEDGER_CITUS=1: builds Citus (first, since the build may
+# 1. creates .venv (or $LEDGER_VENV) and installs the package with its test extras,
+#    from a wheel cache outside the repo when one was built for this pyproject.toml;
+# 2. runs ruff (lint and format check), mypy, the unasync check and squawk;
+# 3. runs pytest on PostgreSQL 18 from the embedded wheel (or on
+#    $LEDGER_TEST_DATABASE_URL if you set it): the whole suite, tests/citus aside;
+# 4. if Debian's PostgreSQL 15 server is installed (/usr/lib/postgresql/15/bin),
+#    starts a throwaway PostgreSQL 15 and runs the tests marked `pg_versions` against
+#    it: those whose behaviour the server decides (the rule is in docs/design.md, "Tests");
+# 5. in CI (CI=true) or with LEDGER_CITUS=1: builds Citus (first, since the build may
 #    upgrade Debian's postgresql-15) and runs tests/citus on a local coordinator with two
-#    workers (scripts/citus.sh).
+#    workers (scripts/citus.sh);
+# 6. runs the benchmark harness in smoke mode.
+#
+# Steps 4 and 5 run in the background while step 3 runs (the machine's second core);
+# their output is printed when they end. The tests marked `alone` (they measure a
+# concurrency ratio) run after all of that, on a quiet machine. Every pytest run
+# prints its 25 slowest tests.
 #
 # Extra arguments are passed to pytest, e.g. `bash scripts/test.sh -k concurrency`.
 set -euo pipefail
@@ -61,7 +68,20 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q -e ".[test]"
+# Built wheels are cached outside the repo, one folder per pyproject.toml and Python;
+# a cache that cannot serve the install is ignored and the index is used.
+wheels_key=$( (cat pyproject.toml; "$VENV/bin/python" -VV) | sha256sum | cut -c1-16)
+WHEELS=${LEDGER_WHEEL_CACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/sql-ledger/wheels}/$wheels_key
+if [ -f "$WHEELS/complete" ] \
+    && "$VENV/bin/python" -m pip install -q --no-index --find-links "$WHEELS" -e ".[test]"; then
+    echo "installed from the wheel cache $WHEELS"
+else
+    "$VENV/bin/python" -m pip install -q -e ".[test]"
+    # Fill the cache in the background: the tests do not wait for it.
+    rm -rf "$WHEELS" && mkdir -p "$WHEELS"
+    ("$VENV/bin/python" -m pip wheel -q -w "$WHEELS" ".[test]" >/dev/null 2>&1 \
+        && touch "$WHEELS/complete") &
+fi
 
 CITUS=${LEDGER_CITUS:-$([ "${CI:-}" = "true" ] && echo 1 || echo 0)}
 if [ "$CITUS" = "1" ]; then
@@ -79,23 +99,63 @@ step "squawk: offline SQL of the migrations after the last pre-rules revision (.
 "$VENV/bin/python" -c 'from ledger import migrator as m; print(m.sql(m.LINT_FROM + ":head"))' >"${TMPDIR:-/tmp}/ledger-new-migrations.sql"
 "$VENV/bin/squawk" --config .squawk.toml "${TMPDIR:-/tmp}/ledger-new-migrations.sql"
 
-step "pytest on ${LEDGER_TEST_DATABASE_URL:+the given URL}${LEDGER_TEST_DATABASE_URL:-PostgreSQL 18 (embedded wheel)}"
-"$VENV/bin/python" -m pytest "$@"
+PYTEST=("$VENV/bin/python" -m pytest --durations=25)
+logs=$(mktemp -d "${TMPDIR:-/tmp}/ledger-test.XXXXXX")
 
-step "benchmark harness, smoke mode (proves it runs; timings are not asserted)"
-"$VENV/bin/python" -m bench.run --smoke
+background() {
+    # Step 4 then step 5, one after the other, while step 3 runs in the foreground.
+    local rc=0
+    if [ "$PG15" = "1" ]; then
+        step "pytest -m pg_versions on PostgreSQL 15 (Debian)"
+        local url
+        url=$("$VENV/bin/python" scripts/pg15.py start)
+        LEDGER_TEST_DATABASE_URL="$url" "${PYTEST[@]}" -m "pg_versions and not slow" "$@" || rc=1
+        "$VENV/bin/python" scripts/pg15.py stop || true
+    fi
+    if [ "$CITUS" = "1" ]; then
+        step "pytest tests/citus on a Citus coordinator + 2 workers"
+        LEDGER_VENV=$VENV bash scripts/citus.sh test -q --durations=25 || rc=1
+    fi
+    return $rc
+}
 
+PG15=0
 if [ -x "$PG15_BIN/postgres" ] && [ -z "${LEDGER_TEST_DATABASE_URL:-}" ]; then
-    step "pytest on PostgreSQL 15 (Debian)"
-    url=$("$VENV/bin/python" scripts/pg15.py start)
-    trap '"$VENV/bin/python" scripts/pg15.py stop' EXIT
-    LEDGER_TEST_DATABASE_URL="$url" "$VENV/bin/python" -m pytest "$@"
+    PG15=1
 elif [ "${CI:-}" = "true" ] && [ -z "${LEDGER_TEST_DATABASE_URL:-}" ]; then
     echo "CI expects Debian's PostgreSQL 15 at $PG15_BIN; it is missing" >&2
     exit 1
 fi
 
-if [ "$CITUS" = "1" ]; then
-    step "pytest tests/citus on a Citus coordinator + 2 workers"
-    LEDGER_VENV=$VENV bash scripts/citus.sh test -q
+bg_pid=
+if [ "$PG15" = "1" ] || [ "$CITUS" = "1" ]; then
+    echo "PostgreSQL 15 and Citus run in the background; their output: $logs/background.log"
+    background "$@" >"$logs/background.log" 2>&1 &
+    bg_pid=$!
+    trap '[ -n "$bg_pid" ] && kill "$bg_pid" 2>/dev/null; "$VENV/bin/python" scripts/pg15.py stop >/dev/null 2>&1 || true' EXIT
+fi
+
+step "pytest on ${LEDGER_TEST_DATABASE_URL:+the given URL}${LEDGER_TEST_DATABASE_URL:-PostgreSQL 18 (embedded wheel)}"
+fg_rc=0
+"${PYTEST[@]}" -m "not slow and not alone" "$@" || fg_rc=$?
+
+bg_rc=0
+if [ -n "$bg_pid" ]; then
+    wait "$bg_pid" || bg_rc=$?
+    bg_pid=
+    cat "$logs/background.log"
+fi
+
+step "pytest -m alone on PostgreSQL 18 (concurrency ratios, on a quiet machine)"
+alone_rc=0
+"${PYTEST[@]}" -m "alone and not slow" "$@" || alone_rc=$?
+# pytest exits 5 when no test was selected (e.g. a -k that matches none of them)
+[ "$alone_rc" = 5 ] && alone_rc=0
+
+step "benchmark harness, smoke mode (proves it runs; timings are not asserted)"
+"$VENV/bin/python" -m bench.run --smoke
+
+if [ "$fg_rc" != 0 ] || [ "$bg_rc" != 0 ] || [ "$alone_rc" != 0 ]; then
+    echo "FAILED: PostgreSQL 18 rc=$fg_rc, background (PostgreSQL 15, Citus) rc=$bg_rc, alone rc=$alone_rc" >&2
+    exit 1
 fi
