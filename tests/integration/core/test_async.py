@@ -226,6 +226,38 @@ def test_many_tasks_on_one_hot_tenant_spend_exactly_the_budget(db_url: str) -> N
     assert tenant == ledger.TenantLedger("hot", budget, 3, 0, 700)
 
 
+def test_batches_consume_an_iterator_of_items_once_on_both_sides(db_url: str) -> None:
+    """Items may be a generator: each side reads it once (the async side once built the
+    batch twice, so the second build saw an exhausted iterator and did nothing)."""
+
+    def items(tenant: str) -> Any:
+        return ((tenant, cost) for cost in (3, 4, 5))
+
+    with ledger.Ledger(db_url) as book:
+        book.ensure_tenant("sync", 100)
+        held = book.try_reserve_many(items("sync"))
+        assert [o.status for o in held] == ["reserved"] * 3
+        settled = book.commit_many((o.reservation_id, 1) for o in held)
+        assert [o.status for o in settled] == ["committed"] * 3
+        sync_state = book.tenant("sync")
+
+    async def main() -> Any:
+        async with ledger.AsyncLedger(db_url) as book:
+            await book.ensure_tenant("async", 100)
+            held = await book.try_reserve_many(items("async"))
+            assert [o.status for o in held] == ["reserved"] * 3
+            settled = await book.commit_many((o.reservation_id, 1) for o in held)
+            assert [o.status for o in settled] == ["committed"] * 3
+            again = await book.try_reserve_many(items("async"))
+            released = await book.release_many(o.reservation_id for o in again)
+            assert [o.status for o in released] == ["released"] * 3
+            return await book.tenant("async")
+
+    async_state = asyncio.run(main())
+    assert sync_state == ledger.TenantLedger("sync", 100, 97, 0, 3)
+    assert async_state == ledger.TenantLedger("async", 100, 97, 0, 3)
+
+
 def test_async_bad_input_is_a_typed_error(db_url: str) -> None:
     with pytest.raises(errors.InputError):
         ledger.AsyncLedger("mysql://nowhere/db")
