@@ -35,7 +35,7 @@ from .citus.routing import AsyncWorkerRouter, WorkerRouter
 
 if TYPE_CHECKING:
     from ._async_executor import AsyncDatabase
-    from ._pool import OwnPool
+    from ._executor import Database
 
 __all__ = [
     "AsyncRouting",
@@ -177,7 +177,7 @@ class AsyncRouting(_Routes[AsyncWorkerRouter]):
         q = await self.queries()
         if self.workers is None:
             return q, None
-        found = await self.workers.route(tenant_id, q)
+        found = await self.workers.at(tenant_id, q)
         return found if found is not None else (q, None)
 
     async def close(self) -> None:
@@ -207,12 +207,12 @@ class Routing(_Routes[WorkerRouter]):
             return self._found
         return self._keep(routed_queries(self._url, self._schema, self._run))
 
-    def at(self, tenant_id: object) -> tuple[Queries, OwnPool | None]:
-        """The statements and pool for a call about ``tenant_id`` (None: the ledger's)."""
+    def at(self, tenant_id: object) -> tuple[Queries, Database | None]:
+        """The statements and database for a call about ``tenant_id`` (None: the ledger's)."""
         q = self.queries()
         if self.workers is None:
             return q, None
-        found = self.workers.route(tenant_id, q)
+        found = self.workers.at(tenant_id, q)
         return found if found is not None else (q, None)
 
     def close(self) -> None:

@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: (source, generated), relative to the repository root.
 PAIRS = [
+    ("ledger/_async_driver.py", "ledger/_driver.py"),
     ("ledger/_async_hold.py", "ledger/_hold.py"),
     ("ledger/_async_ledger.py", "ledger/_ledger.py"),
 ]
@@ -46,6 +47,14 @@ NAMES = {
     "AsyncRouting": "Routing",
     "AsyncWorkerRouter": "WorkerRouter",
     "AsyncDatabase": "Database",
+    "AsyncExecutor": "Executor",
+    "AsyncPsycopgExecutor": "PsycopgExecutor",
+    "AsyncRunner": "Runner",
+    "adrive": "drive",
+    "AsyncConnection": "Connection",
+    "AsyncRawCursor": "RawCursor",
+    "AsyncServerCursor": "ServerCursor",
+    "AbstractAsyncContextManager": "AbstractContextManager",
     "AsyncConnectable": "Connectable",
     "AsyncIterator": "Iterator",
     "asynccontextmanager": "contextmanager",
@@ -53,6 +62,7 @@ NAMES = {
     "__aexit__": "__exit__",
     "arun": "run",
     "_async_executor": "_executor",
+    "_async_driver": "_driver",
     "_async_ledger": "_ledger",
     "_async_hold": "_hold",
 }

@@ -1,6 +1,7 @@
 """The sync faces are generated from their asyncio sources, and must not go stale.
 
-scripts/unasync.py writes ``ledger/_hold.py`` and ``ledger/_ledger.py`` from
+scripts/unasync.py writes ``ledger/_driver.py``, ``ledger/_hold.py`` and
+``ledger/_ledger.py`` from ``ledger/_async_driver.py``,
 ``ledger/_async_hold.py`` and ``ledger/_async_ledger.py``; an edit made to a
 generated file, or a source changed without regenerating, fails here (and
 in scripts/test.sh) with the diff.
@@ -71,6 +72,38 @@ def test_a_source_changed_without_regenerating_fails_the_check(copy: Path) -> No
     )
     assert check(copy).returncode == 0
     assert "def give_back(" in (copy / "ledger" / "_hold.py").read_text()
+
+
+GENERATED = {
+    "ledger/_async_driver.py": "ledger/_driver.py",
+    "ledger/_async_hold.py": "ledger/_hold.py",
+    "ledger/_async_ledger.py": "ledger/_ledger.py",
+}
+
+
+def test_every_generated_file_is_checked() -> None:
+    assert dict(unasync.PAIRS) == GENERATED
+    for source, target in GENERATED.items():
+        assert (ROOT / target).read_text().startswith(f"# Generated from {source} by")
+
+
+def test_an_edit_to_the_generated_driver_fails_the_check(copy: Path) -> None:
+    target = copy / "ledger" / "_driver.py"
+    text = target.read_text()
+    assert "_RETRY_ATTEMPTS = 5\n" in text and "from time import sleep\n" in text
+    target.write_text(text.replace("_RETRY_ATTEMPTS = 5\n", "_RETRY_ATTEMPTS = 3\n", 1))
+    done = check(copy)
+    assert done.returncode == 1
+    assert "-_RETRY_ATTEMPTS = 3" in done.stdout and "+_RETRY_ATTEMPTS = 5" in done.stdout
+
+
+def test_the_driver_is_the_asyncio_one_without_await() -> None:
+    """What the generated driver is made of: the sync names, the sync sleep, no await."""
+    text = (ROOT / "ledger" / "_driver.py").read_text()
+    for name in ("class Executor(ABC)", "def drive(", "class PsycopgExecutor(Executor)"):
+        assert name in text
+    assert "class Runner(ABC)" in text and "psycopg.RawCursor(" in text
+    assert "await" not in text and "async " not in text and "asyncio" not in text
 
 
 def test_marked_blocks() -> None:
