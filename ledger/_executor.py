@@ -49,7 +49,7 @@ from ._translate import _driver_error, translate
 if TYPE_CHECKING:
     from ._coalesce import Coalescer
 
-#: Importers of the driver find these here too (the tests, bench/, ledger/_coalesce.py).
+#: The driver names its importers (the tests, bench/) have always found here.
 __all__ = [
     "PER_CALL",
     "Connectable",
