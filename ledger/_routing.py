@@ -11,11 +11,11 @@ differ there itself (see :mod:`ledger._queries`).
 
 Each facade keeps one :class:`Routing` (:class:`AsyncRouting`) and asks it,
 per call, for the statements (``queries()``) or for the statements and the
-connections a call about one tenant takes (``at(tenant_id)``): the ledger's
-own, or with ``route_to_workers=True`` on a distributed schema the tenant's
-worker's (a worker router of :mod:`ledger.citus.routing`, re-exported here so
-that the facades import the wing from this one module; a layout test keeps
-it so).
+database a call about one tenant runs on (``at(tenant_id)``): None for the
+ledger's own, or with ``route_to_workers=True`` on a distributed schema the
+tenant's worker's own ``Database`` (``AsyncDatabase``), kept by a worker
+router of :mod:`ledger.citus.routing` (re-exported here so that the facades
+import the wing from this one module; a layout test keeps it so).
 
 One source for both faces: :class:`Routing` and :func:`routed_queries` are
 generated from :class:`AsyncRouting` and :func:`routed_queries_async`, in
