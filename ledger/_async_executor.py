@@ -1,9 +1,12 @@
-"""The asyncio driver: the same operations as :mod:`ledger._executor`, awaited.
+"""The asyncio driver: where an :class:`~ledger.AsyncLedger`'s connections come from.
 
 Operations are the very generators the sync API runs (``ledger/_operations.py``,
-``_batch.py``, ``_verify.py``); only the driver differs. :func:`adrive` feeds
-them rows from a psycopg ``AsyncConnection``, and :class:`AsyncDatabase`
-scopes transactions and retries, mirroring :class:`ledger._executor.Database`.
+``_batch.py``, ``_verify.py``); only the driver differs. How they run (the
+psycopg executor, :func:`~ledger._async_driver.adrive`, follow-ups and
+retries) is written once, in :mod:`ledger._async_driver`, the source the
+sync :mod:`ledger._driver` is generated from. This module holds what only the
+asyncio face does: :func:`executor_for` joins a caller's connection and
+:class:`AsyncDatabase` finds the ledger's own.
 
 Connections come from one of two places:
 
@@ -19,156 +22,25 @@ driver connection inside the transaction SQLAlchemy has begun.
 from __future__ import annotations
 
 import asyncio
-import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg import IsolationLevel
-from psycopg.rows import namedtuple_row
 
-from . import _telemetry, errors
-from ._executor import positional, prepare_for, values
-from ._requests import Fetch, FetchEach, Nested, Op, OpenStream, Params, ReadStream, Request, Steps
+from . import errors
+from ._async_driver import _ISOLATION, AsyncPsycopgExecutor, AsyncRunner, adrive
+from ._requests import Op
 from ._translate import translate
 
 if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
-    from sqlalchemy.ext.asyncio import AsyncEngine
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-T = TypeVar("T")
-
-_RETRY_ATTEMPTS = 5
-_TRANSIENT = (errors.SerializationConflict, errors.DeadlockDetected)
-_ISOLATION = {
-    "READ COMMITTED": IsolationLevel.READ_COMMITTED,
-    "REPEATABLE READ": IsolationLevel.REPEATABLE_READ,
-    "SERIALIZABLE": IsolationLevel.SERIALIZABLE,
-}
-
-
-_TUPLES_OK = psycopg.pq.ExecStatus.TUPLES_OK
-
-
-async def _rows(cur: Any) -> list[Any]:
-    """The current result's rows; [] for a statement that returns none (see _executor._rows)."""
-    result = cur.pgresult
-    return await cur.fetchall() if result is not None and result.status == _TUPLES_OK else []
-
-
-class AsyncPsycopgExecutor:
-    """Runs requests on a psycopg ``AsyncConnection``: ours, or a caller's driver connection."""
-
-    def __init__(
-        self, conn: psycopg.AsyncConnection[Any], *, owned: bool, retry_statements: bool = False
-    ) -> None:
-        self._conn = conn
-        self.owned = owned
-        self._retry = retry_statements
-        self._streams: list[psycopg.AsyncServerCursor[Any]] = []
-
-    async def fetch(self, sql: str, params: Params) -> list[Any]:
-        attempt = 0
-        while True:
-            try:
-                converted = positional(sql)
-                bound = None if converted is None else values(converted[1], params)
-                if bound is None:
-                    async with self._conn.cursor(row_factory=namedtuple_row) as cur:
-                        await cur.execute(sql, params, prepare=prepare_for(sql))
-                        return await _rows(cur)
-                assert converted is not None
-                async with psycopg.AsyncRawCursor(self._conn, row_factory=namedtuple_row) as raw:
-                    await raw.execute(converted[0], bound, prepare=prepare_for(sql))
-                    return await _rows(raw)
-            except psycopg.Error as exc:
-                error = translate(exc)
-                attempt += 1
-                if not (self._retry and isinstance(error, _TRANSIENT)) or (
-                    attempt >= _RETRY_ATTEMPTS
-                ):
-                    raise error from exc
-                _telemetry.retry(error, whole=False)
-            await _backoff(attempt)
-
-    async def fetch_each(self, sql: str, params: Sequence[Params]) -> list[list[Any]]:
-        try:
-            async with self._conn.cursor(row_factory=namedtuple_row) as cur:
-                await cur.executemany(sql, params, returning=True)
-                results = [await _rows(cur)]
-                while cur.nextset():
-                    results.append(await _rows(cur))
-                return results
-        except psycopg.Error as exc:
-            raise translate(exc) from exc
-
-    async def open_stream(self, sql: str, params: Params) -> int:
-        cursor = self._conn.cursor(
-            name=f"ledger_stream_{len(self._streams)}", row_factory=namedtuple_row
-        )
-        try:
-            await cursor.execute(sql, params)
-        except psycopg.Error as exc:
-            raise translate(exc) from exc
-        self._streams.append(cursor)
-        return len(self._streams) - 1
-
-    async def read_stream(self, stream: int, size: int) -> list[Any]:
-        try:
-            return await self._streams[stream].fetchmany(size)
-        except psycopg.Error as exc:
-            raise translate(exc) from exc
-
-    async def close_streams(self) -> None:
-        streams, self._streams = self._streams, []
-        for cursor in streams:
-            if not self._conn.closed:
-                await cursor.close()
-
-    @asynccontextmanager
-    async def savepoint(self) -> AsyncIterator[None]:
-        try:
-            async with self._conn.transaction():
-                yield
-        except psycopg.Error as exc:
-            raise translate(exc) from exc
-
-    async def handle(self, request: Request) -> Any:
-        if type(request) is Fetch:
-            return await self.fetch(request.sql, request.params)
-        if type(request) is FetchEach:
-            return await self.fetch_each(request.sql, request.params) if request.params else []
-        if type(request) is OpenStream:
-            return await self.open_stream(request.sql, request.params)
-        if type(request) is ReadStream:
-            return await self.read_stream(request.stream, request.size)
-        if type(request) is Nested:
-            if self.owned and not request.when_owned:
-                return await adrive(self, request.steps())
-            async with self.savepoint():
-                return await adrive(self, request.steps())
-        raise TypeError(f"unknown request {request!r}")
-
-
-async def adrive(executor: AsyncPsycopgExecutor, steps: Steps[T]) -> T:
-    """Run an operation's steps to completion, awaiting each request (see ``drive``)."""
-    reply: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            request = steps.send(reply) if error is None else steps.throw(error)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-        reply, error = None, None
-        try:
-            reply = await executor.handle(request)
-        except Exception as exc:
-            error = exc
-
-
-async def _backoff(attempt: int) -> None:
-    await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))
+    #: What ``connection=`` takes on the asyncio face.
+    AsyncConnectable = AsyncConnection | AsyncSession
+else:
+    AsyncConnectable = Any
 
 
 async def executor_for(caller: Any) -> AsyncPsycopgExecutor:
@@ -194,8 +66,16 @@ async def executor_for(caller: Any) -> AsyncPsycopgExecutor:
     return AsyncPsycopgExecutor(driver, owned=False)
 
 
-class AsyncDatabase:
-    """Runs operations for one async ledger, on the caller's connection or one of ours."""
+class AsyncDatabase(AsyncRunner):
+    """Runs operations for one async ledger, on the caller's connection or one of ours.
+
+    ``run`` (follow-ups, the caller's transaction, retries) is
+    :class:`~ledger._async_driver.AsyncRunner`'s, shared with the sync
+    :class:`~ledger._executor.Database`; this class finds the connections. A
+    call routed to a Citus worker runs on the worker's own
+    :class:`AsyncDatabase` (ledger/citus/routing.py), as the sync side runs it
+    on the worker's :class:`~ledger._executor.Database`.
+    """
 
     def __init__(self, source: AsyncConnectionPool[Any] | AsyncEngine, *, owned: bool) -> None:
         self._source = source
@@ -204,34 +84,8 @@ class AsyncDatabase:
         self._lock = asyncio.Lock()
         self._busy = 0  # connections of the pool this database holds right now
 
-    async def run(self, op: Op[T], caller: Any) -> T:
-        result = await self._run(op, caller)
-        while op.then is not None:
-            follow = op.then(result)
-            if follow is None:  # the result is final
-                break
-            op = follow
-            result = await self._run(op, caller)
-        return result  # type: ignore[no-any-return]
-
-    async def _run(self, op: Op[Any], caller: Any) -> Any:
-        if caller is not None:
-            # Never retried in the caller's transaction (see Database._run).
-            executor = await executor_for(caller)
-            try:
-                return await adrive(executor, op.steps())
-            finally:
-                await executor.close_streams()
-        attempt = 0
-        while True:
-            try:
-                return await self._own(op)
-            except _TRANSIENT as error:
-                attempt += 1
-                if op.isolation == "AUTOCOMMIT" or attempt >= _RETRY_ATTEMPTS:
-                    raise
-                _telemetry.retry(error, whole=True)
-                await _backoff(attempt)
+    async def _join(self, caller: AsyncConnectable) -> AsyncPsycopgExecutor:
+        return await executor_for(caller)
 
     async def _own(self, op: Op[Any]) -> Any:
         async with self._connection() as dbapi:

@@ -13,10 +13,9 @@ which ``scripts/unasync.py`` generates from it (``await`` dropped, the
 in blocks marked ``# unasync: async-only`` (code) and ``# unasync:
 sync-only`` (code written as comments here, code in the sync file), and
 each says why: how a ledger gets its connections (a psycopg pool here; a
-SQLAlchemy engine, its own psycopg pool and coalescing there), how a call
-routed to a Citus worker runs (on the worker's database here, on the
-worker's pool there: the two drivers take it so), and the framework
-binding that only the sync face has (``BoundLedger``).
+SQLAlchemy engine, its own psycopg pool and coalescing there), and the
+framework binding that only the sync face has (``BoundLedger``). A call
+routed to a Citus worker runs on the worker's own database on both faces.
 
 Over 600 lines, for a reason: it is one class, the public API, one short
 method per operation with the docstring users read; the sync-only blocks
@@ -97,8 +96,6 @@ from ._routing import AsyncRouting, AsyncWorkerRouter
 
 # unasync: end
 # unasync: sync-only
-# import functools
-#
 # from sqlalchemy import URL
 #
 # from ._coalesce import Coalescer
@@ -117,16 +114,11 @@ if TYPE_CHECKING:
     AsyncConnectable = AsyncConnection | AsyncSession
 else:
     AsyncConnectable = Any
+# unasync: end
 
-#: Where a call routed to a Citus worker runs: the worker's own database
-#: (the async driver swaps the whole database object).
+#: Where a call routed to a Citus worker runs: the worker's own database, on
+#: both faces (ledger/_routing.py).
 _Route = AsyncDatabase
-# unasync: end
-# unasync: sync-only
-# #: Where a call routed to a Citus worker runs: the worker's pool (the sync
-# #: ``Database`` threads ``pool=`` through its runs, ledger/_executor.py).
-# _Route = OwnPool
-# unasync: end
 
 __all__ = ["AsyncLedger"]
 
@@ -281,21 +273,13 @@ class AsyncLedger:
 
         ``route``: where :meth:`_at` sent a call about one tenant (None: the ledger's own).
         """
-        # unasync: async-only
-        return await _telemetry.arun(
-            (route or self._db).run, op, connection, name, tenant_id, reservation_id
-        )
-        # unasync: end
         # unasync: sync-only
         # if connection is None and self._default_connection is not None:
         #     connection = self._default_connection()
-        # if route is not None:
-        #     run: Callable[[Op[T], Connectable | None], T] = functools.partial(
-        #         self._db.run, pool=route
-        #     )
-        #     return _telemetry.run(run, op, connection, name, tenant_id, reservation_id)
-        # return _telemetry.run(self._db.run, op, connection, name, tenant_id, reservation_id)
         # unasync: end
+        return await _telemetry.arun(
+            (route or self._db).run, op, connection, name, tenant_id, reservation_id
+        )
 
     async def _at(
         self, tenant_id: object, connection: AsyncConnectable | None

@@ -39,8 +39,9 @@ from psycopg.rows import namedtuple_row
 from sqlalchemy import Engine
 
 from . import errors
-from ._executor import PsycopgExecutor, _rows, positional, values
+from ._driver import PsycopgExecutor, _rows
 from ._requests import Fetch, Op, Steps
+from ._statements import positional, values
 from ._translate import translate
 
 T = TypeVar("T")
@@ -214,7 +215,7 @@ class Coalescer:
 def _pipelined(dbapi: psycopg.Connection[Any], requests: list[Fetch]) -> list[list[Any]]:
     """BEGIN, every statement, COMMIT: sent back to back, answered after one Sync.
 
-    Statements go in ``$n`` form, converted once (:func:`ledger._executor.positional`),
+    Statements go in ``$n`` form, converted once (:func:`ledger._statements.positional`),
     as on the plain path: psycopg re-parsed the >4 KiB reserve and commit
     statements per execution, which was a third of the coalescing process's
     CPU (py-spy, bench.coalesce).

@@ -1,4 +1,4 @@
-"""Database back-ends: the one place where the ledger talks to a driver.
+"""The sync driver: back-ends only the sync face has, and where a Ledger's connections come from.
 
 Operations (:mod:`ledger._operations`, :mod:`ledger._batch`,
 :mod:`ledger._verify`) are written once, as generators that *yield requests*
@@ -15,129 +15,57 @@ there is one executor per back-end:
 * :class:`CursorExecutor`: a connection owned by another framework (Django),
   reached through its DB-API cursors and its ``atomic()`` blocks.
 
-:func:`executor_for` is the only place that tells back-ends apart.
-:class:`Database` decides whose connection an operation runs on, scopes the
-transaction, and retries transient conflicts when the ledger owns it. Driver
-errors are turned into :mod:`ledger.errors` types here (see
-:mod:`ledger._translate`), so nothing above this module sees psycopg or
-SQLAlchemy exceptions.
+``Executor``, ``drive``, ``PsycopgExecutor`` and the retry policy are
+generated (:mod:`ledger._driver`, from the asyncio source
+:mod:`ledger._async_driver`, so both faces run operations alike) and
+imported here; this module is hand-written, for what only the sync face has:
+the SQLAlchemy and DB-API back-ends, :func:`executor_for`, the only place
+that tells back-ends apart, and :class:`Database`'s connections (the
+ledger's own pool, ledger/_pool.py; SQLAlchemy's; coalescing). Driver errors
+are turned into :mod:`ledger.errors` types in the drivers (see
+:mod:`ledger._translate`), so nothing above them sees psycopg or SQLAlchemy
+exceptions.
 """
 
 from __future__ import annotations
 
 import itertools
-import random
-import re
-import time
-from abc import ABC, abstractmethod
 from collections import namedtuple
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg import IsolationLevel
-from psycopg.rows import namedtuple_row
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, scoped_session
 
-from . import _telemetry, errors
+from . import errors
+from ._driver import _ISOLATION, Executor, PsycopgExecutor, Runner, drive
 from ._pool import OwnPool
+from ._requests import Op, Params
+from ._statements import PER_CALL, positional, prepare_for, values
 from ._translate import _driver_error, translate
 
 if TYPE_CHECKING:
     from ._coalesce import Coalescer
 
-from ._requests import (
-    Fetch,
-    FetchEach,
-    Nested,
-    Op,
-    OpenStream,
-    Params,
-    ReadStream,
-    Request,
-    Steps,
-    T,
-)
-
-_RETRY_ATTEMPTS = 5
-_TRANSIENT = (errors.SerializationConflict, errors.DeadlockDetected)
-_ISOLATION = {
-    "READ COMMITTED": IsolationLevel.READ_COMMITTED,
-    "REPEATABLE READ": IsolationLevel.REPEATABLE_READ,
-    "SERIALIZABLE": IsolationLevel.SERIALIZABLE,
-}
+#: The driver names its importers (the tests, bench/) have always found here.
+__all__ = [
+    "PER_CALL",
+    "Connectable",
+    "Database",
+    "Executor",
+    "ForeignConnection",
+    "PsycopgExecutor",
+    "drive",
+    "executor_for",
+    "positional",
+    "prepare_for",
+    "values",
+]
 
 
 # --------------------------------------------------------------- back-ends
-
-
-class Executor(ABC):
-    """Carries out requests on one connection, inside a transaction scoped by :class:`Database`."""
-
-    #: True when the ledger owns the transaction (and so may retry it).
-    owned: bool = False
-
-    @abstractmethod
-    def fetch(self, sql: str, params: Params) -> list[Any]: ...
-
-    @abstractmethod
-    def fetch_each(self, sql: str, params: Sequence[Params]) -> list[list[Any]]: ...
-
-    @abstractmethod
-    def open_stream(self, sql: str, params: Params) -> int: ...
-
-    @abstractmethod
-    def read_stream(self, stream: int, size: int) -> list[Any]: ...
-
-    @abstractmethod
-    def close_streams(self) -> None:
-        """Release every open stream; called before the transaction ends."""
-
-    @abstractmethod
-    def savepoint(self) -> AbstractContextManager[Any]: ...
-
-    def transaction(self) -> AbstractContextManager[Any]:
-        """Make a multi-statement operation atomic on a connection the ledger does not own."""
-        return nullcontext()
-
-    def handle(self, request: Request) -> Any:
-        if type(request) is Fetch:
-            return self.fetch(request.sql, request.params)
-        if type(request) is FetchEach:
-            return self.fetch_each(request.sql, request.params) if request.params else []
-        if type(request) is OpenStream:
-            return self.open_stream(request.sql, request.params)
-        if type(request) is ReadStream:
-            return self.read_stream(request.stream, request.size)
-        if type(request) is Nested:
-            if self.owned and not request.when_owned:
-                return drive(self, request.steps())
-            with self.savepoint():
-                return drive(self, request.steps())
-        raise TypeError(f"unknown request {request!r}")
-
-
-def drive(executor: Executor, steps: Steps[T]) -> T:
-    """Run an operation's steps to completion on ``executor``.
-
-    Errors raised while carrying out a request are thrown back into the
-    steps, so an operation can react to them (a batch falls back to
-    item-by-item application when its savepoint was rolled back).
-    """
-    reply: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            request = steps.send(reply) if error is None else steps.throw(error)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-        reply, error = None, None
-        try:
-            reply = executor.handle(request)
-        except Exception as exc:
-            error = exc
 
 
 _TUPLE_ROWS: dict[tuple[str, ...], Any] = {}
@@ -159,182 +87,6 @@ def _ledger_error(exc: Exception) -> errors.LedgerError | None:
     if isinstance(_driver_error(exc), psycopg.Error):
         return translate(exc)
     return None
-
-
-_TUPLES_OK = psycopg.pq.ExecStatus.TUPLES_OK
-
-# psycopg's own placeholder pattern (psycopg/_queries.py): ``%`` and the next
-# character, or ``%(name)`` and the next character.
-_PLACEHOLDER = re.compile(rb"%(?:\(([^)]+)\).|.)")
-_POSITIONAL: dict[str, tuple[bytes, tuple[str, ...]] | None] = {}
-_POSITIONAL_MAX = 1024
-
-
-def positional(sql: str) -> tuple[bytes, tuple[str, ...]] | None:
-    """``sql`` with ``$n`` placeholders, and the parameter names in ``$n`` order; cached.
-
-    psycopg converts a ``%(name)s`` statement to PostgreSQL's ``$n`` form on
-    every execution, and caches the conversion only for statements of at
-    most 4,096 bytes. The reserve and commit statements are longer, so
-    psycopg re-parsed each of them per call: about half of the client CPU of
-    a reserve->commit cycle (``python -m bench.client_cpu --profile cycle``).
-    Converted once here, they run on a raw cursor (``$n`` and a sequence of
-    values), which dumps the same values with the same formats (``%(x)s`` is
-    ``PyFormat.AUTO``, as on a raw cursor). A repeated name reuses its
-    ``$n`` and ``%%`` becomes ``%``, as psycopg does.
-
-    Anything else (positional ``%s``, the ``%b``/``%t`` formats, non-ASCII
-    text whose bytes depend on the connection's encoding) answers None: the
-    statement then goes through psycopg's own conversion as before.
-    """
-    try:
-        return _POSITIONAL[sql]
-    except KeyError:
-        pass
-    converted = _convert(sql)
-    if len(_POSITIONAL) < _POSITIONAL_MAX:  # the ledger's statements: a bounded set
-        _POSITIONAL[sql] = converted
-    return converted
-
-
-def _convert(sql: str) -> tuple[bytes, tuple[str, ...]] | None:
-    if not sql.isascii():
-        return None
-    query = sql.encode()
-    chunks: list[bytes] = []
-    names: dict[str, bytes] = {}
-    at = 0
-    for match in _PLACEHOLDER.finditer(query):
-        chunks.append(query[at : match.start()])
-        at = match.end()
-        token = match.group(0)
-        if token == b"%%":
-            chunks.append(b"%")
-        elif match.group(1) is not None and token.endswith(b"s"):
-            name = match.group(1).decode()
-            if name not in names:
-                names[name] = b"$%d" % (len(names) + 1)
-            chunks.append(names[name])
-        else:
-            return None
-    if not names:  # nothing to bind: psycopg's path costs nothing to convert
-        return None
-    chunks.append(query[at:])
-    return b"".join(chunks), tuple(names)
-
-
-def values(names: tuple[str, ...], params: Params) -> list[Any] | None:
-    """The values of a :func:`positional` statement; None if one is missing (psycopg says which)."""
-    try:
-        return [params[name] for name in names]
-    except KeyError:
-        return None
-
-
-def _rows(cur: Any) -> list[Any]:
-    """The current result's rows; [] for a statement that returns none.
-
-    Checks the result status rather than ``cursor.description``, which builds
-    a column object per column on every access (measurable on the hot path).
-    """
-    result = cur.pgresult
-    return cur.fetchall() if result is not None and result.status == _TUPLES_OK else []
-
-
-#: The first line of a statement planned for each call's parameters, never
-#: prepared (the batch statements, ledger/sql/batches.sql): psycopg prepares a
-#: statement after five runs, and PostgreSQL's generic plan for arrays of
-#: unknown size was 2.4x slower for batches (python -m bench.batch_profile).
-PER_CALL = "/* planned per call"
-
-
-def prepare_for(sql: str) -> bool | None:
-    """psycopg's ``prepare=``: False for :data:`PER_CALL` statements, else its default."""
-    return False if sql.startswith(PER_CALL) else None
-
-
-class PsycopgExecutor(Executor):
-    """A psycopg 3 connection: the ledger's own pooled connections.
-
-    Statements go straight to psycopg cursors; profiling showed SQLAlchemy's
-    execution layers costing as much CPU as the round trip on the hot path.
-    ``retry_statements`` (autocommit only) retries a statement that lost a
-    serialization or deadlock conflict: it was rolled back, and nothing else
-    was in its transaction.
-    """
-
-    owned = True
-
-    def __init__(self, conn: psycopg.Connection[Any], *, retry_statements: bool = False) -> None:
-        self._conn = conn
-        self._retry = retry_statements
-        self._streams: list[psycopg.ServerCursor[Any]] = []
-
-    def fetch(self, sql: str, params: Params) -> list[Any]:
-        attempt = 0
-        while True:
-            try:
-                converted = positional(sql)
-                bound = None if converted is None else values(converted[1], params)
-                if bound is None:
-                    with self._conn.cursor(row_factory=namedtuple_row) as cur:
-                        cur.execute(sql, params, prepare=prepare_for(sql))
-                        return _rows(cur)
-                assert converted is not None
-                with psycopg.RawCursor(self._conn, row_factory=namedtuple_row) as raw:
-                    raw.execute(converted[0], bound, prepare=prepare_for(sql))
-                    return _rows(raw)
-            except psycopg.Error as exc:
-                error = translate(exc)
-                attempt += 1
-                if not (self._retry and isinstance(error, _TRANSIENT)) or (
-                    attempt >= _RETRY_ATTEMPTS
-                ):
-                    raise error from exc
-                _telemetry.retry(error, whole=False)
-            _backoff(attempt)
-
-    def fetch_each(self, sql: str, params: Sequence[Params]) -> list[list[Any]]:
-        """One Bind/Execute per parameter set before a single Sync: one round trip.
-
-        psycopg's ``executemany(..., returning=True)`` uses libpq's pipeline
-        mode, and each execution's rows come back as their own result set.
-        """
-        try:
-            with self._conn.cursor(row_factory=namedtuple_row) as cur:
-                cur.executemany(sql, params, returning=True)
-                results = [_rows(cur)]
-                while cur.nextset():
-                    results.append(_rows(cur))
-                return results
-        except psycopg.Error as exc:
-            raise translate(exc) from exc
-
-    def open_stream(self, sql: str, params: Params) -> int:
-        cursor = self._conn.cursor(
-            name=f"ledger_stream_{len(self._streams)}", row_factory=namedtuple_row
-        )
-        try:
-            cursor.execute(sql, params)
-        except psycopg.Error as exc:
-            raise translate(exc) from exc
-        self._streams.append(cursor)
-        return len(self._streams) - 1
-
-    def read_stream(self, stream: int, size: int) -> list[Any]:
-        try:
-            return self._streams[stream].fetchmany(size)
-        except psycopg.Error as exc:
-            raise translate(exc) from exc
-
-    def close_streams(self) -> None:
-        streams, self._streams = self._streams, []
-        for cursor in streams:
-            if not self._conn.closed:
-                cursor.close()
-
-    def savepoint(self) -> AbstractContextManager[Any]:
-        return _translated(self._conn.transaction())
 
 
 class SQLAlchemyExecutor(Executor):
@@ -507,15 +259,20 @@ def _translated(cm: AbstractContextManager[Any]) -> Iterator[None]:
         raise error from exc
 
 
-def _backoff(attempt: int) -> None:
-    time.sleep(random.uniform(0, 0.005 * 2**attempt))
-
-
 # ------------------------------------------------------------ transactions
 
 
-class Database:
-    """Runs operations for one ledger, on the caller's connection or on one of ours."""
+class Database(Runner):
+    """Runs operations for one ledger, on the caller's connection or on one of ours.
+
+    ``run`` (follow-ups, the caller's transaction, retries) is
+    :class:`~ledger._driver.Runner`'s, generated from the asyncio source and
+    so the same as :class:`~ledger._async_executor.AsyncDatabase`'s; this
+    class finds the connections. A call routed to a Citus worker runs on the
+    worker's own :class:`Database` (its pool falls back to the coordinator's,
+    ledger/citus/routing.py), as the asyncio side runs it on the worker's
+    :class:`~ledger._async_executor.AsyncDatabase`.
+    """
 
     def __init__(
         self, engine: Engine, *, coalescer: Coalescer | None = None, pool: OwnPool | None = None
@@ -526,51 +283,19 @@ class Database:
         #: The ledger's own connections, when it created the engine (ledger/_pool.py).
         self._pool = pool
 
+    @property
+    def pool(self) -> OwnPool | None:
+        """The ledger's own connections (None: the engine's SQLAlchemy pool)."""
+        return self._pool
+
     def close(self) -> None:
         if self._coalescer is not None:
             self._coalescer.close()
         if self._pool is not None:
             self._pool.dispose()
 
-    def run(self, op: Op[T], caller: Connectable | None, pool: OwnPool | None = None) -> T:
-        """Run ``op`` (and its follow-ups) on ``caller``'s connection, or on one of ours.
-
-        ``pool``: the connections to use instead of the ledger's own (a
-        tenant's Citus worker, ledger/_direct.py), follow-ups included.
-        """
-        result = self._run(op, caller, pool)
-        while op.then is not None:
-            follow = op.then(result)
-            if follow is None:
-                break
-            op = follow
-            result = self._run(op, caller, pool)
-        return result  # type: ignore[no-any-return]
-
-    def _run(self, op: Op[Any], caller: Connectable | None, pool: OwnPool | None = None) -> Any:
-        if caller is not None:
-            # In the caller's transaction we never retry: a conflict rolled back
-            # the caller's earlier work too, and only they can redo it.
-            executor = executor_for(caller)
-            scope = nullcontext() if op.isolation == "AUTOCOMMIT" else executor.transaction()
-            with scope:
-                try:
-                    return drive(executor, op.steps())
-                finally:
-                    executor.close_streams()
-        if pool is None and self._coalescer is not None and op.isolation == "AUTOCOMMIT":
-            return self._coalescer.run(op)
-        attempt = 0
-        while True:
-            try:
-                return self._own_pooled(op, pool) if pool is not None else self._own(op)
-            except _TRANSIENT as error:
-                # Autocommit statements were retried one by one already.
-                attempt += 1
-                if op.isolation == "AUTOCOMMIT" or attempt >= _RETRY_ATTEMPTS:
-                    raise
-                _telemetry.retry(error, whole=True)
-                _backoff(attempt)
+    def _join(self, caller: Connectable) -> Executor:
+        return executor_for(caller)
 
     def _own(self, op: Op[Any]) -> Any:
         """Run on a pooled psycopg connection, handed back to the pool as it was found.
@@ -580,6 +305,10 @@ class Database:
         Otherwise the steps run between one BEGIN (at the operation's
         isolation level) and one COMMIT, or a ROLLBACK if anything raises.
         """
+        if self._coalescer is not None and op.isolation == "AUTOCOMMIT":
+            # In a shared round. Inside the runner's retries, which re-raise an
+            # autocommit conflict at once: the same as running it before them.
+            return self._coalescer.run(op)
         if self._pool is not None:
             return self._own_pooled(op, self._pool)
         raw = self._checkout()

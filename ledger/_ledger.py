@@ -19,7 +19,6 @@ logic is in ``_operations.py`` and the modules it names.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -69,9 +68,9 @@ from .outcomes import (
 )
 from .snapshot import BudgetSnapshot, TenantLedger
 
-#: Where a call routed to a Citus worker runs: the worker's pool (the sync
-#: ``Database`` threads ``pool=`` through its runs, ledger/_executor.py).
-_Route = OwnPool
+#: Where a call routed to a Citus worker runs: the worker's own database, on
+#: both faces (ledger/_routing.py).
+_Route = Database
 
 __all__ = ["Ledger"]
 
@@ -165,12 +164,9 @@ class Ledger:
         """
         if connection is None and self._default_connection is not None:
             connection = self._default_connection()
-        if route is not None:
-            run: Callable[[Op[T], Connectable | None], T] = functools.partial(
-                self._db.run, pool=route
-            )
-            return _telemetry.run(run, op, connection, name, tenant_id, reservation_id)
-        return _telemetry.run(self._db.run, op, connection, name, tenant_id, reservation_id)
+        return _telemetry.run(
+            (route or self._db).run, op, connection, name, tenant_id, reservation_id
+        )
 
     def _at(
         self, tenant_id: object, connection: Connectable | None

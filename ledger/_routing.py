@@ -11,12 +11,19 @@ differ there itself (see :mod:`ledger._queries`).
 
 Each facade keeps one :class:`Routing` (:class:`AsyncRouting`) and asks it,
 per call, for the statements (``queries()``) or for the statements and the
-connections a call about one tenant takes (``at(tenant_id)``): the ledger's
-own, or with ``route_to_workers=True`` on a distributed schema the tenant's
-worker's (a worker router of :mod:`ledger.citus.routing`, re-exported here so
-that the facades import the wing from this one module; a layout test keeps
-it so). :class:`Routing` is :class:`AsyncRouting` without ``await``, line for
-line.
+database a call about one tenant runs on (``at(tenant_id)``): None for the
+ledger's own, or with ``route_to_workers=True`` on a distributed schema the
+tenant's worker's own ``Database`` (``AsyncDatabase``), kept by a worker
+router of :mod:`ledger.citus.routing` (re-exported here so that the facades
+import the wing from this one module; a layout test keeps it so).
+
+One source for both faces: :class:`Routing` and :func:`routed_queries` are
+generated from :class:`AsyncRouting` and :func:`routed_queries_async`, in
+this file (the block marked ``# unasync: twin``, written by
+``scripts/unasync.py``, which ``--check`` keeps current). They stay in the
+seam's one module rather than in a generated file of their own, because the
+Citus wing is reached from the core here only (tests/unit/test_citus_wing.py)
+and the lookup cache (``_ROUTED``) must be one for both faces.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from .citus.routing import AsyncWorkerRouter, WorkerRouter
 
 if TYPE_CHECKING:
     from ._async_executor import AsyncDatabase
-    from ._pool import OwnPool
+    from ._executor import Database
 
 __all__ = [
     "AsyncRouting",
@@ -77,38 +84,6 @@ def lookup(schema: str) -> Op[Queries]:
     return Op(steps, "READ COMMITTED")
 
 
-def routed_queries(url: URL, schema: str, run: Callable[[Op[Queries]], Queries]) -> Queries | None:
-    """The statements for ``schema``: routed function calls where ``distribute`` made them.
-
-    On plain PostgreSQL and on an undistributed schema this is
-    :func:`~ledger._queries.for_schema` unchanged. Found once per URL and
-    schema (``run`` carries out :func:`lookup`) and cached; when the lookup
-    itself fails (server down), None is returned and it runs again next time.
-    """
-    key = _key(url, schema)
-    found = _ROUTED.get(key)
-    if found is None:
-        try:
-            found = _ROUTED[key] = run(lookup(schema))
-        except errors.DatabaseError:
-            return None
-    return found
-
-
-async def routed_queries_async(
-    url: URL, schema: str, run: Callable[[Op[Queries]], Awaitable[Queries]]
-) -> Queries | None:
-    """:func:`routed_queries` for :class:`~ledger.AsyncLedger`: the same lookup and cache."""
-    key = _key(url, schema)
-    found = _ROUTED.get(key)
-    if found is None:
-        try:
-            found = _ROUTED[key] = await run(lookup(schema))
-        except errors.DatabaseError:
-            return None
-    return found
-
-
 def forget(schema: str) -> None:
     """Look ``schema`` up again: ``ledger distribute`` just changed its functions.
 
@@ -120,13 +95,16 @@ def forget(schema: str) -> None:
 
 
 W = TypeVar("W")
+#: How the facade runs an operation for its routing (the lookup, the worker map).
+Run = Callable[[Op[Any]], Any]
+AsyncRun = Callable[[Op[Any]], Awaitable[Any]]
 
 
 class _Routes(Generic[W]):
     """What :class:`Routing` and :class:`AsyncRouting` keep: the statements once looked
     up, and the worker router, if any (``route_to_workers=True``)."""
 
-    def __init__(self, url: URL, schema: str, run: Callable[[Op[Any]], Any], workers: W | None):
+    def __init__(self, url: URL, schema: str, run: Run, workers: W | None) -> None:
         self._url = url
         self._schema = schema
         self._run = run
@@ -148,19 +126,41 @@ class _Routes(Generic[W]):
         return found
 
 
+# unasync: twin-source (the sync twin below is generated from this block)
+
+
+async def routed_queries_async(url: URL, schema: str, run: AsyncRun) -> Queries | None:
+    """The statements for ``schema``: routed function calls where ``distribute`` made them.
+
+    On plain PostgreSQL and on an undistributed schema this is
+    :func:`~ledger._queries.for_schema` unchanged. Found once per URL and
+    schema (``run`` carries out :func:`lookup`) and cached, for both faces;
+    when the lookup itself fails (server down), None is returned and it runs
+    again next time.
+    """
+    key = _key(url, schema)
+    found = _ROUTED.get(key)
+    if found is None:
+        try:
+            found = _ROUTED[key] = await run(lookup(schema))
+        except errors.DatabaseError:
+            return None
+    return found
+
+
 class AsyncRouting(_Routes[AsyncWorkerRouter]):
-    """Which statements an :class:`~ledger.AsyncLedger`'s calls take, and where they run.
+    """Which statements a facade's calls take, and where they run.
 
     ``run`` carries out the lookup on the ledger's own database; ``workers``
     (``route_to_workers=True``) sends a call about one tenant of a distributed
-    schema to that tenant's worker.
+    schema to that tenant's worker, on the worker's own database.
     """
 
     def __init__(
         self,
         url: URL,
         schema: str,
-        run: Callable[[Op[Any]], Awaitable[Any]],
+        run: AsyncRun,
         *,
         workers: AsyncWorkerRouter | None = None,
     ) -> None:
@@ -177,7 +177,7 @@ class AsyncRouting(_Routes[AsyncWorkerRouter]):
         q = await self.queries()
         if self.workers is None:
             return q, None
-        found = await self.workers.route(tenant_id, q)
+        found = await self.workers.at(tenant_id, q)
         return found if found is not None else (q, None)
 
     async def close(self) -> None:
@@ -185,17 +185,42 @@ class AsyncRouting(_Routes[AsyncWorkerRouter]):
             await self.workers.close()
 
 
-class Routing(_Routes[WorkerRouter]):
-    """Which statements a :class:`~ledger.Ledger`'s calls take, and where they run.
+# unasync: end
+# unasync: twin (generated from the block above by scripts/unasync.py: do not edit)
 
-    :class:`AsyncRouting` without ``await``.
+
+def routed_queries(url: URL, schema: str, run: Run) -> Queries | None:
+    """The statements for ``schema``: routed function calls where ``distribute`` made them.
+
+    On plain PostgreSQL and on an undistributed schema this is
+    :func:`~ledger._queries.for_schema` unchanged. Found once per URL and
+    schema (``run`` carries out :func:`lookup`) and cached, for both faces;
+    when the lookup itself fails (server down), None is returned and it runs
+    again next time.
+    """
+    key = _key(url, schema)
+    found = _ROUTED.get(key)
+    if found is None:
+        try:
+            found = _ROUTED[key] = run(lookup(schema))
+        except errors.DatabaseError:
+            return None
+    return found
+
+
+class Routing(_Routes[WorkerRouter]):
+    """Which statements a facade's calls take, and where they run.
+
+    ``run`` carries out the lookup on the ledger's own database; ``workers``
+    (``route_to_workers=True``) sends a call about one tenant of a distributed
+    schema to that tenant's worker, on the worker's own database.
     """
 
     def __init__(
         self,
         url: URL,
         schema: str,
-        run: Callable[[Op[Any]], Any],
+        run: Run,
         *,
         workers: WorkerRouter | None = None,
     ) -> None:
@@ -207,14 +232,17 @@ class Routing(_Routes[WorkerRouter]):
             return self._found
         return self._keep(routed_queries(self._url, self._schema, self._run))
 
-    def at(self, tenant_id: object) -> tuple[Queries, OwnPool | None]:
-        """The statements and pool for a call about ``tenant_id`` (None: the ledger's)."""
+    def at(self, tenant_id: object) -> tuple[Queries, Database | None]:
+        """The statements and database for a call about ``tenant_id`` (None: the ledger's)."""
         q = self.queries()
         if self.workers is None:
             return q, None
-        found = self.workers.route(tenant_id, q)
+        found = self.workers.at(tenant_id, q)
         return found if found is not None else (q, None)
 
     def close(self) -> None:
         if self.workers is not None:
             self.workers.close()
+
+
+# unasync: end

@@ -1,9 +1,10 @@
 """Generate the sync twins from their asyncio sources: one source for both faces.
 
 ``python scripts/unasync.py`` rewrites each generated file from its source
-(:data:`PAIRS`); ``--check`` writes nothing, prints a diff and exits 1 when a
-generated file is stale (scripts/test.sh and tests/unit/test_generated.py run
-it). In the spirit of psycopg's ``tools/async_to_sync.py``, but on the text:
+(:data:`PAIRS`) and each twin block (:data:`IN_PLACE`); ``--check`` writes
+nothing, prints a diff and exits 1 when a generated file or block is stale
+(scripts/test.sh and tests/unit/test_generated.py run it). In the spirit
+of psycopg's ``tools/async_to_sync.py``, but on the text:
 
 - whole words are renamed from :data:`NAMES` (``AsyncLedger`` -> ``Ledger``),
   and ``async def``, ``async with``, ``async for`` and ``await`` lose their
@@ -15,7 +16,12 @@ it). In the spirit of psycopg's ``tools/async_to_sync.py``, but on the text:
   indentation) and comes out of the sync file as code, as it stands: no
   renaming;
 - the result is formatted with ruff (imports sorted, lines joined where the
-  shorter names let them), then headed by a "do not edit" comment.
+  shorter names let them), then headed by a "do not edit" comment;
+- a hand-written file listed in :data:`IN_PLACE` holds its own twin: the
+  block between ``# unasync: twin`` and ``# unasync: end`` is written from
+  the ``# unasync: twin-source`` block just before it, with the same
+  renaming (``ledger/_routing.py``: ``Routing`` from ``AsyncRouting``, in
+  the one module the core reaches the Citus wing through).
 
 The source's docstring says where and why the two faces differ. The script
 knows nothing of the ledger: the pragmas in the sources carry every
@@ -35,9 +41,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: (source, generated), relative to the repository root.
 PAIRS = [
+    ("ledger/_async_driver.py", "ledger/_driver.py"),
     ("ledger/_async_hold.py", "ledger/_hold.py"),
     ("ledger/_async_ledger.py", "ledger/_ledger.py"),
 ]
+
+#: Hand-written files that hold a sync twin of their own: the block between
+#: ``# unasync: twin`` and ``# unasync: end`` is generated from the block
+#: between ``# unasync: twin-source`` and the ``# unasync: end`` just before it
+#: (for code that must stay in one module, which the file's docstring says why).
+IN_PLACE = ["ledger/_routing.py"]
 
 #: Whole words renamed in the sync file (outside sync-only blocks).
 NAMES = {
@@ -46,13 +59,24 @@ NAMES = {
     "AsyncRouting": "Routing",
     "AsyncWorkerRouter": "WorkerRouter",
     "AsyncDatabase": "Database",
+    "AsyncExecutor": "Executor",
+    "AsyncPsycopgExecutor": "PsycopgExecutor",
+    "AsyncRunner": "Runner",
+    "adrive": "drive",
+    "AsyncConnection": "Connection",
+    "AsyncRawCursor": "RawCursor",
+    "AsyncServerCursor": "ServerCursor",
+    "AbstractAsyncContextManager": "AbstractContextManager",
     "AsyncConnectable": "Connectable",
     "AsyncIterator": "Iterator",
     "asynccontextmanager": "contextmanager",
     "__aenter__": "__enter__",
     "__aexit__": "__exit__",
+    "AsyncRun": "Run",
+    "routed_queries_async": "routed_queries",
     "arun": "run",
     "_async_executor": "_executor",
+    "_async_driver": "_driver",
     "_async_ledger": "_ledger",
     "_async_hold": "_hold",
 }
@@ -66,6 +90,12 @@ _OPEN_AWAIT = re.compile(r"\(\s*await ")
 _CALL = re.compile(r"[\w.]+\(")
 #: Kept the source's pragma-marked imports where they are; the sync file is sorted whole.
 _ISORT = re.compile(r"^\s*# isort: (off|on|split)\s*\n", re.MULTILINE)
+#: The source block, the twin's opening line, the twin, its end (see :data:`IN_PLACE`).
+_TWIN = re.compile(
+    r"^# unasync: twin-source\b.*?\n(.*?)^# unasync: end\n(# unasync: twin\b.*?\n)(.*?)"
+    r"^# unasync: end\n",
+    re.MULTILINE | re.DOTALL,
+)
 
 
 def _header(source: str) -> str:
@@ -172,14 +202,31 @@ def generate(source: str, target: str, root: Path = ROOT) -> str:
     return _header(source) + text
 
 
+def generate_in_place(path: str, root: Path = ROOT) -> str:
+    """The text of ``path`` (an :data:`IN_PLACE` file) with its twin block written anew."""
+    text = (root / path).read_text()
+    found = _TWIN.search(text)
+    if found is None:
+        raise SystemExit(f"{path}: no '# unasync: twin-source' block followed by a twin")
+    twin = convert(found.group(1), path).strip("\n")
+    text = text[: found.start(3)] + "\n\n" + twin + "\n\n\n" + text[found.end(3) :]
+    return _ruff(text, path, "format", "--quiet")
+
+
+def _wanted(root: Path) -> list[tuple[str, str, str]]:
+    """(target, where it comes from, its text) for every generated file and block."""
+    out = [(target, source, generate(source, target, root)) for source, target in PAIRS]
+    out += [(path, "its twin-source block", generate_in_place(path, root)) for path in IN_PLACE]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--check", action="store_true", help="fail if a generated file is stale")
     parser.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     stale = 0
-    for source, target in PAIRS:
-        want = generate(source, target, args.root)
+    for target, source, want in _wanted(args.root):
         path = args.root / target
         have = path.read_text() if path.exists() else ""
         if have == want:

@@ -41,6 +41,7 @@ from sqlalchemy import URL, Engine
 from .. import errors
 from .._async_executor import AsyncDatabase
 from .._engine import as_engine
+from .._executor import Database
 from .._pool import OwnPool
 from .._queries import Queries
 from .._requests import Fetch, Op, Steps
@@ -178,7 +179,8 @@ class ShardRouter(Generic[P]):
 
 class WorkerRouter:
     """:class:`ShardRouter` for :class:`~ledger.Ledger`: reads the map on the ledger's own
-    connections, keeps a :class:`WorkerPool` per worker."""
+    connections, keeps a :class:`~ledger._executor.Database` per worker (on a
+    :class:`WorkerPool`, which falls back to the coordinator's pool)."""
 
     def __init__(
         self,
@@ -192,11 +194,11 @@ class WorkerRouter:
         self._coordinator = coordinator
         self._run = run
         self._engines: list[Engine] = []
-        self._shards: ShardRouter[WorkerPool] = ShardRouter(refresh)
+        self._shards: ShardRouter[Database] = ShardRouter(refresh)
         self._reading = threading.Lock()
 
-    def route(self, tenant_id: object, routed: Queries) -> tuple[Queries, OwnPool] | None:
-        """(statements, pool) for a call about ``tenant_id``; None: go through the coordinator."""
+    def at(self, tenant_id: object, routed: Queries) -> tuple[Queries, Database] | None:
+        """(statements, database) for a call about ``tenant_id``; None: the coordinator."""
         if not isinstance(routed, DistributedQueries):  # not distributed (yet)
             return None
         if self._shards.due():
@@ -210,25 +212,36 @@ class WorkerRouter:
         if found is None:
             return None
         q, node = found
-        pool = self._shards.pools.get(node)
-        if pool is None:
+        database = self._shards.pools.get(node)
+        if database is None:
             with self._reading:
-                pool = self._shards.pools.get(node)
-                if pool is None:
-                    pool = self._shards.pools[node] = self._make_pool(node)
-        return q, pool
+                database = self._shards.pools.get(node)
+                if database is None:
+                    database = self._shards.pools[node] = self._make_database(node)
+        return q, database
 
-    def _make_pool(self, node: Node) -> WorkerPool:
+    def route(self, tenant_id: object, routed: Queries) -> tuple[Queries, OwnPool] | None:
+        """:meth:`at`'s answer with the worker's pool (whose connect arguments name the
+        worker: tests and benchmarks read where a tenant goes from it)."""
+        found = self.at(tenant_id, routed)
+        if found is None:
+            return None
+        q, database = found
+        assert database.pool is not None
+        return q, database.pool
+
+    def _make_database(self, node: Node) -> Database:
         host, port = node
         engine, _ = as_engine(self._engine.url.set(host=host, port=port))
         self._engines.append(engine)
         # Connecting happens on first use; a refusal falls back to the coordinator there.
-        return WorkerPool(engine, self._coordinator, lambda: self._shards.unreachable(node))
+        pool = WorkerPool(engine, self._coordinator, lambda: self._shards.unreachable(node))
+        return Database(engine, pool=pool)
 
     def close(self) -> None:
-        pools, self._shards.pools = list(self._shards.pools.values()), {}
-        for pool in pools:
-            pool.dispose()
+        databases, self._shards.pools = list(self._shards.pools.values()), {}
+        for database in databases:
+            database.close()
         for engine in self._engines:
             engine.dispose()
 
@@ -255,9 +268,7 @@ class AsyncWorkerRouter:
         self._shards: ShardRouter[AsyncDatabase] = ShardRouter(refresh)
         self._reading = asyncio.Lock()
 
-    async def route(
-        self, tenant_id: object, routed: Queries
-    ) -> tuple[Queries, AsyncDatabase] | None:
+    async def at(self, tenant_id: object, routed: Queries) -> tuple[Queries, AsyncDatabase] | None:
         """(statements, database) for a call about ``tenant_id``; None: the coordinator."""
         if not isinstance(routed, DistributedQueries):
             return None

@@ -21,7 +21,6 @@ LIMIT = 600
 BEING_SPLIT = {
     "_ledger.py": "the public Ledger: being generated from _async_ledger.py (issue 23)",
     "_async_ledger.py": "the public AsyncLedger: one method per operation (issue 23)",
-    "_executor.py": "the three sync back-ends and Database (issue 23)",
     "_telemetry.py": "spans and metrics for both sides (issue 23)",
     "journal.py": "the journal's Python encoder, replay and verification (issue 23)",
 }

@@ -15,12 +15,16 @@ import pytest
 
 import ledger
 from ledger import _async_ledger, _ledger
+from ledger._async_executor import AsyncDatabase
+from ledger._executor import Database
+from ledger._routing import AsyncRouting, Routing
 
 TWINS = [(ledger.Ledger, ledger.AsyncLedger), (ledger.Hold, ledger.AsyncHold)]
 
 #: The names the async annotations use for the sync ones (scripts/unasync.py's table).
 RENAMED = {
     "AsyncConnectable": "Connectable",
+    "AsyncDatabase": "Database",
     "AsyncHold": "Hold",
     "AsyncIterator": "Iterator",
     "AsyncLedger": "Ledger",
@@ -116,6 +120,55 @@ def test_a_difference_in_a_default_or_a_kind_is_caught() -> None:
             return a
 
     assert sorted(_differences(Sync, Async, ["f", "g"])) == ["f", "g"]
+
+
+# ------------------------------------------------ the drivers and the routing
+
+
+def test_database_run_takes_the_same_parameters_on_both_sides() -> None:
+    """One way to run an operation: ``run(op, caller)``, no ``pool=`` on the sync side.
+
+    A call routed to a Citus worker runs on the worker's own database on both
+    sides (``Routing.at`` and ``AsyncRouting.at`` answer one).
+    """
+    assert _differences(Database, AsyncDatabase, ["run", "close"]) == {}
+    assert list(inspect.signature(Database.run).parameters) == ["self", "op", "caller"]
+    assert inspect.iscoroutinefunction(AsyncDatabase.run)
+    assert inspect.iscoroutinefunction(AsyncDatabase.close)
+    assert not inspect.iscoroutinefunction(Database.run)
+    assert not inspect.iscoroutinefunction(Database.close)
+
+
+def test_routing_has_the_same_public_methods_on_both_sides() -> None:
+    assert sorted(_public(Routing)) == sorted(_public(AsyncRouting))
+    assert _properties(Routing) == _properties(AsyncRouting)
+    assert {"queries", "at", "close"} <= set(_public(Routing))
+
+
+def test_routing_methods_take_the_same_parameters_on_both_sides() -> None:
+    assert _differences(Routing, AsyncRouting, sorted(_public(Routing))) == {}
+    # The constructors differ only in what ``run`` returns (a coroutine on the async side).
+    mine, theirs = inspect.signature(Routing), inspect.signature(AsyncRouting)
+    assert [(p.name, p.kind, p.default) for p in mine.parameters.values()] == [
+        (p.name, p.kind, p.default) for p in theirs.parameters.values()
+    ]
+    for name in _public(AsyncRouting):
+        assert inspect.iscoroutinefunction(getattr(AsyncRouting, name)), name
+        assert not inspect.iscoroutinefunction(getattr(Routing, name)), name
+
+
+def test_a_routing_difference_is_caught() -> None:
+    class Sync:
+        def at(self, tenant_id: object) -> tuple[Any, Database | None]: ...
+
+    class AsyncPool:
+        async def at(self, tenant_id: object) -> tuple[Any, object | None]: ...
+
+    class AsyncExtra:
+        async def at(self, tenant_id: object, pool: object = None) -> tuple[Any, Any]: ...
+
+    assert list(_differences(Sync, AsyncPool, ["at"])) == ["at"]
+    assert list(_differences(Sync, AsyncExtra, ["at"])) == ["at"]
 
 
 # ------------------------------------------------ telemetry operation names
