@@ -84,6 +84,8 @@ def server_url() -> Iterator[str]:
     try:
         yield server.url
     finally:
+        for key in [k for k in _admins if k[1] == server.url]:
+            _admins.pop(key).close()
         server.stop()
 
 
@@ -112,19 +114,40 @@ def template_db(server_url: str) -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+_admins: dict[tuple[int, str], psycopg.Connection] = {}
+
+
+def _shared_admin(server: str) -> psycopg.Connection:
+    """One autocommit admin connection per process and server, reused by every test.
+
+    Opening a connection costs a few milliseconds, and the suite makes well
+    over a thousand databases. Keyed by pid so that a forked child never
+    shares its parent's socket.
+    """
+    key = (os.getpid(), server)
+    conn = _admins.get(key)
+    if conn is None or conn.closed:
+        conn = _admins[key] = _admin(server)
+    return conn
+
+
 def make_database(server_url: str, template: str | None) -> str:
+    """A new database, cloned from ``template`` when one is given.
+
+    ``STRATEGY FILE_COPY`` (PostgreSQL 15 and later) copies the template's
+    files instead of WAL-logging every block: a few percent cheaper on a server
+    with fsync off (``python -m bench.clone_cost``; docs/design.md, "Tests").
+    """
     name = f"ledger_t_{os.getpid()}_{next(_counter)}_{uuid.uuid4().hex[:6]}"
-    with _admin(server_url) as conn:
-        if template:
-            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
-        else:
-            conn.execute(f'CREATE DATABASE "{name}"')
+    conn = _shared_admin(server_url)
+    source = f' TEMPLATE "{template}"' if template else ""
+    strategy = " STRATEGY FILE_COPY" if conn.info.server_version >= 150000 else ""
+    conn.execute(f'CREATE DATABASE "{name}"{source}{strategy}')
     return name
 
 
 def drop_database(server_url: str, name: str) -> None:
-    with _admin(server_url) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    _shared_admin(server_url).execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
