@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import math
-import os
 from decimal import Decimal
 from fractions import Fraction
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from ledger.contrib.litellm._money import UnpriceableCall, microcents
 from ledger.errors import InputError
