@@ -62,7 +62,8 @@ def _worst_case(router: Any, request: Mapping[str, Any]) -> int:
             max_tokens=request_limit(request),
             litellm_params=params,
         )
-        for name, params in (targets or [(model, {})])
+        # a direct call's own kwargs may carry prices (input_cost_per_token=...)
+        for name, params in (targets or [(model, request)])
     )
 
 
