@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -327,3 +328,15 @@ def raw_journal(proxy_db: str) -> Any:
         return {str(k): int(n) for k, n in rows}
 
     return kinds
+
+
+def test_the_example_config_runs_the_callback_with_a_mock_model() -> None:
+    import yaml
+
+    root = Path(__file__).resolve().parents[3]
+    example = yaml.safe_load((root / "examples/litellm_proxy/config.yaml").read_text())
+    assert example["litellm_settings"]["callbacks"] == "ledger.contrib.litellm.proxy_handler"
+    (model,) = example["model_list"]
+    assert model["litellm_params"]["mock_response"]  # runs with no provider, offline
+    ours = yaml.safe_load(litellm_proxy.config(hang_port=9))
+    assert ours["litellm_settings"]["callbacks"] == example["litellm_settings"]["callbacks"]
