@@ -125,6 +125,8 @@ class Budget:
         if name not in MAPS:
             raise errors.InputError(f"{TENANT_ENV} must be one of {sorted(MAPS)}, not {name!r}")
         unknown = os.environ.get(UNKNOWN_ENV, "refuse")
+        if unknown not in ("refuse", "create"):
+            raise errors.InputError(f"{UNKNOWN_ENV} must be 'refuse' or 'create', not {unknown!r}")
         default = os.environ.get(DEFAULT_BUDGET_ENV)
         return cls(
             url,
