@@ -173,3 +173,74 @@ def test_a_router_is_held_at_its_dearest_deployment(book: ledger.Ledger, db_url:
     assert row.committed_microcents == microcents(response._hidden_params["response_cost"])
     poor = book.tenant("sdk-router-poor")
     assert poor is not None and poor.committed_microcents == 0
+
+
+def test_unknown_tenants_are_refused_or_created_from_a_default_budget(
+    book: ledger.Ledger, db_url: str
+) -> None:
+    request: dict[str, Any] = {
+        "model": MODEL,
+        "messages": PROMPT,
+        "max_tokens": 20,
+        "mock_response": litellm_proxy.ANSWER,
+    }
+
+    async def scenario(own: ledger.AsyncLedger, refusing: Budget) -> list[Any]:
+        with pytest.raises(BudgetRefused, match="budget refused at tenant 'new': no budget"):
+            await acompletion(refusing, "new", **request)
+        assert await own.tenant("new") is None
+        creating = Budget(own, unknown="create", default_budget_microcents=10**8)
+        return await asyncio.gather(*(acompletion(creating, "new", **request) for _ in range(8)))
+
+    responses = run(db_url, scenario)
+    row = book.tenant("new")
+    assert row is not None and row.initial_microcents == 10**8
+    spent = sum(microcents(r._hidden_params["response_cost"]) for r in responses)
+    assert (row.reserved_microcents, row.committed_microcents) == (0, spent)
+
+
+def test_a_call_dearer_than_its_hold_debits_the_overrun_or_charges_the_hold(
+    book: ledger.Ledger, db_url: str
+) -> None:
+    # max_tokens=5, but LiteLLM's mock reports 20 completion tokens: an overrun.
+    worst = worst_case(MODEL, messages=PROMPT, max_tokens=5, litellm_params=EXACT)
+    book.ensure_tenant("roomy", 10**9)
+    book.ensure_tenant("tight", worst)
+    request: dict[str, Any] = {
+        "model": MODEL,
+        "messages": PROMPT,
+        "max_tokens": 5,
+        "mock_response": litellm_proxy.ANSWER,
+        **EXACT,
+    }
+
+    async def scenario(_: ledger.AsyncLedger, b: Budget) -> list[Any]:
+        return [await acompletion(b, t, **request) for t in ("roomy", "tight")]
+
+    roomy_response, _ = run(db_url, scenario)
+    actual = microcents(roomy_response._hidden_params["response_cost"])
+    assert actual > worst
+    roomy, tight = book.tenant("roomy"), book.tenant("tight")
+    assert roomy is not None and tight is not None
+    assert (roomy.committed_microcents, roomy.reserved_microcents) == (actual, 0)
+    assert (tight.committed_microcents, tight.reserved_microcents) == (worst, 0)
+
+
+def test_an_idempotency_key_is_charged_once(book: ledger.Ledger, db_url: str) -> None:
+    book.ensure_tenant("sdk-keys", 10**9)
+    request: dict[str, Any] = {
+        "model": MODEL,
+        "messages": PROMPT,
+        "max_tokens": 20,
+        "mock_response": litellm_proxy.ANSWER,
+    }
+
+    async def scenario(_: ledger.AsyncLedger, b: Budget) -> list[Any]:
+        return await asyncio.gather(
+            *(acompletion(b, "sdk-keys", idempotency_key="job-7", **request) for _ in range(6))
+        )
+
+    responses = run(db_url, scenario)
+    row = book.tenant("sdk-keys")
+    assert row is not None and row.reserved_microcents == 0
+    assert row.committed_microcents == microcents(responses[0]._hidden_params["response_cost"])
