@@ -9,22 +9,27 @@ against a test database, with mock models that answer without a provider:
   exactly its worst case (the load test counts successes exactly);
 - ``broken``: a real provider call to a closed local port (it fails);
 - ``hangs``: a provider at ``hang_port`` that accepts and never answers;
-- ``unpriced``: a model LiteLLM's map does not know.
+- ``unpriced``: a model LiteLLM's map does not know;
+- ``slow``: a provider at ``slow_port`` (:class:`SlowStream`) that streams its
+  answer a word every 100 ms, so a client can leave in the middle.
 
 ``LITELLM_LOCAL_MODEL_COST_MAP=True`` keeps LiteLLM from fetching a price map.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -41,7 +46,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def config(hang_port: int) -> str:
+def config(hang_port: int, slow_port: int = 9) -> str:
     closed = free_port()  # nothing listens there
     return f"""\
 model_list:
@@ -70,6 +75,12 @@ model_list:
       api_base: http://127.0.0.1:{hang_port}/v1
       max_retries: 0
       timeout: 600
+  - model_name: slow
+    litellm_params:
+      model: openai/gpt-4o-mini
+      api_key: sk-test-none
+      api_base: http://127.0.0.1:{slow_port}/v1
+      max_retries: 0
   - model_name: unpriced
     litellm_params:
       model: openai/not-a-model-litellm-knows
@@ -105,13 +116,14 @@ def start(
     database_url: str,
     *,
     hang_port: int,
+    slow_port: int = 9,
     env: Mapping[str, str] | None = None,
     port: int | None = None,
     master_key: str | None = None,
 ) -> Proxy:
     """Start the proxy and wait until it answers; the caller stops it."""
     cfg = workdir / "litellm.yaml"
-    cfg.write_text(config(hang_port), encoding="utf-8")
+    cfg.write_text(config(hang_port, slow_port), encoding="utf-8")
     port = port or free_port()
     key = master_key or f"sk-{secrets.token_hex(16)}"
     log = workdir / f"proxy-{port}-{time.monotonic_ns()}.log"
@@ -158,3 +170,49 @@ class Silent:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class _Streamer(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("connection", "close")
+        self.end_headers()
+        try:
+            for i in range(100):
+                chunk = {
+                    "id": "chatcmpl-slow",
+                    "object": "chat.completion.chunk",
+                    "created": 0,
+                    "model": "gpt-4o-mini",
+                    "choices": [
+                        {"index": 0, "delta": {"content": f"word{i} "}, "finish_reason": None}
+                    ],
+                }
+                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self.wfile.flush()
+                time.sleep(0.1)
+            self.wfile.write(b"data: [DONE]\n\n")
+        except OSError:
+            pass  # the proxy hung up: the client left
+
+
+class SlowStream:
+    """An OpenAI-compatible provider that streams a long answer slowly (a real socket)."""
+
+    def __init__(self) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Streamer)
+        self.server.daemon_threads = True
+        self.port = int(self.server.server_address[1])
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -37,15 +37,16 @@ def proxy_db(server_url: str, template_db: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def proxy(tmp_path_factory: pytest.TempPathFactory, proxy_db: str) -> Iterator[litellm_proxy.Proxy]:
-    silent = litellm_proxy.Silent()
+    silent, slow = litellm_proxy.Silent(), litellm_proxy.SlowStream()
     running = litellm_proxy.start(
-        tmp_path_factory.mktemp("litellm"), proxy_db, hang_port=silent.port
+        tmp_path_factory.mktemp("litellm"), proxy_db, hang_port=silent.port, slow_port=slow.port
     )
     try:
         yield running
     finally:
         running.stop()
         silent.close()
+        slow.close()
 
 
 @pytest.fixture(scope="module")
@@ -340,3 +341,34 @@ def test_the_example_config_runs_the_callback_with_a_mock_model() -> None:
     assert model["litellm_params"]["mock_response"]  # runs with no provider, offline
     ours = yaml.safe_load(litellm_proxy.config(hang_port=9))
     assert ours["litellm_settings"]["callbacks"] == example["litellm_settings"]["callbacks"]
+
+
+def test_a_stream_the_client_abandons_leaves_no_hold(
+    proxy: litellm_proxy.Proxy, book: ledger.Ledger, raw_journal: Any
+) -> None:
+    book.ensure_tenant("leaves", 10**9)
+    worst = worst_case_microcents("openai/gpt-4o-mini", messages=PROMPT, max_tokens=1000)
+
+    async def main() -> int:
+        c = client(proxy)
+        try:
+            stream = await c.chat.completions.create(
+                model="slow", messages=PROMPT, user="leaves", max_tokens=1000, stream=True
+            )
+            seen = 0
+            async for _ in stream:
+                seen += 1
+                if seen == 3:
+                    break
+            await stream.close()  # hang up mid-stream (the provider has ~10 s to go)
+            return seen
+        finally:
+            await c.close()
+
+    assert asyncio.run(main()) == 3
+    row = settled(book, "leaves", timeout=60)
+    assert row.reserved_microcents == 0  # settled or released by LiteLLM's hooks, not the TTL
+    assert 0 <= row.committed_microcents < worst
+    journal = raw_journal("leaves")
+    assert journal.get("reserve") == 1
+    assert journal.get("commit", 0) + journal.get("release", 0) == 1
