@@ -2,9 +2,10 @@
 
 The proxy: ``litellm_settings: callbacks: ledger.contrib.litellm.proxy_handler``
 with ``LEDGER_DATABASE_URL`` set. The SDK: ``await acompletion(budget, "alice",
-model=..., messages=..., max_tokens=...)``. Both hold the call's worst case
-before it runs, commit LiteLLM's ``response_cost`` after (rounded up to the
-microcent by :func:`microcents`), and release on failure.
+model=..., messages=..., max_tokens=...)``, or ``completion(sync_budget, ...)``
+for ``litellm.completion``. Both hold the call's worst case before it runs,
+commit LiteLLM's ``response_cost`` after (rounded up to the microcent by
+:func:`microcents`), and release on failure.
 
 This package imports LiteLLM; the rest of the ledger never does. Install it
 with ``sql-ledger[litellm]``.
@@ -19,12 +20,12 @@ except ImportError as exc:  # pragma: no cover - exercised only without LiteLLM
         "ledger.contrib.litellm needs LiteLLM: pip install 'sql-ledger[litellm]'"
     ) from exc
 
-from ._budget import DEFAULT_TTL, Budget, BudgetRefused, Held
+from ._budget import DEFAULT_TTL, Budget, BudgetRefused, Held, SyncBudget
 from ._money import MICROCENTS_PER_DOLLAR, UnpriceableCall, microcents
 from ._pricing import worst_case_dollars, worst_case_microcents
 from ._tenants import Caller, Payer, TenantMap, by_end_user, by_key, by_org, by_team, by_user
 from .proxy import LedgerCallback
-from .sdk import acompletion
+from .sdk import acompletion, completion
 
 #: The instance a proxy config names: ``callbacks: ledger.contrib.litellm.proxy_handler``.
 #: It reads its configuration from the environment on the first call (Budget.from_env).
@@ -39,6 +40,7 @@ __all__ = [
     "Held",
     "LedgerCallback",
     "Payer",
+    "SyncBudget",
     "TenantMap",
     "UnpriceableCall",
     "acompletion",
@@ -47,6 +49,7 @@ __all__ = [
     "by_org",
     "by_team",
     "by_user",
+    "completion",
     "microcents",
     "proxy_handler",
     "worst_case_dollars",

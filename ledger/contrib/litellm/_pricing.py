@@ -83,6 +83,25 @@ def worst_case_dollars(
     return cost + limit * _price(params, info, "output_cost_per_token")
 
 
+def tokens_dollars(
+    model: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    litellm_params: Mapping[str, Any] | None = None,
+) -> Decimal:
+    """What ``prompt_tokens`` in and ``completion_tokens`` out cost, exactly, at the map's prices.
+
+    The SDK prices a stream with it: the response LiteLLM rebuilds from a
+    stream's chunks may carry no usage and a cost of 0, which is not what
+    the stream cost.
+    """
+    params = dict(litellm_params or {})
+    info = _model_info(model, params)
+    return prompt_tokens * _price(params, info, "input_cost_per_token") + (
+        completion_tokens * _price(params, info, "output_cost_per_token")
+    )
+
+
 def worst_case_microcents(model: str, **request: Any) -> int:
     """:func:`worst_case_dollars`, rounded up to whole microcents."""
     return microcents(worst_case_dollars(model, **request))
@@ -103,6 +122,7 @@ __all__ = [
     "COMPLETIONS",
     "EMBEDDINGS",
     "request_limit",
+    "tokens_dollars",
     "worst_case_dollars",
     "worst_case_microcents",
 ]

@@ -9,13 +9,21 @@ count of successes is exact.
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import litellm
 import pytest
 
 import ledger
-from ledger.contrib.litellm import Budget, BudgetRefused, acompletion, microcents
+from ledger.contrib.litellm import (
+    Budget,
+    BudgetRefused,
+    SyncBudget,
+    acompletion,
+    completion,
+    microcents,
+)
 from ledger.contrib.litellm import worst_case_microcents as worst_case
 from tests import litellm_proxy
 
@@ -244,3 +252,42 @@ def test_an_idempotency_key_is_charged_once(book: ledger.Ledger, db_url: str) ->
     row = book.tenant("sdk-keys")
     assert row is not None and row.reserved_microcents == 0
     assert row.committed_microcents == microcents(responses[0]._hidden_params["response_cost"])
+
+
+def test_the_sync_helper_under_threads_is_exact_too(book: ledger.Ledger, db_url: str) -> None:
+    worst = worst_case(MODEL, messages=PROMPT, max_tokens=20, litellm_params=EXACT)
+    budget = 10 * worst + worst // 2
+    book.ensure_tenant("sync", budget)
+    sync = SyncBudget(book, ttl=60)
+    request: dict[str, Any] = {
+        "model": MODEL,
+        "messages": PROMPT,
+        "max_tokens": 20,
+        "mock_response": litellm_proxy.ANSWER,
+        **EXACT,
+    }
+
+    def one(_: int) -> Any:
+        try:
+            return completion(sync, "sync", **request)
+        except BudgetRefused as refused:
+            return refused
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(one, range(64)))
+    ok = [r for r in results if not isinstance(r, BudgetRefused)]
+    assert (len(ok), len(results) - len(ok)) == (10, 54)
+    spent = sum(microcents(r._hidden_params["response_cost"]) for r in ok)
+    row = book.tenant("sync")
+    assert row is not None
+    assert (row.reserved_microcents, row.committed_microcents) == (0, spent)
+    assert spent == 10 * worst
+
+    with pytest.raises(BudgetRefused):  # 10 calls spent it: no worst case fits any more
+        completion(sync, "sync", **{**request, "stream": True})
+    book.top_up_tenant("sync", 10**9)
+    chunks = list(completion(sync, "sync", **{**request, "stream": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == litellm_proxy.ANSWER
+    row = book.tenant("sync")
+    assert row is not None and row.reserved_microcents == 0
+    assert spent < row.committed_microcents <= spent + worst
