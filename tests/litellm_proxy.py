@@ -10,6 +10,8 @@ against a test database, with mock models that answer without a provider:
 - ``broken``: a real provider call to a closed local port (it fails);
 - ``hangs``: a provider at ``hang_port`` that accepts and never answers;
 - ``unpriced``: a model LiteLLM's map does not know;
+- ``flaky``: two deployments, one ``broken`` and one ``mock``: a call that
+  fails on the first and is retried on the second;
 - ``slow``: a provider at ``slow_port`` (:class:`SlowStream`) that streams its
   answer a word every 100 ms, so a client can leave in the middle.
 
@@ -81,6 +83,17 @@ model_list:
       api_key: sk-test-none
       api_base: http://127.0.0.1:{slow_port}/v1
       max_retries: 0
+  - model_name: flaky
+    litellm_params:
+      model: openai/gpt-4o-mini
+      api_key: sk-test-none
+      api_base: http://127.0.0.1:{closed}/v1
+      max_retries: 0
+  - model_name: flaky
+    litellm_params:
+      model: openai/gpt-4o-mini
+      api_key: sk-test-none
+      mock_response: "{ANSWER}"
   - model_name: unpriced
     litellm_params:
       model: openai/not-a-model-litellm-knows

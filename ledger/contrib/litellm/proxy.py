@@ -19,15 +19,20 @@ What each hook does, and why each is needed:
   LiteLLM calls it once, after the stream ends, with the cost of the
   stream's own usage; for a stream the client abandoned, with what it
   billed of it.
-- ``async_log_failure_event`` and ``async_post_call_failure_hook``:
-  release. LiteLLM calls them for the pre-call hook's own 429 too, and may
-  call both for one failure: the token is taken out of the table once, so
-  only the first does anything.
+- ``async_post_call_failure_hook``: release, once the request as a whole
+  has failed. LiteLLM calls it for the pre-call hook's own 429 too, and may
+  call failure hooks more than once for one request: the token is taken out
+  of the table once, so only the first does anything.
+  ``async_log_failure_event`` does nothing: LiteLLM's router reports every
+  failed *attempt* of a retried call there, and the retry may succeed.
+- A call no hook reports (a bug, a cancelled task) keeps its hold until the
+  TTL; its table entry is forgotten then too.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -114,7 +119,8 @@ class LedgerCallback(CustomLogger):
     def __init__(self, budget: Budget | None = None) -> None:
         super().__init__()
         self._budget = budget
-        self._open: dict[str, Held] = {}
+        #: token -> (when the hold's TTL ends, on this process's clock; the hold), oldest first
+        self._open: dict[str, tuple[float, Held]] = {}
 
     @property
     def budget(self) -> Budget:
@@ -129,12 +135,31 @@ class LedgerCallback(CustomLogger):
 
     def _take(self, metadata: Any) -> Held | None:
         token = metadata.get(MARK) if isinstance(metadata, Mapping) else None
-        return self._open.pop(token, None) if isinstance(token, str) else None
+        entry = self._open.pop(token, None) if isinstance(token, str) else None
+        return None if entry is None else entry[1]
+
+    def _forget_lapsed(self) -> None:
+        """Drop entries whose hold has lapsed: a call no hook reported must not leak memory.
+
+        The ledger already returned their money (TTL); entries are in the
+        order they were made and share one TTL, so the lapsed ones are first.
+        """
+        now = time.monotonic()
+        while self._open:
+            token, (deadline, _) = next(iter(self._open.items()))
+            if deadline > now:
+                return
+            del self._open[token]
 
     async def async_pre_call_hook(
         self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: str
     ) -> dict[str, Any]:
         budget = self.budget
+        metadata = data.get("metadata")
+        if not isinstance(metadata, dict):
+            metadata = data["metadata"] = {}
+        metadata.pop(MARK, None)  # only this hook may name a hold, never the request body
+        self._forget_lapsed()
         payer = budget.tenants(Caller.from_proxy(user_api_key_dict, data))
         if payer is None:
             raise _http_error(400, "the request names no one to charge (set the 'user' field)")
@@ -149,10 +174,7 @@ class LedgerCallback(CustomLogger):
             log.exception("the ledger could not hold a call")
             raise _http_error(503, "the budget service is unavailable") from None
         token = uuid.uuid4().hex
-        self._open[token] = held
-        metadata = data.get("metadata")
-        if not isinstance(metadata, dict):
-            metadata = data["metadata"] = {}
+        self._open[token] = (time.monotonic() + budget.ttl, held)
         metadata[MARK] = token
         return data
 
@@ -166,9 +188,13 @@ class LedgerCallback(CustomLogger):
     async def async_log_failure_event(
         self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
     ) -> None:
-        held = self._take((kwargs.get("litellm_params") or {}).get("metadata"))
-        if held is not None:
-            await self._release(held)
+        """Nothing: LiteLLM's router reports every failed *attempt* here.
+
+        A call retried (``num_retries``, another deployment of the group)
+        after a failed attempt may still succeed; releasing its hold here
+        made that success free (a test caught it). The request as a whole
+        failing is :meth:`async_post_call_failure_hook`'s to handle.
+        """
 
     async def async_post_call_failure_hook(
         self,

@@ -372,3 +372,31 @@ def test_a_stream_the_client_abandons_leaves_no_hold(
     journal = raw_journal("leaves")
     assert journal.get("reserve") == 1
     assert journal.get("commit", 0) + journal.get("release", 0) == 1
+
+
+def test_a_call_retried_after_a_failed_attempt_is_charged(
+    proxy: litellm_proxy.Proxy, book: ledger.Ledger, raw_journal: Any
+) -> None:
+    # LiteLLM's router reports each failed attempt to the failure hooks; the hold
+    # must outlive them, so the attempt that succeeds is charged, once.
+    book.ensure_tenant("flaky", 10**9)
+
+    async def main() -> list[tuple[int, float | None, str]]:
+        c = client(proxy)
+        try:
+            return await asyncio.gather(
+                *(
+                    call(c, "flaky", "flaky", max_tokens=50, extra_body={"num_retries": 6})
+                    for _ in range(12)
+                )
+            )
+        finally:
+            await c.close()
+
+    results = asyncio.run(main())
+    ok = [cost for status, cost, _ in results if status == 200 and cost is not None]
+    assert len(ok) == len(results) == 12
+    row = settled(book, "flaky")
+    assert row.reserved_microcents == 0
+    assert row.committed_microcents == sum(microcents(c) for c in ok)
+    assert raw_journal("flaky") == {"reserve": 12, "commit": 12}
