@@ -133,8 +133,9 @@ def start(
     env: Mapping[str, str] | None = None,
     port: int | None = None,
     master_key: str | None = None,
+    workers: int = 1,
 ) -> Proxy:
-    """Start the proxy and wait until it answers; the caller stops it."""
+    """Start the proxy (``workers`` uvicorn processes) and wait until it answers."""
     cfg = workdir / "litellm.yaml"
     cfg.write_text(config(hang_port, slow_port), encoding="utf-8")
     port = port or free_port()
@@ -150,7 +151,8 @@ def start(
     }
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [str(LITELLM), "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port)],
+            [str(LITELLM), "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port)]
+            + (["--num_workers", str(workers)] if workers > 1 else []),
             stdout=out,
             stderr=subprocess.STDOUT,
             env=full_env,

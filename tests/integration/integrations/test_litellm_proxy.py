@@ -1,7 +1,8 @@
 """The real LiteLLM proxy with the ledger's callback, driven by the ``openai`` client.
 
-One proxy process serves the whole module (starting one takes seconds); each
-test uses tenants of its own in the module's database. Money is checked
+One proxy serves the whole module (starting one takes seconds), with two
+uvicorn worker processes, so every test's calls land in two processes that
+share the tenant; each test uses tenants of its own in the module's database. Money is checked
 against what the proxy itself reports per call (``x-litellm-response-cost``),
 converted by the one rule (``ledger.contrib.litellm.microcents``).
 """
@@ -39,7 +40,11 @@ def proxy_db(server_url: str, template_db: str) -> Iterator[str]:
 def proxy(tmp_path_factory: pytest.TempPathFactory, proxy_db: str) -> Iterator[litellm_proxy.Proxy]:
     silent, slow = litellm_proxy.Silent(), litellm_proxy.SlowStream()
     running = litellm_proxy.start(
-        tmp_path_factory.mktemp("litellm"), proxy_db, hang_port=silent.port, slow_port=slow.port
+        tmp_path_factory.mktemp("litellm"),
+        proxy_db,
+        hang_port=silent.port,
+        slow_port=slow.port,
+        workers=2,  # two processes share every tenant: exactness is the database's
     )
     try:
         yield running
