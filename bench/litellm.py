@@ -66,6 +66,8 @@ def _start(
         "LEDGER_DATABASE_URL": url,
     }
     litellm = Path(sys.executable).with_name("litellm")
+    if not litellm.exists():
+        raise RuntimeError("the LiteLLM proxy is not installed: pip install -e '.[litellm]'")
     with (workdir / f"{name}.log").open("wb") as log:
         process = subprocess.Popen(
             [str(litellm), "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port)],
