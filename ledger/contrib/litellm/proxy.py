@@ -32,6 +32,7 @@ What each hook does, and why each is needed:
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import uuid
 from collections.abc import Mapping
@@ -61,10 +62,10 @@ def _http_error(status: int, detail: str) -> Exception:
 
 def _deployments(model: str) -> list[tuple[str, Mapping[str, Any]]]:
     """The LiteLLM models a proxy model name may be routed to, with their params."""
-    try:
-        from litellm.proxy.proxy_server import llm_router
-    except ImportError:  # pragma: no cover - the callback runs inside the proxy
-        llm_router = None
+    # Only the running proxy's own router: importing the proxy server here, outside
+    # it, would start its module-level machinery for nothing.
+    server = sys.modules.get("litellm.proxy.proxy_server")
+    llm_router = getattr(server, "llm_router", None)
     found: list[tuple[str, Mapping[str, Any]]] = []
     if llm_router is not None:
         for deployment in llm_router.get_model_list(model_name=model) or []:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 from typing import Any
 
 import litellm
@@ -291,3 +292,49 @@ def test_the_sync_helper_under_threads_is_exact_too(book: ledger.Ledger, db_url:
     row = book.tenant("sync")
     assert row is not None and row.reserved_microcents == 0
     assert spent < row.committed_microcents <= spent + worst
+
+
+def test_the_proxy_hook_fails_closed(book: ledger.Ledger, db_url: str) -> None:
+    # The proxy's pre-call hook, called in-process: what it refuses, and with which status.
+    from fastapi import HTTPException
+
+    from ledger.contrib.litellm import LedgerCallback
+    from ledger.contrib.litellm.proxy import MARK
+
+    key = SimpleNamespace(token="k", key_alias=None, user_id=None, team_id=None, org_id=None)
+    request = {"model": MODEL, "messages": PROMPT, "max_tokens": 20}
+    book.ensure_tenant("hook", 10**9)
+
+    async def statuses() -> list[int]:
+        down = ledger.AsyncLedger(
+            f"postgresql://nobody@127.0.0.1:{litellm_proxy.free_port()}/none", pool_timeout=2
+        )
+        found = []
+        async with ledger.AsyncLedger(db_url) as up:
+            for budget, data in [
+                (Budget(down), {**request, "user": "hook"}),  # the ledger is unreachable
+                (Budget(up), dict(request)),  # no one to charge
+                (Budget(up), {**request, "user": "hook", "model": "openai/no-such-model"}),
+            ]:
+                with pytest.raises(HTTPException) as refused:
+                    await LedgerCallback(budget).async_pre_call_hook(key, None, data, "acompletion")
+                found.append(refused.value.status_code)
+            # A request body cannot name a hold: the hook replaces the mark with its own.
+            hook = LedgerCallback(Budget(up))
+            data = {**request, "user": "hook", "metadata": {MARK: "forged"}}
+            await hook.async_pre_call_hook(key, None, data, "acompletion")
+            assert data["metadata"][MARK] != "forged" and hook.open_holds == 1
+            await hook.async_post_call_failure_hook(data, RuntimeError("x"), key)
+            await hook.async_post_call_failure_hook(data, RuntimeError("again"), key)
+            assert hook.open_holds == 0
+        await down.close()
+        return found
+
+    assert asyncio.run(statuses()) == [503, 400, 400]
+    row = book.tenant("hook")
+    assert row is not None
+    assert (row.remaining_microcents, row.reserved_microcents, row.committed_microcents) == (
+        10**9,
+        0,
+        0,
+    )
