@@ -4,6 +4,7 @@
     python -m bench.run --smoke         # seconds; proves the harness works (CI)
     python -m bench.run --database-url postgresql://...
     python -m bench.run --http          # the example apps under gunicorn/uvicorn (bench/http.py)
+    python -m bench.run --litellm       # LiteLLM proxy's added latency p50/p99 (bench/litellm.py)
     python -m bench.run --citus postgresql://...   # Citus routing + ratio to plain (bench/citus.py)
 
 Clients are separate processes, so Python's GIL does not hide the database.
@@ -296,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     args = arguments(argv)
     if args.http:
         return run_http(args)
+    if args.litellm:
+        return run_litellm(args)
     return run_all(args)
 
 
@@ -319,6 +322,13 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="only the example apps under their real servers: requests/s, p50, p99",
     )
+    parser.add_argument(
+        "--litellm",
+        action="store_true",
+        help="only the LiteLLM proxy with and without the ledger's callback: added p50, p99",
+    )
+    parser.add_argument("--litellm-calls", type=int, default=400, help="calls per proxy")
+    parser.add_argument("--litellm-clients", default="1,8")
     parser.add_argument("--http-apps", default="flask,django,fastapi")
     parser.add_argument("--http-clients", default="1,32")
     parser.add_argument("--http-work-ms", default="200", help="simulated work per request")
@@ -423,6 +433,41 @@ def run_all(args: argparse.Namespace) -> int:
                 f"{p['operation']:<22}{p['size']:>10}{p['seconds']:>10.3f}"
                 f"{p['per_item_us']:>10.2f}{p['peak_mib']:>10.2f}"
             )
+    print(f"results: {out}")
+    return 0
+
+
+def run_litellm(args: argparse.Namespace) -> int:
+    """``--litellm``: two real LiteLLM proxies, with and without the callback."""
+    from . import litellm as bench_litellm
+
+    server = None
+    url = args.database_url
+    if url is None:
+        server = embedded.start(
+            Path(tempfile.mkdtemp(prefix="ledger-bench-litellm-")) / "data",
+            cleanup="delete",
+            settings={"max_connections": "100"},
+        )
+        url = server.url
+    try:
+        ledger.migrate(url)
+        calls = 20 if args.smoke else args.litellm_calls
+        rows = bench_litellm.bench(url, calls, [int(c) for c in args.litellm_clients.split(",")])
+        settings_ = settings(url)
+    finally:
+        if server is not None:
+            server.stop()
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / ("litellm-smoke.json" if args.smoke else "litellm.json")
+    report = {
+        "settings": settings_,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "measurements": rows,
+    }
+    out.write_text(json.dumps(report, indent=2))
+    print("server:", ", ".join(f"{k}={v}" for k, v in settings_.items()))
+    print(bench_litellm.table(rows))
     print(f"results: {out}")
     return 0
 

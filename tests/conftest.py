@@ -26,6 +26,10 @@ from sqlalchemy import make_url
 import ledger
 from ledger import embedded
 
+# LiteLLM (tests of ledger.contrib.litellm) must use the price map it ships, never
+# fetch one: set before any test module imports it.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
 _counter = itertools.count()
 
 #: (scenario, what was injected, how much ran, what was lost): printed at the end.
