@@ -43,9 +43,14 @@ class TenantLedger:
     remaining_microcents: int
     reserved_microcents: int
     committed_microcents: int
+    #: The tenant's parent (nested budgets), None for a root. Not in the digest.
+    parent_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in _TENANT_FIELDS}
+        out = {name: getattr(self, name) for name in _TENANT_FIELDS}
+        if self.parent_id is not None:
+            out["parent_id"] = self.parent_id
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +110,7 @@ class BudgetSnapshot:
                 _whole(f"{where}.{name}", raw[name], _I64_MIN, _I64_MAX)
                 for name in _TENANT_FIELDS[1:]
             ]
-            tenants.append(TenantLedger(tenant_id, *amounts))
+            tenants.append(TenantLedger(tenant_id, amounts[0], amounts[1], amounts[2], amounts[3]))
         return cls(version=version, tenants=tuple(tenants), active_reservations=active)
 
     @classmethod

@@ -2,7 +2,7 @@
 
 -- name: tenant
 SELECT initial_microcents, remaining_microcents, reserved_microcents,
-       committed_microcents, max_reserved_microcents
+       committed_microcents, max_reserved_microcents, parent_id
 FROM {schema}.tenants WHERE tenant_id = %(tenant_id)s
 
 -- name: counts

@@ -1,0 +1,208 @@
+"""Nested budgets (issue 24): one hold reserved at a tenant and every ancestor, atomically."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+import ledger
+from ledger import Status, errors
+
+pytestmark = pytest.mark.pg_versions
+
+LAPSING = timedelta(microseconds=1)
+
+
+def _gateway(book: ledger.Ledger) -> None:
+    """org -> team -> user -> key, with room at every level."""
+    book.ensure_tenant("org", 10_000)
+    book.ensure_tenant("team", 5_000, "org")
+    book.ensure_tenant("user", 2_000, "team")
+    book.ensure_tenant("key", 1_000, "user")
+
+
+def _rows(raw: psycopg.Connection) -> dict[str, tuple[Any, ...]]:
+    return {
+        r[0]: r[1:]
+        for r in raw.execute(
+            "SELECT tenant_id, initial_microcents, remaining_microcents, reserved_microcents,"
+            " committed_microcents, journal_seq, journal_head FROM ledger.tenants"
+        )
+    }
+
+
+def _balances(book: ledger.Ledger, tenant: str) -> tuple[int, int, int]:
+    t = book.tenant(tenant)
+    assert t is not None
+    return t.remaining_microcents, t.reserved_microcents, t.committed_microcents
+
+
+def test_the_tree_reads_back(book: ledger.Ledger) -> None:
+    _gateway(book)
+    t = book.tenant("key")
+    assert t is not None and t.parent_id == "user"
+    root = book.tenant("org")
+    assert root is not None and root.parent_id is None
+    assert book.children("org") == ["team"]
+    assert book.children("key") == []
+    assert [(n.tenant_id, n.parent_id, n.depth) for n in book.subtree("team")] == [
+        ("team", "org", 0),
+        ("user", "team", 1),
+        ("key", "user", 2),
+    ]
+    with pytest.raises(errors.TenantNotFound):
+        book.children("nobody")
+    with pytest.raises(errors.TenantNotFound):
+        book.subtree("nobody")
+
+
+def test_creating_a_child_moves_no_money(book: ledger.Ledger) -> None:
+    _gateway(book)
+    assert _balances(book, "org") == (10_000, 0, 0)
+    assert _balances(book, "key") == (1_000, 0, 0)
+
+
+def test_unknown_parent_is_refused_and_nothing_is_created(book: ledger.Ledger) -> None:
+    with pytest.raises(errors.UnknownParent):
+        book.ensure_tenant("orphan", 100, "nobody")
+    assert book.tenant("orphan") is None
+
+
+def test_cycles_and_depth_are_refused(book: ledger.Ledger, raw: psycopg.Connection) -> None:
+    _gateway(book)
+    with pytest.raises(errors.TreeCycle):
+        book.set_parent("org", "key")
+    with pytest.raises(errors.TreeCycle):
+        book.set_parent("team", "team")
+    with pytest.raises(errors.UnknownParent):
+        book.set_parent("team", "nobody")
+    with pytest.raises(errors.TenantNotFound):
+        book.set_parent("nobody", "org")
+    # A chain of MAX_TREE_DEPTH levels is fine; one more is not.
+    parent = "key"
+    for level in range(5, ledger.MAX_TREE_DEPTH + 1):
+        book.ensure_tenant(f"l{level}", 100, parent)
+        parent = f"l{level}"
+    with pytest.raises(errors.TreeTooDeep):
+        book.ensure_tenant("too-deep", 100, parent)
+    assert book.tenant("too-deep") is None
+    # Moving a two-level subtree under the deepest level is too deep as well.
+    book.ensure_tenant("side", 100)
+    book.ensure_tenant("side-child", 100, "side")
+    with pytest.raises(errors.TreeTooDeep):
+        book.set_parent("side", f"l{ledger.MAX_TREE_DEPTH - 1}")
+    side = book.tenant("side")
+    assert side is not None and side.parent_id is None
+    # Raw SQL meets the same guard.
+    with pytest.raises(psycopg.Error):
+        raw.execute("UPDATE ledger.tenants SET parent_id = 'key' WHERE tenant_id = 'org'")
+
+
+def test_a_reserve_holds_at_every_level_and_commit_settles_them(book: ledger.Ledger) -> None:
+    _gateway(book)
+    out = book.try_reserve("key", 300)
+    assert out.status == Status.RESERVED and out.remaining_microcents == 700
+    for tenant, budget in (("org", 10_000), ("team", 5_000), ("user", 2_000), ("key", 1_000)):
+        assert _balances(book, tenant) == (budget - 300, 300, 0)
+    assert out.reservation_id is not None
+    done = book.commit(out.reservation_id, 200)
+    assert done.status == Status.COMMITTED and done.remaining_microcents == 800
+    for tenant, budget in (("org", 10_000), ("team", 5_000), ("user", 2_000), ("key", 1_000)):
+        assert _balances(book, tenant) == (budget - 200, 0, 200)
+    assert book.verify_journal().ok
+
+
+def test_release_and_expiry_return_at_every_level(book: ledger.Ledger) -> None:
+    _gateway(book)
+    a = book.try_reserve("key", 100)
+    assert a.reservation_id is not None
+    assert book.release(a.reservation_id).returned_microcents == 100
+    b = book.try_reserve("user", 50, ttl=LAPSING)
+    assert b.status == Status.RESERVED
+    assert book.expire_holds() == 1
+    for tenant, budget in (("org", 10_000), ("team", 5_000), ("user", 2_000), ("key", 1_000)):
+        assert _balances(book, tenant) == (budget, 0, 0)
+    assert book.verify_journal().ok
+
+
+def test_a_refusal_names_the_nearest_level_and_changes_nothing(
+    book: ledger.Ledger, raw: psycopg.Connection
+) -> None:
+    book.ensure_tenant("org", 10_000)
+    book.ensure_tenant("team", 100, "org")
+    book.ensure_tenant("user", 2_000, "team")
+    book.ensure_tenant("key", 1_000, "user")
+    before = _rows(raw)
+    holds = raw.execute("SELECT count(*) FROM ledger.reservations").fetchone()
+    out = book.try_reserve("key", 500)
+    assert out.status == Status.INSUFFICIENT
+    assert out.limited_by == "team"
+    assert out.remaining_microcents == 100
+    assert _rows(raw) == before
+    assert raw.execute("SELECT count(*) FROM ledger.reservations").fetchone() == holds
+    # The cap is checked before the balance, at each level nearest first.
+    book.set_max_reserved_microcents("user", 10)
+    capped = book.try_reserve("key", 50)
+    assert capped.status == Status.EXPOSURE_LIMIT_EXCEEDED and capped.limited_by == "user"
+
+
+def test_a_flat_refusal_is_limited_by_the_tenant_itself(book: ledger.Ledger) -> None:
+    book.ensure_tenant("flat", 10)
+    out = book.try_reserve("flat", 20)
+    assert out.status == Status.INSUFFICIENT and out.limited_by == "flat"
+    assert "limited_by" not in out.to_dict()
+
+
+def test_an_unaffordable_overrun_names_its_level_and_keeps_the_hold(
+    book: ledger.Ledger, raw: psycopg.Connection
+) -> None:
+    book.ensure_tenant("org", 10_000)
+    book.ensure_tenant("team", 150, "org")
+    book.ensure_tenant("key", 1_000, "team")
+    out = book.try_reserve("key", 100)
+    assert out.reservation_id is not None
+    before = _rows(raw)
+    over = book.commit(out.reservation_id, 300)
+    assert over.status == Status.OVERRUN and over.limited_by == "team"
+    assert _rows(raw) == before
+    assert book.commit(out.reservation_id, 140).status == Status.COMMITTED
+    assert _balances(book, "team") == (10, 0, 140)
+    assert _balances(book, "org") == (9_860, 0, 140)
+
+
+def test_settlement_uses_the_levels_recorded_before_a_move(book: ledger.Ledger) -> None:
+    _gateway(book)
+    book.ensure_tenant("team2", 5_000, "org")
+    out = book.try_reserve("key", 100)
+    assert out.reservation_id is not None
+    book.set_parent("user", "team2")
+    after = book.try_reserve("key", 10)
+    assert after.reservation_id is not None
+    book.commit(out.reservation_id, 100)
+    book.commit(after.reservation_id, 10)
+    assert _balances(book, "team") == (4_900, 0, 100)
+    assert _balances(book, "team2") == (4_990, 0, 10)
+    assert _balances(book, "org") == (9_890, 0, 110)
+    assert book.verify_journal().ok
+
+
+def test_lapsed_holds_through_the_refusing_level_do_not_refuse(book: ledger.Ledger) -> None:
+    book.ensure_tenant("team", 100)
+    book.ensure_tenant("a", 1_000, "team")
+    book.ensure_tenant("b", 1_000, "team")
+    assert book.try_reserve("a", 100, ttl=LAPSING).status == Status.RESERVED
+    out = book.try_reserve("b", 100)
+    assert out.status == Status.RESERVED
+    assert _balances(book, "a") == (1_000, 0, 0)
+    assert _balances(book, "team") == (0, 100, 0)
+
+
+def test_idempotent_nested_reserve_replays_its_level(book: ledger.Ledger) -> None:
+    book.ensure_tenant("team", 10)
+    book.ensure_tenant("key", 1_000, "team")
+    first = book.try_reserve("key", 50, idempotency_key="k1")
+    again = book.try_reserve("key", 50, idempotency_key="k1")
+    assert first == again and again.limited_by == "team"
