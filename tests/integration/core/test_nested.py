@@ -206,3 +206,29 @@ def test_idempotent_nested_reserve_replays_its_level(book: ledger.Ledger) -> Non
     first = book.try_reserve("key", 50, idempotency_key="k1")
     again = book.try_reserve("key", 50, idempotency_key="k1")
     assert first == again and again.limited_by == "team"
+
+
+def test_batches_with_nested_items_match_one_by_one(book: ledger.Ledger) -> None:
+    _gateway(book)
+    book.ensure_tenant("flat", 1_000)
+    items = [
+        ledger.ReserveItem("key", 300),
+        ledger.ReserveItem("flat", 100),
+        ledger.ReserveItem("key", 800),
+        ledger.ReserveItem("user", 200),
+    ]
+    outs = book.try_reserve_many(items)
+    assert [o.status for o in outs] == [
+        Status.RESERVED,
+        Status.RESERVED,
+        Status.INSUFFICIENT,
+        Status.RESERVED,
+    ]
+    assert outs[2].limited_by == "key"
+    assert _balances(book, "team") == (4_500, 500, 0)
+    rids = [o.reservation_id for o in outs if o.reservation_id is not None]
+    settled = book.commit_many([ledger.CommitItem(rid, 100) for rid in rids])
+    assert all(s.status == Status.COMMITTED for s in settled)
+    assert _balances(book, "org") == (9_800, 0, 200)
+    assert _balances(book, "flat") == (900, 0, 100)
+    assert book.verify_journal().ok
