@@ -593,6 +593,7 @@ def _snapshot_from_rows(rows: list[Any]) -> BudgetSnapshot:
             r.remaining_microcents,
             r.reserved_microcents,
             r.committed_microcents,
+            getattr(r, "parent_id", None),
         )
         for r in rows
         if r.tenant_id is not None
@@ -659,14 +660,22 @@ def restore_from_snapshot(q: Queries, snapshot: BudgetSnapshot) -> Op[None]:
         "version": checked.version,
         "ikey": None,
     }
+    tree = {
+        "ids": [t.tenant_id for t in tenants if t.parent_id is not None],
+        "parents": [t.parent_id for t in tenants if t.parent_id is not None],
+    }
 
     def steps() -> Steps[None]:
         yield from ledger_wide(q, "restore_from_snapshot")
         yield Fetch(q.restore_lock, {})
         yield Fetch(q.restore_clear_holds, {})
+        yield Fetch(q.restore_clear_tree, {})
         yield Fetch(q.restore_drop_tenants, params)
         yield Fetch(q.restore_update, params)
         yield Fetch(q.restore_insert, params)
+        if tree["ids"]:
+            q.check_nested("restore_from_snapshot of a snapshot with a tree")
+            yield Fetch(q.restore_tree, tree)
         # Sequences are not transactional, so this goes last.
         yield Fetch(q.restore_version, params)
 

@@ -168,9 +168,11 @@ class Queries:
     # restore.sql
     restore_lock: str
     restore_clear_holds: str
+    restore_clear_tree: str
     restore_drop_tenants: str
     restore_update: str
     restore_insert: str
+    restore_tree: str
     restore_version: str
     # periods.sql
     renew_tenant: str

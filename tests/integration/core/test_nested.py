@@ -232,3 +232,61 @@ def test_batches_with_nested_items_match_one_by_one(book: ledger.Ledger) -> None
     assert _balances(book, "org") == (9_800, 0, 200)
     assert _balances(book, "flat") == (900, 0, 100)
     assert book.verify_journal().ok
+
+
+def test_a_snapshot_carries_the_tree_and_restore_rebuilds_it(book: ledger.Ledger) -> None:
+    _gateway(book)
+    book.ensure_tenant("flat", 10)
+    snap = book.snapshot()
+    parents = {t.tenant_id: t.parent_id for t in snap.tenants}
+    assert parents == {"org": None, "team": "org", "user": "team", "key": "user", "flat": None}
+    assert "parent_id" not in next(t for t in snap.to_dict()["tenants"] if t["tenant_id"] == "flat")
+    assert ledger.BudgetSnapshot.from_json(snap.to_json()) == snap
+    # The digest ignores the tree: the same balances without it digest alike.
+    flat = ledger.BudgetSnapshot(
+        snap.version,
+        tuple(
+            ledger.TenantLedger(
+                t.tenant_id,
+                t.initial_microcents,
+                t.remaining_microcents,
+                t.reserved_microcents,
+                t.committed_microcents,
+            )
+            for t in snap.tenants
+        ),
+        snap.active_reservations,
+    )
+    assert ledger.ledger_digest(flat) == ledger.ledger_digest(snap)
+    book.set_parent("key", None)
+    book.ensure_tenant("later", 5, "org")
+    book.restore_from_snapshot(snap)
+    assert {t.tenant_id: t.parent_id for t in book.snapshot().tenants} == parents
+    out = book.try_reserve("key", 10)
+    assert out.status == Status.RESERVED
+    assert _balances(book, "org") == (9_990, 10, 0)
+
+
+def test_restoring_a_snapshot_with_a_cycle_changes_nothing(book: ledger.Ledger) -> None:
+    _gateway(book)
+    snap = book.snapshot()
+    looped = ledger.BudgetSnapshot(
+        snap.version,
+        tuple(
+            ledger.TenantLedger(
+                t.tenant_id,
+                t.initial_microcents,
+                t.remaining_microcents,
+                t.reserved_microcents,
+                t.committed_microcents,
+                "key" if t.tenant_id == "org" else t.parent_id,
+            )
+            for t in snap.tenants
+        ),
+        snap.active_reservations,
+    )
+    with pytest.raises(errors.TreeCycle):
+        book.restore_from_snapshot(looped)
+    assert {t.tenant_id: t.parent_id for t in book.snapshot().tenants} == {
+        t.tenant_id: t.parent_id for t in snap.tenants
+    }
