@@ -233,6 +233,14 @@ def _nested_reserve(q: str) -> None:
                 ORDER BY t.tenant_id FOR NO KEY UPDATE;
                 held := held || path;
             END LOOP;
+            -- A role that cannot see an ancestor (row-level security) would
+            -- reserve at part of the path: refuse instead.
+            IF EXISTS (SELECT 1 FROM {q}.tenants AS t
+                       WHERE t.tenant_id = path[cardinality(path)]
+                         AND t.parent_id IS NOT NULL) THEN
+                RAISE EXCEPTION 'tenant % has an ancestor this role cannot see',
+                    quote_literal(p_tenant) USING ERRCODE = '42501';
+            END IF;
             -- A level due for renewal is renewed first (the caller renews, then calls again).
             FOR i IN 1 .. cardinality(path) LOOP
                 SELECT * INTO lvl FROM {q}.tenants AS t WHERE t.tenant_id = path[i];
@@ -354,6 +362,11 @@ def _nested_settle(q: str) -> None:
             periods := ARRAY[h.period_index] || COALESCE(h.ancestor_periods, '{{}}');
             PERFORM 1 FROM {q}.tenants AS t WHERE t.tenant_id = ANY(levels)
             ORDER BY t.tenant_id FOR NO KEY UPDATE;
+            GET DIAGNOSTICS moved = ROW_COUNT;
+            IF moved <> cardinality(levels) THEN
+                RAISE EXCEPTION 'hold % reserved at a level this role cannot see', p_rid
+                    USING ERRCODE = '42501';
+            END IF;
             FOR i IN 1 .. cardinality(levels) LOOP
                 SELECT * INTO lvl FROM {q}.tenants AS t WHERE t.tenant_id = levels[i];
                 IF lvl.renews_at <= now() THEN
@@ -453,7 +466,9 @@ def _nested_settle(q: str) -> None:
 
 
 def downgrade() -> None:
-    migrator.drop_index(PARENT_INDEX)
+    # tenants_parent_id_idx goes with its column: dropping the column takes
+    # tenants' exclusive lock anyway, so a concurrent drop first would only wait
+    # for every reader of tenants without a lock timeout.
     migrator.locked(_contract)
 
 
