@@ -212,6 +212,7 @@ def _nested_reserve(q: str) -> None:
             rid bigint;
             leaf_remaining bigint;
             lapsed boolean;
+            seen integer;
         BEGIN
             -- Lock the tenant and every ancestor in one global order (tenant id),
             -- then walk the path again: once every tenant on it is locked, no
@@ -231,16 +232,15 @@ def _nested_reserve(q: str) -> None:
                 EXIT WHEN path <@ held;
                 PERFORM 1 FROM {q}.tenants AS t WHERE t.tenant_id = ANY(path)
                 ORDER BY t.tenant_id FOR NO KEY UPDATE;
+                GET DIAGNOSTICS seen = ROW_COUNT;
+                -- A role that cannot see an ancestor (row-level security) would
+                -- reserve at part of the path: refuse instead.
+                IF seen <> cardinality(path) THEN
+                    RAISE EXCEPTION 'tenant % has an ancestor this role cannot see',
+                        quote_literal(p_tenant) USING ERRCODE = '42501';
+                END IF;
                 held := held || path;
             END LOOP;
-            -- A role that cannot see an ancestor (row-level security) would
-            -- reserve at part of the path: refuse instead.
-            IF EXISTS (SELECT 1 FROM {q}.tenants AS t
-                       WHERE t.tenant_id = path[cardinality(path)]
-                         AND t.parent_id IS NOT NULL) THEN
-                RAISE EXCEPTION 'tenant % has an ancestor this role cannot see',
-                    quote_literal(p_tenant) USING ERRCODE = '42501';
-            END IF;
             -- A level due for renewal is renewed first (the caller renews, then calls again).
             FOR i IN 1 .. cardinality(path) LOOP
                 SELECT * INTO lvl FROM {q}.tenants AS t WHERE t.tenant_id = path[i];
@@ -307,6 +307,9 @@ def _nested_reserve(q: str) -> None:
                 SELECT a.period_index, a.remaining_microcents
                 INTO lvl.period_index, lvl.remaining_microcents
                 FROM applied AS a;
+                IF NOT FOUND THEN
+                    PERFORM {q}.invariant_failed('a nested reserve missed one of its levels');
+                END IF;
                 periods := periods || lvl.period_index;
                 IF i = 1 THEN
                     leaf_remaining := lvl.remaining_microcents;
