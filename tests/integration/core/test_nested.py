@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -290,3 +291,88 @@ def test_restoring_a_snapshot_with_a_cycle_changes_nothing(book: ledger.Ledger) 
     assert {t.tenant_id: t.parent_id for t in book.snapshot().tenants} == {
         t.tenant_id: t.parent_id for t in snap.tenants
     }
+
+
+def test_each_level_forfeits_under_its_own_period_rule(
+    book: ledger.Ledger, raw: psycopg.Connection
+) -> None:
+    """The team renews daily; the key has no periods. A hold from the team's closed period
+    forfeits its unspent part at the team only."""
+    book.ensure_tenant("team", 1_000)
+    anchor = datetime.now(UTC) + timedelta(hours=12) - timedelta(days=10)
+    book.set_allowance("team", 100, days=1, anchor=anchor)
+    book.ensure_tenant("key", 1_000, "team")
+    out = book.try_reserve("key", 50)
+    assert out.reservation_id is not None
+    with raw.transaction():  # the team's period ends: its next write renews it first
+        raw.execute(
+            "UPDATE ledger.allowances SET anchor = anchor - interval '1 day'"
+            " WHERE tenant_id = 'team'"
+        )
+        raw.execute(
+            "UPDATE ledger.tenants SET renews_at = renews_at - interval '1 day'"
+            " WHERE tenant_id = 'team'"
+        )
+    assert book.commit(out.reservation_id, 20).status == Status.COMMITTED
+    assert _balances(book, "team") == (100, 0, 20)  # reset to the allowance, 30 forfeited
+    assert _balances(book, "key") == (980, 0, 20)  # no periods: the 30 comes back
+    assert book.verify_journal().ok
+    assert book.verify_conservation().is_balanced
+
+
+def test_top_ups_and_caps_act_on_their_own_level_only(book: ledger.Ledger) -> None:
+    _gateway(book)
+    book.top_up_tenant("team", 500)
+    book.set_max_reserved_microcents("team", 400)
+    assert _balances(book, "team") == (5_500, 0, 0)
+    assert _balances(book, "org") == (10_000, 0, 0)
+    assert _balances(book, "user") == (2_000, 0, 0)
+    assert book.try_reserve("key", 401).limited_by == "team"
+
+
+def test_hold_blocks_work_on_a_tree(book: ledger.Ledger) -> None:
+    _gateway(book)
+    with book.hold("key", 300, ttl=60) as h:
+        assert book.reserved_microcents("org") == 300
+        h.settle(120)
+    assert _balances(book, "org") == (9_880, 0, 120)
+    with book.hold("key", 300):
+        pass
+    assert _balances(book, "team") == (4_880, 0, 120)
+    with pytest.raises(errors.InsufficientFundsError) as refused, book.hold("key", 10**6):
+        pass
+    assert refused.value.outcome.limited_by == "key"  # type: ignore[attr-defined]
+
+
+def test_async_ledger_on_a_tree(db_url: str) -> None:
+    async def main() -> None:
+        book = ledger.AsyncLedger(db_url)
+        try:
+            await book.ensure_tenant("org", 1_000)
+            await book.ensure_tenant("key", 5_000, "org")
+            assert await book.children("org") == ["key"]
+            out = await book.try_reserve("key", 400)
+            assert out.reservation_id is not None
+            assert (await book.commit(out.reservation_id, 100)).status == Status.COMMITTED
+            refused = await book.try_reserve("key", 950)
+            assert refused.status == Status.INSUFFICIENT and refused.limited_by == "org"
+            await book.set_parent("key", None)
+            assert (await book.try_reserve("key", 850)).status == Status.RESERVED
+            assert (await book.verify_journal()).ok
+        finally:
+            await book.close()
+
+    asyncio.run(main())
+
+
+def test_keyed_settlements_on_a_tree_replay(book: ledger.Ledger) -> None:
+    book.ensure_tenant("team", 150)
+    book.ensure_tenant("key", 1_000, "team")
+    out = book.try_reserve("key", 100, idempotency_key="r")
+    assert out.reservation_id is not None
+    over = book.commit(out.reservation_id, 300, tenant_id="key", idempotency_key="c")
+    again = book.commit(out.reservation_id, 300, tenant_id="key", idempotency_key="c")
+    assert over == again and again.limited_by == "team"
+    done = book.release(out.reservation_id, tenant_id="key", idempotency_key="x")
+    assert done.status == Status.RELEASED
+    assert _balances(book, "team") == (150, 0, 0)
