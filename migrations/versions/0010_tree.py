@@ -194,6 +194,14 @@ def _tree_guard(q: str) -> None:
 
 
 def _nested_reserve(q: str) -> None:
+    """``nested_reserve``: lock the path in tenant id order, decide nearest first, apply at once.
+
+    Statements per call do not grow with the depth: one read of the path, one
+    locking read (and a second walk to confirm the path), one read of the
+    levels, one UPDATE of every level with its journal entries, one INSERT of
+    the hold. The UPDATE of several rows is safe here because every row it
+    touches is already locked by this transaction (in tenant id order).
+    """
     op.execute(
         sa.text(f"""
         CREATE FUNCTION {q}.nested_reserve(
@@ -206,9 +214,11 @@ def _nested_reserve(q: str) -> None:
         DECLARE
             path text[];
             held text[] := '{{}}';
-            periods bigint[] := '{{}}';
+            periods bigint[];
             lvl {q}.tenants;
+            refusing {q}.tenants;
             why text;
+            refusal text;
             rid bigint;
             leaf_remaining bigint;
             lapsed boolean;
@@ -241,80 +251,86 @@ def _nested_reserve(q: str) -> None:
                 END IF;
                 held := held || path;
             END LOOP;
-            -- A level due for renewal is renewed first (the caller renews, then calls again).
-            FOR i IN 1 .. cardinality(path) LOOP
-                SELECT * INTO lvl FROM {q}.tenants AS t WHERE t.tenant_id = path[i];
+            -- Nearest first: a level due for renewal is renewed before anything
+            -- is decided (the caller renews it, then calls again); otherwise the
+            -- seed's checks in the seed's order, and the first refusing level decides.
+            FOR lvl IN
+                SELECT t.* FROM {q}.tenants AS t
+                JOIN unnest(path) WITH ORDINALITY AS p(id, n) ON t.tenant_id = p.id
+                ORDER BY p.n
+            LOOP
                 IF lvl.renews_at <= now() THEN
                     RETURN QUERY SELECT 'renew'::text, NULL::bigint, NULL::bigint, NULL::bigint,
-                        NULL::bigint, false, path[i], path[i];
+                        NULL::bigint, false, lvl.tenant_id, lvl.tenant_id;
                     RETURN;
                 END IF;
-            END LOOP;
-            -- The seed's checks in the seed's order, at each level, nearest first.
-            FOR i IN 1 .. cardinality(path) LOOP
-                SELECT * INTO lvl FROM {q}.tenants AS t WHERE t.tenant_id = path[i];
-                why := CASE
-                    WHEN lvl.reserved_microcents > {I64_MAX} - p_amount THEN 'overflow'
-                    WHEN lvl.max_reserved_microcents > 0
-                         AND lvl.reserved_microcents > lvl.max_reserved_microcents - p_amount
-                        THEN 'exposure_limit_exceeded'
-                    WHEN lvl.remaining_microcents < p_amount THEN 'insufficient'
-                END;
-                IF why IS NOT NULL THEN
-                    -- Lapsed holds through the refusing level must not refuse: the
-                    -- caller expires them and decides again.
-                    lapsed := EXISTS (
-                        SELECT 1 FROM {q}.reservations AS r
-                        WHERE r.expires_at <= now()
-                          AND (r.tenant_id = path[i] OR path[i] = ANY(r.ancestor_ids)));
-                    IF NOT lapsed THEN
-                        INSERT INTO {q}.refusals (tenant_id, op, status, amount_microcents)
-                        VALUES (p_tenant, 'reserve', why, p_amount);
+                IF refusal IS NULL THEN
+                    why := CASE
+                        WHEN lvl.reserved_microcents > {I64_MAX} - p_amount THEN 'overflow'
+                        WHEN lvl.max_reserved_microcents > 0
+                             AND lvl.reserved_microcents > lvl.max_reserved_microcents - p_amount
+                            THEN 'exposure_limit_exceeded'
+                        WHEN lvl.remaining_microcents < p_amount THEN 'insufficient'
+                    END;
+                    IF why IS NOT NULL THEN
+                        refusal := why;
+                        refusing := lvl;
                     END IF;
-                    RETURN QUERY SELECT why, lvl.remaining_microcents, lvl.reserved_microcents,
-                        lvl.max_reserved_microcents, NULL::bigint, lapsed, p_tenant, path[i];
-                    RETURN;
                 END IF;
             END LOOP;
+            IF refusal IS NOT NULL THEN
+                -- Lapsed holds through the refusing level must not refuse: the
+                -- caller expires them and decides again.
+                lapsed := EXISTS (
+                    SELECT 1 FROM {q}.reservations AS r
+                    WHERE r.expires_at <= now()
+                      AND (r.tenant_id = refusing.tenant_id
+                           OR refusing.tenant_id = ANY(r.ancestor_ids)));
+                IF NOT lapsed THEN
+                    INSERT INTO {q}.refusals (tenant_id, op, status, amount_microcents)
+                    VALUES (p_tenant, 'reserve', refusal, p_amount);
+                END IF;
+                RETURN QUERY SELECT refusal, refusing.remaining_microcents,
+                    refusing.reserved_microcents, refusing.max_reserved_microcents,
+                    NULL::bigint, lapsed, p_tenant, refusing.tenant_id;
+                RETURN;
+            END IF;
             -- Every level fits: reserve at each, one entry in each level's chain.
             rid := nextval('{q}.reservation_id_seq');
-            FOR i IN 1 .. cardinality(path) LOOP
-                WITH applied AS (
-                    UPDATE {q}.tenants AS t
-                    SET remaining_microcents = t.remaining_microcents - p_amount,
-                        reserved_microcents = t.reserved_microcents + p_amount,
-                        journal_seq = t.journal_seq + 1,
-                        journal_head = {q}.journal_hash(
-                            t.journal_head, t.tenant_id, t.journal_seq + 1, 'reserve', rid,
-                            p_amount, NULL, t.initial_microcents,
-                            t.remaining_microcents - p_amount, t.reserved_microcents + p_amount,
-                            t.committed_microcents, t.max_reserved_microcents, now(),
-                            CASE WHEN i = 1 THEN p_ikey END, t.period_index, NULL)
-                    WHERE t.tenant_id = path[i]
-                    RETURNING t.*
-                ), logged AS (
-                    INSERT INTO {q}.journal (
-                        tenant_id, seq, op, reservation_id, amount_microcents, hold_microcents,
-                        initial_microcents, remaining_microcents, reserved_microcents,
-                        committed_microcents, max_reserved_microcents, idempotency_key,
-                        created_at, entry_hash, period_index)
-                    SELECT j.tenant_id, j.journal_seq, 'reserve', rid, p_amount, NULL,
-                           j.initial_microcents, j.remaining_microcents, j.reserved_microcents,
-                           j.committed_microcents, j.max_reserved_microcents,
-                           CASE WHEN i = 1 THEN p_ikey END, now(), j.journal_head, j.period_index
-                    FROM applied AS j
-                )
-                SELECT a.period_index, a.remaining_microcents
-                INTO lvl.period_index, lvl.remaining_microcents
-                FROM applied AS a;
-                IF NOT FOUND THEN
-                    PERFORM {q}.invariant_failed('a nested reserve missed one of its levels');
-                END IF;
-                periods := periods || lvl.period_index;
-                IF i = 1 THEN
-                    leaf_remaining := lvl.remaining_microcents;
-                END IF;
-            END LOOP;
+            WITH applied AS (
+                UPDATE {q}.tenants AS t
+                SET remaining_microcents = t.remaining_microcents - p_amount,
+                    reserved_microcents = t.reserved_microcents + p_amount,
+                    journal_seq = t.journal_seq + 1,
+                    journal_head = {q}.journal_hash(
+                        t.journal_head, t.tenant_id, t.journal_seq + 1, 'reserve', rid,
+                        p_amount, NULL, t.initial_microcents,
+                        t.remaining_microcents - p_amount, t.reserved_microcents + p_amount,
+                        t.committed_microcents, t.max_reserved_microcents, now(),
+                        CASE WHEN t.tenant_id = p_tenant THEN p_ikey END, t.period_index, NULL)
+                WHERE t.tenant_id = ANY(path)
+                RETURNING t.*
+            ), logged AS (
+                INSERT INTO {q}.journal (
+                    tenant_id, seq, op, reservation_id, amount_microcents, hold_microcents,
+                    initial_microcents, remaining_microcents, reserved_microcents,
+                    committed_microcents, max_reserved_microcents, idempotency_key,
+                    created_at, entry_hash, period_index)
+                SELECT j.tenant_id, j.journal_seq, 'reserve', rid, p_amount, NULL,
+                       j.initial_microcents, j.remaining_microcents, j.reserved_microcents,
+                       j.committed_microcents, j.max_reserved_microcents,
+                       CASE WHEN j.tenant_id = p_tenant THEN p_ikey END, now(),
+                       j.journal_head, j.period_index
+                FROM applied AS j
+            )
+            SELECT array_agg(a.period_index ORDER BY array_position(path, a.tenant_id)),
+                   max(a.remaining_microcents) FILTER (WHERE a.tenant_id = p_tenant),
+                   count(*)
+            INTO periods, leaf_remaining, seen
+            FROM applied AS a;
+            IF seen <> cardinality(path) THEN
+                PERFORM {q}.invariant_failed('a nested reserve missed one of its levels');
+            END IF;
             INSERT INTO {q}.reservations (tenant_id, reservation_id, amount_microcents, expires_at,
                                           period_index, ancestor_ids, ancestor_periods)
             VALUES (p_tenant, rid, p_amount,
@@ -331,6 +347,12 @@ def _nested_reserve(q: str) -> None:
 
 
 def _nested_settle(q: str) -> None:
+    """``nested_settle``: commit, release or expire a hold at exactly its recorded levels.
+
+    The hold row first, then its levels in tenant id order, then one read of
+    the levels nearest first, then one UPDATE of every level (each with the
+    period the hold recorded for it) with its journal entries, then the delete.
+    """
     op.execute(
         sa.text(f"""
         CREATE FUNCTION {q}.nested_settle(
@@ -344,7 +366,9 @@ def _nested_settle(q: str) -> None:
             periods bigint[];
             lvl {q}.tenants;
             why text;
-            lost bigint;
+            limiting text;
+            spent bigint;
+            unspent bigint;
             leaf_remaining bigint;
             moved integer;
         BEGIN
@@ -370,17 +394,19 @@ def _nested_settle(q: str) -> None:
                 RAISE EXCEPTION 'hold % reserved at a level this role cannot see', p_rid
                     USING ERRCODE = '42501';
             END IF;
-            FOR i IN 1 .. cardinality(levels) LOOP
-                SELECT * INTO lvl FROM {q}.tenants AS t WHERE t.tenant_id = levels[i];
+            spent := CASE WHEN p_kind = 'commit' THEN p_actual ELSE 0 END;
+            unspent := h.amount_microcents - spent;
+            FOR lvl IN
+                SELECT t.* FROM {q}.tenants AS t
+                JOIN unnest(levels) WITH ORDINALITY AS p(id, n) ON t.tenant_id = p.id
+                ORDER BY p.n
+            LOOP
                 IF lvl.renews_at <= now() THEN
-                    RETURN QUERY SELECT 'renew'::text, NULL::bigint, NULL::bigint, levels[i],
-                        p_rid, levels[i];
+                    RETURN QUERY SELECT 'renew'::text, NULL::bigint, NULL::bigint, lvl.tenant_id,
+                        p_rid, lvl.tenant_id;
                     RETURN;
                 END IF;
-            END LOOP;
-            IF p_kind = 'commit' THEN
-                FOR i IN 1 .. cardinality(levels) LOOP
-                    SELECT * INTO lvl FROM {q}.tenants AS t WHERE t.tenant_id = levels[i];
+                IF why IS NULL AND p_kind = 'commit' THEN
                     why := CASE
                         WHEN lvl.committed_microcents > {I64_MAX} - p_actual THEN 'overflow'
                         WHEN p_actual > h.amount_microcents
@@ -388,49 +414,45 @@ def _nested_settle(q: str) -> None:
                             THEN 'overrun'
                     END;
                     IF why IS NOT NULL THEN
-                        INSERT INTO {q}.refusals (tenant_id, op, status, amount_microcents)
-                        VALUES (h.tenant_id, 'commit', why, p_actual);
-                        RETURN QUERY SELECT why, lvl.remaining_microcents, NULL::bigint,
-                            h.tenant_id, p_rid, levels[i];
-                        RETURN;
+                        leaf_remaining := lvl.remaining_microcents;
+                        limiting := lvl.tenant_id;
                     END IF;
-                END LOOP;
-            END IF;
-            FOR i IN 1 .. cardinality(levels) LOOP
-                SELECT * INTO lvl FROM {q}.tenants AS t WHERE t.tenant_id = levels[i];
-                -- Each level forfeits the unspent part under its own period rule.
-                IF p_kind = 'commit' THEN
-                    lost := {q}.forfeited(periods[i], lvl.period_index,
-                                          h.amount_microcents - p_actual);
-                    lvl.initial_microcents := lvl.initial_microcents - lost;
-                    lvl.remaining_microcents := lvl.remaining_microcents
-                        - (p_actual - h.amount_microcents) - lost;
-                    lvl.committed_microcents := lvl.committed_microcents + p_actual;
-                ELSE
-                    lost := {q}.forfeited(periods[i], lvl.period_index, h.amount_microcents);
-                    lvl.initial_microcents := lvl.initial_microcents - lost;
-                    lvl.remaining_microcents := lvl.remaining_microcents
-                        + h.amount_microcents - lost;
                 END IF;
-                lvl.reserved_microcents := lvl.reserved_microcents - h.amount_microcents;
-                WITH applied AS (
-                    UPDATE {q}.tenants AS t
-                    SET initial_microcents = lvl.initial_microcents,
-                        remaining_microcents = lvl.remaining_microcents,
-                        reserved_microcents = lvl.reserved_microcents,
-                        committed_microcents = lvl.committed_microcents,
-                        journal_seq = t.journal_seq + 1,
-                        journal_head = {q}.journal_hash(
-                            t.journal_head, t.tenant_id, t.journal_seq + 1, p_kind, p_rid,
-                            CASE WHEN p_kind = 'commit' THEN p_actual ELSE h.amount_microcents END,
-                            CASE WHEN p_kind = 'commit' THEN h.amount_microcents END,
-                            lvl.initial_microcents, lvl.remaining_microcents,
-                            lvl.reserved_microcents, lvl.committed_microcents,
-                            t.max_reserved_microcents, now(),
-                            CASE WHEN i = 1 THEN p_ikey END, periods[i], NULL)
-                    WHERE t.tenant_id = levels[i]
-                    RETURNING t.*
-                )
+            END LOOP;
+            IF why IS NOT NULL THEN
+                INSERT INTO {q}.refusals (tenant_id, op, status, amount_microcents)
+                VALUES (h.tenant_id, 'commit', why, p_actual);
+                RETURN QUERY SELECT why, leaf_remaining, NULL::bigint, h.tenant_id, p_rid,
+                    limiting;
+                RETURN;
+            END IF;
+            -- Each level forfeits the unspent part under its own period rule.
+            WITH l AS (
+                SELECT * FROM unnest(levels, periods) AS l(id, period)
+            ), applied AS (
+                UPDATE {q}.tenants AS t
+                SET initial_microcents = t.initial_microcents
+                        - {q}.forfeited(l.period, t.period_index, unspent),
+                    remaining_microcents = t.remaining_microcents + unspent
+                        - {q}.forfeited(l.period, t.period_index, unspent),
+                    reserved_microcents = t.reserved_microcents - h.amount_microcents,
+                    committed_microcents = t.committed_microcents + spent,
+                    journal_seq = t.journal_seq + 1,
+                    journal_head = {q}.journal_hash(
+                        t.journal_head, t.tenant_id, t.journal_seq + 1, p_kind, p_rid,
+                        CASE WHEN p_kind = 'commit' THEN p_actual ELSE h.amount_microcents END,
+                        CASE WHEN p_kind = 'commit' THEN h.amount_microcents END,
+                        t.initial_microcents - {q}.forfeited(l.period, t.period_index, unspent),
+                        t.remaining_microcents + unspent
+                            - {q}.forfeited(l.period, t.period_index, unspent),
+                        t.reserved_microcents - h.amount_microcents,
+                        t.committed_microcents + spent,
+                        t.max_reserved_microcents, now(),
+                        CASE WHEN t.tenant_id = h.tenant_id THEN p_ikey END, l.period, NULL)
+                FROM l
+                WHERE t.tenant_id = l.id
+                RETURNING t.*, l.period AS hold_period
+            ), logged AS (
                 INSERT INTO {q}.journal (
                     tenant_id, seq, op, reservation_id, amount_microcents, hold_microcents,
                     initial_microcents, remaining_microcents, reserved_microcents,
@@ -441,16 +463,16 @@ def _nested_settle(q: str) -> None:
                        CASE WHEN p_kind = 'commit' THEN h.amount_microcents END,
                        j.initial_microcents, j.remaining_microcents, j.reserved_microcents,
                        j.committed_microcents, j.max_reserved_microcents,
-                       CASE WHEN i = 1 THEN p_ikey END, now(), j.journal_head, periods[i]
-                FROM applied AS j;
-                GET DIAGNOSTICS moved = ROW_COUNT;
-                IF moved <> 1 THEN
-                    PERFORM {q}.invariant_failed('a nested settlement missed one of its levels');
-                END IF;
-                IF i = 1 THEN
-                    leaf_remaining := lvl.remaining_microcents;
-                END IF;
-            END LOOP;
+                       CASE WHEN j.tenant_id = h.tenant_id THEN p_ikey END, now(),
+                       j.journal_head, j.hold_period
+                FROM applied AS j
+            )
+            SELECT count(*), max(a.remaining_microcents) FILTER (WHERE a.tenant_id = h.tenant_id)
+            INTO moved, leaf_remaining
+            FROM applied AS a;
+            IF moved <> cardinality(levels) THEN
+                PERFORM {q}.invariant_failed('a nested settlement missed one of its levels');
+            END IF;
             DELETE FROM {q}.reservations AS r
             WHERE r.reservation_id = p_rid AND r.tenant_id = h.tenant_id;
             GET DIAGNOSTICS moved = ROW_COUNT;
