@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import random
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,10 +14,20 @@ import pytest
 
 import ledger
 from ledger import Status, errors
+from tests.conftest import _database_url, drop_database, make_database
 
 pytestmark = pytest.mark.pg_versions
 
 LAPSING = timedelta(microseconds=1)
+
+
+@pytest.fixture
+def second_db_url(server_url: str, template_db: str) -> Iterator[str]:
+    name = make_database(server_url, template_db)
+    try:
+        yield _database_url(server_url, name)
+    finally:
+        drop_database(server_url, name)
 
 
 def _gateway(book: ledger.Ledger) -> None:
@@ -376,3 +389,78 @@ def test_keyed_settlements_on_a_tree_replay(book: ledger.Ledger) -> None:
     done = book.release(out.reservation_id, tenant_id="key", idempotency_key="x")
     assert done.status == Status.RELEASED
     assert _balances(book, "team") == (150, 0, 0)
+
+
+def test_coalesced_threads_on_a_tree_spend_exactly_the_team_budget(db_url: str) -> None:
+    price, threads, rounds_each = 7, 16, 6
+    budget = price * 40 + 3  # the team pays for exactly 40 of the 96 attempts
+    with ledger.Ledger(db_url, coalesce=True) as book:
+        book.ensure_tenant("org", 10**9)
+        book.ensure_tenant("team", budget, "org")
+        for k in range(4):
+            book.ensure_tenant(f"key{k}", 10**6, "team")
+
+        def work(n: int) -> int:
+            won = 0
+            for _ in range(rounds_each):
+                hold = book.try_reserve(f"key{n % 4}", price)
+                if hold.ok:
+                    assert hold.reservation_id is not None
+                    assert book.commit(hold.reservation_id, price, tenant_id=f"key{n % 4}").ok
+                    won += 1
+                else:
+                    assert hold.limited_by == "team"
+            return won
+
+        with ThreadPoolExecutor(threads) as pool:
+            wins = list(pool.map(work, range(threads)))
+        assert sum(wins) == 40
+        assert _balances(book, "team") == (3, 0, 40 * price)
+        assert _balances(book, "org") == (10**9 - 40 * price, 0, 40 * price)
+        assert book.verify_journal().ok
+
+
+def test_batches_on_a_tree_equal_one_by_one(db_url: str, second_db_url: str) -> None:
+    """Random reserve/commit/release batches on a tree, against the same items one by one."""
+    rng = random.Random(24)
+    tenants = ["org", "t1", "t2", "u1", "u2", "k1", "k2", "flat"]
+    parents = {"t1": "org", "t2": "org", "u1": "t1", "u2": "t2", "k1": "u1", "k2": "u2"}
+    with ledger.Ledger(db_url) as batched, ledger.Ledger(second_db_url) as single:
+        for book in (batched, single):
+            for t in tenants:
+                book.ensure_tenant(t, rng.choice([300, 500, 900]) if t != "org" else 1_500, None)
+            for child, parent in parents.items():
+                book.set_parent(child, parent)
+            rng = random.Random(24)
+        opened: list[int] = []
+        mapping: dict[int, int] = {}  # the batched ledger's hold ids -> the other's
+        for _ in range(12):
+            items = [
+                ledger.ReserveItem(rng.choice(tenants), rng.randint(1, 250))
+                for _ in range(rng.randint(1, 5))
+            ]
+            a = batched.try_reserve_many(items)
+            b = [single.try_reserve(i.tenant_id, i.cost_microcents) for i in items]
+            assert [(o.status, o.reservation_id is not None, o.limited_by) for o in a] == [
+                (o.status, o.reservation_id is not None, o.limited_by) for o in b
+            ]
+            for x, y in zip(a, b, strict=True):
+                if x.reservation_id is not None and y.reservation_id is not None:
+                    mapping[x.reservation_id] = y.reservation_id
+                    opened.append(x.reservation_id)
+            if opened and rng.random() < 0.6:
+                chosen = rng.sample(opened, k=min(len(opened), rng.randint(1, 3)))
+                actuals = [rng.randint(0, 300) for _ in chosen]
+                ca = batched.commit_many(
+                    [ledger.CommitItem(r, x) for r, x in zip(chosen, actuals, strict=True)]
+                )
+                cb = [single.commit(mapping[r], x) for r, x in zip(chosen, actuals, strict=True)]
+                assert [(o.status, o.limited_by) for o in ca] == [
+                    (o.status, o.limited_by) for o in cb
+                ]
+                opened = [r for r, o in zip(chosen, ca, strict=True) if o.status == "overrun"] + [
+                    r for r in opened if r not in chosen
+                ]
+        for t in tenants:
+            assert _balances(batched, t) == _balances(single, t), t
+        assert batched.verify_journal().ok and single.verify_journal().ok
