@@ -464,3 +464,13 @@ def test_batches_on_a_tree_equal_one_by_one(db_url: str, second_db_url: str) -> 
         for t in tenants:
             assert _balances(batched, t) == _balances(single, t), t
         assert batched.verify_journal().ok and single.verify_journal().ok
+
+
+def test_a_certificate_pins_the_holds_through_each_level(book: ledger.Ledger) -> None:
+    _gateway(book)
+    open_hold = book.try_reserve("key", 100)
+    assert open_hold.reservation_id is not None
+    cert = book.certify()
+    assert book.commit(open_hold.reservation_id, 60).status == Status.COMMITTED
+    report = book.verify_journal(since_certificate=cert.certificate_id)
+    assert report.ok, report.discrepancies
