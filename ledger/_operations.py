@@ -532,7 +532,9 @@ def sweep_one(q: Queries, sql: str, skipped: dict[str, str], **params: Any) -> S
     params.setdefault("ikey", None)
     for _ in range(_CAS_ATTEMPTS):
         row = yield from first_row(sql, params)
+        holder = None  # a nested hold's own tenant, when a level above it is due
         if row is not None and row.status == "nested":
+            holder = row.tenant_id
             row = yield from expire_nested(q, row, params["ikey"])
             if row is None:
                 continue  # another sweeper took it in between: pick again
@@ -543,6 +545,10 @@ def sweep_one(q: Queries, sql: str, skipped: dict[str, str], **params: Any) -> S
         renewed = yield from first_row(q.try_renew_tenant, {"tenant_id": row.tenant_id})
         if renewed is not None and renewed.error is not None:
             skipped[row.tenant_id] = renewed.error
+            if holder is not None:
+                # The sweep skips holds by their own tenant: skip this one's too, or
+                # the sweep would pick the same hold again and again.
+                skipped.setdefault(holder, renewed.error)
             return SKIPPED
         if "skip" in params:
             params["skip"] = list(skipped)
