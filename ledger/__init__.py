@@ -28,6 +28,7 @@ from ._hold import AsyncHold, Hold
 from ._ledger import BoundLedger, Ledger
 from ._money import MICROCENTS_PER_CENT
 from ._stats import LedgerStats
+from ._tree import MAX_TREE_DEPTH, TreeNode
 from .certificates import (
     ConservationProof,
     FinancialCertificate,
@@ -59,6 +60,7 @@ from .snapshot import BudgetSnapshot, TenantLedger, conservation_status_for_snap
 __version__ = _version("sql-ledger")
 
 __all__ = [
+    "MAX_TREE_DEPTH",
     "MICROCENTS_PER_CENT",
     "AdjustOutcome",
     "AllowanceOutcome",
@@ -93,6 +95,7 @@ __all__ = [
     "TenantLedger",
     "TenantSpend",
     "TopUpOutcome",
+    "TreeNode",
     "certify_ledger",
     "certify_snapshot",
     "conservation_status_for_snapshot",

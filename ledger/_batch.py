@@ -158,7 +158,8 @@ def try_reserve_many(
         if _renew_due(rows):
             yield Fetch(q.renew_tenants, {"ids": _renew_due(rows)})
             rows = yield Fetch(q.batch_reserve_begin, {"ids": tenants})
-        if keyed or (rows and rows[0].lapsed):
+        # Nested tenants reserve at their ancestors too: item by item (issue 24).
+        if keyed or (rows and rows[0].lapsed) or any(getattr(r, "nested", False) for r in rows):
             return (yield from one_by_one(singles)())
         plan = _Plan(rows[0].at if rows else None, rows)
         decided = [
@@ -271,7 +272,7 @@ def _settle_op(
         if _renew_due(rows):
             yield Fetch(q.renew_tenants, {"ids": _renew_due(rows)})
             rows = yield Fetch(q.batch_settle_begin, begin)
-        if keyed or any(r.lapsed for r in rows):
+        if keyed or any(r.lapsed or getattr(r, "nested", False) for r in rows):
             return (yield from one_by_one(singles)())
         plan = _Plan(rows[0].at if rows else None, rows)
         plan.holds = {
@@ -301,11 +302,11 @@ def _settle_op(
 # Each mirrors the probe of the single statement in ledger/sql/spend.sql, in
 # the same order, on the batch's locked copy of the tenant rows.
 
-_Row = namedtuple("_Row", "status remaining reserved cap reservation_id returned")
+_Row = namedtuple("_Row", "status remaining reserved cap reservation_id returned tenant_id")
 
 
 def _row(status: str, t: _Tenant, reservation_id: int | None = None) -> Any:
-    return _Row(status, t.remaining, t.reserved, t.cap, reservation_id, None)
+    return _Row(status, t.remaining, t.reserved, t.cap, reservation_id, None, t.tenant_id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -195,7 +195,12 @@ class Coalescer:
                     raw.invalidate()
                     lost = translate(exc)
                     return [(None, lost)] * len(requests)
-                raise
+                # A live connection: the round failed as a whole (a deadlock between
+                # two rounds is an OperationalError too; nested holds lock several
+                # tenants, so rounds sorted by tenant can meet one). Rerun one by one.
+                if dbapi.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    dbapi.execute("ROLLBACK")
+                return _one_by_one(dbapi, requests)
             except psycopg.Error:
                 # Nothing of the round committed: run each statement on its own.
                 if dbapi.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:

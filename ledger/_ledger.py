@@ -35,6 +35,7 @@ from . import (
     _periods,
     _stats,
     _telemetry,
+    _tree,
     _validate,
     _verify,
     errors,
@@ -52,6 +53,7 @@ from ._queries import Queries
 from ._requests import Op
 from ._routing import Routing, WorkerRouter
 from ._stats import LedgerStats
+from ._tree import TreeNode
 from .certificates import FinancialCertificate
 from .journal import JournalReport
 from .outcomes import (
@@ -279,18 +281,59 @@ class Ledger:
     # ------------------------------------------------------------- tenants
 
     def ensure_tenant(
-        self, tenant_id: str, budget_microcents: int, *, connection: Connectable | None = None
+        self,
+        tenant_id: str,
+        budget_microcents: int,
+        parent: str | None = None,
+        *,
+        connection: Connectable | None = None,
     ) -> bool:
         """Create a tenant with a budget; a no-op if it exists. Returns True if created.
 
         Deviation from the seed: a negative budget raises ``ValueError``
         instead of being silently ignored, because a typo should not look
         like success.
+
+        ``parent`` places the new tenant under an existing tenant (nested
+        budgets, docs/nested.md): its holds then reserve at every ancestor
+        too. The parent gives it nothing; an unknown parent raises
+        :class:`~ledger.errors.UnknownParent` and a tree deeper than
+        ``ledger.MAX_TREE_DEPTH`` :class:`~ledger.errors.TreeTooDeep`, and
+        nothing is created. An existing tenant is left where it is (move it
+        with :meth:`set_parent`).
         """
         op, route = self._tenant_op(
-            tenant_id, connection, lambda q: ops.ensure_tenant(q, tenant_id, budget_microcents)
+            tenant_id,
+            connection,
+            lambda q: ops.ensure_tenant(q, tenant_id, budget_microcents, parent),
         )
         return self._run(op, connection, route, name="ensure_tenant", tenant_id=tenant_id)
+
+    def set_parent(
+        self, tenant_id: str, parent: str | None, *, connection: Connectable | None = None
+    ) -> None:
+        """Move a tenant and its subtree under ``parent`` (None: make it a root).
+
+        No money moves: holds placed before the move settle at the levels they
+        reserved at, and the old ancestors keep the spend from before it.
+        Refused with a typed error, changing nothing: an unknown tenant
+        (:class:`~ledger.errors.TenantNotFound`), an unknown parent, a cycle
+        (:class:`~ledger.errors.TreeCycle`), a tree too deep.
+        """
+        op, route = self._tenant_op(
+            tenant_id, connection, lambda q: _tree.set_parent(q, tenant_id, parent)
+        )
+        self._run(op, connection, route, name="set_parent", tenant_id=tenant_id)
+
+    def children(self, tenant_id: str, *, connection: Connectable | None = None) -> list[str]:
+        """The ids of a tenant's children, in byte order."""
+        op, route = self._tenant_op(tenant_id, connection, lambda q: _tree.children(q, tenant_id))
+        return self._run(op, connection, route, name="children", tenant_id=tenant_id)
+
+    def subtree(self, tenant_id: str, *, connection: Connectable | None = None) -> list[TreeNode]:
+        """The tenant and every tenant below it (id, parent, depth), level by level."""
+        op, route = self._tenant_op(tenant_id, connection, lambda q: _tree.subtree(q, tenant_id))
+        return self._run(op, connection, route, name="subtree", tenant_id=tenant_id)
 
     def top_up_tenant(
         self,
@@ -656,6 +699,7 @@ class Ledger:
             row.remaining_microcents,
             row.reserved_microcents,
             row.committed_microcents,
+            getattr(row, "parent_id", None),
         )
 
     def _tenant_row(self, tenant_id: str, connection: Connectable | None, name: str) -> Any:

@@ -148,7 +148,7 @@ def idempotent(
             return replayed(row.request_hash, row.outcome)
         outcome = yield from steps()
         recorded = yield Fetch(
-            q.idempotency_record, {**ids, "outcome": json.dumps(outcome.to_dict())}
+            q.idempotency_record, {**ids, "outcome": json.dumps(_record(outcome, tenant_id))}
         )
         if len(recorded) != 1:  # the claim this transaction made must be there to update
             raise errors.DatabaseError(
@@ -181,8 +181,28 @@ def replay(
             sqlstate="LG001",
         )
     outcome = outcome_from_dict(outcome_type, stored)
+    if outcome.status in _LIMITED and getattr(outcome, "limited_by", "") is None:
+        outcome = replace(outcome, limited_by=tenant_id)  # type: ignore[call-arg]
     _telemetry.replayed(outcome.status)
     return outcome
+
+
+#: The refusals that name the level that refused (``limited_by``).
+_LIMITED = (Status.INSUFFICIENT, Status.EXPOSURE_LIMIT_EXCEEDED, Status.OVERFLOW, Status.OVERRUN)
+
+
+def _record(outcome: Outcome, tenant_id: str) -> dict[str, Any]:
+    """What a key records: the seed's shape, plus ``limited_by`` when it names another level.
+
+    A flat tenant's refusal is limited by the tenant itself, so its record stays
+    exactly what it was before nested budgets (and what Citus's keyed functions
+    write); :func:`replay` restores ``limited_by`` from the key's tenant.
+    """
+    out = outcome.to_dict()
+    limited_by = getattr(outcome, "limited_by", None)
+    if limited_by is not None and limited_by != tenant_id:
+        out["limited_by"] = limited_by
+    return out
 
 
 def ledger_wide(q: Queries, operation: str) -> Steps[None]:
@@ -214,14 +234,19 @@ def _check_key_scope(tenant_id: str | None, key: str | None) -> None:
 # --------------------------------------------------------------------- tenants
 
 
-def ensure_tenant(q: Queries, tenant_id: str, budget_microcents: int) -> Op[bool]:
+def ensure_tenant(
+    q: Queries, tenant_id: str, budget_microcents: int, parent: str | None = None
+) -> Op[bool]:
     tenant_id = _validate.tenant_id(tenant_id)
+    parent = None if parent is None else _validate.tenant_id(parent)
     budget = _validate.amount("budget_microcents", budget_microcents)
     if budget < 0:
         raise errors.AmountValueError(
             f"budget_microcents must be >= 0, got {budget}; to add funds use top_up_tenant()"
         )
-    params = {"tenant_id": tenant_id, "budget": budget, "ikey": None}
+    if parent is not None:
+        q.check_nested("ensure_tenant with a parent")
+    params = {"tenant_id": tenant_id, "budget": budget, "ikey": None, "parent": parent}
 
     def steps() -> Steps[bool]:
         row = yield from first_row(q.ensure_tenant, params)
@@ -289,12 +314,20 @@ def try_reserve(
             return ReserveOutcome(
                 Status.INSUFFICIENT, remaining_microcents=0, required_microcents=cost
             )
-        row = yield from cas(q.try_reserve, params, q.renew_tenant)
+        row = yield from reserve_row(q, params)
         if row is not None and row.lapsed_holds:
             # Lapsed holds must never block a reserve: expire them, decide again.
-            while (yield from expire_one(q, q.expire_for_tenant, tenant_id=tenant_id)) is not None:
-                pass
-            row = yield from cas(q.try_reserve, params, q.renew_tenant)
+            # (A nested refusal names its level: the holds through that level.)
+            level = getattr(row, "limited_by", None)
+            if level is None:
+                while (
+                    yield from expire_one(q, q.expire_for_tenant, tenant_id=tenant_id)
+                ) is not None:
+                    pass
+            else:
+                while (yield from expire_one(q, q.expire_through, level=level)) is not None:
+                    pass
+            row = yield from reserve_row(q, params)
         return reserve_outcome(row, cost)
 
     request = {
@@ -305,6 +338,30 @@ def try_reserve(
     }
     routed = ("try_reserve", params) if cost > 0 else None
     return idempotent(q, tenant_id, key, request, ReserveOutcome, steps, routed)
+
+
+def reserve_row(q: Queries, params: dict[str, Any]) -> Steps[Any]:
+    """The flat reserve statement, or the nested one when it answers 'nested'.
+
+    The flat statement applies only to a tenant without a parent, so a flat
+    tenant pays nothing for nested budgets; a tenant with one costs one more
+    statement (``nested_reserve``, revision 0010).
+    """
+    row = yield from cas(q.try_reserve, params, q.renew_tenant)
+    if row is not None and row.status == "nested":
+        row = yield from cas(q.nested_reserve, params, q.renew_tenant)
+    return row
+
+
+def settle_row(
+    q: Queries, sql: str, kind: str, params: dict[str, Any], owner: str | None
+) -> Steps[Any]:
+    """A flat settlement statement, or ``nested_settle`` when the hold is nested."""
+    row = yield from cas(sql, {**params, "tenant_id": owner}, q.renew_tenant)
+    if row is not None and row.status == "nested":
+        nested = {"actual": None, **params, "tenant_id": owner, "kind": kind}
+        row = yield from cas(q.nested_settle, nested, q.renew_tenant)
+    return row
 
 
 def commit(
@@ -330,7 +387,7 @@ def commit(
         if owner is GONE:
             return (yield from missing(q, rid))
         sql = q.commit if owner is None else q.commit_for_tenant
-        row = yield from cas(sql, {**params, "tenant_id": owner}, q.renew_tenant)
+        row = yield from settle_row(q, sql, "commit", params, owner)
         if row is None:
             return (yield from missing(q, rid))
         if row.status == "lapsed":
@@ -358,7 +415,7 @@ def release(
         if owner is GONE:
             return (yield from missing(q, rid))
         sql = q.release if owner is None else q.release_for_tenant
-        row = yield from cas(sql, {**params, "tenant_id": owner}, q.renew_tenant)
+        row = yield from settle_row(q, sql, "release", params, owner)
         if row is None:
             return (yield from missing(q, rid))
         if row.status == "lapsed":
@@ -382,6 +439,10 @@ def expire_one(q: Queries, sql: str, **params: Any) -> Steps[Any]:
     params.setdefault("ikey", None)
     for _ in range(_CAS_ATTEMPTS):
         row = yield from first_row(sql, params)
+        if row is not None and row.status == "nested":
+            row = yield from expire_nested(q, row, params["ikey"])
+            if row is None:
+                continue  # another sweeper took it in between: pick again
         if row is None or row.status != "renew":
             if row is not None:
                 _telemetry.expired(row.tenant_id, row.reservation_id, row.returned)
@@ -443,6 +504,18 @@ def expire_holds(q: Queries, limit: int) -> Op[ExpiredHolds]:
     return Op(steps)
 
 
+def expire_nested(q: Queries, picked: Any, ikey: str | None) -> Steps[Any]:
+    """Expire a nested hold an expiry statement picked, at every level it reserved at."""
+    params = {
+        "kind": "expire",
+        "reservation_id": picked.reservation_id,
+        "actual": None,
+        "tenant_id": picked.tenant_id,
+        "ikey": ikey,
+    }
+    return (yield from first_row(q.nested_settle, params))
+
+
 #: sweep_one's answer when the hold's tenant could not be renewed (and is skipped).
 SKIPPED = object()
 
@@ -459,6 +532,12 @@ def sweep_one(q: Queries, sql: str, skipped: dict[str, str], **params: Any) -> S
     params.setdefault("ikey", None)
     for _ in range(_CAS_ATTEMPTS):
         row = yield from first_row(sql, params)
+        holder = None  # a nested hold's own tenant, when a level above it is due
+        if row is not None and row.status == "nested":
+            holder = row.tenant_id
+            row = yield from expire_nested(q, row, params["ikey"])
+            if row is None:
+                continue  # another sweeper took it in between: pick again
         if row is None or row.status != "renew":
             if row is not None:
                 _telemetry.expired(row.tenant_id, row.reservation_id, row.returned)
@@ -466,6 +545,10 @@ def sweep_one(q: Queries, sql: str, skipped: dict[str, str], **params: Any) -> S
         renewed = yield from first_row(q.try_renew_tenant, {"tenant_id": row.tenant_id})
         if renewed is not None and renewed.error is not None:
             skipped[row.tenant_id] = renewed.error
+            if holder is not None:
+                # The sweep skips holds by their own tenant: skip this one's too, or
+                # the sweep would pick the same hold again and again.
+                skipped.setdefault(holder, renewed.error)
             return SKIPPED
         if "skip" in params:
             params["skip"] = list(skipped)
@@ -516,6 +599,7 @@ def _snapshot_from_rows(rows: list[Any]) -> BudgetSnapshot:
             r.remaining_microcents,
             r.reserved_microcents,
             r.committed_microcents,
+            getattr(r, "parent_id", None),
         )
         for r in rows
         if r.tenant_id is not None
@@ -582,14 +666,22 @@ def restore_from_snapshot(q: Queries, snapshot: BudgetSnapshot) -> Op[None]:
         "version": checked.version,
         "ikey": None,
     }
+    tree = {
+        "ids": [t.tenant_id for t in tenants if t.parent_id is not None],
+        "parents": [t.parent_id for t in tenants if t.parent_id is not None],
+    }
 
     def steps() -> Steps[None]:
         yield from ledger_wide(q, "restore_from_snapshot")
         yield Fetch(q.restore_lock, {})
         yield Fetch(q.restore_clear_holds, {})
+        yield Fetch(q.restore_clear_tree, {})
         yield Fetch(q.restore_drop_tenants, params)
         yield Fetch(q.restore_update, params)
         yield Fetch(q.restore_insert, params)
+        if tree["ids"]:
+            q.check_nested("restore_from_snapshot of a snapshot with a tree")
+            yield Fetch(q.restore_tree, tree)
         # Sequences are not transactional, so this goes last.
         yield Fetch(q.restore_version, params)
 

@@ -105,18 +105,24 @@ class Queries:
     ensure_tenant: str
     set_cap: str
     top_up: str
+    set_parent: str
+    children: str
+    subtree: str
     # spend.sql
     try_reserve: str
     commit: str
     commit_for_tenant: str
     release: str
     release_for_tenant: str
+    nested_reserve: str
+    nested_settle: str
     expired_hold: str
     # expiry.sql
     expire_any: str
     expire_for_tenant: str
     expire_hold: str
     expire_hold_for_tenant: str
+    expire_through: str
     # distributed.sql
     routed_functions: str
     hold_tenant: str
@@ -162,9 +168,11 @@ class Queries:
     # restore.sql
     restore_lock: str
     restore_clear_holds: str
+    restore_clear_tree: str
     restore_drop_tenants: str
     restore_update: str
     restore_insert: str
+    restore_tree: str
     restore_version: str
     # periods.sql
     renew_tenant: str
@@ -200,6 +208,13 @@ class Queries:
         """A keyed call: claim, operation and record, here in one transaction of three
         statements. ``operation`` (its name and parameters) lets Citus make it one call."""
         return three_statements
+
+    def check_nested(self, what: str) -> None:
+        """Nested budgets (a parent, a move) are available on one server: nothing to refuse.
+
+        A Citus-distributed schema refuses them with NestedNotSupported until
+        they are distributed too (DistributedQueries.check_nested).
+        """
 
     def hold_owner(self, rid: int, tenant_id: str | None) -> Steps[str | Gone | None]:
         """The tenant to settle hold ``rid`` under: the caller's ``tenant_id``.

@@ -38,6 +38,14 @@ def _driver_error(exc: BaseException) -> BaseException:
     return exc
 
 
+#: SQLSTATEs raised by revision 0010's tree_guard() trigger.
+_TREE_ERRORS: dict[str, type[errors.TreeError]] = {
+    "LG010": errors.TreeCycle,
+    "LG011": errors.TreeTooDeep,
+    "LG012": errors.UnknownParent,
+}
+
+
 def translate(exc: BaseException) -> errors.LedgerError:
     """Map a driver error to a ledger error by SQLSTATE, with an actionable message."""
     orig = _driver_error(exc)
@@ -57,6 +65,9 @@ def translate(exc: BaseException) -> errors.LedgerError:
             f"{primary}: the journal is append-only; record a correction as a new entry",
             sqlstate=sqlstate,
         )
+    tree_error = _TREE_ERRORS.get(sqlstate or "")
+    if tree_error is not None:
+        return tree_error(f"{primary}; nothing changed")
     if sqlstate == "LG001":
         return errors.DatabaseError(
             f"{primary}; the statement was rolled back. This is a bug: please report it.",

@@ -126,6 +126,26 @@ class DuplicateTenant(RestoreError):
 # ------------------------------------------------------------------ outcomes
 
 
+class TreeError(InputError):
+    """A change to the tenant tree was refused; nothing changed (docs/nested.md)."""
+
+
+class UnknownParent(TreeError, LookupError):
+    """The parent named for a tenant does not exist; create it first."""
+
+
+class TreeCycle(TreeError):
+    """The move would put a tenant inside its own subtree."""
+
+
+class TreeTooDeep(TreeError):
+    """The move or the new tenant would make a tree deeper than ledger.MAX_TREE_DEPTH levels."""
+
+
+class NestedNotSupported(LedgerError):
+    """Nested budgets are not available on this schema (a Citus-distributed ledger)."""
+
+
 class RefusedError(LedgerError):
     """The ledger refused the operation; ``.outcome`` holds the details."""
 

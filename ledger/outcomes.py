@@ -12,7 +12,7 @@ Fields carry the seed's names; a field the seed's variant does not have is
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, NamedTuple, Self, TypeVar
@@ -83,11 +83,16 @@ class Outcome:
         raise _REFUSAL_ERRORS[self.status](self)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict with ``status`` as a str and unset fields left out."""
+        """Plain dict with ``status`` as a str and unset fields left out.
+
+        The seed's shape: ``limited_by`` (nested budgets) is left out, so a flat
+        ledger's outcomes compare equal to the seed's (idempotency keys record it
+        when it names another level: ledger._operations.idempotent).
+        """
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is None:
+            if value is None or f.name == "limited_by":
                 continue
             out[f.name] = str(value) if f.name == "status" else value
         return out
@@ -102,6 +107,10 @@ class ReserveOutcome(Outcome):
     required_microcents: int | None = None
     current_reserved_microcents: int | None = None
     max_reserved_microcents: int | None = None
+    #: On a refusal, the tenant whose level refused: the nearest one on the path
+    #: to the root that did not fit (the tenant itself when it has no parent).
+    #: Not compared and not in :meth:`to_dict` (the seed's shape).
+    limited_by: str | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         out = Outcome.to_dict(self)
@@ -116,6 +125,8 @@ class SettlementOutcome(Outcome):
     remaining_microcents: int | None = None
     actual_microcents: int | None = None
     returned_microcents: int | None = None
+    #: On an ``overrun``/``overflow``, the nearest level that could not take it.
+    limited_by: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,6 +321,15 @@ OutcomeT = TypeVar("OutcomeT", bound=Outcome)
 # seed's outcome. ``row`` is any object with attribute access.
 
 
+def _limited_by(row: Any) -> Any:
+    """The refusing level: a nested statement names it, a flat one refused at its own tenant.
+
+    No truth test on the row's values: keyed calls on Citus run these mappers
+    on symbolic rows (ledger/citus/keyed.py).
+    """
+    return row.limited_by if hasattr(row, "limited_by") else row.tenant_id
+
+
 def reserve_outcome(row: Any, cost: int) -> ReserveOutcome:
     """Outcome of a ``try_reserve`` row (None: the tenant does not exist)."""
     if row is None:
@@ -319,13 +339,21 @@ def reserve_outcome(row: Any, cost: int) -> ReserveOutcome:
         return ReserveOutcome(
             status, reservation_id=row.reservation_id, remaining_microcents=row.remaining
         )
+    limited_by = _limited_by(row)
     if status is Status.OVERFLOW:
-        return ReserveOutcome(status, current_reserved_microcents=row.reserved)
+        return ReserveOutcome(
+            status, current_reserved_microcents=row.reserved, limited_by=limited_by
+        )
     if status is Status.EXPOSURE_LIMIT_EXCEEDED:
         return ReserveOutcome(
-            status, current_reserved_microcents=row.reserved, max_reserved_microcents=row.cap
+            status,
+            current_reserved_microcents=row.reserved,
+            max_reserved_microcents=row.cap,
+            limited_by=limited_by,
         )
-    return ReserveOutcome(status, remaining_microcents=row.remaining, required_microcents=cost)
+    return ReserveOutcome(
+        status, remaining_microcents=row.remaining, required_microcents=cost, limited_by=limited_by
+    )
 
 
 def commit_outcome(row: Any, actual: int) -> SettlementOutcome:
@@ -335,7 +363,11 @@ def commit_outcome(row: Any, actual: int) -> SettlementOutcome:
         return SettlementOutcome(
             status, remaining_microcents=row.remaining, actual_microcents=actual
         )
-    return SettlementOutcome(status, remaining_microcents=row.remaining)
+    return SettlementOutcome(
+        status,
+        remaining_microcents=row.remaining,
+        limited_by=_limited_by(row),
+    )
 
 
 def release_outcome(row: Any) -> SettlementOutcome:

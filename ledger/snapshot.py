@@ -43,9 +43,14 @@ class TenantLedger:
     remaining_microcents: int
     reserved_microcents: int
     committed_microcents: int
+    #: The tenant's parent (nested budgets), None for a root. Not in the digest.
+    parent_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in _TENANT_FIELDS}
+        out = {name: getattr(self, name) for name in _TENANT_FIELDS}
+        if self.parent_id is not None:
+            out["parent_id"] = self.parent_id
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,16 +101,22 @@ class BudgetSnapshot:
             where = f"tenants[{index}]"
             if not isinstance(raw, Mapping):
                 raise errors.MalformedSnapshot(f"{where} must be an object")
-            _exact_keys(where, raw, _TENANT_FIELDS)
+            # parent_id (nested budgets) is present only for a tenant with a parent,
+            # so a flat snapshot's JSON is exactly what it always was.
+            _exact_keys(where, raw, _TENANT_FIELDS + (("parent_id",) if "parent_id" in raw else ()))
             try:
                 tenant_id = _validate.tenant_id(raw["tenant_id"])
+                parent = raw.get("parent_id")
+                parent_id = None if parent is None else _validate.tenant_id(parent)
             except errors.InvalidTenantId as exc:
-                raise errors.MalformedSnapshot(f"{where}.tenant_id: {exc}") from exc
+                raise errors.MalformedSnapshot(f"{where}: {exc}") from exc
             amounts = [
                 _whole(f"{where}.{name}", raw[name], _I64_MIN, _I64_MAX)
                 for name in _TENANT_FIELDS[1:]
             ]
-            tenants.append(TenantLedger(tenant_id, *amounts))
+            tenants.append(
+                TenantLedger(tenant_id, amounts[0], amounts[1], amounts[2], amounts[3], parent_id)
+            )
         return cls(version=version, tenants=tuple(tenants), active_reservations=active)
 
     @classmethod

@@ -66,6 +66,7 @@ def metadata(schema: str = "ledger") -> MetaData:
         Column("period_index", BigInteger, nullable=True),  # revision 0006
         Column("renews_at", DateTime(timezone=True), nullable=True),
         Column("period_high", BigInteger, nullable=True),  # revision 0007
+        Column("parent_id", Text(collation="C"), nullable=True),  # revision 0010
         CheckConstraint(
             "octet_length(tenant_id) BETWEEN 1 AND 255", name="tenants_tenant_id_length"
         ),
@@ -81,6 +82,10 @@ def metadata(schema: str = "ledger") -> MetaData:
         ),
         CheckConstraint("octet_length(journal_head) = 32", name="tenants_journal_head_length"),
         Index("tenants_renews_at_idx", "renews_at", postgresql_where=text("renews_at IS NOT NULL")),
+        ForeignKeyConstraint(  # revision 0010: nested budgets
+            ["parent_id"], [f"{schema}.tenants.tenant_id"], name="tenants_parent_fkey"
+        ),
+        Index("tenants_parent_id_idx", "parent_id", postgresql_where=text("parent_id IS NOT NULL")),
     )
     Table(
         "reservations",
@@ -91,6 +96,9 @@ def metadata(schema: str = "ledger") -> MetaData:
         _created_at(),
         Column("expires_at", DateTime(timezone=True), nullable=True),
         Column("period_index", BigInteger, nullable=True),  # revision 0006
+        # revision 0010: the levels above the tenant the hold reserved at, nearest first
+        Column("ancestor_ids", ARRAY(Text(collation="C")), nullable=True),
+        Column("ancestor_periods", ARRAY(BigInteger), nullable=True),
         PrimaryKeyConstraint("tenant_id", "reservation_id", name="reservations_pkey"),
         ForeignKeyConstraint(
             ["tenant_id"],

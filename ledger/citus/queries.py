@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from .. import errors
 from .._queries import Gone, OutcomeT, Queries, Settlement
 from .._requests import Op, Steps
 from . import keyed as _keyed
@@ -42,6 +43,13 @@ class DistributedQueries(Queries):
     (:func:`routed_variant`); settlements without a tenant and the expiry
     sweeper look the tenant up first (ledger/sql/distributed.sql).
     """
+
+    def check_nested(self, what: str) -> None:
+        """Nested budgets are not distributed yet: refuse clearly rather than answer wrongly."""
+        raise errors.NestedNotSupported(
+            f"{what}: nested budgets are not available on a Citus-distributed ledger yet; "
+            "nothing changed"
+        )
 
     #: (operation, call of its ``routed_keyed_*`` function) where ``distribute`` made one.
     keyed: tuple[tuple[str, str], ...] = ()

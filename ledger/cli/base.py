@@ -185,6 +185,9 @@ def _money(microcents: int | None) -> str:
 
 def _outcome(ctx: Context, outcome: Outcome) -> None:
     payload = outcome.to_dict()
+    limited_by = getattr(outcome, "limited_by", None)
+    if limited_by is not None:  # nested budgets: the level that refused
+        payload["limited_by"] = limited_by
 
     def human() -> None:
         style = "green" if outcome.ok else "yellow"

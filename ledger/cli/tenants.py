@@ -1,4 +1,4 @@
-"""Tenants: ``ledger tenant create|top-up|limit|show|list``."""
+"""Tenants: ``ledger tenant create|top-up|limit|show|list|move|tree``."""
 
 from __future__ import annotations
 
@@ -31,10 +31,16 @@ def tenant() -> None:
 @click.argument("tenant_id")
 @click.argument("budget")
 @click.option("--cap", default=None, help="Cap on the total of open holds.")
+@click.option("--parent", default=None, help="Create it under this tenant (nested budgets).")
 @units_option
 @pass_ctx
 def tenant_create(
-    ctx: Context, tenant_id: str, budget: str, cap: str | None, in_units: bool
+    ctx: Context,
+    tenant_id: str,
+    budget: str,
+    cap: str | None,
+    parent: str | None,
+    in_units: bool,
 ) -> None:
     """Create TENANT_ID with BUDGET (no-op if it exists)."""
     _new_tenant_id(tenant_id)
@@ -42,7 +48,7 @@ def tenant_create(
     # Checked before anything is written: a bad --cap must not leave a new tenant behind.
     max_reserved = None if cap is None else _validate.amount("--cap", _amount(cap, in_units))
     with ctx.ledger() as book:
-        created = book.ensure_tenant(tenant_id, amount)
+        created = book.ensure_tenant(tenant_id, amount, parent)
         if max_reserved is not None:
             book.set_max_reserved_microcents(tenant_id, max_reserved)
         row = book.tenant(tenant_id)
@@ -122,3 +128,64 @@ def tenant_list(ctx: Context) -> None:
         {"tenants": [t.to_dict() for t in snap.tenants]},
         lambda: _tenant_table(list(snap.tenants)),
     )
+
+
+@tenant.command("move")
+@click.argument("tenant_id")
+@click.argument("parent", required=False)
+@click.option("--root", is_flag=True, help="Make TENANT_ID a root (no parent).")
+@pass_ctx
+def tenant_move(ctx: Context, tenant_id: str, parent: str | None, root: bool) -> None:
+    """Move TENANT_ID and its subtree under PARENT (or --root). No money moves."""
+    if (parent is None) == (not root):
+        raise click.UsageError("give either PARENT or --root")
+    with ctx.ledger() as book:
+        book.set_parent(tenant_id, parent)
+    _emit(
+        ctx,
+        {"tenant_id": tenant_id, "parent_id": parent},
+        lambda: click.echo(
+            f"{_printable(tenant_id)}: "
+            + ("now a root" if parent is None else f"now under {_printable(parent)}")
+        ),
+    )
+
+
+@tenant.command("tree")
+@click.argument("tenant_id")
+@pass_ctx
+def tenant_tree(ctx: Context, tenant_id: str) -> None:
+    """Show TENANT_ID and every tenant below it, with their balances."""
+    with ctx.ledger() as book:
+        nodes = book.subtree(tenant_id)
+        rows = {n.tenant_id: book.tenant(n.tenant_id) for n in nodes}
+    payload = {
+        "tenants": [
+            {"depth": n.depth, **row.to_dict(), "parent_id": n.parent_id}
+            for n in nodes
+            if (row := rows[n.tenant_id]) is not None
+        ]
+    }
+
+    def human() -> None:
+        children: dict[str | None, list[str]] = {}
+        depth = {n.tenant_id: n.depth for n in nodes}
+        for n in nodes:
+            children.setdefault(n.parent_id, []).append(n.tenant_id)
+
+        def show(tid: str) -> None:
+            row = rows[tid]
+            if row is None:  # removed while we read
+                return
+            click.echo(
+                "  " * depth[tid]
+                + f"{_printable(tid)}  remaining {_money(row.remaining_microcents)}"
+                + f"  reserved {_money(row.reserved_microcents)}"
+                + f"  committed {_money(row.committed_microcents)}"
+            )
+            for child in children.get(tid, []):
+                show(child)
+
+        show(nodes[0].tenant_id)
+
+    _emit(ctx, payload, human)

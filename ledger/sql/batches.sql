@@ -18,7 +18,8 @@
 -- statements' probes apply (ledger/_batch.py), on the locked balances, which
 -- no one else can change until the batch commits. That is exactly sequential
 -- application. batch_apply then writes every tenant, hold and journal entry
--- with set-based statements. Keyed items and lapsed holds take the
+-- with set-based statements. Keyed items, lapsed holds and nested items (a
+-- tenant with a parent, a hold with ancestor levels: issue 24) take the
 -- item-by-item path instead, inside the same lock.
 
 -- name: batch_reserve_begin
@@ -30,7 +31,8 @@
 WITH locked AS MATERIALIZED (
     SELECT tenant_id, initial_microcents, remaining_microcents, reserved_microcents,
            committed_microcents, max_reserved_microcents, journal_seq, journal_head,
-           period_index, COALESCE(renews_at <= now(), false) AS due
+           period_index, COALESCE(renews_at <= now(), false) AS due,
+           parent_id IS NOT NULL AS nested
     FROM {schema}.tenants
     WHERE tenant_id = ANY(CAST(%(ids)b AS text[]))
     ORDER BY tenant_id
@@ -59,7 +61,7 @@ SELECT ARRAY(
 /* planned per call: never prepared (ledger._executor.PER_CALL) */
 WITH holds AS MATERIALIZED (
     SELECT tenant_id, reservation_id, amount_microcents, period_index AS hold_period,
-           COALESCE(expires_at <= now(), false) AS lapsed
+           COALESCE(expires_at <= now(), false) AS lapsed, ancestor_ids IS NOT NULL AS nested
     FROM {schema}.reservations
     WHERE reservation_id = ANY(CAST(%(rids)s AS bigint[]))
     ORDER BY reservation_id
@@ -75,7 +77,8 @@ WITH holds AS MATERIALIZED (
     ORDER BY tenant_id
     FOR NO KEY UPDATE
 )
-SELECT now() AS at, h.reservation_id, h.amount_microcents, h.hold_period, h.lapsed, l.*
+SELECT now() AS at, h.reservation_id, h.amount_microcents, h.hold_period, h.lapsed, h.nested,
+       l.*
 FROM holds AS h JOIN locked AS l ON l.tenant_id = h.tenant_id
 ORDER BY h.reservation_id
 

@@ -9,6 +9,21 @@ WITH v AS MATERIALIZED (
            nextval('{schema}.checkpoint_id_seq') AS checkpoint_id
 ), a AS MATERIALIZED (
     SELECT count(*) AS active FROM {schema}.reservations
+), held AS MATERIALIZED (
+    -- Each tenant's open holds: its own, and (nested budgets) those that reserved
+    -- at it as an ancestor, which are open in its chain too. Grouped once, so the
+    -- cost is one pass over the holds whatever the number of tenants.
+    SELECT x.level, array_agg(x.rid ORDER BY x.rid) AS ids,
+           array_agg(x.amount ORDER BY x.rid) AS amounts
+    FROM (
+        SELECT r.tenant_id AS level, r.reservation_id AS rid, r.amount_microcents AS amount
+        FROM {schema}.reservations AS r
+        UNION ALL
+        SELECT l.level, r.reservation_id, r.amount_microcents
+        FROM {schema}.reservations AS r CROSS JOIN LATERAL unnest(r.ancestor_ids) AS l(level)
+        WHERE r.ancestor_ids IS NOT NULL
+    ) AS x
+    GROUP BY x.level
 ), checkpoint AS (
     INSERT INTO {schema}.certificate_checkpoints (
         checkpoint_id, tenant_id, journal_seq, journal_head, initial_microcents,
@@ -19,11 +34,7 @@ WITH v AS MATERIALIZED (
            t.max_reserved_microcents, COALESCE(h.ids, '{}'), COALESCE(h.amounts, '{}'),
            t.period_index
     FROM v CROSS JOIN {schema}.tenants AS t
-    LEFT JOIN LATERAL (
-        SELECT array_agg(r.reservation_id ORDER BY r.reservation_id) AS ids,
-               array_agg(r.amount_microcents ORDER BY r.reservation_id) AS amounts
-        FROM {schema}.reservations AS r WHERE r.tenant_id = t.tenant_id
-    ) AS h ON true
+    LEFT JOIN held AS h ON h.level = t.tenant_id
     RETURNING tenant_id, journal_seq, journal_head, initial_microcents, remaining_microcents,
               reserved_microcents, committed_microcents
 )

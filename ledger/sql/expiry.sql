@@ -10,7 +10,8 @@
 -- This one: any lapsed hold, SKIP LOCKED (the sweeper), except the holds of the
 -- tenants in %(skip)s (the sweep could not renew them: ledger._operations.expire_holds).
 WITH hold AS MATERIALIZED (
-    SELECT tenant_id, reservation_id, amount_microcents AS amount, period_index AS period
+    SELECT tenant_id, reservation_id, amount_microcents AS amount, period_index AS period,
+           ancestor_ids IS NOT NULL AS nested
     FROM {schema}.reservations
     WHERE expires_at <= now() AND NOT (tenant_id = ANY(CAST(%(skip)b AS text[])))
     ORDER BY expires_at, reservation_id
@@ -29,6 +30,7 @@ WITH hold AS MATERIALIZED (
             t.initial_microcents - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.remaining_microcents + (SELECT amount FROM hold) - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.reserved_microcents - (SELECT amount FROM hold), t.committed_microcents, t.max_reserved_microcents, now(), CAST(%(ikey)s AS text),
             (SELECT period FROM hold), NULL)
     WHERE t.tenant_id = (SELECT tenant_id FROM hold)
+      AND NOT (SELECT nested FROM hold)
       AND (t.renews_at IS NULL OR t.renews_at > now())
     RETURNING t.*
 ), gone AS (
@@ -53,14 +55,17 @@ SELECT 'expired' AS status, a.tenant_id, (SELECT reservation_id FROM hold) AS re
             THEN {schema}.invariant_failed('expiry refunded a tenant without removing its hold') END AS guard
 FROM applied AS a
 UNION ALL
--- The hold is locked, so only a due renewal of its tenant stopped the UPDATE.
-SELECT 'renew', h.tenant_id, h.reservation_id, NULL, NULL, NULL
+-- The hold is locked, so only a due renewal of its tenant stopped the UPDATE,
+-- or the hold is nested (the caller expires it with nested_settle).
+SELECT CASE WHEN h.nested THEN 'nested' ELSE 'renew' END, h.tenant_id, h.reservation_id,
+       NULL, NULL, NULL
 FROM hold AS h WHERE NOT EXISTS (SELECT 1 FROM applied)
 
 -- name: expire_for_tenant
 -- As expire_any, for one tenant's lapsed holds (lazily, before a reserve is refused).
 WITH hold AS MATERIALIZED (
-    SELECT tenant_id, reservation_id, amount_microcents AS amount, period_index AS period
+    SELECT tenant_id, reservation_id, amount_microcents AS amount, period_index AS period,
+           ancestor_ids IS NOT NULL AS nested
     FROM {schema}.reservations
     WHERE expires_at <= now() AND tenant_id = %(tenant_id)s
     ORDER BY expires_at, reservation_id
@@ -79,6 +84,7 @@ WITH hold AS MATERIALIZED (
             t.initial_microcents - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.remaining_microcents + (SELECT amount FROM hold) - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.reserved_microcents - (SELECT amount FROM hold), t.committed_microcents, t.max_reserved_microcents, now(), CAST(%(ikey)s AS text),
             (SELECT period FROM hold), NULL)
     WHERE t.tenant_id = %(tenant_id)s AND EXISTS (SELECT 1 FROM hold)
+      AND NOT (SELECT nested FROM hold)
       AND (t.renews_at IS NULL OR t.renews_at > now())
     RETURNING t.*
 ), gone AS (
@@ -103,14 +109,17 @@ SELECT 'expired' AS status, a.tenant_id, (SELECT reservation_id FROM hold) AS re
             THEN {schema}.invariant_failed('expiry refunded a tenant without removing its hold') END AS guard
 FROM applied AS a
 UNION ALL
--- The hold is locked, so only a due renewal of its tenant stopped the UPDATE.
-SELECT 'renew', h.tenant_id, h.reservation_id, NULL, NULL, NULL
+-- The hold is locked, so only a due renewal of its tenant stopped the UPDATE,
+-- or the hold is nested (the caller expires it with nested_settle).
+SELECT CASE WHEN h.nested THEN 'nested' ELSE 'renew' END, h.tenant_id, h.reservation_id,
+       NULL, NULL, NULL
 FROM hold AS h WHERE NOT EXISTS (SELECT 1 FROM applied)
 
 -- name: expire_hold
 -- As expire_any, for one hold by id, waiting for its lock (a settlement found it lapsed).
 WITH hold AS MATERIALIZED (
-    SELECT tenant_id, reservation_id, amount_microcents AS amount, period_index AS period
+    SELECT tenant_id, reservation_id, amount_microcents AS amount, period_index AS period,
+           ancestor_ids IS NOT NULL AS nested
     FROM {schema}.reservations
     WHERE expires_at <= now() AND reservation_id = CAST(%(reservation_id)s AS bigint)
     ORDER BY expires_at, reservation_id
@@ -129,6 +138,7 @@ WITH hold AS MATERIALIZED (
             t.initial_microcents - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.remaining_microcents + (SELECT amount FROM hold) - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.reserved_microcents - (SELECT amount FROM hold), t.committed_microcents, t.max_reserved_microcents, now(), CAST(%(ikey)s AS text),
             (SELECT period FROM hold), NULL)
     WHERE t.tenant_id = (SELECT tenant_id FROM hold)
+      AND NOT (SELECT nested FROM hold)
       AND (t.renews_at IS NULL OR t.renews_at > now())
     RETURNING t.*
 ), gone AS (
@@ -153,15 +163,18 @@ SELECT 'expired' AS status, a.tenant_id, (SELECT reservation_id FROM hold) AS re
             THEN {schema}.invariant_failed('expiry refunded a tenant without removing its hold') END AS guard
 FROM applied AS a
 UNION ALL
--- The hold is locked, so only a due renewal of its tenant stopped the UPDATE.
-SELECT 'renew', h.tenant_id, h.reservation_id, NULL, NULL, NULL
+-- The hold is locked, so only a due renewal of its tenant stopped the UPDATE,
+-- or the hold is nested (the caller expires it with nested_settle).
+SELECT CASE WHEN h.nested THEN 'nested' ELSE 'renew' END, h.tenant_id, h.reservation_id,
+       NULL, NULL, NULL
 FROM hold AS h WHERE NOT EXISTS (SELECT 1 FROM applied)
 
 -- name: expire_hold_for_tenant
 -- As expire_hold, with the tenant the settlement found the hold under: every read
 -- and write filters by it (what Citus routes to the tenant's shard).
 WITH hold AS MATERIALIZED (
-    SELECT tenant_id, reservation_id, amount_microcents AS amount, period_index AS period
+    SELECT tenant_id, reservation_id, amount_microcents AS amount, period_index AS period,
+           ancestor_ids IS NOT NULL AS nested
     FROM {schema}.reservations
     WHERE expires_at <= now() AND reservation_id = CAST(%(reservation_id)s AS bigint)
       AND tenant_id = %(tenant_id)s
@@ -181,6 +194,7 @@ WITH hold AS MATERIALIZED (
             t.initial_microcents - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.remaining_microcents + (SELECT amount FROM hold) - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.reserved_microcents - (SELECT amount FROM hold), t.committed_microcents, t.max_reserved_microcents, now(), CAST(%(ikey)s AS text),
             (SELECT period FROM hold), NULL)
     WHERE t.tenant_id = %(tenant_id)s AND EXISTS (SELECT 1 FROM hold)
+      AND NOT (SELECT nested FROM hold)
       AND (t.renews_at IS NULL OR t.renews_at > now())
     RETURNING t.*
 ), gone AS (
@@ -205,6 +219,19 @@ SELECT 'expired' AS status, a.tenant_id, (SELECT reservation_id FROM hold) AS re
             THEN {schema}.invariant_failed('expiry refunded a tenant without removing its hold') END AS guard
 FROM applied AS a
 UNION ALL
--- The hold is locked, so only a due renewal of its tenant stopped the UPDATE.
-SELECT 'renew', h.tenant_id, h.reservation_id, NULL, NULL, NULL
+-- The hold is locked, so only a due renewal of its tenant stopped the UPDATE,
+-- or the hold is nested (the caller expires it with nested_settle).
+SELECT CASE WHEN h.nested THEN 'nested' ELSE 'renew' END, h.tenant_id, h.reservation_id,
+       NULL, NULL, NULL
 FROM hold AS h WHERE NOT EXISTS (SELECT 1 FROM applied)
+
+-- name: expire_through
+-- One lapsed hold through a level (its own, or one that reserved at it as an
+-- ancestor), for a nested reserve that this level refused. The caller expires
+-- it with nested_settle, which locks it and settles every level it reserved at.
+SELECT 'nested' AS status, r.tenant_id, r.reservation_id
+FROM {schema}.reservations AS r
+WHERE r.expires_at <= now()
+  AND (r.tenant_id = %(level)s OR %(level)s = ANY(r.ancestor_ids))
+ORDER BY r.expires_at, r.reservation_id
+LIMIT 1

@@ -2,7 +2,7 @@
 
 -- name: tenant
 SELECT initial_microcents, remaining_microcents, reserved_microcents,
-       committed_microcents, max_reserved_microcents
+       committed_microcents, max_reserved_microcents, parent_id
 FROM {schema}.tenants WHERE tenant_id = %(tenant_id)s
 
 -- name: counts
@@ -30,7 +30,7 @@ WITH v AS MATERIALIZED (
     SELECT count(*) AS active FROM {schema}.reservations
 )
 SELECT v.version, a.active, t.tenant_id, t.initial_microcents, t.remaining_microcents,
-       t.reserved_microcents, t.committed_microcents
+       t.reserved_microcents, t.committed_microcents, t.parent_id
 FROM v CROSS JOIN a LEFT JOIN {schema}.tenants AS t ON true
 ORDER BY t.tenant_id
 

@@ -6,6 +6,11 @@ LOCK TABLE {schema}.tenants, {schema}.reservations IN ACCESS EXCLUSIVE MODE
 -- name: restore_clear_holds
 DELETE FROM {schema}.reservations
 
+-- name: restore_clear_tree
+-- The tree is rebuilt from the snapshot (restore_tree): first every tenant becomes
+-- a root, so dropping a parent meets no child and no half-built tree is checked.
+UPDATE {schema}.tenants SET parent_id = NULL WHERE parent_id IS NOT NULL
+
 -- name: restore_drop_tenants
 -- Tenants the snapshot drops get a 'remove' entry; their cap and chain head are
 -- parked, so re-creating one continues its chain and gets its cap back (the
@@ -118,6 +123,14 @@ SELECT * FROM unnest(CAST(%(ids)s AS text[]), CAST(%(initials)s AS bigint[]),
     WHERE tenant_id IN (SELECT tenant_id FROM created)
 )
 SELECT count(*) AS created FROM created
+
+-- name: restore_tree
+-- The snapshot's tree (nested budgets). Each row meets revision 0010's tree_guard,
+-- which sees the rows set before it: a snapshot with a cycle, a tree too deep or
+-- a parent it does not hold is refused and the whole restore rolls back.
+UPDATE {schema}.tenants AS t SET parent_id = u.parent
+FROM unnest(CAST(%(ids)s AS text[]), CAST(%(parents)s AS text[])) AS u(tenant_id, parent)
+WHERE t.tenant_id = u.tenant_id
 
 -- name: restore_version
 SELECT setval('{schema}.snapshot_version_seq', CAST(%(version)s AS bigint), true)

@@ -49,6 +49,7 @@ WITH rid AS MATERIALIZED (
             t.initial_microcents, t.remaining_microcents - CAST(%(amount)s AS bigint), t.reserved_microcents + CAST(%(amount)s AS bigint), t.committed_microcents, t.max_reserved_microcents, now(), CAST(%(ikey)s AS text),
             t.period_index, NULL)
     WHERE t.tenant_id = %(tenant_id)s
+      AND t.parent_id IS NULL
       AND (t.renews_at IS NULL OR t.renews_at > now())
       AND t.remaining_microcents >= CAST(%(amount)s AS bigint)
       AND t.reserved_microcents <= 9223372036854775807 - CAST(%(amount)s AS bigint)
@@ -78,6 +79,7 @@ WITH rid AS MATERIALIZED (
 ), probe AS MATERIALIZED (
     SELECT tenant_id, remaining_microcents AS remaining, reserved_microcents AS reserved,
            max_reserved_microcents AS cap, CASE
+        WHEN parent_id IS NOT NULL THEN 'nested'
         WHEN renews_at <= now() THEN 'renew'
         WHEN reserved_microcents > 9223372036854775807 - CAST(%(amount)s AS bigint) THEN 'overflow'
         WHEN max_reserved_microcents > 0
@@ -90,7 +92,7 @@ WITH rid AS MATERIALIZED (
     WHERE tenant_id = %(tenant_id)s AND NOT EXISTS (SELECT 1 FROM applied)
     FOR NO KEY UPDATE
 ), decided AS MATERIALIZED (
-    SELECT p.*, p.status NOT IN ('retry', 'renew') AND EXISTS (
+    SELECT p.*, p.status NOT IN ('retry', 'renew', 'nested') AND EXISTS (
                SELECT 1 FROM {schema}.reservations
                WHERE tenant_id = %(tenant_id)s AND expires_at <= now()) AS lapsed_holds
     FROM probe AS p
@@ -98,7 +100,7 @@ WITH rid AS MATERIALIZED (
     -- Lapsed holds are expired and the reserve decided again: not final yet.
     INSERT INTO {schema}.refusals (tenant_id, op, status, amount_microcents)
     SELECT d.tenant_id, 'reserve', d.status, CAST(%(amount)s AS bigint)
-    FROM decided AS d WHERE d.status NOT IN ('retry', 'renew') AND NOT d.lapsed_holds
+    FROM decided AS d WHERE d.status NOT IN ('retry', 'renew', 'nested') AND NOT d.lapsed_holds
 )
 SELECT 'reserved' AS status, a.remaining_microcents AS remaining, NULL::bigint AS reserved,
        NULL::bigint AS cap, h.reservation_id, false AS lapsed_holds, a.tenant_id
@@ -117,7 +119,7 @@ FROM decided AS d
 WITH
 hold AS MATERIALIZED (
     SELECT tenant_id, amount_microcents AS amount, period_index AS period,
-           COALESCE(expires_at <= now(), false) AS lapsed
+           COALESCE(expires_at <= now(), false) AS lapsed, ancestor_ids IS NOT NULL AS nested
     FROM {schema}.reservations
     WHERE reservation_id = CAST(%(reservation_id)s AS bigint)
     FOR UPDATE
@@ -134,7 +136,7 @@ hold AS MATERIALIZED (
             t.initial_microcents - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold) - CAST(%(actual)s AS bigint)), t.remaining_microcents - (CAST(%(actual)s AS bigint) - (SELECT amount FROM hold)) - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold) - CAST(%(actual)s AS bigint)), t.reserved_microcents - (SELECT amount FROM hold), t.committed_microcents + CAST(%(actual)s AS bigint), t.max_reserved_microcents, now(), CAST(%(ikey)s AS text),
             (SELECT period FROM hold), NULL)
     WHERE t.tenant_id = (SELECT tenant_id FROM hold)
-      AND NOT (SELECT lapsed FROM hold)
+      AND NOT (SELECT lapsed FROM hold) AND NOT (SELECT nested FROM hold)
       AND (t.renews_at IS NULL OR t.renews_at > now())
       AND t.committed_microcents <= 9223372036854775807 - CAST(%(actual)s AS bigint)
       AND t.remaining_microcents >= CAST(%(actual)s AS bigint) - (SELECT amount FROM hold)
@@ -156,6 +158,7 @@ hold AS MATERIALIZED (
     FROM applied AS j
 ), probe AS MATERIALIZED (
     SELECT t.tenant_id, t.remaining_microcents AS remaining, CASE
+        WHEN (SELECT nested FROM hold) THEN 'nested'
         WHEN t.renews_at <= now() THEN 'renew'
         WHEN (SELECT lapsed FROM hold) THEN 'lapsed'
         WHEN t.committed_microcents > 9223372036854775807 - CAST(%(actual)s AS bigint) THEN 'overflow'
@@ -185,7 +188,7 @@ SELECT p.status, p.remaining, NULL, NULL, p.tenant_id FROM probe AS p
 WITH
 hold AS MATERIALIZED (
     SELECT tenant_id, amount_microcents AS amount, period_index AS period,
-           COALESCE(expires_at <= now(), false) AS lapsed
+           COALESCE(expires_at <= now(), false) AS lapsed, ancestor_ids IS NOT NULL AS nested
     FROM {schema}.reservations
     WHERE reservation_id = CAST(%(reservation_id)s AS bigint) AND tenant_id = %(tenant_id)s
     FOR UPDATE
@@ -202,7 +205,7 @@ hold AS MATERIALIZED (
             t.initial_microcents - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold) - CAST(%(actual)s AS bigint)), t.remaining_microcents - (CAST(%(actual)s AS bigint) - (SELECT amount FROM hold)) - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold) - CAST(%(actual)s AS bigint)), t.reserved_microcents - (SELECT amount FROM hold), t.committed_microcents + CAST(%(actual)s AS bigint), t.max_reserved_microcents, now(), CAST(%(ikey)s AS text),
             (SELECT period FROM hold), NULL)
     WHERE t.tenant_id = %(tenant_id)s AND EXISTS (SELECT 1 FROM hold)
-      AND NOT (SELECT lapsed FROM hold)
+      AND NOT (SELECT lapsed FROM hold) AND NOT (SELECT nested FROM hold)
       AND (t.renews_at IS NULL OR t.renews_at > now())
       AND t.committed_microcents <= 9223372036854775807 - CAST(%(actual)s AS bigint)
       AND t.remaining_microcents >= CAST(%(actual)s AS bigint) - (SELECT amount FROM hold)
@@ -224,6 +227,7 @@ hold AS MATERIALIZED (
     FROM applied AS j
 ), probe AS MATERIALIZED (
     SELECT t.tenant_id, t.remaining_microcents AS remaining, CASE
+        WHEN (SELECT nested FROM hold) THEN 'nested'
         WHEN t.renews_at <= now() THEN 'renew'
         WHEN (SELECT lapsed FROM hold) THEN 'lapsed'
         WHEN t.committed_microcents > 9223372036854775807 - CAST(%(actual)s AS bigint) THEN 'overflow'
@@ -261,7 +265,7 @@ SELECT p.status, p.remaining, NULL, NULL, p.tenant_id FROM probe AS p
 WITH
 hold AS MATERIALIZED (
     SELECT tenant_id, amount_microcents AS amount, period_index AS period,
-           COALESCE(expires_at <= now(), false) AS lapsed
+           COALESCE(expires_at <= now(), false) AS lapsed, ancestor_ids IS NOT NULL AS nested
     FROM {schema}.reservations
     WHERE reservation_id = CAST(%(reservation_id)s AS bigint)
     FOR UPDATE
@@ -278,6 +282,7 @@ hold AS MATERIALIZED (
             t.initial_microcents - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.remaining_microcents + (SELECT amount FROM hold) - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.reserved_microcents - (SELECT amount FROM hold), t.committed_microcents, t.max_reserved_microcents, now(), CAST(%(ikey)s AS text),
             (SELECT period FROM hold), NULL)
     WHERE t.tenant_id = (SELECT tenant_id FROM hold) AND NOT (SELECT lapsed FROM hold)
+      AND NOT (SELECT nested FROM hold)
       AND (t.renews_at IS NULL OR t.renews_at > now())
     RETURNING t.*
 ), gone AS (
@@ -305,8 +310,9 @@ FROM applied AS a
 UNION ALL
 SELECT 'lapsed', NULL, NULL, NULL, tenant_id FROM hold WHERE lapsed
 UNION ALL
--- The hold is live and not lapsed, so only a due renewal stopped the UPDATE.
-SELECT 'renew', NULL, NULL, NULL, tenant_id FROM hold
+-- The hold is live and not lapsed, so only a due renewal stopped the UPDATE,
+-- or the hold is nested (the caller settles it with nested_settle).
+SELECT CASE WHEN nested THEN 'nested' ELSE 'renew' END, NULL, NULL, NULL, tenant_id FROM hold
 WHERE NOT lapsed AND NOT EXISTS (SELECT 1 FROM applied)
 
 -- name: release_for_tenant
@@ -314,7 +320,7 @@ WHERE NOT lapsed AND NOT EXISTS (SELECT 1 FROM applied)
 WITH
 hold AS MATERIALIZED (
     SELECT tenant_id, amount_microcents AS amount, period_index AS period,
-           COALESCE(expires_at <= now(), false) AS lapsed
+           COALESCE(expires_at <= now(), false) AS lapsed, ancestor_ids IS NOT NULL AS nested
     FROM {schema}.reservations
     WHERE reservation_id = CAST(%(reservation_id)s AS bigint) AND tenant_id = %(tenant_id)s
     FOR UPDATE
@@ -331,6 +337,7 @@ hold AS MATERIALIZED (
             t.initial_microcents - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.remaining_microcents + (SELECT amount FROM hold) - {schema}.forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.reserved_microcents - (SELECT amount FROM hold), t.committed_microcents, t.max_reserved_microcents, now(), CAST(%(ikey)s AS text),
             (SELECT period FROM hold), NULL)
     WHERE t.tenant_id = %(tenant_id)s AND EXISTS (SELECT 1 FROM hold) AND NOT (SELECT lapsed FROM hold)
+      AND NOT (SELECT nested FROM hold)
       AND (t.renews_at IS NULL OR t.renews_at > now())
     RETURNING t.*
 ), gone AS (
@@ -358,9 +365,21 @@ FROM applied AS a
 UNION ALL
 SELECT 'lapsed', NULL, NULL, NULL, tenant_id FROM hold WHERE lapsed
 UNION ALL
--- The hold is live and not lapsed, so only a due renewal stopped the UPDATE.
-SELECT 'renew', NULL, NULL, NULL, tenant_id FROM hold
+-- The hold is live and not lapsed, so only a due renewal stopped the UPDATE,
+-- or the hold is nested (the caller settles it with nested_settle).
+SELECT CASE WHEN nested THEN 'nested' ELSE 'renew' END, NULL, NULL, NULL, tenant_id FROM hold
 WHERE NOT lapsed AND NOT EXISTS (SELECT 1 FROM applied)
+
+-- name: nested_reserve
+-- A tenant with a parent: reserve at it and every ancestor, or nowhere
+-- (revision 0010's nested_reserve; docs/design.md "Nested budgets").
+SELECT * FROM {schema}.nested_reserve(%(tenant_id)s, CAST(%(amount)s AS bigint),
+    CAST(%(ttl_us)s AS bigint), CAST(%(expires_at)s AS timestamptz), CAST(%(ikey)s AS text))
+
+-- name: nested_settle
+-- A nested hold: commit, release or expire it at exactly the levels it reserved at.
+SELECT * FROM {schema}.nested_settle(CAST(%(kind)s AS text), CAST(%(reservation_id)s AS bigint),
+    CAST(%(actual)s AS bigint), CAST(%(tenant_id)s AS text), CAST(%(ikey)s AS text))
 
 -- name: expired_hold
 SELECT amount_microcents AS returned FROM {schema}.journal

@@ -31,7 +31,15 @@ SELECT tenant_id, initial_microcents, remaining_microcents, reserved_microcents,
 FROM {schema}.tenants ORDER BY tenant_id
 
 -- name: verify_holds
-SELECT tenant_id, reservation_id, amount_microcents FROM {schema}.reservations
+-- Every open hold at every level it reserved at: its tenant's, and (nested
+-- budgets) each ancestor's in ancestor_ids, whose chains journaled it too.
+SELECT tenant_id, reservation_id, amount_microcents FROM (
+    SELECT tenant_id, reservation_id, amount_microcents FROM {schema}.reservations
+    UNION ALL
+    SELECT a.level, r.reservation_id, r.amount_microcents
+    FROM {schema}.reservations AS r CROSS JOIN LATERAL unnest(r.ancestor_ids) AS a(level)
+    WHERE r.ancestor_ids IS NOT NULL
+) AS h
 ORDER BY tenant_id, reservation_id
 
 -- name: verify_detached

@@ -58,7 +58,8 @@ def backdated_history(raw: psycopg.Connection, tenant: str, budget: int, spends:
     q = _queries.for_schema("ledger")
     first = spends[0][0] - timedelta(hours=1)
     raw.execute(
-        _at(q.ensure_tenant), {"tenant_id": tenant, "budget": budget, "ikey": None, "at": first}
+        _at(q.ensure_tenant),
+        {"tenant_id": tenant, "budget": budget, "ikey": None, "at": first, "parent": None},
     )
     for at, hold, actual in spends:
         reserved = raw.execute(

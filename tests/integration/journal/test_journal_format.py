@@ -256,11 +256,37 @@ def at_0008(server_url: str) -> Any:
         drop_database(server_url, name)
 
 
+#: The columns revision 0010 (nested budgets) adds, which today's flat statements read.
+_TREE_COLUMNS = (
+    ("tenants", "parent_id", 'text COLLATE "C"'),
+    ("reservations", "ancestor_ids", 'text[] COLLATE "C"'),
+    ("reservations", "ancestor_periods", "bigint[]"),
+)
+
+
+def _tree_columns(url: str, present: bool) -> None:
+    """Give a pre-0010 schema the columns today's statements read, or take them away.
+
+    Today's code needs revision 0010's columns (every flat statement asks
+    whether its tenant has a parent); this test is about the journal format of
+    0009, so it lends the older schema those columns while today's code writes
+    there, and removes them before migrating past 0009.
+    """
+    with psycopg.connect(_plain(url), autocommit=True) as raw:
+        for table, column, kind in _TREE_COLUMNS:
+            raw.execute(
+                f"ALTER TABLE ledger.{table} ADD COLUMN {column} {kind}"
+                if present
+                else f"ALTER TABLE ledger.{table} DROP COLUMN {column}"
+            )
+
+
 def test_a_format_1_ledger_upgrades_verifies_and_goes_on_in_format_2(at_0008: str) -> None:
     url = at_0008
+    _tree_columns(url, present=True)
     with ledger.Ledger(url) as book:
         _write(book, "old")  # single operations only: they need nothing of 0009
-    ledger.migrate(url)
+    ledger.migrate(url, "0009")
     assert current_revision(url) == "0009"
     with ledger.Ledger(url) as book, psycopg.connect(_plain(url), autocommit=True) as raw:
         old = _formats(raw)
@@ -288,6 +314,7 @@ def test_a_format_1_ledger_upgrades_verifies_and_goes_on_in_format_2(at_0008: st
         book.try_reserve("old-a", 3).raise_for_status()
 
     # Up again: the labels the downgrade dropped are gone, every entry still verifies.
+    _tree_columns(url, present=False)
     ledger.migrate(url)
     with ledger.Ledger(url) as book, psycopg.connect(_plain(url), autocommit=True) as raw:
         assert set(_formats(raw)) == {None}

@@ -288,3 +288,21 @@ def test_the_application_role_holds_exactly_the_listed_grants_each_with_a_reason
         with engine.begin() as conn:
             conn.execute(text("DROP OWNED BY ledger_app_old"))
             conn.execute(text("DROP ROLE ledger_app_old"))
+
+
+def test_a_scoped_role_cannot_reserve_at_part_of_a_tree(populated: str, engine: Engine) -> None:
+    """Nested budgets (issue 24): the ancestors are invisible to it, so it is refused."""
+    with _as(engine, "ledger_scoped_one", "a") as conn:
+        # It cannot hang its tenant under one it cannot see.
+        with pytest.raises(Exception, match="unknown parent"):
+            conn.execute(text("UPDATE ledger.tenants SET parent_id = 'b' WHERE tenant_id = 'a'"))
+        conn.rollback()
+    with ledger.Ledger(populated) as book:
+        book.set_parent("a", "b")
+        before = [book.tenant(t) for t in ("a", "b")]
+    with _as(engine, "ledger_scoped_one", "a") as conn:
+        with pytest.raises(Exception, match="cannot see"):
+            conn.execute(text("SELECT * FROM ledger.nested_reserve('a', 10, NULL, NULL, NULL)"))
+        conn.rollback()
+    with ledger.Ledger(populated) as book:
+        assert [book.tenant(t) for t in ("a", "b")] == before

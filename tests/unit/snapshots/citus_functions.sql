@@ -11,7 +11,7 @@ $here$;
 
 CREATE OR REPLACE FUNCTION "ledger".journal_hash_on_shard(prev bytea, tenant text) RETURNS bytea LANGUAGE sql STABLE PARALLEL SAFE AS $hash$SELECT sha256(prev || convert_to(tenant, 'UTF8'))$hash$;
 
-CREATE OR REPLACE FUNCTION "ledger".routed_ensure_tenant_b869c7d0(p_tenant_id text, p_budget bigint, p_ikey text)
+CREATE OR REPLACE FUNCTION "ledger".routed_ensure_tenant_d28a5e25(p_tenant_id text, p_budget bigint, p_ikey text, p_parent text)
 RETURNS TABLE("status" text, "tenant_id" text, "remaining" bigint) LANGUAGE plpgsql VOLATILE AS $routed$
 #variable_conflict use_column
 DECLARE
@@ -22,14 +22,15 @@ WITH parked AS (
 ), created AS (
     INSERT INTO "ledger".tenants AS t (
         tenant_id, initial_microcents, remaining_microcents, reserved_microcents,
-        committed_microcents, max_reserved_microcents, journal_seq, journal_head)
+        committed_microcents, max_reserved_microcents, journal_seq, journal_head, parent_id)
     SELECT $1, CAST($2 AS bigint), CAST($2 AS bigint), 0, 0,
            COALESCE(p.max_reserved_microcents, 0), COALESCE(p.journal_seq, 0) + 1,
            "ledger".journal_hash(
                COALESCE(p.journal_head, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea), $1, COALESCE(p.journal_seq, 0) + 1,
                'create', NULL, CAST($2 AS bigint), NULL,
                CAST($2 AS bigint), CAST($2 AS bigint), 0, 0,
-               COALESCE(p.max_reserved_microcents, 0), now(), CAST($3 AS text))
+               COALESCE(p.max_reserved_microcents, 0), now(), CAST($3 AS text)),
+           CAST($4 AS text)
     FROM (SELECT 1) AS one LEFT JOIN parked AS p ON true
     ON CONFLICT (tenant_id) DO NOTHING
     RETURNING *
@@ -48,14 +49,14 @@ SELECT count(*) AS created FROM created
 $statement$;
     anchor bigint := get_shard_id_for_distribution_column(
         '"ledger".tenants'::regclass, $1);
-    inner_function text := 'routed_ensure_tenant_b869c7d0_s' || anchor;
+    inner_function text := 'routed_ensure_tenant_d28a5e25_s' || anchor;
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_proc WHERE proname = inner_function
                AND pronamespace = '"ledger"'::regnamespace) THEN
         -- the shard function takes the shard lock and checks the placement
         RETURN QUERY EXECUTE 'SELECT * FROM "ledger".' || quote_ident(inner_function)
-            || '($1, $2, $3)'
-            USING $1, $2, $3;
+            || '($1, $2, $3, $4)'
+            USING $1, $2, $3, $4;
         RETURN;
     END IF;
     PERFORM "ledger".lock_tenant_shard(anchor);
@@ -68,14 +69,15 @@ WITH parked AS (
 ), created AS (
     INSERT INTO "ledger".tenants AS t (
         tenant_id, initial_microcents, remaining_microcents, reserved_microcents,
-        committed_microcents, max_reserved_microcents, journal_seq, journal_head)
+        committed_microcents, max_reserved_microcents, journal_seq, journal_head, parent_id)
     SELECT $1, CAST($2 AS bigint), CAST($2 AS bigint), 0, 0,
            COALESCE(p.max_reserved_microcents, 0), COALESCE(p.journal_seq, 0) + 1,
            "ledger".journal_hash(
                COALESCE(p.journal_head, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea), $1, COALESCE(p.journal_seq, 0) + 1,
                'create', NULL, CAST($2 AS bigint), NULL,
                CAST($2 AS bigint), CAST($2 AS bigint), 0, 0,
-               COALESCE(p.max_reserved_microcents, 0), now(), CAST($3 AS text))
+               COALESCE(p.max_reserved_microcents, 0), now(), CAST($3 AS text)),
+           CAST($4 AS text)
     FROM (SELECT 1) AS one LEFT JOIN parked AS p ON true
     ON CONFLICT (tenant_id) DO NOTHING
     RETURNING *
@@ -94,12 +96,12 @@ SELECT count(*) AS created FROM created;
     ELSE
         statement := regexp_replace(statement, '"ledger"\.journal\M', shard_name('"ledger".journal'::regclass, get_shard_id_for_distribution_column('"ledger".journal'::regclass, $1)), 'g');
         statement := regexp_replace(statement, '"ledger"\.tenants\M', shard_name('"ledger".tenants'::regclass, get_shard_id_for_distribution_column('"ledger".tenants'::regclass, $1)), 'g');
-        RETURN QUERY EXECUTE statement USING $1, $2, $3;
+        RETURN QUERY EXECUTE statement USING $1, $2, $3, $4;
     END IF;
 END
 $routed$;
 
-CREATE OR REPLACE FUNCTION "ledger".routed_ensure_tenant_b869c7d0_s102008(a_tenant_id text, a_budget bigint, a_ikey text)
+CREATE OR REPLACE FUNCTION "ledger".routed_ensure_tenant_d28a5e25_s102008(a_tenant_id text, a_budget bigint, a_ikey text, a_parent text)
 RETURNS TABLE("status" text, "tenant_id" text, "remaining" bigint) LANGUAGE plpgsql VOLATILE AS $shard$
 #variable_conflict use_column
 BEGIN
@@ -111,14 +113,15 @@ WITH parked AS (
 ), created AS (
     INSERT INTO "ledger".tenants_102136 AS t (
         tenant_id, initial_microcents, remaining_microcents, reserved_microcents,
-        committed_microcents, max_reserved_microcents, journal_seq, journal_head)
+        committed_microcents, max_reserved_microcents, journal_seq, journal_head, parent_id)
     SELECT $1, CAST($2 AS bigint), CAST($2 AS bigint), 0, 0,
            COALESCE(p.max_reserved_microcents, 0), COALESCE(p.journal_seq, 0) + 1,
            "ledger".journal_hash_on_shard(
                COALESCE(p.journal_head, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea), $1, COALESCE(p.journal_seq, 0) + 1,
                'create', NULL, CAST($2 AS bigint), NULL,
                CAST($2 AS bigint), CAST($2 AS bigint), 0, 0,
-               COALESCE(p.max_reserved_microcents, 0), now(), CAST($3 AS text))
+               COALESCE(p.max_reserved_microcents, 0), now(), CAST($3 AS text)),
+           CAST($4 AS text)
     FROM (SELECT 1) AS one LEFT JOIN parked AS p ON true
     ON CONFLICT (tenant_id) DO NOTHING
     RETURNING *
@@ -142,14 +145,15 @@ WITH parked AS (
 ), created AS (
     INSERT INTO "ledger".tenants AS t (
         tenant_id, initial_microcents, remaining_microcents, reserved_microcents,
-        committed_microcents, max_reserved_microcents, journal_seq, journal_head)
+        committed_microcents, max_reserved_microcents, journal_seq, journal_head, parent_id)
     SELECT $1, CAST($2 AS bigint), CAST($2 AS bigint), 0, 0,
            COALESCE(p.max_reserved_microcents, 0), COALESCE(p.journal_seq, 0) + 1,
            "ledger".journal_hash(
                COALESCE(p.journal_head, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea), $1, COALESCE(p.journal_seq, 0) + 1,
                'create', NULL, CAST($2 AS bigint), NULL,
                CAST($2 AS bigint), CAST($2 AS bigint), 0, 0,
-               COALESCE(p.max_reserved_microcents, 0), now(), CAST($3 AS text))
+               COALESCE(p.max_reserved_microcents, 0), now(), CAST($3 AS text)),
+           CAST($4 AS text)
     FROM (SELECT 1) AS one LEFT JOIN parked AS p ON true
     ON CONFLICT (tenant_id) DO NOTHING
     RETURNING *
@@ -541,7 +545,7 @@ SELECT p.status, NULL, NULL, p.tenant_id FROM probe AS p;
 END
 $shard$;
 
-CREATE OR REPLACE FUNCTION "ledger".routed_try_reserve_6623ce5c(p_tenant_id text, p_amount bigint, p_ikey text, p_ttl_us bigint, p_expires_at timestamp with time zone)
+CREATE OR REPLACE FUNCTION "ledger".routed_try_reserve_c816a560(p_tenant_id text, p_amount bigint, p_ikey text, p_ttl_us bigint, p_expires_at timestamp with time zone)
 RETURNS TABLE("status" text, "tenant_id" text, "remaining" bigint) LANGUAGE plpgsql VOLATILE AS $routed$
 #variable_conflict use_column
 DECLARE
@@ -561,6 +565,7 @@ WITH rid AS MATERIALIZED (
             t.initial_microcents, t.remaining_microcents - CAST($2 AS bigint), t.reserved_microcents + CAST($2 AS bigint), t.committed_microcents, t.max_reserved_microcents, now(), CAST($3 AS text),
             t.period_index, NULL)
     WHERE t.tenant_id = $1
+      AND t.parent_id IS NULL
       AND (t.renews_at IS NULL OR t.renews_at > now())
       AND t.remaining_microcents >= CAST($2 AS bigint)
       AND t.reserved_microcents <= 9223372036854775807 - CAST($2 AS bigint)
@@ -590,6 +595,7 @@ WITH rid AS MATERIALIZED (
 ), probe AS MATERIALIZED (
     SELECT tenant_id, remaining_microcents AS remaining, reserved_microcents AS reserved,
            max_reserved_microcents AS cap, CASE
+        WHEN parent_id IS NOT NULL THEN 'nested'
         WHEN renews_at <= now() THEN 'renew'
         WHEN reserved_microcents > 9223372036854775807 - CAST($2 AS bigint) THEN 'overflow'
         WHEN max_reserved_microcents > 0
@@ -602,7 +608,7 @@ WITH rid AS MATERIALIZED (
     WHERE tenant_id = $1 AND NOT EXISTS (SELECT 1 FROM applied)
     FOR NO KEY UPDATE
 ), decided AS MATERIALIZED (
-    SELECT p.*, p.status NOT IN ('retry', 'renew') AND EXISTS (
+    SELECT p.*, p.status NOT IN ('retry', 'renew', 'nested') AND EXISTS (
                SELECT 1 FROM "ledger".reservations
                WHERE tenant_id = $1 AND expires_at <= now()) AS lapsed_holds
     FROM probe AS p
@@ -610,7 +616,7 @@ WITH rid AS MATERIALIZED (
     -- Lapsed holds are expired and the reserve decided again: not final yet.
     INSERT INTO "ledger".refusals (tenant_id, op, status, amount_microcents)
     SELECT d.tenant_id, 'reserve', d.status, CAST($2 AS bigint)
-    FROM decided AS d WHERE d.status NOT IN ('retry', 'renew') AND NOT d.lapsed_holds
+    FROM decided AS d WHERE d.status NOT IN ('retry', 'renew', 'nested') AND NOT d.lapsed_holds
 )
 SELECT 'reserved' AS status, a.remaining_microcents AS remaining, NULL::bigint AS reserved,
        NULL::bigint AS cap, h.reservation_id, false AS lapsed_holds, a.tenant_id
@@ -621,7 +627,7 @@ FROM decided AS d
 $statement$;
     anchor bigint := get_shard_id_for_distribution_column(
         '"ledger".tenants'::regclass, $1);
-    inner_function text := 'routed_try_reserve_6623ce5c_s' || anchor;
+    inner_function text := 'routed_try_reserve_c816a560_s' || anchor;
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_proc WHERE proname = inner_function
                AND pronamespace = '"ledger"'::regnamespace) THEN
@@ -650,6 +656,7 @@ WITH rid AS MATERIALIZED (
             t.initial_microcents, t.remaining_microcents - CAST($2 AS bigint), t.reserved_microcents + CAST($2 AS bigint), t.committed_microcents, t.max_reserved_microcents, now(), CAST($3 AS text),
             t.period_index, NULL)
     WHERE t.tenant_id = $1
+      AND t.parent_id IS NULL
       AND (t.renews_at IS NULL OR t.renews_at > now())
       AND t.remaining_microcents >= CAST($2 AS bigint)
       AND t.reserved_microcents <= 9223372036854775807 - CAST($2 AS bigint)
@@ -679,6 +686,7 @@ WITH rid AS MATERIALIZED (
 ), probe AS MATERIALIZED (
     SELECT tenant_id, remaining_microcents AS remaining, reserved_microcents AS reserved,
            max_reserved_microcents AS cap, CASE
+        WHEN parent_id IS NOT NULL THEN 'nested'
         WHEN renews_at <= now() THEN 'renew'
         WHEN reserved_microcents > 9223372036854775807 - CAST($2 AS bigint) THEN 'overflow'
         WHEN max_reserved_microcents > 0
@@ -691,7 +699,7 @@ WITH rid AS MATERIALIZED (
     WHERE tenant_id = $1 AND NOT EXISTS (SELECT 1 FROM applied)
     FOR NO KEY UPDATE
 ), decided AS MATERIALIZED (
-    SELECT p.*, p.status NOT IN ('retry', 'renew') AND EXISTS (
+    SELECT p.*, p.status NOT IN ('retry', 'renew', 'nested') AND EXISTS (
                SELECT 1 FROM "ledger".reservations
                WHERE tenant_id = $1 AND expires_at <= now()) AS lapsed_holds
     FROM probe AS p
@@ -699,7 +707,7 @@ WITH rid AS MATERIALIZED (
     -- Lapsed holds are expired and the reserve decided again: not final yet.
     INSERT INTO "ledger".refusals (tenant_id, op, status, amount_microcents)
     SELECT d.tenant_id, 'reserve', d.status, CAST($2 AS bigint)
-    FROM decided AS d WHERE d.status NOT IN ('retry', 'renew') AND NOT d.lapsed_holds
+    FROM decided AS d WHERE d.status NOT IN ('retry', 'renew', 'nested') AND NOT d.lapsed_holds
 )
 SELECT 'reserved' AS status, a.remaining_microcents AS remaining, NULL::bigint AS reserved,
        NULL::bigint AS cap, h.reservation_id, false AS lapsed_holds, a.tenant_id
@@ -716,7 +724,7 @@ FROM decided AS d;
 END
 $routed$;
 
-CREATE OR REPLACE FUNCTION "ledger".routed_try_reserve_6623ce5c_s102008(a_tenant_id text, a_amount bigint, a_ikey text, a_ttl_us bigint, a_expires_at timestamp with time zone)
+CREATE OR REPLACE FUNCTION "ledger".routed_try_reserve_c816a560_s102008(a_tenant_id text, a_amount bigint, a_ikey text, a_ttl_us bigint, a_expires_at timestamp with time zone)
 RETURNS TABLE("status" text, "tenant_id" text, "remaining" bigint) LANGUAGE plpgsql VOLATILE AS $shard$
 #variable_conflict use_column
 BEGIN
@@ -737,6 +745,7 @@ WITH rid AS MATERIALIZED (
             t.initial_microcents, t.remaining_microcents - CAST($2 AS bigint), t.reserved_microcents + CAST($2 AS bigint), t.committed_microcents, t.max_reserved_microcents, now(), CAST($3 AS text),
             t.period_index, NULL)
     WHERE t.tenant_id = $1
+      AND t.parent_id IS NULL
       AND (t.renews_at IS NULL OR t.renews_at > now())
       AND t.remaining_microcents >= CAST($2 AS bigint)
       AND t.reserved_microcents <= 9223372036854775807 - CAST($2 AS bigint)
@@ -766,6 +775,7 @@ WITH rid AS MATERIALIZED (
 ), probe AS MATERIALIZED (
     SELECT tenant_id, remaining_microcents AS remaining, reserved_microcents AS reserved,
            max_reserved_microcents AS cap, CASE
+        WHEN parent_id IS NOT NULL THEN 'nested'
         WHEN renews_at <= now() THEN 'renew'
         WHEN reserved_microcents > 9223372036854775807 - CAST($2 AS bigint) THEN 'overflow'
         WHEN max_reserved_microcents > 0
@@ -778,7 +788,7 @@ WITH rid AS MATERIALIZED (
     WHERE tenant_id = $1 AND NOT EXISTS (SELECT 1 FROM applied)
     FOR NO KEY UPDATE
 ), decided AS MATERIALIZED (
-    SELECT p.*, p.status NOT IN ('retry', 'renew') AND EXISTS (
+    SELECT p.*, p.status NOT IN ('retry', 'renew', 'nested') AND EXISTS (
                SELECT 1 FROM "ledger".reservations_102104
                WHERE tenant_id = $1 AND expires_at <= now()) AS lapsed_holds
     FROM probe AS p
@@ -786,7 +796,7 @@ WITH rid AS MATERIALIZED (
     -- Lapsed holds are expired and the reserve decided again: not final yet.
     INSERT INTO "ledger".refusals (tenant_id, op, status, amount_microcents)
     SELECT d.tenant_id, 'reserve', d.status, CAST($2 AS bigint)
-    FROM decided AS d WHERE d.status NOT IN ('retry', 'renew') AND NOT d.lapsed_holds
+    FROM decided AS d WHERE d.status NOT IN ('retry', 'renew', 'nested') AND NOT d.lapsed_holds
 )
 SELECT 'reserved' AS status, a.remaining_microcents AS remaining, NULL::bigint AS reserved,
        NULL::bigint AS cap, h.reservation_id, false AS lapsed_holds, a.tenant_id
@@ -811,6 +821,7 @@ WITH rid AS MATERIALIZED (
             t.initial_microcents, t.remaining_microcents - CAST($2 AS bigint), t.reserved_microcents + CAST($2 AS bigint), t.committed_microcents, t.max_reserved_microcents, now(), CAST($3 AS text),
             t.period_index, NULL)
     WHERE t.tenant_id = $1
+      AND t.parent_id IS NULL
       AND (t.renews_at IS NULL OR t.renews_at > now())
       AND t.remaining_microcents >= CAST($2 AS bigint)
       AND t.reserved_microcents <= 9223372036854775807 - CAST($2 AS bigint)
@@ -840,6 +851,7 @@ WITH rid AS MATERIALIZED (
 ), probe AS MATERIALIZED (
     SELECT tenant_id, remaining_microcents AS remaining, reserved_microcents AS reserved,
            max_reserved_microcents AS cap, CASE
+        WHEN parent_id IS NOT NULL THEN 'nested'
         WHEN renews_at <= now() THEN 'renew'
         WHEN reserved_microcents > 9223372036854775807 - CAST($2 AS bigint) THEN 'overflow'
         WHEN max_reserved_microcents > 0
@@ -852,7 +864,7 @@ WITH rid AS MATERIALIZED (
     WHERE tenant_id = $1 AND NOT EXISTS (SELECT 1 FROM applied)
     FOR NO KEY UPDATE
 ), decided AS MATERIALIZED (
-    SELECT p.*, p.status NOT IN ('retry', 'renew') AND EXISTS (
+    SELECT p.*, p.status NOT IN ('retry', 'renew', 'nested') AND EXISTS (
                SELECT 1 FROM "ledger".reservations
                WHERE tenant_id = $1 AND expires_at <= now()) AS lapsed_holds
     FROM probe AS p
@@ -860,7 +872,7 @@ WITH rid AS MATERIALIZED (
     -- Lapsed holds are expired and the reserve decided again: not final yet.
     INSERT INTO "ledger".refusals (tenant_id, op, status, amount_microcents)
     SELECT d.tenant_id, 'reserve', d.status, CAST($2 AS bigint)
-    FROM decided AS d WHERE d.status NOT IN ('retry', 'renew') AND NOT d.lapsed_holds
+    FROM decided AS d WHERE d.status NOT IN ('retry', 'renew', 'nested') AND NOT d.lapsed_holds
 )
 SELECT 'reserved' AS status, a.remaining_microcents AS remaining, NULL::bigint AS reserved,
        NULL::bigint AS cap, h.reservation_id, false AS lapsed_holds, a.tenant_id
@@ -872,7 +884,7 @@ FROM decided AS d;
 END
 $shard$;
 
-CREATE OR REPLACE FUNCTION "ledger".routed_commit_for_tenant_43bbd903(p_tenant_id text, p_reservation_id bigint, p_actual bigint, p_ikey text)
+CREATE OR REPLACE FUNCTION "ledger".routed_commit_for_tenant_23820088(p_tenant_id text, p_reservation_id bigint, p_actual bigint, p_ikey text)
 RETURNS TABLE("status" text, "tenant_id" text, "remaining" bigint) LANGUAGE plpgsql VOLATILE AS $routed$
 #variable_conflict use_column
 DECLARE
@@ -880,7 +892,7 @@ DECLARE
 WITH
 hold AS MATERIALIZED (
     SELECT tenant_id, amount_microcents AS amount, period_index AS period,
-           COALESCE(expires_at <= now(), false) AS lapsed
+           COALESCE(expires_at <= now(), false) AS lapsed, ancestor_ids IS NOT NULL AS nested
     FROM "ledger".reservations
     WHERE reservation_id = CAST($2 AS bigint) AND tenant_id = $1
     FOR UPDATE
@@ -897,7 +909,7 @@ hold AS MATERIALIZED (
             t.initial_microcents - "ledger".forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold) - CAST($3 AS bigint)), t.remaining_microcents - (CAST($3 AS bigint) - (SELECT amount FROM hold)) - "ledger".forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold) - CAST($3 AS bigint)), t.reserved_microcents - (SELECT amount FROM hold), t.committed_microcents + CAST($3 AS bigint), t.max_reserved_microcents, now(), CAST($4 AS text),
             (SELECT period FROM hold), NULL)
     WHERE t.tenant_id = $1 AND EXISTS (SELECT 1 FROM hold)
-      AND NOT (SELECT lapsed FROM hold)
+      AND NOT (SELECT lapsed FROM hold) AND NOT (SELECT nested FROM hold)
       AND (t.renews_at IS NULL OR t.renews_at > now())
       AND t.committed_microcents <= 9223372036854775807 - CAST($3 AS bigint)
       AND t.remaining_microcents >= CAST($3 AS bigint) - (SELECT amount FROM hold)
@@ -919,6 +931,7 @@ hold AS MATERIALIZED (
     FROM applied AS j
 ), probe AS MATERIALIZED (
     SELECT t.tenant_id, t.remaining_microcents AS remaining, CASE
+        WHEN (SELECT nested FROM hold) THEN 'nested'
         WHEN t.renews_at <= now() THEN 'renew'
         WHEN (SELECT lapsed FROM hold) THEN 'lapsed'
         WHEN t.committed_microcents > 9223372036854775807 - CAST($3 AS bigint) THEN 'overflow'
@@ -948,7 +961,7 @@ SELECT p.status, p.remaining, NULL, NULL, p.tenant_id FROM probe AS p
 $statement$;
     anchor bigint := get_shard_id_for_distribution_column(
         '"ledger".tenants'::regclass, $1);
-    inner_function text := 'routed_commit_for_tenant_43bbd903_s' || anchor;
+    inner_function text := 'routed_commit_for_tenant_23820088_s' || anchor;
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_proc WHERE proname = inner_function
                AND pronamespace = '"ledger"'::regnamespace) THEN
@@ -965,7 +978,7 @@ BEGIN
 WITH
 hold AS MATERIALIZED (
     SELECT tenant_id, amount_microcents AS amount, period_index AS period,
-           COALESCE(expires_at <= now(), false) AS lapsed
+           COALESCE(expires_at <= now(), false) AS lapsed, ancestor_ids IS NOT NULL AS nested
     FROM "ledger".reservations
     WHERE reservation_id = CAST($2 AS bigint) AND tenant_id = $1
     FOR UPDATE
@@ -982,7 +995,7 @@ hold AS MATERIALIZED (
             t.initial_microcents - "ledger".forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold) - CAST($3 AS bigint)), t.remaining_microcents - (CAST($3 AS bigint) - (SELECT amount FROM hold)) - "ledger".forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold) - CAST($3 AS bigint)), t.reserved_microcents - (SELECT amount FROM hold), t.committed_microcents + CAST($3 AS bigint), t.max_reserved_microcents, now(), CAST($4 AS text),
             (SELECT period FROM hold), NULL)
     WHERE t.tenant_id = $1 AND EXISTS (SELECT 1 FROM hold)
-      AND NOT (SELECT lapsed FROM hold)
+      AND NOT (SELECT lapsed FROM hold) AND NOT (SELECT nested FROM hold)
       AND (t.renews_at IS NULL OR t.renews_at > now())
       AND t.committed_microcents <= 9223372036854775807 - CAST($3 AS bigint)
       AND t.remaining_microcents >= CAST($3 AS bigint) - (SELECT amount FROM hold)
@@ -1004,6 +1017,7 @@ hold AS MATERIALIZED (
     FROM applied AS j
 ), probe AS MATERIALIZED (
     SELECT t.tenant_id, t.remaining_microcents AS remaining, CASE
+        WHEN (SELECT nested FROM hold) THEN 'nested'
         WHEN t.renews_at <= now() THEN 'renew'
         WHEN (SELECT lapsed FROM hold) THEN 'lapsed'
         WHEN t.committed_microcents > 9223372036854775807 - CAST($3 AS bigint) THEN 'overflow'
@@ -1039,7 +1053,7 @@ SELECT p.status, p.remaining, NULL, NULL, p.tenant_id FROM probe AS p;
 END
 $routed$;
 
-CREATE OR REPLACE FUNCTION "ledger".routed_commit_for_tenant_43bbd903_s102008(a_tenant_id text, a_reservation_id bigint, a_actual bigint, a_ikey text)
+CREATE OR REPLACE FUNCTION "ledger".routed_commit_for_tenant_23820088_s102008(a_tenant_id text, a_reservation_id bigint, a_actual bigint, a_ikey text)
 RETURNS TABLE("status" text, "tenant_id" text, "remaining" bigint) LANGUAGE plpgsql VOLATILE AS $shard$
 #variable_conflict use_column
 BEGIN
@@ -1048,7 +1062,7 @@ BEGIN
 WITH
 hold AS MATERIALIZED (
     SELECT tenant_id, amount_microcents AS amount, period_index AS period,
-           COALESCE(expires_at <= now(), false) AS lapsed
+           COALESCE(expires_at <= now(), false) AS lapsed, ancestor_ids IS NOT NULL AS nested
     FROM "ledger".reservations_102104
     WHERE reservation_id = CAST($2 AS bigint) AND tenant_id = $1
     FOR UPDATE
@@ -1065,7 +1079,7 @@ hold AS MATERIALIZED (
             t.initial_microcents - "ledger".forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold) - CAST($3 AS bigint)), t.remaining_microcents - (CAST($3 AS bigint) - (SELECT amount FROM hold)) - "ledger".forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold) - CAST($3 AS bigint)), t.reserved_microcents - (SELECT amount FROM hold), t.committed_microcents + CAST($3 AS bigint), t.max_reserved_microcents, now(), CAST($4 AS text),
             (SELECT period FROM hold), NULL)
     WHERE t.tenant_id = $1 AND EXISTS (SELECT 1 FROM hold)
-      AND NOT (SELECT lapsed FROM hold)
+      AND NOT (SELECT lapsed FROM hold) AND NOT (SELECT nested FROM hold)
       AND (t.renews_at IS NULL OR t.renews_at > now())
       AND t.committed_microcents <= 9223372036854775807 - CAST($3 AS bigint)
       AND t.remaining_microcents >= CAST($3 AS bigint) - (SELECT amount FROM hold)
@@ -1087,6 +1101,7 @@ hold AS MATERIALIZED (
     FROM applied AS j
 ), probe AS MATERIALIZED (
     SELECT t.tenant_id, t.remaining_microcents AS remaining, CASE
+        WHEN (SELECT nested FROM hold) THEN 'nested'
         WHEN t.renews_at <= now() THEN 'renew'
         WHEN (SELECT lapsed FROM hold) THEN 'lapsed'
         WHEN t.committed_microcents > 9223372036854775807 - CAST($3 AS bigint) THEN 'overflow'
@@ -1118,7 +1133,7 @@ SELECT p.status, p.remaining, NULL, NULL, p.tenant_id FROM probe AS p;
 WITH
 hold AS MATERIALIZED (
     SELECT tenant_id, amount_microcents AS amount, period_index AS period,
-           COALESCE(expires_at <= now(), false) AS lapsed
+           COALESCE(expires_at <= now(), false) AS lapsed, ancestor_ids IS NOT NULL AS nested
     FROM "ledger".reservations
     WHERE reservation_id = CAST($2 AS bigint) AND tenant_id = $1
     FOR UPDATE
@@ -1135,7 +1150,7 @@ hold AS MATERIALIZED (
             t.initial_microcents - "ledger".forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold) - CAST($3 AS bigint)), t.remaining_microcents - (CAST($3 AS bigint) - (SELECT amount FROM hold)) - "ledger".forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold) - CAST($3 AS bigint)), t.reserved_microcents - (SELECT amount FROM hold), t.committed_microcents + CAST($3 AS bigint), t.max_reserved_microcents, now(), CAST($4 AS text),
             (SELECT period FROM hold), NULL)
     WHERE t.tenant_id = $1 AND EXISTS (SELECT 1 FROM hold)
-      AND NOT (SELECT lapsed FROM hold)
+      AND NOT (SELECT lapsed FROM hold) AND NOT (SELECT nested FROM hold)
       AND (t.renews_at IS NULL OR t.renews_at > now())
       AND t.committed_microcents <= 9223372036854775807 - CAST($3 AS bigint)
       AND t.remaining_microcents >= CAST($3 AS bigint) - (SELECT amount FROM hold)
@@ -1157,6 +1172,7 @@ hold AS MATERIALIZED (
     FROM applied AS j
 ), probe AS MATERIALIZED (
     SELECT t.tenant_id, t.remaining_microcents AS remaining, CASE
+        WHEN (SELECT nested FROM hold) THEN 'nested'
         WHEN t.renews_at <= now() THEN 'renew'
         WHEN (SELECT lapsed FROM hold) THEN 'lapsed'
         WHEN t.committed_microcents > 9223372036854775807 - CAST($3 AS bigint) THEN 'overflow'
@@ -1187,7 +1203,7 @@ SELECT p.status, p.remaining, NULL, NULL, p.tenant_id FROM probe AS p;
 END
 $shard$;
 
-CREATE OR REPLACE FUNCTION "ledger".routed_release_for_tenant_9d0cbf1c(p_tenant_id text, p_reservation_id bigint, p_ikey text)
+CREATE OR REPLACE FUNCTION "ledger".routed_release_for_tenant_304fe67d(p_tenant_id text, p_reservation_id bigint, p_ikey text)
 RETURNS TABLE("status" text, "tenant_id" text, "remaining" bigint) LANGUAGE plpgsql VOLATILE AS $routed$
 #variable_conflict use_column
 DECLARE
@@ -1195,7 +1211,7 @@ DECLARE
 WITH
 hold AS MATERIALIZED (
     SELECT tenant_id, amount_microcents AS amount, period_index AS period,
-           COALESCE(expires_at <= now(), false) AS lapsed
+           COALESCE(expires_at <= now(), false) AS lapsed, ancestor_ids IS NOT NULL AS nested
     FROM "ledger".reservations
     WHERE reservation_id = CAST($2 AS bigint) AND tenant_id = $1
     FOR UPDATE
@@ -1212,6 +1228,7 @@ hold AS MATERIALIZED (
             t.initial_microcents - "ledger".forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.remaining_microcents + (SELECT amount FROM hold) - "ledger".forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.reserved_microcents - (SELECT amount FROM hold), t.committed_microcents, t.max_reserved_microcents, now(), CAST($3 AS text),
             (SELECT period FROM hold), NULL)
     WHERE t.tenant_id = $1 AND EXISTS (SELECT 1 FROM hold) AND NOT (SELECT lapsed FROM hold)
+      AND NOT (SELECT nested FROM hold)
       AND (t.renews_at IS NULL OR t.renews_at > now())
     RETURNING t.*
 ), gone AS (
@@ -1239,13 +1256,14 @@ FROM applied AS a
 UNION ALL
 SELECT 'lapsed', NULL, NULL, NULL, tenant_id FROM hold WHERE lapsed
 UNION ALL
--- The hold is live and not lapsed, so only a due renewal stopped the UPDATE.
-SELECT 'renew', NULL, NULL, NULL, tenant_id FROM hold
+-- The hold is live and not lapsed, so only a due renewal stopped the UPDATE,
+-- or the hold is nested (the caller settles it with nested_settle).
+SELECT CASE WHEN nested THEN 'nested' ELSE 'renew' END, NULL, NULL, NULL, tenant_id FROM hold
 WHERE NOT lapsed AND NOT EXISTS (SELECT 1 FROM applied)
 $statement$;
     anchor bigint := get_shard_id_for_distribution_column(
         '"ledger".tenants'::regclass, $1);
-    inner_function text := 'routed_release_for_tenant_9d0cbf1c_s' || anchor;
+    inner_function text := 'routed_release_for_tenant_304fe67d_s' || anchor;
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_proc WHERE proname = inner_function
                AND pronamespace = '"ledger"'::regnamespace) THEN
@@ -1262,7 +1280,7 @@ BEGIN
 WITH
 hold AS MATERIALIZED (
     SELECT tenant_id, amount_microcents AS amount, period_index AS period,
-           COALESCE(expires_at <= now(), false) AS lapsed
+           COALESCE(expires_at <= now(), false) AS lapsed, ancestor_ids IS NOT NULL AS nested
     FROM "ledger".reservations
     WHERE reservation_id = CAST($2 AS bigint) AND tenant_id = $1
     FOR UPDATE
@@ -1279,6 +1297,7 @@ hold AS MATERIALIZED (
             t.initial_microcents - "ledger".forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.remaining_microcents + (SELECT amount FROM hold) - "ledger".forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.reserved_microcents - (SELECT amount FROM hold), t.committed_microcents, t.max_reserved_microcents, now(), CAST($3 AS text),
             (SELECT period FROM hold), NULL)
     WHERE t.tenant_id = $1 AND EXISTS (SELECT 1 FROM hold) AND NOT (SELECT lapsed FROM hold)
+      AND NOT (SELECT nested FROM hold)
       AND (t.renews_at IS NULL OR t.renews_at > now())
     RETURNING t.*
 ), gone AS (
@@ -1306,8 +1325,9 @@ FROM applied AS a
 UNION ALL
 SELECT 'lapsed', NULL, NULL, NULL, tenant_id FROM hold WHERE lapsed
 UNION ALL
--- The hold is live and not lapsed, so only a due renewal stopped the UPDATE.
-SELECT 'renew', NULL, NULL, NULL, tenant_id FROM hold
+-- The hold is live and not lapsed, so only a due renewal stopped the UPDATE,
+-- or the hold is nested (the caller settles it with nested_settle).
+SELECT CASE WHEN nested THEN 'nested' ELSE 'renew' END, NULL, NULL, NULL, tenant_id FROM hold
 WHERE NOT lapsed AND NOT EXISTS (SELECT 1 FROM applied);
     ELSE
         statement := regexp_replace(statement, '"ledger"\.journal\M', shard_name('"ledger".journal'::regclass, get_shard_id_for_distribution_column('"ledger".journal'::regclass, $1)), 'g');
@@ -1318,7 +1338,7 @@ WHERE NOT lapsed AND NOT EXISTS (SELECT 1 FROM applied);
 END
 $routed$;
 
-CREATE OR REPLACE FUNCTION "ledger".routed_release_for_tenant_9d0cbf1c_s102008(a_tenant_id text, a_reservation_id bigint, a_ikey text)
+CREATE OR REPLACE FUNCTION "ledger".routed_release_for_tenant_304fe67d_s102008(a_tenant_id text, a_reservation_id bigint, a_ikey text)
 RETURNS TABLE("status" text, "tenant_id" text, "remaining" bigint) LANGUAGE plpgsql VOLATILE AS $shard$
 #variable_conflict use_column
 BEGIN
@@ -1327,7 +1347,7 @@ BEGIN
 WITH
 hold AS MATERIALIZED (
     SELECT tenant_id, amount_microcents AS amount, period_index AS period,
-           COALESCE(expires_at <= now(), false) AS lapsed
+           COALESCE(expires_at <= now(), false) AS lapsed, ancestor_ids IS NOT NULL AS nested
     FROM "ledger".reservations_102104
     WHERE reservation_id = CAST($2 AS bigint) AND tenant_id = $1
     FOR UPDATE
@@ -1344,6 +1364,7 @@ hold AS MATERIALIZED (
             t.initial_microcents - "ledger".forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.remaining_microcents + (SELECT amount FROM hold) - "ledger".forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.reserved_microcents - (SELECT amount FROM hold), t.committed_microcents, t.max_reserved_microcents, now(), CAST($3 AS text),
             (SELECT period FROM hold), NULL)
     WHERE t.tenant_id = $1 AND EXISTS (SELECT 1 FROM hold) AND NOT (SELECT lapsed FROM hold)
+      AND NOT (SELECT nested FROM hold)
       AND (t.renews_at IS NULL OR t.renews_at > now())
     RETURNING t.*
 ), gone AS (
@@ -1371,15 +1392,16 @@ FROM applied AS a
 UNION ALL
 SELECT 'lapsed', NULL, NULL, NULL, tenant_id FROM hold WHERE lapsed
 UNION ALL
--- The hold is live and not lapsed, so only a due renewal stopped the UPDATE.
-SELECT 'renew', NULL, NULL, NULL, tenant_id FROM hold
+-- The hold is live and not lapsed, so only a due renewal stopped the UPDATE,
+-- or the hold is nested (the caller settles it with nested_settle).
+SELECT CASE WHEN nested THEN 'nested' ELSE 'renew' END, NULL, NULL, NULL, tenant_id FROM hold
 WHERE NOT lapsed AND NOT EXISTS (SELECT 1 FROM applied);
     ELSE
         RETURN QUERY
 WITH
 hold AS MATERIALIZED (
     SELECT tenant_id, amount_microcents AS amount, period_index AS period,
-           COALESCE(expires_at <= now(), false) AS lapsed
+           COALESCE(expires_at <= now(), false) AS lapsed, ancestor_ids IS NOT NULL AS nested
     FROM "ledger".reservations
     WHERE reservation_id = CAST($2 AS bigint) AND tenant_id = $1
     FOR UPDATE
@@ -1396,6 +1418,7 @@ hold AS MATERIALIZED (
             t.initial_microcents - "ledger".forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.remaining_microcents + (SELECT amount FROM hold) - "ledger".forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.reserved_microcents - (SELECT amount FROM hold), t.committed_microcents, t.max_reserved_microcents, now(), CAST($3 AS text),
             (SELECT period FROM hold), NULL)
     WHERE t.tenant_id = $1 AND EXISTS (SELECT 1 FROM hold) AND NOT (SELECT lapsed FROM hold)
+      AND NOT (SELECT nested FROM hold)
       AND (t.renews_at IS NULL OR t.renews_at > now())
     RETURNING t.*
 ), gone AS (
@@ -1423,20 +1446,22 @@ FROM applied AS a
 UNION ALL
 SELECT 'lapsed', NULL, NULL, NULL, tenant_id FROM hold WHERE lapsed
 UNION ALL
--- The hold is live and not lapsed, so only a due renewal stopped the UPDATE.
-SELECT 'renew', NULL, NULL, NULL, tenant_id FROM hold
+-- The hold is live and not lapsed, so only a due renewal stopped the UPDATE,
+-- or the hold is nested (the caller settles it with nested_settle).
+SELECT CASE WHEN nested THEN 'nested' ELSE 'renew' END, NULL, NULL, NULL, tenant_id FROM hold
 WHERE NOT lapsed AND NOT EXISTS (SELECT 1 FROM applied);
     END IF;
 END
 $shard$;
 
-CREATE OR REPLACE FUNCTION "ledger".routed_expire_for_tenant_2ea596c9(p_tenant_id text, p_ikey text)
+CREATE OR REPLACE FUNCTION "ledger".routed_expire_for_tenant_010e7345(p_tenant_id text, p_ikey text)
 RETURNS TABLE("status" text, "tenant_id" text, "remaining" bigint) LANGUAGE plpgsql VOLATILE AS $routed$
 #variable_conflict use_column
 DECLARE
     statement text := $statement$
 WITH hold AS MATERIALIZED (
-    SELECT tenant_id, reservation_id, amount_microcents AS amount, period_index AS period
+    SELECT tenant_id, reservation_id, amount_microcents AS amount, period_index AS period,
+           ancestor_ids IS NOT NULL AS nested
     FROM "ledger".reservations
     WHERE expires_at <= now() AND tenant_id = $1
     ORDER BY expires_at, reservation_id
@@ -1455,6 +1480,7 @@ WITH hold AS MATERIALIZED (
             t.initial_microcents - "ledger".forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.remaining_microcents + (SELECT amount FROM hold) - "ledger".forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.reserved_microcents - (SELECT amount FROM hold), t.committed_microcents, t.max_reserved_microcents, now(), CAST($2 AS text),
             (SELECT period FROM hold), NULL)
     WHERE t.tenant_id = $1 AND EXISTS (SELECT 1 FROM hold)
+      AND NOT (SELECT nested FROM hold)
       AND (t.renews_at IS NULL OR t.renews_at > now())
     RETURNING t.*
 ), gone AS (
@@ -1479,13 +1505,15 @@ SELECT 'expired' AS status, a.tenant_id, (SELECT reservation_id FROM hold) AS re
             THEN "ledger".invariant_failed('expiry refunded a tenant without removing its hold') END AS guard
 FROM applied AS a
 UNION ALL
--- The hold is locked, so only a due renewal of its tenant stopped the UPDATE.
-SELECT 'renew', h.tenant_id, h.reservation_id, NULL, NULL, NULL
+-- The hold is locked, so only a due renewal of its tenant stopped the UPDATE,
+-- or the hold is nested (the caller expires it with nested_settle).
+SELECT CASE WHEN h.nested THEN 'nested' ELSE 'renew' END, h.tenant_id, h.reservation_id,
+       NULL, NULL, NULL
 FROM hold AS h WHERE NOT EXISTS (SELECT 1 FROM applied)
 $statement$;
     anchor bigint := get_shard_id_for_distribution_column(
         '"ledger".tenants'::regclass, $1);
-    inner_function text := 'routed_expire_for_tenant_2ea596c9_s' || anchor;
+    inner_function text := 'routed_expire_for_tenant_010e7345_s' || anchor;
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_proc WHERE proname = inner_function
                AND pronamespace = '"ledger"'::regnamespace) THEN
@@ -1500,7 +1528,8 @@ BEGIN
                AND groupid = (SELECT groupid FROM pg_dist_local_group)) THEN
         RETURN QUERY
 WITH hold AS MATERIALIZED (
-    SELECT tenant_id, reservation_id, amount_microcents AS amount, period_index AS period
+    SELECT tenant_id, reservation_id, amount_microcents AS amount, period_index AS period,
+           ancestor_ids IS NOT NULL AS nested
     FROM "ledger".reservations
     WHERE expires_at <= now() AND tenant_id = $1
     ORDER BY expires_at, reservation_id
@@ -1519,6 +1548,7 @@ WITH hold AS MATERIALIZED (
             t.initial_microcents - "ledger".forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.remaining_microcents + (SELECT amount FROM hold) - "ledger".forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.reserved_microcents - (SELECT amount FROM hold), t.committed_microcents, t.max_reserved_microcents, now(), CAST($2 AS text),
             (SELECT period FROM hold), NULL)
     WHERE t.tenant_id = $1 AND EXISTS (SELECT 1 FROM hold)
+      AND NOT (SELECT nested FROM hold)
       AND (t.renews_at IS NULL OR t.renews_at > now())
     RETURNING t.*
 ), gone AS (
@@ -1543,8 +1573,10 @@ SELECT 'expired' AS status, a.tenant_id, (SELECT reservation_id FROM hold) AS re
             THEN "ledger".invariant_failed('expiry refunded a tenant without removing its hold') END AS guard
 FROM applied AS a
 UNION ALL
--- The hold is locked, so only a due renewal of its tenant stopped the UPDATE.
-SELECT 'renew', h.tenant_id, h.reservation_id, NULL, NULL, NULL
+-- The hold is locked, so only a due renewal of its tenant stopped the UPDATE,
+-- or the hold is nested (the caller expires it with nested_settle).
+SELECT CASE WHEN h.nested THEN 'nested' ELSE 'renew' END, h.tenant_id, h.reservation_id,
+       NULL, NULL, NULL
 FROM hold AS h WHERE NOT EXISTS (SELECT 1 FROM applied);
     ELSE
         statement := regexp_replace(statement, '"ledger"\.journal\M', shard_name('"ledger".journal'::regclass, get_shard_id_for_distribution_column('"ledger".journal'::regclass, $1)), 'g');
@@ -1555,14 +1587,15 @@ FROM hold AS h WHERE NOT EXISTS (SELECT 1 FROM applied);
 END
 $routed$;
 
-CREATE OR REPLACE FUNCTION "ledger".routed_expire_for_tenant_2ea596c9_s102008(a_tenant_id text, a_ikey text)
+CREATE OR REPLACE FUNCTION "ledger".routed_expire_for_tenant_010e7345_s102008(a_tenant_id text, a_ikey text)
 RETURNS TABLE("status" text, "tenant_id" text, "remaining" bigint) LANGUAGE plpgsql VOLATILE AS $shard$
 #variable_conflict use_column
 BEGIN
     IF "ledger".lock_shard_here(102008) THEN
         RETURN QUERY
 WITH hold AS MATERIALIZED (
-    SELECT tenant_id, reservation_id, amount_microcents AS amount, period_index AS period
+    SELECT tenant_id, reservation_id, amount_microcents AS amount, period_index AS period,
+           ancestor_ids IS NOT NULL AS nested
     FROM "ledger".reservations_102104
     WHERE expires_at <= now() AND tenant_id = $1
     ORDER BY expires_at, reservation_id
@@ -1581,6 +1614,7 @@ WITH hold AS MATERIALIZED (
             t.initial_microcents - "ledger".forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.remaining_microcents + (SELECT amount FROM hold) - "ledger".forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.reserved_microcents - (SELECT amount FROM hold), t.committed_microcents, t.max_reserved_microcents, now(), CAST($2 AS text),
             (SELECT period FROM hold), NULL)
     WHERE t.tenant_id = $1 AND EXISTS (SELECT 1 FROM hold)
+      AND NOT (SELECT nested FROM hold)
       AND (t.renews_at IS NULL OR t.renews_at > now())
     RETURNING t.*
 ), gone AS (
@@ -1605,13 +1639,16 @@ SELECT 'expired' AS status, a.tenant_id, (SELECT reservation_id FROM hold) AS re
             THEN "ledger".invariant_failed('expiry refunded a tenant without removing its hold') END AS guard
 FROM applied AS a
 UNION ALL
--- The hold is locked, so only a due renewal of its tenant stopped the UPDATE.
-SELECT 'renew', h.tenant_id, h.reservation_id, NULL, NULL, NULL
+-- The hold is locked, so only a due renewal of its tenant stopped the UPDATE,
+-- or the hold is nested (the caller expires it with nested_settle).
+SELECT CASE WHEN h.nested THEN 'nested' ELSE 'renew' END, h.tenant_id, h.reservation_id,
+       NULL, NULL, NULL
 FROM hold AS h WHERE NOT EXISTS (SELECT 1 FROM applied);
     ELSE
         RETURN QUERY
 WITH hold AS MATERIALIZED (
-    SELECT tenant_id, reservation_id, amount_microcents AS amount, period_index AS period
+    SELECT tenant_id, reservation_id, amount_microcents AS amount, period_index AS period,
+           ancestor_ids IS NOT NULL AS nested
     FROM "ledger".reservations
     WHERE expires_at <= now() AND tenant_id = $1
     ORDER BY expires_at, reservation_id
@@ -1630,6 +1667,7 @@ WITH hold AS MATERIALIZED (
             t.initial_microcents - "ledger".forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.remaining_microcents + (SELECT amount FROM hold) - "ledger".forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.reserved_microcents - (SELECT amount FROM hold), t.committed_microcents, t.max_reserved_microcents, now(), CAST($2 AS text),
             (SELECT period FROM hold), NULL)
     WHERE t.tenant_id = $1 AND EXISTS (SELECT 1 FROM hold)
+      AND NOT (SELECT nested FROM hold)
       AND (t.renews_at IS NULL OR t.renews_at > now())
     RETURNING t.*
 ), gone AS (
@@ -1654,20 +1692,23 @@ SELECT 'expired' AS status, a.tenant_id, (SELECT reservation_id FROM hold) AS re
             THEN "ledger".invariant_failed('expiry refunded a tenant without removing its hold') END AS guard
 FROM applied AS a
 UNION ALL
--- The hold is locked, so only a due renewal of its tenant stopped the UPDATE.
-SELECT 'renew', h.tenant_id, h.reservation_id, NULL, NULL, NULL
+-- The hold is locked, so only a due renewal of its tenant stopped the UPDATE,
+-- or the hold is nested (the caller expires it with nested_settle).
+SELECT CASE WHEN h.nested THEN 'nested' ELSE 'renew' END, h.tenant_id, h.reservation_id,
+       NULL, NULL, NULL
 FROM hold AS h WHERE NOT EXISTS (SELECT 1 FROM applied);
     END IF;
 END
 $shard$;
 
-CREATE OR REPLACE FUNCTION "ledger".routed_expire_hold_for_tenant_ea26f9c5(p_tenant_id text, p_reservation_id bigint, p_ikey text)
+CREATE OR REPLACE FUNCTION "ledger".routed_expire_hold_for_tenant_9a739542(p_tenant_id text, p_reservation_id bigint, p_ikey text)
 RETURNS TABLE("status" text, "tenant_id" text, "remaining" bigint) LANGUAGE plpgsql VOLATILE AS $routed$
 #variable_conflict use_column
 DECLARE
     statement text := $statement$
 WITH hold AS MATERIALIZED (
-    SELECT tenant_id, reservation_id, amount_microcents AS amount, period_index AS period
+    SELECT tenant_id, reservation_id, amount_microcents AS amount, period_index AS period,
+           ancestor_ids IS NOT NULL AS nested
     FROM "ledger".reservations
     WHERE expires_at <= now() AND reservation_id = CAST($2 AS bigint)
       AND tenant_id = $1
@@ -1687,6 +1728,7 @@ WITH hold AS MATERIALIZED (
             t.initial_microcents - "ledger".forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.remaining_microcents + (SELECT amount FROM hold) - "ledger".forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.reserved_microcents - (SELECT amount FROM hold), t.committed_microcents, t.max_reserved_microcents, now(), CAST($3 AS text),
             (SELECT period FROM hold), NULL)
     WHERE t.tenant_id = $1 AND EXISTS (SELECT 1 FROM hold)
+      AND NOT (SELECT nested FROM hold)
       AND (t.renews_at IS NULL OR t.renews_at > now())
     RETURNING t.*
 ), gone AS (
@@ -1711,13 +1753,15 @@ SELECT 'expired' AS status, a.tenant_id, (SELECT reservation_id FROM hold) AS re
             THEN "ledger".invariant_failed('expiry refunded a tenant without removing its hold') END AS guard
 FROM applied AS a
 UNION ALL
--- The hold is locked, so only a due renewal of its tenant stopped the UPDATE.
-SELECT 'renew', h.tenant_id, h.reservation_id, NULL, NULL, NULL
+-- The hold is locked, so only a due renewal of its tenant stopped the UPDATE,
+-- or the hold is nested (the caller expires it with nested_settle).
+SELECT CASE WHEN h.nested THEN 'nested' ELSE 'renew' END, h.tenant_id, h.reservation_id,
+       NULL, NULL, NULL
 FROM hold AS h WHERE NOT EXISTS (SELECT 1 FROM applied)
 $statement$;
     anchor bigint := get_shard_id_for_distribution_column(
         '"ledger".tenants'::regclass, $1);
-    inner_function text := 'routed_expire_hold_for_tenant_ea26f9c5_s' || anchor;
+    inner_function text := 'routed_expire_hold_for_tenant_9a739542_s' || anchor;
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_proc WHERE proname = inner_function
                AND pronamespace = '"ledger"'::regnamespace) THEN
@@ -1732,7 +1776,8 @@ BEGIN
                AND groupid = (SELECT groupid FROM pg_dist_local_group)) THEN
         RETURN QUERY
 WITH hold AS MATERIALIZED (
-    SELECT tenant_id, reservation_id, amount_microcents AS amount, period_index AS period
+    SELECT tenant_id, reservation_id, amount_microcents AS amount, period_index AS period,
+           ancestor_ids IS NOT NULL AS nested
     FROM "ledger".reservations
     WHERE expires_at <= now() AND reservation_id = CAST($2 AS bigint)
       AND tenant_id = $1
@@ -1752,6 +1797,7 @@ WITH hold AS MATERIALIZED (
             t.initial_microcents - "ledger".forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.remaining_microcents + (SELECT amount FROM hold) - "ledger".forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.reserved_microcents - (SELECT amount FROM hold), t.committed_microcents, t.max_reserved_microcents, now(), CAST($3 AS text),
             (SELECT period FROM hold), NULL)
     WHERE t.tenant_id = $1 AND EXISTS (SELECT 1 FROM hold)
+      AND NOT (SELECT nested FROM hold)
       AND (t.renews_at IS NULL OR t.renews_at > now())
     RETURNING t.*
 ), gone AS (
@@ -1776,8 +1822,10 @@ SELECT 'expired' AS status, a.tenant_id, (SELECT reservation_id FROM hold) AS re
             THEN "ledger".invariant_failed('expiry refunded a tenant without removing its hold') END AS guard
 FROM applied AS a
 UNION ALL
--- The hold is locked, so only a due renewal of its tenant stopped the UPDATE.
-SELECT 'renew', h.tenant_id, h.reservation_id, NULL, NULL, NULL
+-- The hold is locked, so only a due renewal of its tenant stopped the UPDATE,
+-- or the hold is nested (the caller expires it with nested_settle).
+SELECT CASE WHEN h.nested THEN 'nested' ELSE 'renew' END, h.tenant_id, h.reservation_id,
+       NULL, NULL, NULL
 FROM hold AS h WHERE NOT EXISTS (SELECT 1 FROM applied);
     ELSE
         statement := regexp_replace(statement, '"ledger"\.journal\M', shard_name('"ledger".journal'::regclass, get_shard_id_for_distribution_column('"ledger".journal'::regclass, $1)), 'g');
@@ -1788,14 +1836,15 @@ FROM hold AS h WHERE NOT EXISTS (SELECT 1 FROM applied);
 END
 $routed$;
 
-CREATE OR REPLACE FUNCTION "ledger".routed_expire_hold_for_tenant_ea26f9c5_s102008(a_tenant_id text, a_reservation_id bigint, a_ikey text)
+CREATE OR REPLACE FUNCTION "ledger".routed_expire_hold_for_tenant_9a739542_s102008(a_tenant_id text, a_reservation_id bigint, a_ikey text)
 RETURNS TABLE("status" text, "tenant_id" text, "remaining" bigint) LANGUAGE plpgsql VOLATILE AS $shard$
 #variable_conflict use_column
 BEGIN
     IF "ledger".lock_shard_here(102008) THEN
         RETURN QUERY
 WITH hold AS MATERIALIZED (
-    SELECT tenant_id, reservation_id, amount_microcents AS amount, period_index AS period
+    SELECT tenant_id, reservation_id, amount_microcents AS amount, period_index AS period,
+           ancestor_ids IS NOT NULL AS nested
     FROM "ledger".reservations_102104
     WHERE expires_at <= now() AND reservation_id = CAST($2 AS bigint)
       AND tenant_id = $1
@@ -1815,6 +1864,7 @@ WITH hold AS MATERIALIZED (
             t.initial_microcents - "ledger".forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.remaining_microcents + (SELECT amount FROM hold) - "ledger".forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.reserved_microcents - (SELECT amount FROM hold), t.committed_microcents, t.max_reserved_microcents, now(), CAST($3 AS text),
             (SELECT period FROM hold), NULL)
     WHERE t.tenant_id = $1 AND EXISTS (SELECT 1 FROM hold)
+      AND NOT (SELECT nested FROM hold)
       AND (t.renews_at IS NULL OR t.renews_at > now())
     RETURNING t.*
 ), gone AS (
@@ -1839,13 +1889,16 @@ SELECT 'expired' AS status, a.tenant_id, (SELECT reservation_id FROM hold) AS re
             THEN "ledger".invariant_failed('expiry refunded a tenant without removing its hold') END AS guard
 FROM applied AS a
 UNION ALL
--- The hold is locked, so only a due renewal of its tenant stopped the UPDATE.
-SELECT 'renew', h.tenant_id, h.reservation_id, NULL, NULL, NULL
+-- The hold is locked, so only a due renewal of its tenant stopped the UPDATE,
+-- or the hold is nested (the caller expires it with nested_settle).
+SELECT CASE WHEN h.nested THEN 'nested' ELSE 'renew' END, h.tenant_id, h.reservation_id,
+       NULL, NULL, NULL
 FROM hold AS h WHERE NOT EXISTS (SELECT 1 FROM applied);
     ELSE
         RETURN QUERY
 WITH hold AS MATERIALIZED (
-    SELECT tenant_id, reservation_id, amount_microcents AS amount, period_index AS period
+    SELECT tenant_id, reservation_id, amount_microcents AS amount, period_index AS period,
+           ancestor_ids IS NOT NULL AS nested
     FROM "ledger".reservations
     WHERE expires_at <= now() AND reservation_id = CAST($2 AS bigint)
       AND tenant_id = $1
@@ -1865,6 +1918,7 @@ WITH hold AS MATERIALIZED (
             t.initial_microcents - "ledger".forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.remaining_microcents + (SELECT amount FROM hold) - "ledger".forfeited((SELECT period FROM hold), t.period_index, (SELECT amount FROM hold)), t.reserved_microcents - (SELECT amount FROM hold), t.committed_microcents, t.max_reserved_microcents, now(), CAST($3 AS text),
             (SELECT period FROM hold), NULL)
     WHERE t.tenant_id = $1 AND EXISTS (SELECT 1 FROM hold)
+      AND NOT (SELECT nested FROM hold)
       AND (t.renews_at IS NULL OR t.renews_at > now())
     RETURNING t.*
 ), gone AS (
@@ -1889,8 +1943,10 @@ SELECT 'expired' AS status, a.tenant_id, (SELECT reservation_id FROM hold) AS re
             THEN "ledger".invariant_failed('expiry refunded a tenant without removing its hold') END AS guard
 FROM applied AS a
 UNION ALL
--- The hold is locked, so only a due renewal of its tenant stopped the UPDATE.
-SELECT 'renew', h.tenant_id, h.reservation_id, NULL, NULL, NULL
+-- The hold is locked, so only a due renewal of its tenant stopped the UPDATE,
+-- or the hold is nested (the caller expires it with nested_settle).
+SELECT CASE WHEN h.nested THEN 'nested' ELSE 'renew' END, h.tenant_id, h.reservation_id,
+       NULL, NULL, NULL
 FROM hold AS h WHERE NOT EXISTS (SELECT 1 FROM applied);
     END IF;
 END
@@ -2504,12 +2560,12 @@ BEGIN
 END
 $shard$;
 
-CREATE OR REPLACE FUNCTION "ledger".routed_keyed_try_reserve_4dff8582(p_tenant_id text, p_amount bigint, p_ikey text, p_ttl_us bigint, p_expires_at timestamp with time zone, p_request_hash bytea)
+CREATE OR REPLACE FUNCTION "ledger".routed_keyed_try_reserve_60ac4a34(p_tenant_id text, p_amount bigint, p_ikey text, p_ttl_us bigint, p_expires_at timestamp with time zone, p_request_hash bytea)
 RETURNS TABLE("ledger_answer" text, "ledger_request_hash" bytea, "ledger_outcome" jsonb, "status" text, "tenant_id" text, "remaining" bigint) LANGUAGE plpgsql VOLATILE AS $routed$
 DECLARE
     anchor bigint := get_shard_id_for_distribution_column(
         '"ledger".tenants'::regclass, $1);
-    inner_function text := 'routed_keyed_try_reserve_4dff8582_s' || anchor;
+    inner_function text := 'routed_keyed_try_reserve_60ac4a34_s' || anchor;
 BEGIN
     -- No guard of its own: each shard function it calls takes the shard
     -- lock and checks the placement (the first one's lock holds until COMMIT).
@@ -2527,7 +2583,7 @@ BEGIN
 END
 $routed$;
 
-CREATE OR REPLACE FUNCTION "ledger".routed_keyed_try_reserve_4dff8582_s102008(a_tenant_id text, a_amount bigint, a_ikey text, a_ttl_us bigint, a_expires_at timestamp with time zone, a_request_hash bytea)
+CREATE OR REPLACE FUNCTION "ledger".routed_keyed_try_reserve_60ac4a34_s102008(a_tenant_id text, a_amount bigint, a_ikey text, a_ttl_us bigint, a_expires_at timestamp with time zone, a_request_hash bytea)
 RETURNS TABLE("ledger_answer" text, "ledger_request_hash" bytea, "ledger_outcome" jsonb, "status" text, "tenant_id" text, "remaining" bigint) LANGUAGE plpgsql VOLATILE AS $shard$
 #variable_conflict use_column
 DECLARE
@@ -2545,7 +2601,7 @@ BEGIN
             FROM "ledger"."routed_idempotency_read_844f0525_s102008"(a_tenant_id, a_ikey) AS k;
         RETURN;
     END IF;
-    SELECT * INTO r FROM "ledger"."routed_try_reserve_6623ce5c_s102008"(a_tenant_id, a_amount, a_ikey, a_ttl_us, a_expires_at) AS o;
+    SELECT * INTO r FROM "ledger"."routed_try_reserve_c816a560_s102008"(a_tenant_id, a_amount, a_ikey, a_ttl_us, a_expires_at) AS o;
     v_found := FOUND;
     IF v_found THEN
         v_outcome := CASE
@@ -2579,12 +2635,12 @@ BEGIN
 END
 $shard$;
 
-CREATE OR REPLACE FUNCTION "ledger".routed_keyed_commit_93d09204(p_tenant_id text, p_reservation_id bigint, p_actual bigint, p_ikey text, p_request_hash bytea)
+CREATE OR REPLACE FUNCTION "ledger".routed_keyed_commit_6618baf5(p_tenant_id text, p_reservation_id bigint, p_actual bigint, p_ikey text, p_request_hash bytea)
 RETURNS TABLE("ledger_answer" text, "ledger_request_hash" bytea, "ledger_outcome" jsonb, "status" text, "tenant_id" text, "remaining" bigint) LANGUAGE plpgsql VOLATILE AS $routed$
 DECLARE
     anchor bigint := get_shard_id_for_distribution_column(
         '"ledger".tenants'::regclass, $1);
-    inner_function text := 'routed_keyed_commit_93d09204_s' || anchor;
+    inner_function text := 'routed_keyed_commit_6618baf5_s' || anchor;
 BEGIN
     -- No guard of its own: each shard function it calls takes the shard
     -- lock and checks the placement (the first one's lock holds until COMMIT).
@@ -2602,7 +2658,7 @@ BEGIN
 END
 $routed$;
 
-CREATE OR REPLACE FUNCTION "ledger".routed_keyed_commit_93d09204_s102008(a_tenant_id text, a_reservation_id bigint, a_actual bigint, a_ikey text, a_request_hash bytea)
+CREATE OR REPLACE FUNCTION "ledger".routed_keyed_commit_6618baf5_s102008(a_tenant_id text, a_reservation_id bigint, a_actual bigint, a_ikey text, a_request_hash bytea)
 RETURNS TABLE("ledger_answer" text, "ledger_request_hash" bytea, "ledger_outcome" jsonb, "status" text, "tenant_id" text, "remaining" bigint) LANGUAGE plpgsql VOLATILE AS $shard$
 #variable_conflict use_column
 DECLARE
@@ -2620,7 +2676,7 @@ BEGIN
             FROM "ledger"."routed_idempotency_read_844f0525_s102008"(a_tenant_id, a_ikey) AS k;
         RETURN;
     END IF;
-    SELECT * INTO r FROM "ledger"."routed_commit_for_tenant_43bbd903_s102008"(a_tenant_id, a_reservation_id, a_actual, a_ikey) AS o;
+    SELECT * INTO r FROM "ledger"."routed_commit_for_tenant_23820088_s102008"(a_tenant_id, a_reservation_id, a_actual, a_ikey) AS o;
     v_found := FOUND;
     IF v_found THEN
         v_outcome := CASE
@@ -2652,12 +2708,12 @@ BEGIN
 END
 $shard$;
 
-CREATE OR REPLACE FUNCTION "ledger".routed_keyed_release_423be8b0(p_tenant_id text, p_reservation_id bigint, p_ikey text, p_request_hash bytea)
+CREATE OR REPLACE FUNCTION "ledger".routed_keyed_release_50cbe02d(p_tenant_id text, p_reservation_id bigint, p_ikey text, p_request_hash bytea)
 RETURNS TABLE("ledger_answer" text, "ledger_request_hash" bytea, "ledger_outcome" jsonb, "status" text, "tenant_id" text, "remaining" bigint) LANGUAGE plpgsql VOLATILE AS $routed$
 DECLARE
     anchor bigint := get_shard_id_for_distribution_column(
         '"ledger".tenants'::regclass, $1);
-    inner_function text := 'routed_keyed_release_423be8b0_s' || anchor;
+    inner_function text := 'routed_keyed_release_50cbe02d_s' || anchor;
 BEGIN
     -- No guard of its own: each shard function it calls takes the shard
     -- lock and checks the placement (the first one's lock holds until COMMIT).
@@ -2675,7 +2731,7 @@ BEGIN
 END
 $routed$;
 
-CREATE OR REPLACE FUNCTION "ledger".routed_keyed_release_423be8b0_s102008(a_tenant_id text, a_reservation_id bigint, a_ikey text, a_request_hash bytea)
+CREATE OR REPLACE FUNCTION "ledger".routed_keyed_release_50cbe02d_s102008(a_tenant_id text, a_reservation_id bigint, a_ikey text, a_request_hash bytea)
 RETURNS TABLE("ledger_answer" text, "ledger_request_hash" bytea, "ledger_outcome" jsonb, "status" text, "tenant_id" text, "remaining" bigint) LANGUAGE plpgsql VOLATILE AS $shard$
 #variable_conflict use_column
 DECLARE
@@ -2693,7 +2749,7 @@ BEGIN
             FROM "ledger"."routed_idempotency_read_844f0525_s102008"(a_tenant_id, a_ikey) AS k;
         RETURN;
     END IF;
-    SELECT * INTO r FROM "ledger"."routed_release_for_tenant_9d0cbf1c_s102008"(a_tenant_id, a_reservation_id, a_ikey) AS o;
+    SELECT * INTO r FROM "ledger"."routed_release_for_tenant_304fe67d_s102008"(a_tenant_id, a_reservation_id, a_ikey) AS o;
     v_found := FOUND;
     IF v_found THEN
         v_outcome := CASE
