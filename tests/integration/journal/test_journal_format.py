@@ -260,7 +260,7 @@ def test_a_format_1_ledger_upgrades_verifies_and_goes_on_in_format_2(at_0008: st
     url = at_0008
     with ledger.Ledger(url) as book:
         _write(book, "old")  # single operations only: they need nothing of 0009
-    ledger.migrate(url)
+    ledger.migrate(url, "0009")
     assert current_revision(url) == "0009"
     with ledger.Ledger(url) as book, psycopg.connect(_plain(url), autocommit=True) as raw:
         old = _formats(raw)
