@@ -302,7 +302,7 @@ def metadata(schema: str = "ledger") -> MetaData:
     Table(  # revision 0010: the alerts outbox
         "alerts",
         md,
-        Column("alert_id", BigInteger, Identity(always=True), primary_key=True),
+        Column("alert_id", BigInteger, Identity(always=True), nullable=False),
         _tenant_id(),
         Column("threshold", Text, nullable=False),
         Column("period_index", BigInteger, nullable=True),
@@ -320,6 +320,7 @@ def metadata(schema: str = "ledger") -> MetaData:
         Column("attempts", BigInteger, nullable=False, server_default=text("0")),
         Column("last_error", Text, nullable=True),
         Column("delivered_at", DateTime(timezone=True), nullable=True),
+        PrimaryKeyConstraint("tenant_id", "alert_id", name="alerts_pkey"),
         UniqueConstraint(
             "tenant_id",
             "threshold",

@@ -14,9 +14,12 @@
   trigger from the journal entries each write appends, so the check never
   scans a tenant's journal (it is filled once from the journal when the
   first threshold is set).
-- ``alerts``: the outbox. ``UNIQUE NULLS NOT DISTINCT (tenant_id, threshold,
-  period_index)`` makes a threshold fire at most once per period (a tenant
-  without an allowance has one period, NULL). Claimed with a lease
+- ``alerts``: the outbox, keyed ``(tenant_id, alert_id)`` like every
+  tenant-scoped table (docs/design.md, "Tables"); claims and acknowledgements
+  find rows by ``alert_id`` through the partial index of undelivered alerts.
+  ``UNIQUE NULLS NOT DISTINCT (tenant_id, threshold, period_index)`` makes a
+  threshold fire at most once per period (a tenant without an allowance has
+  one period, NULL). Claimed with a lease
   (``claimed_until``), acknowledged with ``delivered_at``; ``attempts`` counts
   claims, ``last_error`` keeps the deliverer's last failure.
 - ``check_thresholds()``: the AFTER UPDATE trigger function. It runs at the
@@ -125,7 +128,7 @@ def _expand() -> None:
             attempts bigint NOT NULL DEFAULT 0,
             last_error text,
             delivered_at timestamptz,
-            CONSTRAINT alerts_pkey PRIMARY KEY (alert_id),
+            CONSTRAINT alerts_pkey PRIMARY KEY (tenant_id, alert_id),
             CONSTRAINT alerts_once_per_period
                 UNIQUE NULLS NOT DISTINCT (tenant_id, threshold, period_index),
             CONSTRAINT alerts_kind CHECK (kind IN ('spent', 'spent_percent', 'remaining_below'))
