@@ -66,10 +66,36 @@ def upgrade() -> None:
     migrator.locked(_expand)
 
 
+def _on_citus(setting: str, value: str) -> None:
+    """``SET LOCAL setting = value`` on a Citus coordinator only (a DO block, so the
+    offline script decides when it runs); no-op on plain PostgreSQL.
+
+    On a distributed schema this revision alters ``tenants``' shards and then
+    creates a function, which Citus allows over one connection per node only
+    (``citus.multi_shard_modify_mode = sequential``, as revisions 0006 and
+    0007 do), and adds a trigger to a distributed table, which Citus allows
+    with ``citus.enable_unsafe_triggers`` (as ``ledger distribute`` sets it for
+    the journal's).
+    """
+    op.execute(
+        sa.text(f"""
+        DO $$
+        BEGIN
+            IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+                PERFORM set_config('{setting}', '{value}', true);
+            END IF;
+        END
+        $$
+    """)
+    )
+
+
 def _expand() -> None:
     schema = _schema()
     q = f'"{schema}"'
     notify_channel = "'" + channel(schema).replace("'", "''") + "'"
+    _on_citus("citus.multi_shard_modify_mode", "sequential")
+    _on_citus("citus.enable_unsafe_triggers", "on")
     op.execute(
         sa.text(f"ALTER TABLE {q}.tenants ADD COLUMN has_thresholds boolean NOT NULL DEFAULT false")
     )
@@ -203,11 +229,11 @@ def _expand() -> None:
                 tenant_id, threshold, period_index, kind, level_microcents, spent_microcents,
                 initial_microcents, remaining_microcents, reserved_microcents,
                 committed_microcents, journal_seq)
-            SELECT NEW.tenant_id, l.name, NEW.period_index, l.kind, l.level, spent,
+            SELECT l.tenant_id, l.name, NEW.period_index, l.kind, l.level, spent,
                    NEW.initial_microcents, NEW.remaining_microcents, NEW.reserved_microcents,
                    NEW.committed_microcents, NEW.journal_seq
             FROM (
-                SELECT th.name,
+                SELECT th.tenant_id, th.name,
                        CASE WHEN th.spent_microcents IS NOT NULL THEN 'spent'
                             WHEN th.spent_percent IS NOT NULL THEN 'spent_percent'
                             ELSE 'remaining_below' END AS kind,
@@ -225,7 +251,7 @@ def _expand() -> None:
                       ELSE spent >= l.level END
               AND NOT EXISTS (
                   SELECT 1 FROM {q}.alerts AS a
-                  WHERE a.tenant_id = NEW.tenant_id AND a.threshold = l.name
+                  WHERE a.tenant_id = l.tenant_id AND a.threshold = l.name
                     AND (a.period_index = NEW.period_index
                          OR (a.period_index IS NULL AND NEW.period_index IS NULL)))
             ON CONFLICT ON CONSTRAINT alerts_once_per_period DO NOTHING;
@@ -254,6 +280,8 @@ def downgrade() -> None:
 
 def _contract() -> None:
     q = f'"{_schema()}"'
+    _on_citus("citus.multi_shard_modify_mode", "sequential")
+    _on_citus("citus.enable_unsafe_triggers", "on")
     op.execute(sa.text(f"DROP TRIGGER tenants_check_thresholds ON {q}.tenants"))
     op.execute(sa.text(f"DROP FUNCTION {q}.check_thresholds()"))
     op.execute(sa.text(f"DROP TABLE {q}.alerts"))
