@@ -179,6 +179,45 @@ def _expand() -> None:
             delta bigint := 0;
             fired bigint;
         BEGIN
+            IF NEW.journal_seq > OLD.journal_seq
+               AND NEW.committed_microcents = OLD.committed_microcents
+               AND NEW.initial_microcents = OLD.initial_microcents
+               AND NEW.period_index IS NOT DISTINCT FROM OLD.period_index THEN
+                -- A write that spent nothing (a reserve, a release, an expiry, a
+                -- top-up): spend and the percent base are unchanged, so only a
+                -- remaining_below threshold can cross, and only if remaining fell.
+                -- (Spend moves only with commit and refund entries, which move
+                -- committed; set_threshold's own update appends no entry, so it
+                -- always takes the full check below.)
+                IF NEW.remaining_microcents < OLD.remaining_microcents THEN
+                    INSERT INTO {q}.alerts (
+                        tenant_id, threshold, period_index, kind, level_microcents,
+                        spent_microcents, initial_microcents, remaining_microcents,
+                        reserved_microcents, committed_microcents, journal_seq)
+                    SELECT th.tenant_id, th.name, NEW.period_index, 'remaining_below',
+                           th.remaining_below_microcents,
+                           COALESCE((SELECT s.spent_microcents FROM {q}.threshold_spend AS s
+                                     WHERE s.tenant_id = th.tenant_id
+                                       AND s.period_index = NEW.period_index),
+                                    NEW.committed_microcents),
+                           NEW.initial_microcents, NEW.remaining_microcents,
+                           NEW.reserved_microcents, NEW.committed_microcents, NEW.journal_seq
+                    FROM {q}.thresholds AS th
+                    WHERE th.tenant_id = NEW.tenant_id
+                      AND th.remaining_below_microcents > NEW.remaining_microcents
+                      AND NOT EXISTS (
+                          SELECT 1 FROM {q}.alerts AS a
+                          WHERE a.tenant_id = th.tenant_id AND a.threshold = th.name
+                            AND (a.period_index = NEW.period_index
+                                 OR (a.period_index IS NULL AND NEW.period_index IS NULL)))
+                    ON CONFLICT ON CONSTRAINT alerts_once_per_period DO NOTHING;
+                    GET DIAGNOSTICS fired = ROW_COUNT;
+                    IF fired > 0 THEN
+                        PERFORM pg_notify({notify_channel}, NEW.tenant_id);
+                    END IF;
+                END IF;
+                RETURN NULL;
+            END IF;
             IF NEW.period_index IS NULL THEN
                 -- No periods: spend is lifetime commits (refunds lower it).
                 spent := NEW.committed_microcents;

@@ -417,3 +417,20 @@ def test_period_boundary_in_real_time(book: ledger.Ledger) -> None:
     time.sleep(2.5)
     spend(book, "r", 100)
     assert fired(book) == [("x", first), ("x", first + 1)]
+
+
+def test_a_write_that_spends_nothing_can_still_cross(book: ledger.Ledger) -> None:
+    """Reserves and negative adjustments move remaining or the percent base, not spend."""
+    book.ensure_tenant("t", 1_000)
+    spend(book, "t", 400)  # remaining 600
+    book.set_threshold("t", "half", spent_percent=50)
+    book.set_threshold("t", "low", remaining_below_microcents=250)
+    book.top_up_tenant("t", 1)  # initial 1,001, remaining 601: nothing crosses
+    assert fired(book) == []
+    hold = book.try_reserve("t", 400).raise_for_status()  # remaining 201 < 250
+    assert fired(book) == [("low", None)]
+    book.release(hold.reservation_id, tenant_id="t")  # type: ignore[arg-type]
+    book.adjust("t", -300, reason="clawback").raise_for_status()  # 400 of 701: 57 %
+    assert fired(book) == [("low", None), ("half", None)]
+    alert = book.list_alerts("t")[0].alert
+    assert (alert.level_microcents, alert.initial_microcents) == (351, 701)
