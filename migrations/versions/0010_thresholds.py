@@ -190,18 +190,20 @@ def _expand() -> None:
                 -- committed; set_threshold's own update appends no entry, so it
                 -- always takes the full check below.)
                 IF NEW.remaining_microcents < OLD.remaining_microcents THEN
+                    spent := NEW.committed_microcents;
+                    IF NEW.period_index IS NOT NULL THEN
+                        SELECT s.spent_microcents INTO spent FROM {q}.threshold_spend AS s
+                        WHERE s.tenant_id = NEW.tenant_id AND s.period_index = NEW.period_index;
+                        spent := COALESCE(spent, 0);
+                    END IF;
                     INSERT INTO {q}.alerts (
                         tenant_id, threshold, period_index, kind, level_microcents,
                         spent_microcents, initial_microcents, remaining_microcents,
                         reserved_microcents, committed_microcents, journal_seq)
                     SELECT th.tenant_id, th.name, NEW.period_index, 'remaining_below',
-                           th.remaining_below_microcents,
-                           COALESCE((SELECT s.spent_microcents FROM {q}.threshold_spend AS s
-                                     WHERE s.tenant_id = th.tenant_id
-                                       AND s.period_index = NEW.period_index),
-                                    NEW.committed_microcents),
-                           NEW.initial_microcents, NEW.remaining_microcents,
-                           NEW.reserved_microcents, NEW.committed_microcents, NEW.journal_seq
+                           th.remaining_below_microcents, spent, NEW.initial_microcents,
+                           NEW.remaining_microcents, NEW.reserved_microcents,
+                           NEW.committed_microcents, NEW.journal_seq
                     FROM {q}.thresholds AS th
                     WHERE th.tenant_id = NEW.tenant_id
                       AND th.remaining_below_microcents > NEW.remaining_microcents

@@ -416,6 +416,7 @@ def test_thresholds_on_a_distributed_schema(book: ledger.Ledger) -> None:
     """
     book.ensure_tenant("th", 1_000)
     book.set_threshold("th", "half", spent_percent=50)
+    book.set_threshold("th", "low", remaining_below_microcents=1)  # reserves check it
     for _ in range(2):
         hold = book.try_reserve("th", 300).raise_for_status()
         book.commit(hold.reservation_id, 300, tenant_id="th").raise_for_status()  # type: ignore[arg-type]
