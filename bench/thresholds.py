@@ -21,6 +21,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
+
 import ledger
 
 from . import scratch
@@ -101,6 +103,29 @@ def compare(url: str, seconds: float, clients: int, rounds: int = 2) -> dict[str
     }
 
 
+def server_side(url: str, updates: int = 3_000) -> dict[str, float]:
+    """µs per tenant-row update inside one transaction (rolled back), per kind: the
+    check's own cost, without the client, the round trip or the WAL flush."""
+    plain = url.replace("postgresql+psycopg://", "postgresql://", 1)
+    out: dict[str, float] = {}
+    with psycopg.connect(plain) as conn:
+        for attempt in range(2):  # the first pass warms caches and plans
+            for kind in KINDS:
+                started = time.perf_counter()
+                conn.execute(
+                    "DO $$ BEGIN FOR i IN 1.." + str(updates) + " LOOP "
+                    "UPDATE ledger.tenants SET remaining_microcents = remaining_microcents - 1,"
+                    " committed_microcents = committed_microcents + 1,"
+                    f" journal_seq = journal_seq + 1 WHERE tenant_id = 'th-{kind}-1';"
+                    " END LOOP; END $$"
+                )
+                elapsed = time.perf_counter() - started
+                conn.rollback()
+                if attempt:
+                    out[kind] = elapsed / updates * 1e6
+    return out
+
+
 def report(result: dict[str, Any]) -> str:
     per = result["cycles_per_second"]
     return (
@@ -121,7 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     rounds = 1 if args.smoke else 3
     with scratch.fresh_database(args.database_url, "thresholds") as db_url:
         result = compare(db_url, seconds, 1 if args.smoke else args.clients, rounds)
+        per_update = server_side(db_url, 300 if args.smoke else 3_000)
     print(report(result))
+    print(
+        "server side, µs per tenant update that spends (the full check): "
+        + ", ".join(f"{kind} {us:.1f}" for kind, us in per_update.items())
+    )
     return 0
 
 
