@@ -342,6 +342,27 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def run_thresholds(
+    url: str, args: argparse.Namespace, seconds: float, wanted: bool
+) -> dict[str, Any] | None:
+    """Issue 26: the same reserve->commit cycles on tenants with and without thresholds."""
+    if not wanted:
+        return None
+    from .thresholds import compare
+    from .thresholds import report as thresholds_report
+
+    result = compare(url, seconds, 1 if args.smoke else 4, 1 if args.smoke else 2)
+    print("  " + thresholds_report(result), file=sys.stderr)
+    return result
+
+
+def print_thresholds(result: dict[str, Any] | None) -> None:
+    if result is not None:
+        from .thresholds import report as thresholds_report
+
+        print(thresholds_report(result))
+
+
 def run_all(args: argparse.Namespace) -> int:
     """The throughput, batch and scale runs (or ``--citus``)."""
     if args.citus:
@@ -395,6 +416,7 @@ def run_all(args: argparse.Namespace) -> int:
                     f"{m.per_second:9.0f} cycles/s",
                     file=sys.stderr,
                 )
+        thresholds = run_thresholds(url, args, seconds, bool(workloads) and "ledger" in impls)
         scale_points: list[dict[str, Any]] = []
         if not args.skip_scale:
             from .scale import journal_scale, tenant_scale
@@ -416,6 +438,7 @@ def run_all(args: argparse.Namespace) -> int:
             "seconds_per_run": seconds,
             "measurements": [{**asdict(m), "per_second": m.per_second} for m in rows],
             "scale": scale_points,
+            "thresholds": thresholds,
         }
     finally:
         if server is not None:
@@ -426,6 +449,7 @@ def run_all(args: argparse.Namespace) -> int:
     print("server:", ", ".join(f"{k}={v}" for k, v in report["settings"].items()))
     print(table(rows))
     print(targets(rows))
+    print_thresholds(report["thresholds"])
     if report["scale"]:
         print(f"{'operation':<22}{'size':>10}{'seconds':>10}{'us/item':>10}{'peak MiB':>10}")
         for p in report["scale"]:

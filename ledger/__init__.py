@@ -19,6 +19,7 @@ from importlib.metadata import version as _version
 
 from . import embedded as embedded  # `ledger.embedded`: the CLI's server (lazy imports)
 from . import errors
+from ._alerts import Alert, AlertBacklog, AlertRecord, Threshold
 from ._asof import AsOfCheckpoint, BalanceAt, SpendReport, TenantSpend
 from ._async_ledger import AsyncLedger
 from ._batch import CommitItem, ReleaseItem, ReserveItem
@@ -63,6 +64,9 @@ __all__ = [
     "MAX_TREE_DEPTH",
     "MICROCENTS_PER_CENT",
     "AdjustOutcome",
+    "Alert",
+    "AlertBacklog",
+    "AlertRecord",
     "AllowanceOutcome",
     "AsOfCheckpoint",
     "AsyncHold",
@@ -94,6 +98,7 @@ __all__ = [
     "Status",
     "TenantLedger",
     "TenantSpend",
+    "Threshold",
     "TopUpOutcome",
     "TreeNode",
     "certify_ledger",

@@ -45,13 +45,16 @@ modules it names).
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import (
+    _alerts,
     _asof,
     _batch,
     _certificate_check,
@@ -65,6 +68,7 @@ from . import (
     errors,
 )
 from . import _operations as ops
+from ._alerts import Alert, AlertBacklog, AlertRecord, Threshold
 from ._asof import AsOfCheckpoint, BalanceAt, SpendReport
 from ._async_hold import AsyncHold
 from ._batch import CommitItem, ReleaseItem, ReserveItem
@@ -797,6 +801,183 @@ class AsyncLedger:
         """
         op = await self._op(lambda q: _periods.period_spend(q, tenant_id, period_index))
         return await self._run(op, connection, name="period_spend", tenant_id=tenant_id)
+
+    # ------------------------------------------------- thresholds and alerts
+
+    async def set_threshold(
+        self,
+        tenant_id: str,
+        name: str,
+        *,
+        spent_microcents: int | None = None,
+        spent_percent: int | float | Decimal | None = None,
+        remaining_below_microcents: int | None = None,
+        connection: AsyncConnectable | None = None,
+    ) -> bool:
+        """Set (or replace) the threshold ``name`` of a tenant; True if it is new.
+
+        Exactly one level: ``spent_microcents`` (the current period's spend
+        reaches it), ``spent_percent`` (the same as a share of the period's
+        allowance, or of ``initial`` without one) or
+        ``remaining_below_microcents`` (``remaining`` falls below it). The
+        write that crosses it records an :class:`Alert` in its own
+        transaction, at most once per threshold and period; a threshold that
+        is already crossed fires at once (docs/alerts.md). A missing tenant
+        raises :class:`~ledger.errors.TenantNotFound`.
+        """
+        op = await self._op(
+            lambda q: _alerts.set_threshold(
+                q, tenant_id, name, spent_microcents, spent_percent, remaining_below_microcents
+            )
+        )
+        return await self._run(op, connection, name="set_threshold", tenant_id=tenant_id)
+
+    async def clear_threshold(
+        self, tenant_id: str, name: str, *, connection: AsyncConnectable | None = None
+    ) -> bool:
+        """Delete a threshold; True if it existed. Alerts it fired stay in the outbox."""
+        op = await self._op(lambda q: _alerts.clear_threshold(q, tenant_id, name))
+        return await self._run(op, connection, name="clear_threshold", tenant_id=tenant_id)
+
+    async def thresholds(
+        self, tenant_id: str, *, connection: AsyncConnectable | None = None
+    ) -> list[Threshold]:
+        """A tenant's thresholds, by name."""
+        op = await self._op(lambda q: _alerts.thresholds(q, tenant_id))
+        return await self._run(op, connection, name="thresholds", tenant_id=tenant_id)
+
+    async def claim_alerts(
+        self,
+        limit: int = 100,
+        lease: timedelta = timedelta(seconds=30),
+        *,
+        consumer: str | None = None,
+        connection: AsyncConnectable | None = None,
+    ) -> list[Alert]:
+        """Claim up to ``limit`` undelivered alerts for ``lease``, oldest first.
+
+        ``FOR UPDATE SKIP LOCKED``: concurrent claimers never get the same
+        alert while its lease runs. Acknowledge with :meth:`ack_alerts`; an
+        alert not acknowledged before its lease ends is claimed again.
+        ``consumer`` is recorded in ``alerts.claimed_by`` (default host:pid).
+        """
+        op = await self._op(lambda q: _alerts.claim_alerts(q, limit, lease, consumer))
+        return await self._run(op, connection, name="claim_alerts")
+
+    async def ack_alerts(
+        self, ids: Iterable[int | Alert], *, connection: AsyncConnectable | None = None
+    ) -> int:
+        """Mark alerts delivered (never claimed again); returns how many were not already."""
+        op = await self._op(lambda q: _alerts.ack_alerts(q, ids))
+        return await self._run(op, connection, name="ack_alerts")
+
+    async def release_alerts(
+        self,
+        ids: Iterable[int | Alert],
+        *,
+        error: str | None = None,
+        retry_after: timedelta | None = None,
+        connection: AsyncConnectable | None = None,
+    ) -> int:
+        """End the lease of claimed alerts, so a claim takes them again: now, or after
+        ``retry_after`` (a backoff).
+
+        For a handler that failed: ``error`` is kept in ``alerts.last_error``.
+        """
+        op = await self._op(lambda q: _alerts.release_alerts(q, ids, error, retry_after))
+        return await self._run(op, connection, name="release_alerts")
+
+    async def list_alerts(
+        self,
+        tenant_id: str | None = None,
+        *,
+        undelivered: bool = False,
+        limit: int = 100,
+        connection: AsyncConnectable | None = None,
+    ) -> list[AlertRecord]:
+        """The outbox, newest first, with each alert's delivery state (claims nothing)."""
+        op = await self._op(lambda q: _alerts.list_alerts(q, tenant_id, undelivered, limit))
+        return await self._run(op, connection, name="list_alerts", tenant_id=tenant_id)
+
+    async def alert_backlog(self, *, connection: AsyncConnectable | None = None) -> AlertBacklog:
+        """How many alerts are undelivered, and how old the oldest is (the telemetry gauges)."""
+        op = await self._op(_alerts.alert_backlog)
+        return await self._run(op, connection, name="alert_backlog")
+
+    async def alerts(
+        self,
+        *,
+        limit: int = 1,
+        lease: timedelta = timedelta(seconds=30),
+        consumer: str | None = None,
+        listen: bool | str = True,
+        poll_interval: float = 1.0,
+        idle_timeout: float | None = None,
+        max_alerts: int | None = None,
+    ) -> AsyncIterator[Alert]:
+        """Consume alerts: ``async for alert in abook.alerts(): await handle(alert)``.
+
+        Claims up to ``limit`` alerts at a time (a lease each, as
+        :meth:`claim_alerts`), hands them over one by one, and acknowledges
+        each when the loop asks for the next, that is after the loop's body
+        returned. Leaving the loop (``break``, an exception) hands the alert
+        being handled, and the rest of the claim, back at once, unacknowledged.
+        A consumer that dies keeps its claim until the lease ends; then
+        another consumer gets it. So a body runs at least once per alert,
+        ``delivered_at`` is set once, and two live consumers never hold one
+        alert: deduplicate on ``alert_id`` downstream.
+
+        Between claims it waits for a ``NOTIFY`` on a session of its own
+        (``listen=True``: the ledger's database; a URL: another, such as a
+        direct connection past a transaction pooler) for at most
+        ``poll_interval`` seconds, and simply polls when it cannot listen
+        (``listen=False``, or the session failed). ``idle_timeout`` ends the
+        loop after that many seconds without an alert; ``max_alerts`` after
+        that many acknowledged.
+        """
+        cfg = _alerts.consumer_settings(
+            self._routing.plain,
+            self._url,
+            limit,
+            lease,
+            consumer,
+            listen,
+            poll_interval,
+            idle_timeout,
+            max_alerts,
+        )
+        delivered = 0
+        idle_since = time.monotonic()
+        # unasync: async-only
+        listener = await _alerts.AsyncListener.open(cfg.conninfo, _alerts.channel(self.schema))
+        # unasync: end
+        # unasync: sync-only
+        # listener = _alerts.Listener.open(cfg.conninfo, _alerts.channel(self.schema))
+        # unasync: end
+        try:
+            while True:
+                claimed = await self.claim_alerts(cfg.limit, cfg.lease, consumer=cfg.consumer)
+                if not claimed:
+                    if cfg.idle_timeout is not None and (
+                        time.monotonic() - idle_since >= cfg.idle_timeout
+                    ):
+                        return
+                    await listener.wait(cfg.interval)
+                    continue
+                for index, alert in enumerate(claimed):
+                    try:
+                        yield alert
+                    except BaseException:
+                        await self.release_alerts(claimed[index:])
+                        raise
+                    await self.ack_alerts([alert.alert_id])
+                    delivered += 1
+                    if cfg.max_alerts is not None and delivered >= cfg.max_alerts:
+                        await self.release_alerts(claimed[index + 1 :])
+                        return
+                idle_since = time.monotonic()
+        finally:
+            await listener.close()
 
     # ----------------------------------------------------------- idempotency
 

@@ -19,15 +19,18 @@ logic is in ``_operations.py`` and the modules it names.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import URL
 
 from . import (
+    _alerts,
     _asof,
     _batch,
     _certificate_check,
@@ -41,6 +44,7 @@ from . import (
     errors,
 )
 from . import _operations as ops
+from ._alerts import Alert, AlertBacklog, AlertRecord, Threshold
 from ._asof import AsOfCheckpoint, BalanceAt, SpendReport
 from ._batch import CommitItem, ReleaseItem, ReserveItem
 from ._certificate_check import CertificateCheck
@@ -665,6 +669,178 @@ class Ledger:
         """
         op = self._op(lambda q: _periods.period_spend(q, tenant_id, period_index))
         return self._run(op, connection, name="period_spend", tenant_id=tenant_id)
+
+    # ------------------------------------------------- thresholds and alerts
+
+    def set_threshold(
+        self,
+        tenant_id: str,
+        name: str,
+        *,
+        spent_microcents: int | None = None,
+        spent_percent: int | float | Decimal | None = None,
+        remaining_below_microcents: int | None = None,
+        connection: Connectable | None = None,
+    ) -> bool:
+        """Set (or replace) the threshold ``name`` of a tenant; True if it is new.
+
+        Exactly one level: ``spent_microcents`` (the current period's spend
+        reaches it), ``spent_percent`` (the same as a share of the period's
+        allowance, or of ``initial`` without one) or
+        ``remaining_below_microcents`` (``remaining`` falls below it). The
+        write that crosses it records an :class:`Alert` in its own
+        transaction, at most once per threshold and period; a threshold that
+        is already crossed fires at once (docs/alerts.md). A missing tenant
+        raises :class:`~ledger.errors.TenantNotFound`.
+        """
+        op = self._op(
+            lambda q: _alerts.set_threshold(
+                q, tenant_id, name, spent_microcents, spent_percent, remaining_below_microcents
+            )
+        )
+        return self._run(op, connection, name="set_threshold", tenant_id=tenant_id)
+
+    def clear_threshold(
+        self, tenant_id: str, name: str, *, connection: Connectable | None = None
+    ) -> bool:
+        """Delete a threshold; True if it existed. Alerts it fired stay in the outbox."""
+        op = self._op(lambda q: _alerts.clear_threshold(q, tenant_id, name))
+        return self._run(op, connection, name="clear_threshold", tenant_id=tenant_id)
+
+    def thresholds(
+        self, tenant_id: str, *, connection: Connectable | None = None
+    ) -> list[Threshold]:
+        """A tenant's thresholds, by name."""
+        op = self._op(lambda q: _alerts.thresholds(q, tenant_id))
+        return self._run(op, connection, name="thresholds", tenant_id=tenant_id)
+
+    def claim_alerts(
+        self,
+        limit: int = 100,
+        lease: timedelta = timedelta(seconds=30),
+        *,
+        consumer: str | None = None,
+        connection: Connectable | None = None,
+    ) -> list[Alert]:
+        """Claim up to ``limit`` undelivered alerts for ``lease``, oldest first.
+
+        ``FOR UPDATE SKIP LOCKED``: concurrent claimers never get the same
+        alert while its lease runs. Acknowledge with :meth:`ack_alerts`; an
+        alert not acknowledged before its lease ends is claimed again.
+        ``consumer`` is recorded in ``alerts.claimed_by`` (default host:pid).
+        """
+        op = self._op(lambda q: _alerts.claim_alerts(q, limit, lease, consumer))
+        return self._run(op, connection, name="claim_alerts")
+
+    def ack_alerts(
+        self, ids: Iterable[int | Alert], *, connection: Connectable | None = None
+    ) -> int:
+        """Mark alerts delivered (never claimed again); returns how many were not already."""
+        op = self._op(lambda q: _alerts.ack_alerts(q, ids))
+        return self._run(op, connection, name="ack_alerts")
+
+    def release_alerts(
+        self,
+        ids: Iterable[int | Alert],
+        *,
+        error: str | None = None,
+        retry_after: timedelta | None = None,
+        connection: Connectable | None = None,
+    ) -> int:
+        """End the lease of claimed alerts, so a claim takes them again: now, or after
+        ``retry_after`` (a backoff).
+
+        For a handler that failed: ``error`` is kept in ``alerts.last_error``.
+        """
+        op = self._op(lambda q: _alerts.release_alerts(q, ids, error, retry_after))
+        return self._run(op, connection, name="release_alerts")
+
+    def list_alerts(
+        self,
+        tenant_id: str | None = None,
+        *,
+        undelivered: bool = False,
+        limit: int = 100,
+        connection: Connectable | None = None,
+    ) -> list[AlertRecord]:
+        """The outbox, newest first, with each alert's delivery state (claims nothing)."""
+        op = self._op(lambda q: _alerts.list_alerts(q, tenant_id, undelivered, limit))
+        return self._run(op, connection, name="list_alerts", tenant_id=tenant_id)
+
+    def alert_backlog(self, *, connection: Connectable | None = None) -> AlertBacklog:
+        """How many alerts are undelivered, and how old the oldest is (the telemetry gauges)."""
+        op = self._op(_alerts.alert_backlog)
+        return self._run(op, connection, name="alert_backlog")
+
+    def alerts(
+        self,
+        *,
+        limit: int = 1,
+        lease: timedelta = timedelta(seconds=30),
+        consumer: str | None = None,
+        listen: bool | str = True,
+        poll_interval: float = 1.0,
+        idle_timeout: float | None = None,
+        max_alerts: int | None = None,
+    ) -> Iterator[Alert]:
+        """Consume alerts: ``for alert in abook.alerts(): handle(alert)``.
+
+        Claims up to ``limit`` alerts at a time (a lease each, as
+        :meth:`claim_alerts`), hands them over one by one, and acknowledges
+        each when the loop asks for the next, that is after the loop's body
+        returned. Leaving the loop (``break``, an exception) hands the alert
+        being handled, and the rest of the claim, back at once, unacknowledged.
+        A consumer that dies keeps its claim until the lease ends; then
+        another consumer gets it. So a body runs at least once per alert,
+        ``delivered_at`` is set once, and two live consumers never hold one
+        alert: deduplicate on ``alert_id`` downstream.
+
+        Between claims it waits for a ``NOTIFY`` on a session of its own
+        (``listen=True``: the ledger's database; a URL: another, such as a
+        direct connection past a transaction pooler) for at most
+        ``poll_interval`` seconds, and simply polls when it cannot listen
+        (``listen=False``, or the session failed). ``idle_timeout`` ends the
+        loop after that many seconds without an alert; ``max_alerts`` after
+        that many acknowledged.
+        """
+        cfg = _alerts.consumer_settings(
+            self._routing.plain,
+            self._url,
+            limit,
+            lease,
+            consumer,
+            listen,
+            poll_interval,
+            idle_timeout,
+            max_alerts,
+        )
+        delivered = 0
+        idle_since = time.monotonic()
+        listener = _alerts.Listener.open(cfg.conninfo, _alerts.channel(self.schema))
+        try:
+            while True:
+                claimed = self.claim_alerts(cfg.limit, cfg.lease, consumer=cfg.consumer)
+                if not claimed:
+                    if cfg.idle_timeout is not None and (
+                        time.monotonic() - idle_since >= cfg.idle_timeout
+                    ):
+                        return
+                    listener.wait(cfg.interval)
+                    continue
+                for index, alert in enumerate(claimed):
+                    try:
+                        yield alert
+                    except BaseException:
+                        self.release_alerts(claimed[index:])
+                        raise
+                    self.ack_alerts([alert.alert_id])
+                    delivered += 1
+                    if cfg.max_alerts is not None and delivered >= cfg.max_alerts:
+                        self.release_alerts(claimed[index + 1 :])
+                        return
+                idle_since = time.monotonic()
+        finally:
+            listener.close()
 
     # ----------------------------------------------------------- idempotency
 

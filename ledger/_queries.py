@@ -195,6 +195,16 @@ class Queries:
     asof_spend: str
     asof_spends: str
     asof_checkpoint: str
+    # alerts.sql
+    lock_tenant_for_thresholds: str
+    set_threshold: str
+    clear_threshold: str
+    thresholds: str
+    claim_alerts: str
+    ack_alerts: str
+    release_alerts: str
+    alerts_list: str
+    alert_backlog: str
 
     # ----------------------------------------- the steps Citus answers differently
 

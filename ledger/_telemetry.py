@@ -87,6 +87,8 @@ HOLDS_OPEN = "ledger.holds.open"
 OLDEST_HOLD_AGE = "ledger.holds.oldest_age"
 HOLDS_LAPSED = "ledger.holds.lapsed"
 DRIFT = "ledger.tenants.drift"
+ALERTS_BACKLOG = "ledger.alerts.backlog"  # issue 26: docs/alerts.md
+OLDEST_ALERT_AGE = "ledger.alerts.oldest_age"
 
 # Latency buckets in seconds: an operation is a round trip or a few (0.2 ms
 # on a local socket) up to a contended transaction's retries.
@@ -585,6 +587,7 @@ def observe(
     read: Callable[[], Any],
     drift: Callable[[], int],
     meter_provider: MeterProvider | None = None,
+    alerts: Callable[[], Any] | None = None,
 ) -> None:
     """Register the gauges that need a query; each runs only when metrics are collected."""
     if not _OTEL:
@@ -631,4 +634,26 @@ def observe(
         [drifted],
         unit="{tenant}",
         description="Tenants whose row disagrees with their journal head (always 0)",
+    )
+    if alerts is None:
+        return
+
+    def backlog(field: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def callback(options: CallbackOptions) -> Iterable[Observation]:
+            row = alerts()
+            return [] if row is None else [Observation(getattr(row, field))]
+
+        return callback
+
+    meter.create_observable_gauge(
+        ALERTS_BACKLOG,
+        [backlog("undelivered")],
+        unit="{alert}",
+        description="Alerts recorded and not yet delivered (acknowledged)",
+    )
+    meter.create_observable_gauge(
+        OLDEST_ALERT_AGE,
+        [backlog("oldest_age_seconds")],
+        unit="s",
+        description="Age of the oldest undelivered alert (0 when none waits)",
     )

@@ -74,6 +74,27 @@ APPLICATION_GRANTS: dict[str, tuple[tuple[str, ...], str]] = {
         ("SELECT",),
         "the as-of queries read the cache; only asof_checkpoint() (the owner's) writes it",
     ),
+    "thresholds": (
+        ("SELECT", "INSERT", "UPDATE", "DELETE"),
+        "set_threshold and clear_threshold write a tenant's thresholds; thresholds() reads",
+    ),
+    "threshold_spend": (
+        ("SELECT", "DELETE"),
+        "clear_threshold drops the spend counter with the last threshold; only the trigger"
+        " check_thresholds() (the owner's, SECURITY DEFINER) writes it",
+    ),
+    "alerts": (
+        (
+            "SELECT",
+            "UPDATE (claimed_until)",
+            "UPDATE (claimed_by)",
+            "UPDATE (attempts)",
+            "UPDATE (last_error)",
+            "UPDATE (delivered_at)",
+        ),
+        "claim_alerts leases (FOR UPDATE SKIP LOCKED), ack_alerts and release_alerts"
+        " record delivery; only the trigger inserts, and no balance of an alert can change",
+    ),
 }
 #: Sequence -> (privileges, why).
 APPLICATION_SEQUENCE_GRANTS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -99,6 +120,9 @@ SCOPED_GRANTS: dict[str, tuple[tuple[str, ...], str]] = {
     "allowances": APPLICATION_GRANTS["allowances"],
     "refusals": APPLICATION_GRANTS["refusals"],
     "asof_checkpoints": (("SELECT",), "its own tenant's as-of answers"),
+    "thresholds": APPLICATION_GRANTS["thresholds"],
+    "threshold_spend": APPLICATION_GRANTS["threshold_spend"],
+    "alerts": APPLICATION_GRANTS["alerts"],
 }
 SCOPED_SEQUENCE_GRANTS: dict[str, tuple[tuple[str, ...], str]] = {
     "reservation_id_seq": APPLICATION_SEQUENCE_GRANTS["reservation_id_seq"],
@@ -116,6 +140,9 @@ TENANT_SCOPED = (
     "asof_checkpoints",
     "refusals",
     "certificate_checkpoints",
+    "thresholds",  # revision 0010
+    "threshold_spend",
+    "alerts",
 )
 
 

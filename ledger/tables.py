@@ -25,6 +25,7 @@ from sqlalchemy import (
     SmallInteger,
     Table,
     Text,
+    UniqueConstraint,
     func,
     text,
 )
@@ -67,6 +68,9 @@ def metadata(schema: str = "ledger") -> MetaData:
         Column("renews_at", DateTime(timezone=True), nullable=True),
         Column("period_high", BigInteger, nullable=True),  # revision 0007
         Column("parent_id", Text(collation="C"), nullable=True),  # revision 0010
+        Column(  # revision 0011: the thresholds trigger's WHEN (docs/alerts.md)
+            "has_thresholds", Boolean, nullable=False, server_default=text("false")
+        ),
         CheckConstraint(
             "octet_length(tenant_id) BETWEEN 1 AND 255", name="tenants_tenant_id_length"
         ),
@@ -262,5 +266,79 @@ def metadata(schema: str = "ledger") -> MetaData:
         Column("amount_microcents", BigInteger, nullable=True),
         _created_at(),
         Index("refusals_created_at_idx", "created_at"),
+    )
+    Table(  # revision 0011: docs/alerts.md
+        "thresholds",
+        md,
+        _tenant_id(),
+        Column("name", Text, nullable=False),
+        Column("spent_microcents", BigInteger, nullable=True),
+        Column("spent_percent", Numeric, nullable=True),
+        Column("remaining_below_microcents", BigInteger, nullable=True),
+        _created_at(),
+        PrimaryKeyConstraint("tenant_id", "name", name="thresholds_pkey"),
+        ForeignKeyConstraint(
+            ["tenant_id"],
+            [f"{schema}.tenants.tenant_id"],
+            name="thresholds_tenant_fkey",
+            ondelete="CASCADE",
+        ),
+        CheckConstraint("octet_length(name) BETWEEN 1 AND 200", name="thresholds_name_length"),
+        CheckConstraint(
+            "num_nonnulls(spent_microcents, spent_percent, remaining_below_microcents) = 1",
+            name="thresholds_one_level",
+        ),
+        CheckConstraint("spent_microcents > 0", name="thresholds_spent_positive"),
+        CheckConstraint(
+            "spent_percent > 0 AND spent_percent <= 10000", name="thresholds_percent_range"
+        ),
+        CheckConstraint("remaining_below_microcents > 0", name="thresholds_remaining_positive"),
+    )
+    Table(  # revision 0011: the current period's spend, kept by the trigger
+        "threshold_spend",
+        md,
+        _tenant_id(primary_key=True),
+        Column("period_index", BigInteger, nullable=False),
+        _amount("spent_microcents"),
+        ForeignKeyConstraint(
+            ["tenant_id"],
+            [f"{schema}.tenants.tenant_id"],
+            name="threshold_spend_tenant_fkey",
+            ondelete="CASCADE",
+        ),
+    )
+    Table(  # revision 0011: the alerts outbox
+        "alerts",
+        md,
+        Column("alert_id", BigInteger, Identity(always=True), nullable=False),
+        _tenant_id(),
+        Column("threshold", Text, nullable=False),
+        Column("period_index", BigInteger, nullable=True),
+        Column("kind", Text, nullable=False),
+        _amount("level_microcents"),
+        _amount("spent_microcents"),
+        _amount("initial_microcents"),
+        _amount("remaining_microcents"),
+        _amount("reserved_microcents"),
+        _amount("committed_microcents"),
+        _amount("journal_seq"),
+        _created_at(),
+        Column("claimed_until", DateTime(timezone=True), nullable=True),
+        Column("claimed_by", Text, nullable=True),
+        Column("attempts", BigInteger, nullable=False, server_default=text("0")),
+        Column("last_error", Text, nullable=True),
+        Column("delivered_at", DateTime(timezone=True), nullable=True),
+        PrimaryKeyConstraint("tenant_id", "alert_id", name="alerts_pkey"),
+        UniqueConstraint(
+            "tenant_id",
+            "threshold",
+            "period_index",
+            name="alerts_once_per_period",
+            postgresql_nulls_not_distinct=True,
+        ),
+        CheckConstraint(
+            "kind IN ('spent', 'spent_percent', 'remaining_below')", name="alerts_kind"
+        ),
+        Index("alerts_undelivered_idx", "alert_id", postgresql_where=text("delivered_at IS NULL")),
     )
     return md

@@ -21,8 +21,9 @@ import logging
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from . import _stats, errors
+from . import _alerts, _stats, errors
 from ._telemetry import (
+    ALERTS_BACKLOG,
     CAS_RETRIES,
     DRIFT,
     DURATION,
@@ -32,6 +33,7 @@ from ._telemetry import (
     HOLDS_OPENED,
     HOLDS_RELEASED,
     HOLDS_SETTLED,
+    OLDEST_ALERT_AGE,
     OLDEST_HOLD_AGE,
     OUTCOMES,
     REPLAYS,
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
     from ._ledger import Ledger
 
 __all__ = [
+    "ALERTS_BACKLOG",
     "CAS_RETRIES",
     "DRIFT",
     "DURATION",
@@ -56,6 +59,7 @@ __all__ = [
     "HOLDS_OPENED",
     "HOLDS_RELEASED",
     "HOLDS_SETTLED",
+    "OLDEST_ALERT_AGE",
     "OLDEST_HOLD_AGE",
     "OUTCOMES",
     "REPLAYS",
@@ -74,10 +78,12 @@ def observe(book: Ledger, *, meter_provider: MeterProvider | None = None) -> Non
     ``ledger.holds.open``, ``ledger.holds.oldest_age``, ``ledger.holds.lapsed``
     (one small statement over the open holds each) and ``ledger.tenants.drift``
     (tenant rows against their journal heads: one index probe per tenant,
-    always 0 in a sound ledger). The ledger is held weakly: once it is closed
-    or collected the gauges report nothing. For an :class:`~ledger.AsyncLedger`,
-    observe a ``Ledger`` on the same database (collection callbacks are not
-    coroutines). A no-op without OpenTelemetry.
+    always 0 in a sound ledger), ``ledger.alerts.backlog`` and
+    ``ledger.alerts.oldest_age`` (undelivered alerts and the oldest one's age
+    in seconds, one statement over the outbox's partial index: docs/alerts.md).
+    The ledger is held weakly: once it is closed or collected the gauges
+    report nothing. For an :class:`~ledger.AsyncLedger`, observe a ``Ledger``
+    on the same database (collection callbacks are not coroutines). A no-op without OpenTelemetry.
     """
     ref = weakref.ref(book)
 
@@ -101,4 +107,8 @@ def observe(book: Ledger, *, meter_provider: MeterProvider | None = None) -> Non
         count = None if target is None else run(_stats.drift(target._queries()))
         return -1 if count is None else int(count)
 
-    _observe(read, drift, meter_provider)
+    def alerts() -> Any:
+        target = ref()
+        return None if target is None else run(_alerts.alert_backlog(target._queries()))
+
+    _observe(read, drift, meter_provider, alerts)

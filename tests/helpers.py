@@ -109,9 +109,12 @@ def reset(conn: psycopg.Connection, schema: str = "ledger") -> None:
     s = f'"{schema}"'
     # The journal refuses TRUNCATE by trigger; a test reset is the one place allowed past it.
     conn.execute(f"ALTER TABLE {s}.journal DISABLE TRIGGER journal_no_truncate")
+    # Revision 0010's thresholds reference tenants; older schemas have none of them.
+    alerts = conn.execute(f"SELECT to_regclass('{s}.thresholds') IS NOT NULL").fetchone()
+    extra = f", {s}.thresholds, {s}.threshold_spend, {s}.alerts" if alerts and alerts[0] else ""
     conn.execute(
         f"TRUNCATE {s}.reservations, {s}.tenants, {s}.detached_tenants, {s}.certificates,"
-        f" {s}.journal, {s}.idempotency_keys, {s}.certificate_checkpoints RESTART IDENTITY"
+        f" {s}.journal, {s}.idempotency_keys, {s}.certificate_checkpoints{extra} RESTART IDENTITY"
     )
     conn.execute(f"ALTER TABLE {s}.journal ENABLE TRIGGER journal_no_truncate")
     conn.execute(f"UPDATE {s}.certificate_baseline SET committed_microcents = 0")

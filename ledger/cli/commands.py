@@ -13,6 +13,14 @@ import sys
 
 import click
 
+from .alerts import (
+    alerts,
+    alerts_deliver,
+    threshold,
+    threshold_clear,
+    threshold_list,
+    threshold_set,
+)
 from .asof import asof_checkpoint, balances, spend
 from .audits import certify, restore, snapshot, verify
 from .base import (
@@ -54,6 +62,8 @@ __all__ = [
     "Context",
     "LedgerGroup",
     "adjust",
+    "alerts",
+    "alerts_deliver",
     "allowance",
     "allowance_clear",
     "allowance_set",
@@ -95,6 +105,10 @@ __all__ = [
     "tenant_list",
     "tenant_show",
     "tenant_top_up",
+    "threshold",
+    "threshold_clear",
+    "threshold_list",
+    "threshold_set",
     "upgrade",
     "verify",
 ]

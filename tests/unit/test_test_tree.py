@@ -25,10 +25,11 @@ AREAS = {
     "integrations",
     "cli",
     "docs",
+    "alerts",
 }
 # Areas whose every module checks what the server decides: privileges and row-level
 # security, the journal's hashing in SQL, periods and as-of arithmetic in SQL, DDL.
-SERVER_DECIDED = {"security", "journal", "periods", "migrations"}
+SERVER_DECIDED = {"security", "journal", "periods", "migrations", "alerts"}
 # Modules of other areas that are server-decided too: the spend statements' semantics
 # (the CAS, batches, expiry, keys, restore), the constraints, and hashtext.
 SERVER_DECIDED_MODULES = {

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.contrib import admin
 
-from .models import Certificate, Reservation, Tenant
+from .models import Alert, Certificate, Reservation, Tenant, Threshold
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -49,3 +49,34 @@ class CertificateAdmin(ReadOnlyAdmin):
         "total_committed_microcents",
         "committed_since_last_certificate",
     )
+
+
+@admin.register(Threshold)
+class ThresholdAdmin(ReadOnlyAdmin):
+    list_display = (
+        "tenant_id",
+        "name",
+        "spent_microcents",
+        "spent_percent",
+        "remaining_below_microcents",
+        "created_at",
+    )
+    list_display_links = None  # the table's key is (tenant_id, name): no detail page
+    search_fields = ("tenant_id", "name")
+
+
+@admin.register(Alert)
+class AlertAdmin(ReadOnlyAdmin):
+    list_display = (
+        "alert_id",
+        "tenant_id",
+        "threshold",
+        "period_index",
+        "spent_microcents",
+        "remaining_microcents",
+        "created_at",
+        "attempts",
+        "delivered_at",
+    )
+    list_filter = ("delivered_at",)
+    search_fields = ("tenant_id", "threshold")

@@ -118,15 +118,20 @@ def test_admin_pages_are_read_only(project: str) -> None:
     get_ledger().ensure_tenant("admin-visible", 5)
     get_ledger().try_reserve("admin-visible", 2)
     get_ledger().ledger.certify()
+    get_ledger().ledger.set_threshold("admin-visible", "admin-limit", spent_percent=90)
+    get_ledger().ledger.set_threshold("admin-visible", "admin-low", remaining_below_microcents=4)
     User.objects.filter(username="root").delete()
     User.objects.create_superuser("root", "root@example.com", "pw")
     client = Client()
     assert client.login(username="root", password="pw")
-    for page in ("tenant", "reservation", "certificate"):
+    for page in ("tenant", "reservation", "certificate", "threshold", "alert"):
         listing = client.get(f"/admin/sql_ledger/{page}/")
         assert listing.status_code == 200, page
         assert client.get(f"/admin/sql_ledger/{page}/add/").status_code == 403
     assert b"admin-visible" in client.get("/admin/sql_ledger/tenant/").content
+    thresholds = client.get("/admin/sql_ledger/threshold/").content
+    assert b"admin-limit" in thresholds and b"admin-low" in thresholds  # both rows of one tenant
+    assert b"admin-low" in client.get("/admin/sql_ledger/alert/").content  # fired at once
 
 
 def test_manage_py_ledger_command(project: str) -> None:

@@ -378,11 +378,15 @@ def test_observed_gauges_run_only_when_collected(
     book.commit(spent.reservation_id, 200)  # type: ignore[arg-type]
     book.commit_many([(book.try_reserve("t", 10).reservation_id, 10)])
     book.certify()
+    book.set_threshold("t", "spent", spent_microcents=1)  # already crossed: one alert
     book.try_reserve("t", 100, ttl=LAPSING)
     book.try_reserve("t", 100, ttl=timedelta(hours=1))
     raw.execute("UPDATE ledger.reservations SET created_at = now() - interval '1 hour'")
+    raw.execute("UPDATE ledger.alerts SET created_at = now() - interval '2 minutes'")
     ledger.telemetry.observe(book, meter_provider=telemetry.meter_provider)
     m = telemetry.metrics()
+    assert m[("ledger.alerts.backlog", frozenset())] == 1
+    assert 120 <= m[("ledger.alerts.oldest_age", frozenset())] < 200
     assert m[("ledger.holds.open", frozenset())] == 2
     assert m[("ledger.holds.lapsed", frozenset())] == 1
     assert 3600 <= m[("ledger.holds.oldest_age", frozenset())] < 3700

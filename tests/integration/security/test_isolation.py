@@ -45,6 +45,7 @@ def populated(db_url: str, engine: Engine) -> str:
             book.commit(hold.reservation_id, 5)  # type: ignore[arg-type]
             book.try_reserve(tenant, 10, ttl=timedelta(hours=1))
             assert book.try_reserve(tenant, 10**9).status == "insufficient"
+            book.set_threshold(tenant, "spent", spent_microcents=1)  # crossed: an alert
         book.certify()
         book.asof_checkpoint()
     with engine.begin() as conn:  # a parked tenant of each (what restore leaves behind)
@@ -136,6 +137,15 @@ def test_a_scoped_role_writes_no_other_tenant_and_no_ledger_wide_table(
             " reserved_microcents, committed_microcents) VALUES ('OTHER', 1, 1, 0, 0)",
             "SELECT setval('ledger.reservation_id_seq', 1)",
             "SELECT ledger.asof_checkpoint()",
+            # revision 0010: only the trigger writes the outbox and the spend counter
+            "INSERT INTO ledger.alerts (tenant_id, threshold, kind, level_microcents,"
+            " spent_microcents, initial_microcents, remaining_microcents, reserved_microcents,"
+            " committed_microcents, journal_seq) VALUES ('OTHER', 'x', 'spent', 1, 1, 1, 1, 0,"
+            " 0, 1)",
+            "UPDATE ledger.alerts SET spent_microcents = 0",
+            "UPDATE ledger.threshold_spend SET spent_microcents = 0",
+            "INSERT INTO ledger.thresholds (tenant_id, name, spent_microcents)"
+            " VALUES ('OTHER', 'x', 1)",
         ]
         for sql in refused:
             with pytest.raises(Exception, match=r"permission denied|row-level security"):
@@ -148,6 +158,32 @@ def test_a_scoped_role_writes_no_other_tenant_and_no_ledger_wide_table(
     with ledger.Ledger(populated) as book:
         report = book.verify_journal()
         assert report.ok, report  # no false alarm about the other tenant
+
+
+@pytest.mark.parametrize("role", sorted(SCOPED))
+def test_a_scoped_role_sets_thresholds_and_claims_alerts_of_its_own_tenant_only(
+    populated: str, engine: Engine, role: str
+) -> None:
+    own = SCOPED[role]
+    other = "b" if own == "a" else "a"
+    with ledger.Ledger(populated) as book, _as(engine, role, own) as conn:
+        claimed = book.claim_alerts(10, connection=conn)
+        assert [a.tenant_id for a in claimed] == [own]
+        assert book.ack_alerts(claimed, connection=conn) == 1
+        conn.commit()
+        # its own spend crosses its own new threshold: the trigger writes as its owner
+        book.set_threshold(own, "more", spent_microcents=6, connection=conn)
+        hold = book.try_reserve(own, 1, connection=conn)
+        book.commit(hold.reservation_id, 1, tenant_id=own, connection=conn)  # type: ignore[arg-type]
+        conn.commit()
+        assert [a.threshold for a in book.claim_alerts(10, connection=conn)] == ["more"]
+        assert book.thresholds(other, connection=conn) == []
+        with pytest.raises(ledger.errors.TenantNotFound):
+            book.set_threshold(other, "x", spent_microcents=1, connection=conn)
+        conn.rollback()
+    with ledger.Ledger(populated) as book:
+        pending = book.list_alerts(other, undelivered=True)
+        assert [r.alert.threshold for r in pending] == ["spent"]  # untouched
 
 
 def test_the_first_role_stays_confined_after_a_second_is_isolated(
