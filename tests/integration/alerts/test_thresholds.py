@@ -434,3 +434,32 @@ def test_a_write_that_spends_nothing_can_still_cross(book: ledger.Ledger) -> Non
     assert fired(book) == [("low", None), ("half", None)]
     alert = book.list_alerts("t")[0].alert
     assert (alert.level_microcents, alert.initial_microcents) == (351, 701)
+
+
+def test_a_threshold_on_an_ancestor_fires_on_spend_below_it(book: ledger.Ledger) -> None:
+    """Every level of a tree is a tenant: spend at a key crosses its team's threshold once."""
+    book.ensure_tenant("org", 10_000)
+    book.ensure_tenant("team", 1_000, parent="org")
+    book.ensure_tenant("key-a", 1_000, parent="team")
+    book.ensure_tenant("key-b", 1_000, parent="team")
+    book.set_threshold("team", "half", spent_percent=50)
+    book.set_threshold("org", "tenth", spent_microcents=1_000)
+    spend(book, "key-a", 300)
+    assert fired(book) == []
+    spend(book, "key-b", 200)  # the team has now spent 500 of 1000, through two keys
+    assert fired(book, "team") == [("half", None)]
+    assert fired(book, "key-a") == fired(book, "key-b") == fired(book, "org") == []
+    alert = book.list_alerts("team")[0].alert
+    assert (alert.spent_microcents, alert.committed_microcents, alert.remaining_microcents) == (
+        500,
+        500,
+        500,
+    )
+    # A hold that is released spends nothing at any level.
+    rid = book.try_reserve("key-a", 400).raise_for_status().reservation_id
+    assert rid is not None
+    book.release(rid).raise_for_status()
+    assert fired(book, "org") == []
+    spend(book, "key-a", 500)  # org: 1000 spent, exactly its absolute threshold
+    assert fired(book, "org") == [("tenth", None)]
+    assert len(book.list_alerts()) == 2
