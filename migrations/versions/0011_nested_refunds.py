@@ -78,6 +78,17 @@ def _expand() -> None:
             SELECT array_agg(j.tenant_id ORDER BY j.tenant_id) INTO levels
             FROM {q}.journal AS j
             WHERE j.reservation_id = p_reservation AND j.op = 'commit';
+            -- A role that cannot see the tenant's parent (row-level security) may
+            -- see only part of a commit's levels: refuse rather than refund at part
+            -- of them. Without row-level security the parent is always there.
+            IF EXISTS (
+                SELECT 1 FROM {q}.tenants AS t
+                WHERE t.tenant_id = p_tenant AND t.parent_id IS NOT NULL
+                  AND NOT EXISTS (SELECT 1 FROM {q}.tenants AS p WHERE p.tenant_id = t.parent_id)
+            ) THEN
+                RAISE EXCEPTION 'tenant % has an ancestor this role cannot see',
+                    quote_literal(p_tenant) USING ERRCODE = '42501';
+            END IF;
             IF levels IS NULL OR cardinality(levels) < 2 OR NOT (p_tenant = ANY(levels)) THEN
                 -- A flat commit (or none of this tenant): revision 0007's refund, unchanged.
                 RETURN QUERY SELECT r.status, r.remaining, r.committed, r.left_microcents

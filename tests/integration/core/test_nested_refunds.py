@@ -9,10 +9,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, pool, text
 
 import ledger
-from ledger import Status
+from ledger import Status, errors
+from ledger.roles import enable_row_level_security
 
 pytestmark = pytest.mark.pg_versions
 
@@ -209,6 +210,28 @@ def test_flat_refunds_next_to_a_tree_stay_flat(book: ledger.Ledger) -> None:
     assert _balances(book, "flat") == (1_000, 0, 0)
     assert book.refund("org", rid, 1, reason="not the org's").status == "unknown_commit"
     assert _balances(book, "org") == (10_000, 0, 0)
+
+
+def test_a_role_that_cannot_see_the_levels_is_refused_and_nothing_changes(
+    db_url: str, raw: psycopg.Connection
+) -> None:
+    """A tenant-scoped role sees one level's entries only: refusing beats refunding at part."""
+    enable_row_level_security(db_url)
+    engine = create_engine(db_url, poolclass=pool.NullPool)
+    with ledger.Ledger(db_url) as book:
+        _gateway(book)
+        rid = _committed(book, "key", 100, 100)
+        before = _rows(raw)
+        try:
+            with engine.connect() as conn:
+                conn.execute(text('SET ROLE "ledger_tenant_app"'))
+                conn.commit()
+                with pytest.raises(errors.PermissionDenied), conn.begin():
+                    conn.execute(text("SET LOCAL ledger.tenant_id = 'key'"))
+                    book.refund("key", rid, 10, reason="r", connection=conn)
+        finally:
+            engine.dispose()
+        assert _rows(raw) == before
 
 
 # ----------------------------------------------------------------- concurrency
