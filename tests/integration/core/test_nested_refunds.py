@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -210,6 +211,49 @@ def test_flat_refunds_next_to_a_tree_stay_flat(book: ledger.Ledger) -> None:
     assert _balances(book, "flat") == (1_000, 0, 0)
     assert book.refund("org", rid, 1, reason="not the org's").status == "unknown_commit"
     assert _balances(book, "org") == (10_000, 0, 0)
+
+
+def test_each_level_renews_first_and_its_refund_carries_its_commit_period(
+    book: ledger.Ledger, raw: psycopg.Connection
+) -> None:
+    """The team renews daily, the key has no periods: each entry names its level's period."""
+    book.ensure_tenant("team", 1_000)
+    anchor = datetime.now(UTC) + timedelta(hours=12) - timedelta(days=10)
+    book.set_allowance("team", 100, days=1, anchor=anchor)
+    book.ensure_tenant("key", 1_000, "team")
+    rid = _committed(book, "key", 50, 40)
+    with raw.transaction():  # the team's period ends: the refund renews it first
+        raw.execute(
+            "UPDATE ledger.allowances SET anchor = anchor - interval '1 day'"
+            " WHERE tenant_id = 'team'"
+        )
+        raw.execute(
+            "UPDATE ledger.tenants SET renews_at = renews_at - interval '1 day'"
+            " WHERE tenant_id = 'team'"
+        )
+    out = book.refund("key", rid, 15, reason="period test")
+    assert out.status == "refunded" and out.left_microcents == 25
+    assert _balances(book, "key") == (975, 0, 25)
+    assert _balances(book, "team")[2] == 25
+    periods = raw.execute(
+        "SELECT tenant_id, op, period_index FROM ledger.journal"
+        " WHERE reservation_id = %s AND op IN ('commit', 'refund') ORDER BY tenant_id, seq",
+        (rid,),
+    ).fetchall()
+    commit_period = periods[2][2]
+    assert commit_period is not None
+    assert periods == [
+        ("key", "commit", None),
+        ("key", "refund", None),
+        ("team", "commit", commit_period),
+        ("team", "refund", commit_period),
+    ]
+    renewed = raw.execute(
+        "SELECT max(period_index) FROM ledger.tenants WHERE tenant_id = 'team'"
+    ).fetchone()
+    assert renewed is not None and renewed[0] > commit_period
+    assert book.verify_journal().ok
+    assert book.verify_conservation().is_balanced
 
 
 def test_a_role_that_cannot_see_the_levels_is_refused_and_nothing_changes(
