@@ -61,7 +61,9 @@ def refund(
 
     committed -= amount and remaining += amount (initial is unchanged), never
     more in total than the commit's amount: the ``refund_commit`` function
-    decides that under the tenant row's lock, so concurrent refunds queue.
+    decides that under the tenant row's lock, so concurrent refunds queue. A
+    commit that settled through a tree is refunded at every level it settled
+    at, under all their locks (``nested_refund``, revision 0012; docs/nested.md).
     """
     tenant_id = _validate.tenant_id(tenant_id)
     rid = _validate.reservation_id(reservation_id)
@@ -84,7 +86,8 @@ def refund(
     def steps() -> Steps[RefundOutcome]:
         if rid > _validate.I64_MAX:  # no hold id that large was ever drawn
             return RefundOutcome(Status.UNKNOWN_COMMIT, reservation_id=rid)
-        row = yield from first_row(q.refund, params)
+        statement = q.nested_refund if q.trees() else q.refund
+        row = yield from first_row(statement, params)
         return refund_outcome(row, rid, amount)
 
     request = {"op": "refund", "reservation_id": rid, "amount": amount, "reason": why}

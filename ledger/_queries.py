@@ -184,6 +184,7 @@ class Queries:
     period_spend: str
     # corrections.sql
     refund: str
+    nested_refund: str
     adjust: str
     # stats.sql
     stats_holds: str
@@ -225,6 +226,17 @@ class Queries:
         A Citus-distributed schema refuses them with NestedNotSupported until
         they are distributed too (DistributedQueries.check_nested).
         """
+
+    def trees(self) -> bool:
+        """Whether tenants may have parents here (one server: yes).
+
+        A refund asks it to pick its statement: ``nested_refund`` refunds a
+        commit at every level it settled at (and hands a flat one to
+        ``refund_commit``); where there are no trees (a Citus-distributed
+        schema, DistributedQueries.trees) the flat ``refund`` is enough, and
+        finding a commit's levels by reservation id alone would read every shard.
+        """
+        return True
 
     def hold_owner(self, rid: int, tenant_id: str | None) -> Steps[str | Gone | None]:
         """The tenant to settle hold ``rid`` under: the caller's ``tenant_id``.

@@ -51,6 +51,10 @@ class DistributedQueries(Queries):
             "nothing changed"
         )
 
+    def trees(self) -> bool:
+        """No: nested budgets are refused here (check_nested), so no commit has levels."""
+        return False
+
     #: (operation, call of its ``routed_keyed_*`` function) where ``distribute`` made one.
     keyed: tuple[tuple[str, str], ...] = ()
 

@@ -11,6 +11,16 @@ FROM {schema}.refund_commit(
     %(tenant_id)s, CAST(%(reservation_id)s AS bigint), CAST(%(amount)s AS bigint),
     CAST(%(reason)s AS text), CAST(%(ikey)s AS text)) AS r
 
+-- name: nested_refund
+-- Every refund on one server (revision 0011, nested_refund): a commit that
+-- settled through a tree is refunded at exactly the levels it settled at (its
+-- commit entries), locked in tenant id order; a flat commit goes to
+-- refund_commit (the `refund` statement's function) unchanged.
+SELECT r.status, r.remaining, r.committed, r.left_microcents
+FROM {schema}.nested_refund(
+    %(tenant_id)s, CAST(%(reservation_id)s AS bigint), CAST(%(amount)s AS bigint),
+    CAST(%(reason)s AS text), CAST(%(ikey)s AS text)) AS r
+
 -- name: adjust
 -- A signed change of initial and remaining, as top_up (tenants.sql) with a
 -- sign. The bounds use greatest()/least() so that no expression can overflow

@@ -41,6 +41,7 @@ SERVER_DECIDED_MODULES = {
     "core/test_idempotency.py",
     "core/test_nested.py",
     "core/test_nested_concurrency.py",
+    "core/test_nested_refunds.py",
     "core/test_pghash_server.py",
     "core/test_restore_certify.py",
     "core/test_seed_ports.py",
