@@ -184,3 +184,5 @@ def test_per_level_default_budgets(monkeypatch: pytest.MonkeyPatch) -> None:
         Budget("postgresql://unused", default_budgets={"galaxy": 5})
     with pytest.raises(InputError):
         Budget("postgresql://unused", default_budgets={"team": -1})
+    with pytest.raises(InputError):
+        Budget("postgresql://unused", default_budgets={"team": True})

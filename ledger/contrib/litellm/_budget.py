@@ -118,9 +118,9 @@ class _Rules:
     ) -> None:
         levels = dict(default_budgets or {})
         for level, amount in levels.items():
-            if level not in LEVELS.values() or isinstance(amount, bool):
+            if level not in LEVELS.values():
                 raise errors.InputError(f"default_budgets: no level {level!r}")
-            if not isinstance(amount, int) or amount < 0:
+            if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
                 raise errors.InputError(f"default_budgets[{level!r}] must be a non-negative int")
         if unknown not in ("refuse", "create"):
             raise errors.InputError(f"unknown must be 'refuse' or 'create', not {unknown!r}")
