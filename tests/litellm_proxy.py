@@ -134,10 +134,19 @@ def start(
     port: int | None = None,
     master_key: str | None = None,
     workers: int = 1,
+    extra_config: str = "",
+    files: Mapping[str, str] | None = None,
 ) -> Proxy:
-    """Start the proxy (``workers`` uvicorn processes) and wait until it answers."""
+    """Start the proxy (``workers`` uvicorn processes) and wait until it answers.
+
+    ``extra_config`` is appended to the config (another top-level section,
+    such as ``general_settings``); ``files`` are written next to it (a module
+    the config names, which LiteLLM loads from the config's directory).
+    """
     cfg = workdir / "litellm.yaml"
-    cfg.write_text(config(hang_port, slow_port), encoding="utf-8")
+    cfg.write_text(config(hang_port, slow_port) + extra_config, encoding="utf-8")
+    for name, text in (files or {}).items():
+        (workdir / name).write_text(text, encoding="utf-8")
     port = port or free_port()
     key = master_key or f"sk-{secrets.token_hex(16)}"
     log = workdir / f"proxy-{port}-{time.monotonic_ns()}.log"

@@ -17,7 +17,9 @@ from ledger.contrib.litellm import (
     by_key,
     by_org,
     by_team,
+    by_tree,
     by_user,
+    level_of,
     worst_case_dollars,
     worst_case_microcents,
 )
@@ -121,3 +123,66 @@ def test_budget_configuration_is_checked_before_any_call(monkeypatch: pytest.Mon
     monkeypatch.setenv("LEDGER_LITELLM_UNKNOWN_TENANT", "craete")
     with pytest.raises(InputError):
         Budget.from_env()
+
+
+def test_the_tree_map_holds_at_the_key_under_its_user_team_and_organisation() -> None:
+    key = SimpleNamespace(token="88d0", key_alias=None, user_id="u1", team_id="t1", org_id="o1")
+    payer = by_tree(Caller.from_proxy(key, {"user": "alice"}))
+    user, team, org = (
+        Payer("user:u1", "user"),
+        Payer("team:t1", "team"),
+        Payer("org:o1", "organisation"),
+    )
+    assert payer == Payer("key:88d0", "key", (user, team, org))
+    assert payer.path() == (org, team, user, Payer("key:88d0", "key"))
+    # A level the caller lacks is skipped; the nearest level present is the leaf.
+    no_user = SimpleNamespace(token="88d0", user_id=None, team_id="t1", org_id=None)
+    assert by_tree(Caller.from_proxy(no_user, {})) == Payer("key:88d0", "key", (team,))
+    assert by_tree(Caller(team_id="t1")) == Payer("team:t1", "team")
+    assert by_tree(Caller(end_user="alice")) is None
+    # The flat maps' payers are unchanged: no parents.
+    assert by_key(Caller.from_proxy(key, {})).parents == ()  # type: ignore[union-attr]
+
+
+def test_a_refusal_names_the_level_that_refused_from_limited_by() -> None:
+    team = Payer("team:t1", "team")
+    payer = Payer("key:k1", "key", (Payer("user:u1", "user"), team))
+    refused = BudgetRefused(payer, Status.INSUFFICIENT, "team:t1")
+    assert str(refused) == "budget refused at team 'team:t1': budget exhausted"
+    assert (refused.payer, refused.refused_at) == (payer, team)
+    assert str(BudgetRefused(payer, Status.INSUFFICIENT, "key:k1")).startswith(
+        "budget refused at key 'key:k1'"
+    )
+    # An ancestor the caller did not name: its id's prefix names its level.
+    flat = Payer("key:k1", "key")
+    assert str(BudgetRefused(flat, Status.INSUFFICIENT, "org:o7")) == (
+        "budget refused at organisation 'org:o7': budget exhausted"
+    )
+    assert str(BudgetRefused(Payer("alice", "user"), Status.INSUFFICIENT, "acme")) == (
+        "budget refused at tenant 'acme': budget exhausted"
+    )
+    assert [level_of(t) for t in ("key:a", "user:a", "team:a", "org:a", "a")] == [
+        "key",
+        "user",
+        "team",
+        "organisation",
+        "tenant",
+    ]
+
+
+def test_per_level_default_budgets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEDGER_DATABASE_URL", "postgresql://unused")
+    monkeypatch.setenv("LEDGER_LITELLM_TENANT", "tree")
+    monkeypatch.setenv("LEDGER_LITELLM_UNKNOWN_TENANT", "create")
+    monkeypatch.setenv("LEDGER_LITELLM_DEFAULT_BUDGET_MICROCENTS", "5000")
+    monkeypatch.setenv("LEDGER_LITELLM_DEFAULT_BUDGET_TEAM_MICROCENTS", "700")
+    monkeypatch.setenv("LEDGER_LITELLM_DEFAULT_BUDGET_ORG_MICROCENTS", "900")
+    budget = Budget.from_env()
+    assert budget.tenants is by_tree
+    assert budget.default_budgets == {"team": 700, "organisation": 900}
+    with pytest.raises(InputError):
+        Budget("postgresql://unused", default_budgets={"galaxy": 5})
+    with pytest.raises(InputError):
+        Budget("postgresql://unused", default_budgets={"team": -1})
+    with pytest.raises(InputError):
+        Budget("postgresql://unused", default_budgets={"team": True})

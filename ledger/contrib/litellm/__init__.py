@@ -23,7 +23,18 @@ except ImportError as exc:  # pragma: no cover - exercised only without LiteLLM
 from ._budget import DEFAULT_TTL, Budget, BudgetRefused, Held, SyncBudget
 from ._money import MICROCENTS_PER_DOLLAR, UnpriceableCall, microcents
 from ._pricing import worst_case_dollars, worst_case_microcents
-from ._tenants import Caller, Payer, TenantMap, by_end_user, by_key, by_org, by_team, by_user
+from ._tenants import (
+    Caller,
+    Payer,
+    TenantMap,
+    by_end_user,
+    by_key,
+    by_org,
+    by_team,
+    by_tree,
+    by_user,
+    level_of,
+)
 from .proxy import LedgerCallback
 from .sdk import acompletion, completion
 
@@ -48,8 +59,10 @@ __all__ = [
     "by_key",
     "by_org",
     "by_team",
+    "by_tree",
     "by_user",
     "completion",
+    "level_of",
     "microcents",
     "proxy_handler",
     "worst_case_dollars",

@@ -5,8 +5,12 @@ Both paths do the same four things with the same rules, so they live here once:
 - **hold** the worst case at the payer's tenant, with a TTL, so a proxy
   that dies mid-call leaves holds that lapse instead of money locked for
   ever; an unknown tenant is refused or created from a default budget
-  (``unknown="refuse"``/``"create"``); a refusal is a :class:`BudgetRefused`
-  whose message names the level and tenant and nothing else;
+  (``unknown="refuse"``/``"create"``; with a tree map, ``create`` builds
+  the missing levels from the root down, each under its parent, with the
+  level's default budget); a refusal is a :class:`BudgetRefused` whose
+  message names the level and tenant that refused (the outcome's
+  ``limited_by``: in a tree, the tightest level, not the leaf) and nothing
+  else;
 - **settle** at LiteLLM's ``response_cost`` (rounded up by :mod:`._money`).
   A provider that used a few more tokens than the hold is debited the
   overrun when the budget has it, else charged the whole hold; a cost
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
@@ -34,7 +39,7 @@ from typing import Any, Literal
 from ... import AsyncLedger, Ledger, errors
 from ...outcomes import ReserveOutcome, SettlementOutcome, Status
 from ._money import UnpriceableCall, microcents
-from ._tenants import MAPS, Payer, TenantMap, by_end_user
+from ._tenants import LEVELS, MAPS, Payer, TenantMap, by_end_user, level_of
 
 log = logging.getLogger("ledger.contrib.litellm")
 
@@ -44,6 +49,10 @@ TENANT_ENV = "LEDGER_LITELLM_TENANT"
 UNKNOWN_ENV = "LEDGER_LITELLM_UNKNOWN_TENANT"
 DEFAULT_BUDGET_ENV = "LEDGER_LITELLM_DEFAULT_BUDGET_MICROCENTS"
 TTL_ENV = "LEDGER_LITELLM_HOLD_TTL"
+#: Per level (``KEY``, ``USER``, ``TEAM``, ``ORG``): the budget ``create`` gives a new
+#: tenant of that level, instead of ``LEDGER_LITELLM_DEFAULT_BUDGET_MICROCENTS``.
+LEVEL_BUDGET_ENV = "LEDGER_LITELLM_DEFAULT_BUDGET_{}_MICROCENTS"
+_ENV_LEVELS = {"KEY": "key", "USER": "user", "TEAM": "team", "ORG": "organisation"}
 
 #: Seconds a hold lives when nothing settles it (a crashed proxy, a lost callback).
 DEFAULT_TTL = 600
@@ -57,14 +66,31 @@ _REASONS = {
 }
 
 
-class BudgetRefused(errors.LedgerError):
-    """A call could not be held: the message names the level and the tenant that refused."""
+def _refusing(payer: Payer, limited_by: str | None) -> Payer:
+    """The level that refused: the payer, one of its parents, or a level the ledger knows of."""
+    if limited_by is None or limited_by == payer.tenant_id:
+        return payer
+    for parent in payer.parents:
+        if parent.tenant_id == limited_by:
+            return parent
+    # An ancestor the caller did not name (the tree was built by hand): its id says its level.
+    return Payer(limited_by, level_of(limited_by))
 
-    def __init__(self, payer: Payer, status: Status) -> None:
+
+class BudgetRefused(errors.LedgerError):
+    """A call could not be held: the message names the level and the tenant that refused.
+
+    ``payer`` is who the call was held for; ``refused_at`` the level that
+    refused, from the outcome's ``limited_by`` (the payer itself on a flat
+    ledger, the tightest level above it in a tree).
+    """
+
+    def __init__(self, payer: Payer, status: Status, limited_by: str | None = None) -> None:
         self.payer = payer
         self.status = status
+        self.refused_at = at = _refusing(payer, limited_by)
         reason = _REASONS.get(status, "refused")
-        super().__init__(f"budget refused at {payer.level} {payer.tenant_id!r}: {reason}")
+        super().__init__(f"budget refused at {at.level} {at.tenant_id!r}: {reason}")
 
 
 @dataclass
@@ -88,7 +114,14 @@ class _Rules:
         default_budget_microcents: int | None,
         ttl: int,
         schema: str,
+        default_budgets: Mapping[str, int] | None = None,
     ) -> None:
+        levels = dict(default_budgets or {})
+        for level, amount in levels.items():
+            if level not in LEVELS.values():
+                raise errors.InputError(f"default_budgets: no level {level!r}")
+            if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
+                raise errors.InputError(f"default_budgets[{level!r}] must be a non-negative int")
         if unknown not in ("refuse", "create"):
             raise errors.InputError(f"unknown must be 'refuse' or 'create', not {unknown!r}")
         if unknown == "create" and (
@@ -103,6 +136,7 @@ class _Rules:
         self.tenants = tenants
         self.unknown = unknown
         self.default_budget_microcents = default_budget_microcents
+        self.default_budgets = levels
         self.ttl = ttl
 
     @staticmethod
@@ -117,7 +151,13 @@ class _Rules:
         if unknown not in ("refuse", "create"):
             raise errors.InputError(f"{UNKNOWN_ENV} must be 'refuse' or 'create', not {unknown!r}")
         default = os.environ.get(DEFAULT_BUDGET_ENV)
+        per_level = {
+            level: int(value)
+            for name, level in _ENV_LEVELS.items()
+            if (value := os.environ.get(LEVEL_BUDGET_ENV.format(name))) is not None
+        }
         return url, {
+            "default_budgets": per_level,
             "tenants": MAPS[name],
             "unknown": unknown,
             "default_budget_microcents": None if default is None else int(default),
@@ -133,10 +173,26 @@ class _Rules:
     def _creates(self, outcome: ReserveOutcome) -> bool:
         return outcome.status is Status.MISSING_TENANT and self.unknown == "create"
 
+    def _to_create(self, payer: Payer) -> list[tuple[str, int, str | None]]:
+        """``(tenant, budget, parent)`` for each level of the payer, from the root down.
+
+        Each level is created only if missing (``ensure_tenant``), so
+        concurrent first calls create it once, and an existing level keeps
+        its budget and its place in the tree.
+        """
+        assert self.default_budget_microcents is not None
+        steps: list[tuple[str, int, str | None]] = []
+        parent: str | None = None
+        for level in payer.path():
+            budget = self.default_budgets.get(level.level, self.default_budget_microcents)
+            steps.append((level.tenant_id, budget, parent))
+            parent = level.tenant_id
+        return steps
+
     @staticmethod
     def _held(payer: Payer, outcome: ReserveOutcome, amount: int, key: str | None) -> Held:
         if outcome.status is not Status.RESERVED or outcome.reservation_id is None:
-            raise BudgetRefused(payer, outcome.status)
+            raise BudgetRefused(payer, outcome.status, outcome.limited_by)
         return Held(payer, outcome.reservation_id, amount, key)
 
     @staticmethod
@@ -171,6 +227,7 @@ class Budget(_Rules):
         default_budget_microcents: int | None = None,
         ttl: int = DEFAULT_TTL,
         schema: str = "ledger",
+        default_budgets: Mapping[str, int] | None = None,
     ) -> None:
         super().__init__(
             tenants=tenants,
@@ -178,6 +235,7 @@ class Budget(_Rules):
             default_budget_microcents=default_budget_microcents,
             ttl=ttl,
             schema=schema,
+            default_budgets=default_budgets,
         )
         self._given = ledger if isinstance(ledger, AsyncLedger) else None
         self._url = None if isinstance(ledger, AsyncLedger) else ledger
@@ -211,8 +269,8 @@ class Budget(_Rules):
         book = self.ledger
         outcome = await book.try_reserve(payer.tenant_id, amount_microcents, ttl=self.ttl)
         if self._creates(outcome):
-            assert self.default_budget_microcents is not None
-            await book.ensure_tenant(payer.tenant_id, self.default_budget_microcents)
+            for tenant, budget, parent in self._to_create(payer):
+                await book.ensure_tenant(tenant, budget, parent)
             outcome = await book.try_reserve(payer.tenant_id, amount_microcents, ttl=self.ttl)
         return self._held(payer, outcome, amount_microcents, idempotency_key)
 
@@ -264,6 +322,7 @@ class SyncBudget(_Rules):
         default_budget_microcents: int | None = None,
         ttl: int = DEFAULT_TTL,
         schema: str = "ledger",
+        default_budgets: Mapping[str, int] | None = None,
     ) -> None:
         super().__init__(
             tenants=tenants,
@@ -271,6 +330,7 @@ class SyncBudget(_Rules):
             default_budget_microcents=default_budget_microcents,
             ttl=ttl,
             schema=schema,
+            default_budgets=default_budgets,
         )
         self._owned = not isinstance(ledger, Ledger)
         self.ledger = ledger if isinstance(ledger, Ledger) else Ledger(ledger, schema=schema)
@@ -288,8 +348,8 @@ class SyncBudget(_Rules):
         book = self.ledger
         outcome = book.try_reserve(payer.tenant_id, amount_microcents, ttl=self.ttl)
         if self._creates(outcome):
-            assert self.default_budget_microcents is not None
-            book.ensure_tenant(payer.tenant_id, self.default_budget_microcents)
+            for tenant, budget, parent in self._to_create(payer):
+                book.ensure_tenant(tenant, budget, parent)
             outcome = book.try_reserve(payer.tenant_id, amount_microcents, ttl=self.ttl)
         return self._held(payer, outcome, amount_microcents, idempotency_key)
 

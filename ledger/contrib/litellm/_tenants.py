@@ -14,14 +14,22 @@ map                    tenant id it holds at          level named in a refusal
 ``by_user``            ``user:<user_id>``             ``user``
 ``by_team``            ``team:<team_id>``             ``team``
 ``by_org``             ``org:<org_id>``               ``organisation``
+``by_tree``            the nearest of ``key:``,       the level that refused
+                       ``user:``, ``team:``, ``org:``
+                       (its parents: the others)
 =====================  =============================  ==========================
 
 ``by_end_user`` is the default: a proxy without a key database still has
-the ``user`` field. On today's flat ledger a map picks *one* tenant. With
-nested budgets (not yet available, docs/litellm.md "Next"), ``by_key``
-will hold at the key's tenant, whose ancestors ``user:``, ``team:`` and
-``org:`` are reserved at automatically: that is why the ids carry their
-level as a prefix and why the map returns one tenant, the leaf.
+the ``user`` field. The flat maps pick *one* tenant. ``by_tree`` holds at
+the key's tenant, the leaf of a nested tree key -> user -> team ->
+organisation (docs/nested.md): the ledger reserves at every ancestor in the
+same transaction, so one hold is exact at every level at once. Its
+:class:`Payer` carries the levels above the leaf (``parents``, nearest
+first) because a budget that creates unknown tenants must create them under
+the right parents; the ledger itself reads the tree from its own rows, not
+from the payer, and a refusal names the level the ledger says refused
+(``limited_by``). The ids carry their level as a prefix, so a level can be
+named from an id alone (:func:`level_of`).
 """
 
 from __future__ import annotations
@@ -61,10 +69,21 @@ class Caller:
 
 @dataclass(frozen=True)
 class Payer:
-    """The tenant a call is held at, and the level a refusal names (``"team"``...)."""
+    """The tenant a call is held at, and the level a refusal names (``"team"``...).
+
+    ``parents`` are the levels above it, nearest first, for a tree map
+    (:func:`by_tree`); empty for the flat maps. They say where a missing
+    tenant is created (``unknown="create"``) and how a refusal at one of them
+    is named; the hold itself reserves at whatever ancestors the ledger has.
+    """
 
     tenant_id: str
     level: str
+    parents: tuple[Payer, ...] = ()
+
+    def path(self) -> tuple[Payer, ...]:
+        """The levels from the root down to this one (the order to create them in)."""
+        return (*reversed(self.parents), Payer(self.tenant_id, self.level))
 
 
 TenantMap = Callable[[Caller], Payer | None]
@@ -95,6 +114,37 @@ def by_org(caller: Caller) -> Payer | None:
     return None if caller.org_id is None else Payer(f"org:{caller.org_id}", "organisation")
 
 
+def by_tree(caller: Caller) -> Payer | None:
+    """The nested tree: held at ``key:``, under ``user:``, ``team:``, ``org:``.
+
+    Every level the caller has, in the order key -> user -> team ->
+    organisation; the nearest one is the tenant held at, the others its
+    parents. A level the caller lacks is skipped (a key without a user sits
+    directly under its team). None when the caller has none of them.
+    """
+    levels = [
+        p
+        for p in (by_key(caller), by_user(caller), by_team(caller), by_org(caller))
+        if p is not None
+    ]
+    if not levels:
+        return None
+    leaf, *parents = levels
+    return Payer(leaf.tenant_id, leaf.level, tuple(parents))
+
+
+#: The level each id prefix names (the ids :func:`by_tree` and the flat maps make).
+LEVELS = {"key:": "key", "user:": "user", "team:": "team", "org:": "organisation"}
+
+
+def level_of(tenant_id: str) -> str:
+    """The level a tenant id names by its prefix (``team:t1`` -> ``team``), else ``tenant``."""
+    for prefix, level in LEVELS.items():
+        if tenant_id.startswith(prefix):
+            return level
+    return "tenant"
+
+
 #: The names ``LEDGER_LITELLM_TENANT`` accepts.
 MAPS: dict[str, TenantMap] = {
     "end_user": by_end_user,
@@ -102,9 +152,11 @@ MAPS: dict[str, TenantMap] = {
     "user": by_user,
     "team": by_team,
     "org": by_org,
+    "tree": by_tree,
 }
 
 __all__ = [
+    "LEVELS",
     "MAPS",
     "Caller",
     "Payer",
@@ -113,5 +165,7 @@ __all__ = [
     "by_key",
     "by_org",
     "by_team",
+    "by_tree",
     "by_user",
+    "level_of",
 ]

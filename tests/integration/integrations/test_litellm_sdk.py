@@ -20,8 +20,10 @@ import ledger
 from ledger.contrib.litellm import (
     Budget,
     BudgetRefused,
+    Caller,
     SyncBudget,
     acompletion,
+    by_tree,
     completion,
     microcents,
 )
@@ -338,3 +340,70 @@ def test_the_proxy_hook_fails_closed(book: ledger.Ledger, db_url: str) -> None:
         0,
         0,
     )
+
+
+def test_the_tree_map_creates_missing_levels_and_the_team_refuses(
+    book: ledger.Ledger, db_url: str
+) -> None:
+    # The team exists and is the tightest level; users and keys are created on
+    # first use, under their parents, from the default budget.
+    worst = worst_case(MODEL, messages=PROMPT, max_tokens=20, litellm_params=EXACT)
+    book.ensure_tenant("team:sdk", 10 * worst + worst // 2)
+    callers = {
+        "key:a": Caller(key="a", user_id="ua", team_id="sdk"),
+        "key:b": Caller(key="b", user_id="ub", team_id="sdk"),
+    }
+
+    async def scenario(lg: ledger.AsyncLedger, _: Budget) -> list[Any]:
+        b = Budget(
+            lg, tenants=by_tree, unknown="create", default_budget_microcents=100 * worst, ttl=60
+        )
+        pending = [list(callers)[i % 2] for i in range(32)]
+        results: list[Any] = []
+
+        async def worker() -> None:
+            while pending:
+                key = pending.pop()
+                payer = by_tree(callers[key])
+                assert payer is not None
+                try:
+                    r = await acompletion(
+                        b,
+                        payer,
+                        model=MODEL,
+                        messages=PROMPT,
+                        max_tokens=20,
+                        mock_response=litellm_proxy.ANSWER,
+                        **EXACT,
+                    )
+                    results.append((key, microcents(r._hidden_params["response_cost"])))
+                except BudgetRefused as refused:
+                    results.append((key, refused))
+
+        await asyncio.gather(*(worker() for _ in range(8)))
+        return results
+
+    results = run(db_url, scenario)
+    ok = [(k, c) for k, c in results if not isinstance(c, BudgetRefused)]
+    refused = [c for _, c in results if isinstance(c, BudgetRefused)]
+    assert (len(ok), len(refused)) == (10, 22)
+    assert all(str(r) == "budget refused at team 'team:sdk': budget exhausted" for r in refused)
+    spent = {t: 0 for t in ("key:a", "key:b", "user:ua", "user:ub", "team:sdk")}
+    for key, cost in ok:
+        assert cost == worst
+        for level in (key, "user:u" + key[-1], "team:sdk"):
+            spent[level] += cost
+    for level, parent in (
+        ("key:a", "user:ua"),
+        ("key:b", "user:ub"),
+        ("user:ua", "team:sdk"),
+        ("user:ub", "team:sdk"),
+        ("team:sdk", None),
+    ):
+        row = book.tenant(level)
+        assert row is not None
+        assert (row.parent_id, row.reserved_microcents, row.committed_microcents) == (
+            parent,
+            0,
+            spent[level],
+        )
