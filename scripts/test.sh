@@ -32,7 +32,8 @@ PYTHON=${PYTHON:-python3}
 VENV=${LEDGER_VENV:-.venv}
 PG15_BIN=${LEDGER_PG15_BIN:-/usr/lib/postgresql/15/bin}
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step prints the seconds since the start, so a CI log shows where its time went.
+step() { printf '\n==> [+%ss] %s\n' "$SECONDS" "$*"; }
 
 if ! command -v pgbouncer >/dev/null && [ ! -x /usr/sbin/pgbouncer ]; then
     step "apt-get install pgbouncer (the connection-pooler tests start their own)"
@@ -137,6 +138,7 @@ alone_rc=0
 
 step "benchmark harness, smoke mode (proves it runs; timings are not asserted)"
 "$VENV/bin/python" -m bench.run --smoke
+step "every step ran"
 
 if [ "$fg_rc" != 0 ] || [ "$bg_rc" != 0 ] || [ "$alone_rc" != 0 ]; then
     echo "FAILED: PostgreSQL 18 rc=$fg_rc, PostgreSQL 15 or Citus rc=$bg_rc, alone rc=$alone_rc" >&2
