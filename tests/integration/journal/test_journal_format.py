@@ -230,13 +230,25 @@ def _formats(raw: psycopg.Connection) -> dict[Any, int]:
     return {f: n for f, n in rows}
 
 
-def _write(book: ledger.Ledger, tag: str) -> None:
-    """Entries of every shape: plain, idempotent, period -1, a refund and an adjustment."""
+def _write(book: ledger.Ledger, tag: str, old_schema: psycopg.Connection | None = None) -> None:
+    """Entries of every shape: plain, idempotent, period -1, a refund and an adjustment.
+
+    Given ``old_schema`` (a connection to a ledger before revision 0012, whose
+    ``nested_refund`` today's ``refund`` calls), the refund goes through that
+    schema's own ``refund_commit`` function: the same entry, as that revision's
+    code wrote it.
+    """
     book.ensure_tenant(f"{tag}-a", 10_000)
     book.top_up_tenant(f"{tag}-a", 5, idempotency_key=f"{tag}-k")
     held = book.try_reserve(f"{tag}-a", 300).raise_for_status()
     book.commit(held.reservation_id, 200, tenant_id=f"{tag}-a")
-    book.refund(f"{tag}-a", held.reservation_id, 50, reason="goodwill")
+    if old_schema is None:
+        book.refund(f"{tag}-a", held.reservation_id, 50, reason="goodwill")
+    else:
+        old_schema.execute(
+            "SELECT * FROM ledger.refund_commit(%s, %s, 50, 'goodwill', NULL)",
+            (f"{tag}-a", held.reservation_id),
+        )
     book.adjust(f"{tag}-a", 7, reason="fix")
     book.ensure_tenant(f"{tag}-p", 1_000)
     anchor = datetime.now(UTC) + timedelta(hours=5)
@@ -284,15 +296,15 @@ def _tree_columns(url: str, present: bool) -> None:
 def test_a_format_1_ledger_upgrades_verifies_and_goes_on_in_format_2(at_0008: str) -> None:
     url = at_0008
     _tree_columns(url, present=True)
-    with ledger.Ledger(url) as book:
-        _write(book, "old")  # single operations only: they need nothing of 0009
+    with ledger.Ledger(url) as book, psycopg.connect(_plain(url), autocommit=True) as raw:
+        _write(book, "old", raw)  # single operations only: they need nothing of 0009
     ledger.migrate(url, "0009")
     assert current_revision(url) == "0009"
     with ledger.Ledger(url) as book, psycopg.connect(_plain(url), autocommit=True) as raw:
         old = _formats(raw)
         assert set(old) == {None}, "rows written before 0009 are format 1 (NULL)"
         assert book.verify_journal().ok
-        _write(book, "new")
+        _write(book, "new", raw)
         held = book.try_reserve_many([("old-a", 1), ("new-a", 2)])  # hashed in Python
         book.commit_many([(h.reservation_id, 1) for h in held])
         new = _formats(raw)
