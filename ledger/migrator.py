@@ -22,7 +22,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, inspect
+from sqlalchemy import Connection, inspect, text
 from sqlalchemy.exc import DBAPIError
 
 from . import _validate, errors
@@ -94,10 +94,23 @@ def _refuse_foreign_tables(conn: Connection, schema: str, action: str) -> None:
         return
     began = not conn.in_transaction()  # env.py decides how revisions commit: leave none open
     try:
-        found = inspect(conn)
-        if found.has_table("alembic_version", schema=schema):
+        # One statement, so one snapshot: asked table by table, a migration
+        # committing in another process between two questions (0001's tables
+        # and alembic_version commit together) looked like a foreign schema.
+        found = set(
+            conn.execute(
+                text(
+                    "SELECT c.relname FROM pg_catalog.pg_class AS c"
+                    " JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace"
+                    " WHERE n.nspname = :schema AND c.relname = ANY(:names)"
+                    " AND c.relkind IN ('r', 'p', 'v', 'm', 'f')"
+                ),
+                {"schema": schema, "names": ["alembic_version", *_FIRST_TABLES]},
+            ).scalars()
+        )
+        if "alembic_version" in found:
             return
-        clash = [t for t in _FIRST_TABLES if found.has_table(t, schema=schema)]
+        clash = [t for t in _FIRST_TABLES if t in found]
     except DBAPIError as exc:
         raise translate(exc) from exc
     finally:

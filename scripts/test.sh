@@ -20,7 +20,7 @@
 #    workers (scripts/citus.sh);
 # 6. runs the benchmark harness in smoke mode.
 #
-# The steps run one after another (each pytest pass keeps both cores busy by itself).
+# The steps run one after another (docs/design.md, "Tests", says why).
 # The tests marked `alone` (they measure a concurrency ratio) run after all of that,
 # on a quiet machine. Every pytest run prints its 25 slowest tests.
 #
@@ -109,10 +109,9 @@ elif [ "${CI:-}" = "true" ] && [ -z "${LEDGER_TEST_DATABASE_URL:-}" ]; then
     exit 1
 fi
 
-# The passes run one after another. Run side by side, they were slower in all:
-# the PostgreSQL 18 pass alone took 464 s, and 1104 s with the PostgreSQL 15
-# and Citus passes beside it, because each pass keeps both cores busy by itself
-# (the test process, its server's backends, and the multi-process tests).
+# The passes run one after another. Side by side (the PostgreSQL 15 and Citus
+# passes in the background) the PostgreSQL 18 pass took 1104 s instead of 464 s
+# alone, and the whole run was no shorter (docs/design.md, "Tests").
 step "pytest on ${LEDGER_TEST_DATABASE_URL:+the given URL}${LEDGER_TEST_DATABASE_URL:-PostgreSQL 18 (embedded wheel)}"
 fg_rc=0
 "${PYTEST[@]}" -m "not slow and not alone" "$@" || fg_rc=$?
